@@ -1,0 +1,95 @@
+//! One JSON line per request, written off the request path by a background thread.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderValue, Method};
+use serde::Serialize;
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// What is known about a request by the time its response is done.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    pub start: Instant,
+    pub request_id: HeaderValue,
+    pub client: IpAddr,
+    pub host: String,
+    pub route: Option<Arc<str>>,
+    pub method: Method,
+    pub path: String,
+    pub status: u16,
+    pub upstream: Option<Arc<str>>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    request_id: &'a str,
+    client: IpAddr,
+    host: &'a str,
+    route: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    upstream: Option<&'a str>,
+}
+
+pub struct AccessLog {
+    writer: NonBlocking,
+    _guard: WorkerGuard,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessLog")
+    }
+}
+
+impl AccessLog {
+    /// Lines go to `sink` from a background thread; when it falls behind, lines are dropped
+    /// rather than slowing requests down.
+    pub fn new(sink: Box<dyn Write + Send>) -> Self {
+        let (writer, guard) = tracing_appender::non_blocking(sink);
+        Self {
+            writer,
+            _guard: guard,
+        }
+    }
+
+    pub fn write(&self, record: &AccessRecord) {
+        thread_local! {
+            static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+        }
+        let line = Line {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            request_id: record.request_id.to_str().unwrap_or("-"),
+            client: record.client,
+            host: &record.host,
+            route: record.route.as_deref(),
+            method: record.method.as_str(),
+            path: &record.path,
+            status: record.status,
+            bytes_in: record.bytes_in,
+            bytes_out: record.bytes_out,
+            duration_ms: (record.duration_ms * 1000.0).round() / 1000.0,
+            upstream: record.upstream.as_deref(),
+        };
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            if serde_json::to_writer(&mut *buf, &line).is_ok() {
+                buf.push(b'\n');
+                let _ = self.writer.make_writer().write_all(buf);
+            }
+        });
+    }
+}

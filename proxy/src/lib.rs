@@ -1,0 +1,38 @@
+//! `sekisho-proxy`: Sekisho's TLS front door and L7 reverse proxy.
+//!
+//! A request's life: a worker accepts the connection ([`server`]), rustls picks a certificate by
+//! SNI ([`tls`]), hyper parses the request, and the pipeline in [`proxy`] routes it by host and
+//! path ([`route`]) through the current [`snapshot`] to an upstream endpoint ([`upstream`]),
+//! streaming bodies both ways ([`body`]). Configuration and certificates reload without a
+//! restart ([`reload`]); metrics and health live on a separate admin listener ([`admin`]).
+//!
+//! This crate must not depend on the agent or the CLI; Kubernetes watching feeds the same
+//! snapshot later.
+
+pub mod access_log;
+mod admin;
+pub mod body;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+mod reload;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;
+mod worker;
+
+pub use server::{Options, Running, StartError, start};
+
+/// An error and its causes on one line: `outer: inner: innermost`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

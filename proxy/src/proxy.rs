@@ -1,0 +1,700 @@
+//! The request pipeline. Each request passes named phases with one context:
+//!
+//! 1. `request_filter`: request id, host;
+//! 2. `route`: host and path to a route (404 for unknown hosts and paths);
+//! 3. (the access phase of the identity layer goes here, before an upstream is chosen);
+//! 4. `upstream_peer`: an endpoint of the route's upstream;
+//! 5. `upstream_request_filter`: hop-by-hop and forwarding headers, the upstream URI;
+//! 6. `forward`: the exchange, under the response-header timeout;
+//! 7. `response_filter`: hop-by-hop headers off, request id on;
+//! 8. logging, when the response body is done (see [`crate::body`]).
+//!
+//! Errors carry where they came from, and that decides the status: 4xx for what the client
+//! sent, 502/504 for what the upstream did, 503 when nothing can serve.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::access_log::AccessRecord;
+use crate::body::{Completion, RequestBody, ResponseBody};
+use crate::metrics::{self, Name, RequestLabels, RouteLabels, UpstreamErrorLabels};
+use crate::route::normalize_host;
+use crate::server::{ConnState, Shared};
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::{ConnectError, Endpoint, Upstream};
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a failure came from and what the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request has no valid host")]
+    BadHost,
+    #[error("no site is served for this host")]
+    UnknownHost,
+    #[error("nothing is served at this path")]
+    NoRoute,
+    #[error("the upstream has no endpoint")]
+    NoEndpoint,
+    #[error("could not connect to the upstream")]
+    UpstreamConnect(#[source] BoxError),
+    #[error("the upstream did not accept the connection in time")]
+    UpstreamConnectTimeout(#[source] BoxError),
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the upstream exchange failed")]
+    UpstreamProtocol(#[source] BoxError),
+    #[error("the upstream switched protocols without being asked")]
+    UnexpectedUpgrade,
+}
+
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+impl ProxyError {
+    pub fn source_kind(&self) -> ErrorSource {
+        match self {
+            Self::BadHost | Self::UnknownHost | Self::NoRoute => ErrorSource::Downstream,
+            Self::NoEndpoint => ErrorSource::Internal,
+            _ => ErrorSource::Upstream,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::UnknownHost | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnectTimeout(_) | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) | Self::UnexpectedUpgrade => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// The `kind` label of the upstream error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::UpstreamConnect(_) => "connect",
+            Self::UpstreamConnectTimeout(_) => "connect_timeout",
+            Self::UpstreamTimeout => "response_timeout",
+            Self::UpstreamProtocol(_) => "protocol",
+            Self::UnexpectedUpgrade => "unexpected_upgrade",
+            Self::NoEndpoint => "no_endpoint",
+            Self::BadHost | Self::UnknownHost | Self::NoRoute => "downstream",
+        }
+    }
+}
+
+/// What the pipeline learns about one request.
+struct RequestCtx {
+    start: Instant,
+    request_id: HeaderValue,
+    /// Normalised: lowercase, no port.
+    host: String,
+    /// As the client sent it, for `X-Forwarded-Host` and the upstream authority.
+    raw_host: Option<HeaderValue>,
+    route: Option<Arc<Route>>,
+    endpoint: Option<Arc<str>>,
+}
+
+/// Serves one request on a listener that proxies.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    conn.request_started();
+    let snapshot = shared.snapshot.load_full();
+    let mut ctx = RequestCtx {
+        start: Instant::now(),
+        request_id: HeaderValue::from_static("-"),
+        host: String::new(),
+        raw_host: None,
+        route: None,
+        endpoint: None,
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let received = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+
+    let outcome = match request_filter(&mut ctx, &req) {
+        Ok(()) => proxy(&shared, &snapshot, &conn, &mut ctx, req, received.clone()).await,
+        Err(err) => Err(err),
+    };
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(err) => {
+            report_error(&shared, &ctx, &err);
+            error_response(&err, &ctx.request_id)
+        }
+    };
+    response_filter(&mut response, &ctx);
+
+    let status = response.status().as_u16();
+    let route_name = ctx
+        .route
+        .as_ref()
+        .map_or_else(|| Name(Arc::from("")), |r| r.name.clone());
+    shared
+        .metrics
+        .request_duration
+        .get_or_create(&RouteLabels {
+            route: route_name.clone(),
+        })
+        .observe(ctx.start.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route_name,
+            method: metrics::method_label(&method),
+            status: metrics::status_class(status),
+        })
+        .inc();
+
+    let completion = Completion {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        log: snapshot.access_log,
+        received,
+        record: AccessRecord {
+            start: ctx.start,
+            request_id: ctx.request_id,
+            client: conn.peer.ip(),
+            host: ctx.host,
+            route: ctx.route.map(|r| r.name.0.clone()),
+            method,
+            path,
+            status,
+            upstream: ctx.endpoint,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+        },
+    };
+    response.map(|body| body.with_completion(completion))
+}
+
+async fn proxy(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &ConnState,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+    received: Option<Arc<AtomicU64>>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let route = route(snapshot, ctx, req.uri().path())?;
+    let upstream = &route.upstream;
+    let endpoint = upstream_peer(upstream)?;
+    ctx.endpoint = Some(endpoint.label.clone());
+
+    let (mut parts, body) = req.into_parts();
+    // Nothing the server layer attached is meant for the upstream, except the upgrade handle
+    // this layer keeps for itself.
+    let client_upgrade = std::mem::take(&mut parts.extensions).remove::<OnUpgrade>();
+    let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, received));
+    let wants_upgrade = is_upgrade_request(&upstream_req);
+    upstream_request_filter(&mut upstream_req, ctx, conn, snapshot, endpoint);
+
+    let mut response = forward(shared, upstream, endpoint, upstream_req).await?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade.filter(|_| wants_upgrade) else {
+            return Err(ProxyError::UnexpectedUpgrade);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
+    }
+    Ok(response.map(ResponseBody::upstream))
+}
+
+/// Phase 1: the request id and the host.
+fn request_filter(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    ctx.request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) if is_acceptable_request_id(id.as_bytes()) => id.clone(),
+        _ => new_request_id(),
+    };
+    let raw_host = match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
+    .ok_or(ProxyError::BadHost)?;
+    let host = raw_host
+        .to_str()
+        .ok()
+        .and_then(normalize_host)
+        .ok_or(ProxyError::BadHost)?;
+    ctx.host = host.into_owned();
+    ctx.raw_host = Some(raw_host);
+    Ok(())
+}
+
+/// Phase 2: the route for host and path.
+fn route(snapshot: &Snapshot, ctx: &mut RequestCtx, path: &str) -> Result<Arc<Route>, ProxyError> {
+    let route = match snapshot.routes.find(&ctx.host, path) {
+        Some(route) => route.clone(),
+        None if snapshot.routes.knows_host(&ctx.host) => return Err(ProxyError::NoRoute),
+        None => return Err(ProxyError::UnknownHost),
+    };
+    ctx.route = Some(route.clone());
+    Ok(route)
+}
+
+/// Phase 4: an endpoint of the upstream.
+fn upstream_peer(upstream: &Upstream) -> Result<&Endpoint, ProxyError> {
+    upstream.pick().ok_or(ProxyError::NoEndpoint)
+}
+
+/// Phase 5: what the upstream sees.
+fn upstream_request_filter(
+    req: &mut Request<RequestBody>,
+    ctx: &RequestCtx,
+    conn: &ConnState,
+    snapshot: &Snapshot,
+    endpoint: &Endpoint,
+) {
+    let upgrade = is_upgrade_request(req);
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers, upgrade);
+    set_forwarding_headers(
+        headers,
+        conn.peer.ip(),
+        &conn.peer_ip_header,
+        snapshot.is_trusted_proxy(conn.peer.ip()),
+        conn.tls,
+        ctx.raw_host.as_ref(),
+    );
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+    // The connector dials the endpoint; the URI keeps the client's host as the authority so
+    // HTTP/2 upstreams see the right `:authority` and HTTP/1.1 ones the right `Host`.
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let authority = ctx
+        .raw_host
+        .as_ref()
+        .and_then(|h| Authority::from_maybe_shared(Bytes::copy_from_slice(h.as_bytes())).ok());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if endpoint.scheme == Scheme::HTTPS {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
+    parts.authority = authority;
+    parts.path_and_query = Some(path_and_query);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    // HTTP/2 from the client, HTTP/1.1 or HTTP/2 to the upstream: the client library picks the
+    // wire version from the connection.
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Phase 6: the exchange with the upstream, bounded by the response-header timeout.
+async fn forward(
+    shared: &Shared,
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    req: Request<RequestBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let exchange = endpoint.client().request(req);
+    let result = tokio::time::timeout(upstream.config.response_header_timeout, exchange).await;
+    let error = match result {
+        Ok(Ok(response)) => {
+            upstream.report(endpoint, true);
+            return Ok(response);
+        }
+        Err(_) => ProxyError::UpstreamTimeout,
+        Ok(Err(err)) => classify_client_error(err),
+    };
+    let down = matches!(
+        error,
+        ProxyError::UpstreamConnect(_) | ProxyError::UpstreamConnectTimeout(_)
+    );
+    if down && upstream.report(endpoint, false) {
+        tracing::warn!(
+            upstream = %upstream.name,
+            endpoint = %endpoint.label,
+            "endpoint ejected after consecutive connection failures"
+        );
+        shared
+            .metrics
+            .endpoint_ejections
+            .get_or_create(&metrics::EndpointLabels {
+                upstream: Name(upstream.name.clone()),
+                endpoint: Name(endpoint.label.clone()),
+            })
+            .inc();
+    }
+    Err(error)
+}
+
+fn classify_client_error(err: hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+            return match connect {
+                ConnectError::Timeout { .. } => ProxyError::UpstreamConnectTimeout(Box::new(err)),
+                _ => ProxyError::UpstreamConnect(Box::new(err)),
+            };
+        }
+        source = cause.source();
+    }
+    if err.is_connect() {
+        ProxyError::UpstreamConnect(Box::new(err))
+    } else {
+        ProxyError::UpstreamProtocol(Box::new(err))
+    }
+}
+
+/// Phase 7: what the client sees.
+fn response_filter<B>(response: &mut Response<B>, ctx: &RequestCtx) {
+    let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    remove_hop_by_hop(headers, upgrade);
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+}
+
+fn report_error(shared: &Shared, ctx: &RequestCtx, err: &ProxyError) {
+    if err.source_kind() == ErrorSource::Downstream {
+        return;
+    }
+    let upstream = ctx
+        .route
+        .as_ref()
+        .map_or_else(|| Arc::from(""), |r| r.upstream.name.clone());
+    shared
+        .metrics
+        .upstream_errors
+        .get_or_create(&UpstreamErrorLabels {
+            upstream: Name(upstream.clone()),
+            kind: err.metric_label(),
+        })
+        .inc();
+    tracing::warn!(
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        %upstream,
+        endpoint = ctx.endpoint.as_deref().unwrap_or("-"),
+        error = %crate::error_chain(err),
+        "upstream request failed"
+    );
+}
+
+/// A response made by the proxy itself, naming the request id.
+pub(crate) fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
+    status_page(err.status(), &err.to_string(), request_id)
+}
+
+pub(crate) fn status_page(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let body = format!(
+        "{} {}\n{message}\nrequest id: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        request_id.to_str().unwrap_or("-"),
+    );
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+fn is_acceptable_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+pub(crate) fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random: u128 = rand::random();
+    let mut out = [0u8; 32];
+    for (i, byte) in random.to_be_bytes().iter().enumerate() {
+        out[2 * i] = HEX[usize::from(byte >> 4)];
+        out[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+}
+
+fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && has_token(req.headers(), &header::CONNECTION, "upgrade")
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1): the
+/// fixed list and whatever `Connection` names. `Upgrade` survives on upgrade exchanges, and
+/// `TE: trailers` (which gRPC needs) survives on requests.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        if let Ok(list) = connection.to_str() {
+            for token in list.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("upgrade") && upgrade {
+                    continue;
+                }
+                if !token.eq_ignore_ascii_case("te")
+                    && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                {
+                    headers.remove(name);
+                }
+            }
+        }
+        // Values of other Connection headers.
+        while let Some(more) = headers.remove(header::CONNECTION) {
+            drop(more);
+        }
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `X-Real-IP`. From a trusted proxy, the chain is
+/// extended and its proto and host kept; from anyone else, whatever the client claimed is
+/// replaced (and `Forwarded` dropped).
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_header: &HeaderValue,
+    trusted: bool,
+    tls: bool,
+    raw_host: Option<&HeaderValue>,
+) {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    if trusted {
+        let chain = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let value = if chain.is_empty() {
+            peer_header.clone()
+        } else {
+            HeaderValue::from_str(&format!("{chain}, {peer}")).unwrap_or(peer_header.clone())
+        };
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = raw_host
+        {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        if !headers.contains_key(&X_REAL_IP) {
+            headers.insert(X_REAL_IP.clone(), peer_header.clone());
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer_header.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        match raw_host {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        headers.insert(X_REAL_IP.clone(), peer_header.clone());
+        headers.remove(&FORWARDED);
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and an upgraded upstream one
+/// (WebSocket and other HTTP/1.1 upgrades) until either side closes.
+async fn splice_upgraded(client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_and_upgrades_survive() {
+        let mut map = headers(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map["te"], "trailers");
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_forge_forwarding_headers() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let host = HeaderValue::from_static("app.test");
+        set_forwarding_headers(
+            &mut map,
+            peer,
+            &HeaderValue::from_static("192.0.2.7"),
+            false,
+            true,
+            Some(&host),
+        );
+        assert_eq!(map["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-forwarded-host"], "app.test");
+        assert_eq!(map["x-real-ip"], "192.0.2.7");
+        assert!(!map.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        set_forwarding_headers(
+            &mut map,
+            peer,
+            &HeaderValue::from_static("10.0.0.9"),
+            true,
+            false,
+            None,
+        );
+        assert_eq!(
+            map["x-forwarded-for"],
+            "198.51.100.1, 198.51.100.2, 10.0.0.9"
+        );
+        assert_eq!(map["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn request_ids_are_random_hex_and_client_ids_are_checked() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_request_id());
+        assert!(is_acceptable_request_id(b"abc-123_x.y"));
+        assert!(!is_acceptable_request_id(b""));
+        assert!(!is_acceptable_request_id(b"a b"));
+        assert!(!is_acceptable_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn error_statuses_follow_the_error_source() {
+        assert_eq!(ProxyError::UnknownHost.status(), StatusCode::NOT_FOUND);
+        assert_eq!(ProxyError::UpstreamTimeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            ProxyError::UpstreamConnect("x".into()).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ProxyError::UpstreamConnect("x".into()).source_kind(),
+            ErrorSource::Upstream
+        );
+    }
+}

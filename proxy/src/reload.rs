@@ -1,0 +1,179 @@
+//! Hot reload: the configuration file and every certificate file are watched (through their
+//! directories, so Kubernetes' `..data` symlink swap is seen), and a change is validated
+//! before anything is swapped. A bad edit is reported and the last good state keeps serving.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::server::Shared;
+use crate::snapshot::Snapshot;
+use crate::tls::{self, CertTable};
+
+pub(crate) struct Reloader {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    config: Config,
+    /// The text of the last file that loaded, to skip events that changed nothing.
+    text: Option<String>,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl Reloader {
+    pub(crate) fn new(shared: Arc<Shared>, path: PathBuf, config: Config) -> Self {
+        let text = std::fs::read_to_string(&path).ok();
+        Self {
+            shared,
+            path,
+            config,
+            text,
+            watched: BTreeSet::new(),
+        }
+    }
+
+    /// Watches until `stop`; `reload_now` forces a reload (SIGHUP).
+    pub(crate) async fn run(mut self, mut reload_now: mpsc::Receiver<()>, mut stop: watch::Receiver<bool>) {
+        let (tx, mut changes) = mpsc::channel::<()>(1);
+        let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.try_send(());
+            }
+        }) {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch files: configuration and certificates will not reload");
+                return;
+            }
+        };
+        self.update_watches(&mut watcher);
+        loop {
+            tokio::select! {
+                Some(()) = changes.recv() => {
+                    // Let the writer finish (editors and kubelet write in several steps).
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while changes.try_recv().is_ok() {}
+                }
+                Some(()) = reload_now.recv() => {}
+                _ = crate::server::stopped(&mut stop) => break,
+            }
+            self.reload();
+            self.update_watches(&mut watcher);
+        }
+    }
+
+    fn update_watches(&mut self, watcher: &mut impl Watcher) {
+        let wanted: BTreeSet<PathBuf> = std::iter::once(self.path.as_path())
+            .chain(
+                self.config
+                    .tls
+                    .certificates
+                    .iter()
+                    .flat_map(|c| [c.cert.as_path(), c.key.as_path()]),
+            )
+            .map(|p| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
+            .collect();
+        for gone in self.watched.difference(&wanted) {
+            let _ = watcher.unwatch(gone);
+        }
+        for dir in wanted.difference(&self.watched) {
+            if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(%error, dir = %dir.display(), "cannot watch directory");
+            }
+        }
+        self.watched = wanted;
+    }
+
+    fn reload(&mut self) {
+        self.reload_config();
+        let current = self.shared.certs.table();
+        if self.config.tls.certificates.is_empty() {
+            return; // the development certificate stays
+        }
+        let (table, changed) = load_certificates(&self.config, &current, &self.shared.metrics);
+        if changed {
+            tracing::info!(certificates = table.entries.len(), "certificates reloaded");
+            self.shared.certs.replace(table);
+            self.shared
+                .metrics
+                .certificate_reloads
+                .get_or_create(&Metrics::result(true))
+                .inc();
+        }
+    }
+
+    fn reload_config(&mut self) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, "cannot read the configuration; keeping the last good one");
+                self.count_config(false);
+                return;
+            }
+        };
+        if self.text.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let result = Config::parse(&text, &self.path, base).and_then(|config| {
+            let snapshot = Snapshot::build(&config, Some(&self.shared.snapshot.load()), self.config.workers)
+                .map_err(|e| crate::config::ConfigError::Parse {
+                    path: self.path.clone(),
+                    message: crate::error_chain(&e),
+                })?;
+            Ok((config, snapshot))
+        });
+        self.text = Some(text);
+        match result {
+            Ok((config, snapshot)) => {
+                if config.listen != self.config.listen || config.workers != self.config.workers {
+                    tracing::warn!("listen addresses and workers change only on restart");
+                }
+                self.shared.snapshot.store(Arc::new(snapshot));
+                self.config = config;
+                self.count_config(true);
+                tracing::info!(path = %self.path.display(), "configuration reloaded");
+            }
+            Err(error) => {
+                self.count_config(false);
+                tracing::error!(error = %crate::error_chain(&error), "configuration rejected; keeping the last good one");
+            }
+        }
+    }
+
+    fn count_config(&self, ok: bool) {
+        self.shared.metrics.config_reloads.get_or_create(&Metrics::result(ok)).inc();
+    }
+}
+
+/// Loads every configured certificate. A file pair that fails keeps its previous certificate
+/// (when there was one); each failure is logged and counted. Returns the table and whether it
+/// differs from `previous`.
+pub(crate) fn load_certificates(config: &Config, previous: &CertTable, metrics: &Metrics) -> (CertTable, bool) {
+    let mut entries = Vec::with_capacity(config.tls.certificates.len());
+    for files in &config.tls.certificates {
+        match tls::load_certificate(files) {
+            Ok(cert) => entries.push(cert),
+            Err(error) => {
+                metrics.certificate_reloads.get_or_create(&Metrics::result(false)).inc();
+                let kept = previous.entries.iter().find(|e| e.files.as_ref() == Some(files));
+                tracing::error!(
+                    error = %crate::error_chain(&error),
+                    kept_previous = kept.is_some(),
+                    "certificate rejected"
+                );
+                entries.extend(kept.cloned());
+            }
+        }
+    }
+    let changed = entries.len() != previous.entries.len()
+        || entries.iter().zip(&previous.entries).any(|(new, old)| {
+            new.files != old.files || new.key.cert != old.key.cert
+        });
+    (CertTable::new(entries), changed)
+}

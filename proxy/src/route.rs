@@ -1,0 +1,247 @@
+//! Host and path routing with Kubernetes Ingress v1 semantics.
+//!
+//! Hosts match exactly (case-insensitive, port ignored) or through a `*.` wildcard that covers
+//! exactly one label; an exact host wins over a wildcard. Within a host, the longest matching
+//! path wins, `Exact` beats `Prefix` of the same length, and `Prefix` matches element-wise
+//! (`/foo` matches `/foo` and `/foo/bar`, never `/foobar`). A host may have a default for paths
+//! nothing matches. Unknown hosts match nothing: there is no global fallback to someone else's
+//! site. The table is immutable; a new one is built for every configuration change.
+
+use std::collections::HashMap;
+
+use crate::config::PathType;
+
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    exact: HashMap<Box<str>, HostRoutes<T>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<Box<str>, HostRoutes<T>>,
+}
+
+#[derive(Debug)]
+struct HostRoutes<T> {
+    /// Longest first; `Exact` before `Prefix` at equal length.
+    paths: Vec<PathRule<T>>,
+    default: Option<T>,
+}
+
+#[derive(Debug)]
+struct PathRule<T> {
+    /// For `Prefix`, stored without a trailing slash (`/` becomes the empty string).
+    path: Box<str>,
+    kind: PathType,
+    target: T,
+}
+
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        Self {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        }
+    }
+}
+
+impl<T> RouteTable<T> {
+    /// Adds a host. Hosts must be unique; a later entry for the same host replaces the earlier.
+    pub fn insert_host(
+        &mut self,
+        host: &str,
+        paths: impl IntoIterator<Item = (String, PathType, T)>,
+        default: Option<T>,
+    ) {
+        let mut rules: Vec<PathRule<T>> = paths
+            .into_iter()
+            .map(|(path, kind, target)| {
+                let path = match kind {
+                    PathType::Prefix => path.trim_end_matches('/').into(),
+                    PathType::Exact => path.into(),
+                };
+                PathRule { path, kind, target }
+            })
+            .collect();
+        rules.sort_by(|a, b| {
+            b.path
+                .len()
+                .cmp(&a.path.len())
+                .then_with(|| exact_first(a.kind).cmp(&exact_first(b.kind)))
+        });
+        let routes = HostRoutes {
+            paths: rules,
+            default,
+        };
+        let host = host.to_ascii_lowercase();
+        match host.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.insert(suffix.into(), routes),
+            None => self.exact.insert(host.into(), routes),
+        };
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty()
+    }
+
+    /// Whether any rule covers this host (exactly or by wildcard).
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.host_routes(host).is_some()
+    }
+
+    /// Finds the target for a normalised host (lowercase, no port) and an absolute path.
+    pub fn find(&self, host: &str, path: &str) -> Option<&T> {
+        let routes = self.host_routes(host)?;
+        routes
+            .paths
+            .iter()
+            .find(|rule| rule.matches(path))
+            .map(|rule| &rule.target)
+            .or(routes.default.as_ref())
+    }
+
+    fn host_routes(&self, host: &str) -> Option<&HostRoutes<T>> {
+        if let Some(routes) = self.exact.get(host) {
+            return Some(routes);
+        }
+        let (_, suffix) = host.split_once('.')?;
+        self.wildcard.get(suffix)
+    }
+}
+
+fn exact_first(kind: PathType) -> u8 {
+    match kind {
+        PathType::Exact => 0,
+        PathType::Prefix => 1,
+    }
+}
+
+impl<T> PathRule<T> {
+    fn matches(&self, path: &str) -> bool {
+        match self.kind {
+            PathType::Exact => path == &*self.path,
+            PathType::Prefix => {
+                let prefix = &*self.path;
+                path.starts_with(prefix)
+                    && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+            }
+        }
+    }
+}
+
+/// Lowercases a request's host and strips its port and a trailing dot. Returns `None` for
+/// hosts no route could ever match (empty, or with characters outside a DNS name / IP literal).
+pub fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets, drop the port.
+        let end = rest.find(']')?;
+        &raw[..end + 2]
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+    {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(host.to_ascii_lowercase().into())
+    } else {
+        Some(host.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PathType::{Exact, Prefix};
+
+    fn table() -> RouteTable<&'static str> {
+        let mut table = RouteTable::default();
+        table.insert_host(
+            "app.example.com",
+            [
+                ("/".to_string(), Prefix, "root"),
+                ("/foo".to_string(), Prefix, "foo-prefix"),
+                ("/foo".to_string(), Exact, "foo-exact"),
+                ("/foo/bar/".to_string(), Prefix, "foobar-prefix"),
+                ("/api/v1/health".to_string(), Exact, "health"),
+            ],
+            None,
+        );
+        table.insert_host(
+            "*.example.com",
+            [("/wild".to_string(), Prefix, "wild")],
+            Some("wild-default"),
+        );
+        table.insert_host("only-default.test", [], Some("default"));
+        table.insert_host(
+            "no-default.test",
+            [("/a".to_string(), Prefix, "a")],
+            None,
+        );
+        table
+    }
+
+    #[test]
+    fn routing_table_follows_ingress_semantics() {
+        let table = table();
+        let cases = [
+            // host, path, expected
+            ("app.example.com", "/", Some("root")),
+            ("app.example.com", "/other", Some("root")),
+            ("app.example.com", "/foo", Some("foo-exact")),
+            ("app.example.com", "/foo/", Some("foo-prefix")),
+            ("app.example.com", "/foo/x", Some("foo-prefix")),
+            ("app.example.com", "/foobar", Some("root")),
+            ("app.example.com", "/foo/bar", Some("foobar-prefix")),
+            ("app.example.com", "/foo/bar/baz", Some("foobar-prefix")),
+            ("app.example.com", "/foo/barbaz", Some("foo-prefix")),
+            ("app.example.com", "/api/v1/health", Some("health")),
+            ("app.example.com", "/api/v1/health/", Some("root")),
+            ("x.example.com", "/wild/1", Some("wild")),
+            ("x.example.com", "/wilder", Some("wild-default")),
+            ("a.b.example.com", "/wild", None),
+            ("example.com", "/wild", None),
+            ("only-default.test", "/anything", Some("default")),
+            ("no-default.test", "/a/b", Some("a")),
+            ("no-default.test", "/b", None),
+            ("unknown.test", "/", None),
+        ];
+        for (host, path, expected) in cases {
+            assert_eq!(table.find(host, path).copied(), expected, "{host}{path}");
+        }
+    }
+
+    #[test]
+    fn exact_host_wins_over_wildcard() {
+        let table = table();
+        assert_eq!(table.find("app.example.com", "/wild").copied(), Some("root"));
+    }
+
+    #[test]
+    fn knows_host_covers_exact_and_wildcard_hosts_only() {
+        let table = table();
+        assert!(table.knows_host("app.example.com"));
+        assert!(table.knows_host("zzz.example.com"));
+        assert!(!table.knows_host("example.com"));
+        assert!(!table.knows_host("evil.test"));
+    }
+
+    #[test]
+    fn hosts_are_normalised_before_lookup() {
+        let cases = [
+            ("App.Example.COM", Some("app.example.com")),
+            ("app.example.com:8443", Some("app.example.com")),
+            ("app.example.com.", Some("app.example.com")),
+            ("[::1]:443", Some("[::1]")),
+            ("127.0.0.1:80", Some("127.0.0.1")),
+            ("", None),
+            ("bad host", None),
+            ("a/b", None),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(normalize_host(raw).as_deref(), expected, "{raw:?}");
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! Listeners, worker threads and client connections.
+//!
+//! Each worker is a thread with a single-threaded runtime and its own listening sockets
+//! (`SO_REUSEPORT` shares the port, and the kernel spreads connections). A control thread runs
+//! the admin listener, the reloader and signal handling. Shutdown stops the accept loops, asks
+//! every connection to finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and
+//! waits up to the configured grace period.
+
+use std::convert::Infallible;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLog;
+use crate::body::ResponseBody;
+use crate::config::{Config, ConfigError, HttpMode, Limits};
+use crate::metrics::{ListenerLabels, Metrics};
+use crate::proxy::{self, new_request_id, status_page};
+use crate::reload::{self, Reloader};
+use crate::route::normalize_host;
+use crate::snapshot::Snapshot;
+use crate::tls::{self, CertStore, TlsError};
+use crate::{admin, worker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("TLS setup failed")]
+    Tls(#[from] TlsError),
+    #[error("none of the configured certificates could be loaded")]
+    NoCertificate,
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start a runtime thread")]
+    Runtime(#[source] io::Error),
+}
+
+/// State shared by every worker and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub certs: Arc<CertStore>,
+    pub tls: Arc<ServerConfig>,
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+    connections: Arc<Semaphore>,
+    draining: AtomicBool,
+    redirect_port: u16,
+    http_mode: HttpMode,
+}
+
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// One client connection, as the request pipeline sees it.
+#[derive(Debug)]
+pub struct ConnState {
+    pub peer: SocketAddr,
+    /// The peer's IP, formatted once for the forwarding headers.
+    pub peer_ip_header: HeaderValue,
+    pub tls: bool,
+    active: AtomicBool,
+    inflight: AtomicUsize,
+}
+
+impl ConnState {
+    fn new(peer: SocketAddr, tls: bool) -> Self {
+        Self {
+            peer,
+            peer_ip_header: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            tls,
+            active: AtomicBool::new(true),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_done(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    /// True when nothing happened since the previous call and no request is in flight.
+    fn idle_since_last_check(&self) -> bool {
+        let was_active = self.active.swap(false, Ordering::Relaxed);
+        !was_active && self.inflight.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// How the server is started.
+pub struct Options {
+    /// The configuration file, watched for changes. `None` uses the embedded local example.
+    pub config_path: Option<PathBuf>,
+    /// Where access-log lines go (standard output by default).
+    pub access_log: Option<Box<dyn Write + Send>>,
+    /// Handle SIGTERM/SIGINT (graceful shutdown) and SIGHUP (reload). Off for embedded use.
+    pub handle_signals: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config_path: None,
+            access_log: None,
+            handle_signals: true,
+        }
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub https_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    /// The development CA certificate (PEM file) when no certificate was configured.
+    pub dev_ca_file: Option<PathBuf>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    stop_control: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown; [`Running::wait`] returns when it is over.
+    pub fn shutdown(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Blocks until every worker has stopped.
+    pub fn wait(mut self) {
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        let _ = self.stop_control.send(true);
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+        let _ = self.stop_control.send(true);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListenerKind {
+    Https,
+    Http,
+}
+
+impl ListenerKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// Resolves once the flag turns true (or its sender is gone).
+pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stopped| *stopped).await;
+}
+
+/// Loads the configuration and certificates, binds every listener and starts the threads.
+pub fn start(options: Options) -> Result<Running, StartError> {
+    let config = match &options.config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::parse(
+            crate::config::EMBEDDED_DEFAULT,
+            std::path::Path::new("<embedded deploy/examples/local.yaml>"),
+            std::path::Path::new("."),
+        )?,
+    };
+    let workers = config.workers;
+    let metrics = Metrics::default();
+
+    let mut dev_ca_file = None;
+    let table = if config.tls.certificates.is_empty() {
+        let dev = tls::dev_certificate()?;
+        let path = std::env::temp_dir().join(format!("sekisho-dev-ca-{}.pem", std::process::id()));
+        if let Err(error) = std::fs::write(&path, &dev.ca_pem) {
+            tracing::warn!(%error, path = %path.display(), "could not write the development CA");
+        }
+        tracing::warn!(
+            ca = %path.display(),
+            "NO CERTIFICATE CONFIGURED: serving a self-signed development certificate for \
+             localhost. Browsers will warn; trust the CA file above for testing only."
+        );
+        dev_ca_file = Some(path);
+        tls::CertTable::new(vec![dev.cert])
+    } else {
+        let (table, _) = reload::load_certificates(&config, &tls::CertTable::default(), &metrics);
+        if table.entries.is_empty() {
+            return Err(StartError::NoCertificate);
+        }
+        table
+    };
+    let certs = Arc::new(CertStore::new(table));
+    let snapshot = Snapshot::build(&config, None, workers)?;
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        tls: tls::server_config(certs.clone())?,
+        certs,
+        metrics,
+        access_log: AccessLog::new(
+            options
+                .access_log
+                .unwrap_or_else(|| Box::new(io::stdout())),
+        ),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        draining: AtomicBool::new(false),
+        redirect_port: config.listen.https.port(),
+        http_mode: config.listen.http_mode,
+    });
+
+    let https = bind_group(config.listen.https, workers)?;
+    let http = config
+        .listen
+        .http
+        .map(|addr| bind_group(addr, workers))
+        .transpose()?;
+    let admin = bind(config.listen.admin, false)?;
+    let https_addr = https[0].local_addr().map_err(StartError::Runtime)?;
+    let http_addr = match &http {
+        Some(group) => Some(group[0].local_addr().map_err(StartError::Runtime)?),
+        None => None,
+    };
+    let admin_addr = admin.local_addr().map_err(StartError::Runtime)?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (stop_control, stop_control_rx) = watch::channel(false);
+
+    let reloader = options
+        .config_path
+        .clone()
+        .map(|path| Reloader::new(shared.clone(), path, config.clone()));
+    let control = {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let handle_signals = options.handle_signals;
+        std::thread::Builder::new()
+            .name("sekisho-control".into())
+            .spawn(move || {
+                run_control(
+                    shared,
+                    admin,
+                    reloader,
+                    shutdown,
+                    stop_control_rx,
+                    handle_signals,
+                )
+            })
+            .map_err(StartError::Runtime)?
+    };
+
+    let mut http_group = http.map(Vec::into_iter);
+    let mut handles = Vec::with_capacity(workers);
+    for (index, https_listener) in https.into_iter().enumerate() {
+        let mut listeners = vec![(https_listener, ListenerKind::Https)];
+        if let Some(group) = &mut http_group
+            && let Some(listener) = group.next()
+        {
+            listeners.push((listener, ListenerKind::Http));
+        }
+        let shared = shared.clone();
+        let shutdown = shutdown_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("sekisho-worker-{index}"))
+            .spawn(move || run_worker(index, shared, listeners, shutdown))
+            .map_err(StartError::Runtime)?;
+        handles.push(handle);
+    }
+
+    tracing::info!(
+        https = %https_addr,
+        http = ?http_addr,
+        admin = %admin_addr,
+        workers,
+        "sekisho-proxy is serving"
+    );
+    Ok(Running {
+        https_addr,
+        http_addr,
+        admin_addr,
+        dev_ca_file,
+        shared,
+        shutdown,
+        stop_control,
+        workers: handles,
+        control: Some(control),
+    })
+}
+
+/// One listening socket per worker on the same address.
+fn bind_group(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let reuse_port = workers > 1;
+    let first = bind(addr, reuse_port)?;
+    let actual = first.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let mut group = vec![first];
+    for _ in 1..workers {
+        group.push(bind(actual, reuse_port)?);
+    }
+    Ok(group)
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let attempt = || -> io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
+    };
+    attempt().map_err(|source| StartError::Bind { addr, source })
+}
+
+fn run_control(
+    shared: Arc<Shared>,
+    admin: std::net::TcpListener,
+    reloader: Option<Reloader>,
+    shutdown: watch::Sender<bool>,
+    stop: watch::Receiver<bool>,
+    handle_signals: bool,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the control runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let admin = match TcpListener::from_std(admin) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "cannot use the admin listener");
+                return;
+            }
+        };
+        let (reload_now, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(admin::serve(admin, shared.clone(), stop.clone()));
+        if let Some(reloader) = reloader {
+            tokio::spawn(reloader.run(reload_rx, stop.clone()));
+        }
+        if handle_signals {
+            tokio::spawn(handle_signals_until_stop(
+                shared.clone(),
+                shutdown,
+                reload_now,
+            ));
+        }
+        let mut stop = stop;
+        stopped(&mut stop).await;
+    });
+}
+
+async fn handle_signals_until_stop(
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    reload_now: tokio::sync::mpsc::Sender<()>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = reload_now.try_send(());
+            }
+        }
+    }
+    let grace = shared.snapshot.load().limits.shutdown_grace;
+    tracing::info!(
+        grace = %humantime::format_duration(grace),
+        "shutting down: no new connections, finishing requests in flight"
+    );
+    shared.draining.store(true, Ordering::Relaxed);
+    let _ = shutdown.send(true);
+}
+
+fn run_worker(
+    index: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<(std::net::TcpListener, ListenerKind)>,
+    shutdown: watch::Receiver<bool>,
+) {
+    worker::enter(index);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, worker = index, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let tracker = TaskTracker::new();
+        let mut loops = Vec::new();
+        for (listener, kind) in listeners {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => loops.push(tokio::spawn(accept_loop(
+                    listener,
+                    kind,
+                    shared.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ))),
+                Err(error) => tracing::error!(%error, "cannot use a listener"),
+            }
+        }
+        for accept in loops {
+            let _ = accept.await;
+        }
+        tracker.close();
+        let grace = shared.snapshot.load().limits.shutdown_grace;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                worker = index,
+                connections = tracker.len(),
+                "grace period over: closing the remaining connections"
+            );
+        }
+    });
+}
+
+/// Accepts until shutdown. Cancel-safe: `accept` and permit acquisition lose nothing when the
+/// shutdown branch wins.
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, listener = kind.label(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tracker.spawn(serve_tcp(
+            shared.clone(),
+            kind,
+            stream,
+            peer,
+            permit,
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    kind: ListenerKind,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+    shutdown: watch::Receiver<bool>,
+) {
+    let open = shared
+        .metrics
+        .open_connections
+        .get_or_create(&ListenerLabels {
+            listener: kind.label(),
+        })
+        .clone();
+    open.inc();
+    let limits = shared.snapshot.load().limits.clone();
+    match kind {
+        ListenerKind::Https => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.clone());
+            let handshake =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+            let ok = matches!(handshake, Ok(Ok(_)));
+            shared
+                .metrics
+                .tls_handshakes
+                .get_or_create(&Metrics::result(ok))
+                .inc();
+            match handshake {
+                Ok(Ok(tls)) => serve_http(shared, tls, peer, true, &limits, shutdown).await,
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        ListenerKind::Http => serve_http(shared, stream, peer, false, &limits, shutdown).await,
+    }
+    open.dec();
+}
+
+async fn serve_http<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    limits: &Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new(peer, tls));
+    let io = TokioIo::new(ActivityIo {
+        inner: io,
+        state: state.clone(),
+    });
+    let redirect = !tls && shared.http_mode == HttpMode::Redirect;
+    let service = {
+        let state = state.clone();
+        let shared = shared.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let state = state.clone();
+            async move {
+                Ok::<_, Infallible>(if redirect {
+                    redirect_to_https(&shared, &req)
+                } else {
+                    proxy::handle(shared, state, req).await
+                })
+            }
+        })
+    };
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .adaptive_window(true)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    let idle = limits.idle_timeout;
+    let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, error = %crate::error_chain(&*error), "connection ended");
+                }
+                break;
+            }
+            _ = idle_check.tick(), if !closing => {
+                if state.idle_since_last_check() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = stopped(&mut shutdown), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The plain-HTTP listener's answer in redirect mode: the same URL over HTTPS, for known hosts.
+fn redirect_to_https(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
+    let request_id = new_request_id();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(normalize_host);
+    let Some(host) = host.filter(|h| shared.snapshot.load().routes.knows_host(h)) else {
+        return status_page(
+            StatusCode::NOT_FOUND,
+            "no site is served for this host",
+            &request_id,
+        );
+    };
+    let port = match shared.redirect_port {
+        443 => String::new(),
+        port => format!(":{port}"),
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{path}");
+    let mut response = status_page(
+        StatusCode::PERMANENT_REDIRECT,
+        "this site is served over HTTPS",
+        &request_id,
+    );
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Marks its connection active whenever bytes move, for the idle timeout.
+struct ActivityIo<T> {
+    inner: T,
+    state: Arc<ConnState>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.active.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.active.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.active.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
