@@ -91,6 +91,10 @@ pub struct Listen {
     pub http_mode: HttpMode,
     /// The internal listener for health and metrics; never the public one.
     pub admin: SocketAddr,
+    /// The HTTPS port written into redirects, when clients reach the proxy on another port
+    /// than it listens on (443 in front of 8443). Default: the HTTPS listener's port.
+    #[serde(default)]
+    pub redirect_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -397,9 +401,10 @@ impl Config {
                 problem(field.into(), "must be longer than zero".into());
             }
         }
-        if self.listen.http == Some(self.listen.https)
-            || self.listen.admin == self.listen.https
-            || self.listen.http == Some(self.listen.admin)
+        let fixed = |a: &SocketAddr| a.port() != 0;
+        let listen = &self.listen;
+        if (listen.admin == listen.https && fixed(&listen.admin))
+            || listen.http.is_some_and(|h| fixed(&h) && (h == listen.https || h == listen.admin))
         {
             problem(
                 "listen".into(),

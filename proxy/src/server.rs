@@ -240,22 +240,6 @@ pub fn start(options: Options) -> Result<Running, StartError> {
     let certs = Arc::new(CertStore::new(table));
     let snapshot = Snapshot::build(&config, None, workers)?;
 
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
-        tls: tls::server_config(certs.clone())?,
-        certs,
-        metrics,
-        access_log: AccessLog::new(
-            options
-                .access_log
-                .unwrap_or_else(|| Box::new(io::stdout())),
-        ),
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-        draining: AtomicBool::new(false),
-        redirect_port: config.listen.https.port(),
-        http_mode: config.listen.http_mode,
-    });
-
     let https = bind_group(config.listen.https, workers)?;
     let http = config
         .listen
@@ -269,6 +253,22 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         None => None,
     };
     let admin_addr = admin.local_addr().map_err(StartError::Runtime)?;
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        tls: tls::server_config(certs.clone())?,
+        certs,
+        metrics,
+        access_log: AccessLog::new(
+            options
+                .access_log
+                .unwrap_or_else(|| Box::new(io::stdout())),
+        ),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        draining: AtomicBool::new(false),
+        redirect_port: config.listen.redirect_port.unwrap_or(https_addr.port()),
+        http_mode: config.listen.http_mode,
+    });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (stop_control, stop_control_rx) = watch::channel(false);

@@ -1,0 +1,1 @@
+//! Hot reload of the configuration file and of certificates, including broken edits.
