@@ -1,5 +1,9 @@
 //! Integration tests: the proxy on real sockets, with real TLS and real upstreams.
 
 mod forwarding;
+mod grpc;
+mod lifecycle;
 mod reload;
+mod streaming;
 mod support;
+mod websocket;

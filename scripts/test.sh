@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh Debian machine of the project's kind: installs what the tests
+# need, builds the Kubernetes control plane they start (cached in .cache/), then runs the
+# whole workspace's tests. Usage: scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+need_packages=()
+for pkg in ca-certificates iproute2 procps; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_packages+=("$pkg")
+done
+if [ ${#need_packages[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+if [ -x tests/kube/build.sh ]; then
+  log "building (or reusing) kube-apiserver, kube-controller-manager and etcd"
+  tests/kube/build.sh
+fi
+
+log "cargo test --workspace"
+cargo test --workspace "$@"
