@@ -6,4 +6,5 @@ mod lifecycle;
 mod reload;
 mod streaming;
 mod support;
+mod tls;
 mod websocket;
