@@ -18,7 +18,11 @@ use crate::metrics::CertificateLabels;
 use crate::server::Shared;
 
 /// Serves until `stop` turns true. Cancel-safe: the accept loop only awaits `accept`.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = crate::server::stopped(&mut stop) => break,
@@ -57,11 +61,16 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
             let mut response = text(StatusCode::OK, shared.metrics.encode());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n",
+        ),
     }
 }
 

@@ -231,7 +231,10 @@ impl Endpoint {
     }
 
     pub fn host(&self) -> &str {
-        self.authority.host().trim_start_matches('[').trim_end_matches(']')
+        self.authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
     }
 
     pub fn port(&self) -> u16 {
@@ -336,11 +339,10 @@ impl Config {
 
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-                path: origin.to_owned(),
-                message: e.to_string(),
-            })?;
+        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -372,7 +374,8 @@ impl Config {
     /// Every problem the file has, not just the first.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut problem = |field: String, message: String| problems.push(Problem { field, message });
+        let mut problem =
+            |field: String, message: String| problems.push(Problem { field, message });
 
         if self.workers == 0 || self.workers > 256 {
             problem("workers".into(), "must be between 1 and 256".into());
@@ -404,7 +407,9 @@ impl Config {
         let fixed = |a: &SocketAddr| a.port() != 0;
         let listen = &self.listen;
         if (listen.admin == listen.https && fixed(&listen.admin))
-            || listen.http.is_some_and(|h| fixed(&h) && (h == listen.https || h == listen.admin))
+            || listen
+                .http
+                .is_some_and(|h| fixed(&h) && (h == listen.https || h == listen.admin))
         {
             problem(
                 "listen".into(),
@@ -444,7 +449,8 @@ impl Config {
             }
             let tls = &upstream.tls;
             let any_https = schemes.iter().any(|&s| s);
-            if !any_https && (tls.ca.is_some() || tls.server_name.is_some() || tls.dangerous_skip_verify)
+            if !any_https
+                && (tls.ca.is_some() || tls.server_name.is_some() || tls.dangerous_skip_verify)
             {
                 problem(
                     format!("{field}.tls"),
@@ -546,10 +552,14 @@ fn check_path(path: &str) -> Result<(), String> {
         return Err(format!("`{path}` must start with '/'"));
     }
     if path.contains(['?', '#']) || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(format!("`{path}` may not contain '?', '#', spaces or controls"));
+        return Err(format!(
+            "`{path}` may not contain '?', '#', spaces or controls"
+        ));
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") || path.contains("//") {
-        return Err(format!("`{path}` must be normalised (no '.', '..' or '//')"));
+        return Err(format!(
+            "`{path}` must be normalised (no '.', '..' or '//')"
+        ));
     }
     Ok(())
 }
@@ -600,7 +610,12 @@ hosts:
 
     #[test]
     fn endpoints_with_paths_or_other_schemes_are_rejected() {
-        for bad in ["ftp://x:1", "http://x:1/api", "127.0.0.1:80", "http://u:p@x"] {
+        for bad in [
+            "ftp://x:1",
+            "http://x:1/api",
+            "127.0.0.1:80",
+            "http://u:p@x",
+        ] {
             assert!(Endpoint::try_from(bad.to_string()).is_err(), "{bad}");
         }
         let ok = Endpoint::try_from("https://[::1]:8443".to_string()).unwrap();

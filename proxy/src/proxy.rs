@@ -462,10 +462,9 @@ fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
-        value.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
 }
 
@@ -687,7 +686,10 @@ mod tests {
     #[test]
     fn error_statuses_follow_the_error_source() {
         assert_eq!(ProxyError::UnknownHost.status(), StatusCode::NOT_FOUND);
-        assert_eq!(ProxyError::UpstreamTimeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            ProxyError::UpstreamTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
         assert_eq!(
             ProxyError::UpstreamConnect("x".into()).status(),
             StatusCode::BAD_GATEWAY

@@ -38,13 +38,19 @@ impl Reloader {
     }
 
     /// Watches until `stop`; `reload_now` forces a reload (SIGHUP).
-    pub(crate) async fn run(mut self, mut reload_now: mpsc::Receiver<()>, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(
+        mut self,
+        mut reload_now: mpsc::Receiver<()>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let (tx, mut changes) = mpsc::channel::<()>(1);
-        let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.try_send(());
-            }
-        }) {
+        let mut watcher = match notify::recommended_watcher(
+            move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = tx.try_send(());
+                }
+            },
+        ) {
             Ok(watcher) => watcher,
             Err(error) => {
                 tracing::error!(%error, "cannot watch files: configuration and certificates will not reload");
@@ -76,7 +82,12 @@ impl Reloader {
                     .iter()
                     .flat_map(|c| [c.cert.as_path(), c.key.as_path()]),
             )
-            .map(|p| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
+            .map(|p| {
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf()
+            })
             .collect();
         for gone in self.watched.difference(&wanted) {
             let _ = watcher.unwatch(gone);
@@ -121,11 +132,15 @@ impl Reloader {
         }
         let base = self.path.parent().unwrap_or(Path::new("."));
         let result = Config::parse(&text, &self.path, base).and_then(|config| {
-            let snapshot = Snapshot::build(&config, Some(&self.shared.snapshot.load()), self.config.workers)
-                .map_err(|e| crate::config::ConfigError::Parse {
-                    path: self.path.clone(),
-                    message: crate::error_chain(&e),
-                })?;
+            let snapshot = Snapshot::build(
+                &config,
+                Some(&self.shared.snapshot.load()),
+                self.config.workers,
+            )
+            .map_err(|e| crate::config::ConfigError::Parse {
+                path: self.path.clone(),
+                message: crate::error_chain(&e),
+            })?;
             Ok((config, snapshot))
         });
         self.text = Some(text);
@@ -147,21 +162,35 @@ impl Reloader {
     }
 
     fn count_config(&self, ok: bool) {
-        self.shared.metrics.config_reloads.get_or_create(&Metrics::result(ok)).inc();
+        self.shared
+            .metrics
+            .config_reloads
+            .get_or_create(&Metrics::result(ok))
+            .inc();
     }
 }
 
 /// Loads every configured certificate. A file pair that fails keeps its previous certificate
 /// (when there was one); each failure is logged and counted. Returns the table and whether it
 /// differs from `previous`.
-pub(crate) fn load_certificates(config: &Config, previous: &CertTable, metrics: &Metrics) -> (CertTable, bool) {
+pub(crate) fn load_certificates(
+    config: &Config,
+    previous: &CertTable,
+    metrics: &Metrics,
+) -> (CertTable, bool) {
     let mut entries = Vec::with_capacity(config.tls.certificates.len());
     for files in &config.tls.certificates {
         match tls::load_certificate(files) {
             Ok(cert) => entries.push(cert),
             Err(error) => {
-                metrics.certificate_reloads.get_or_create(&Metrics::result(false)).inc();
-                let kept = previous.entries.iter().find(|e| e.files.as_ref() == Some(files));
+                metrics
+                    .certificate_reloads
+                    .get_or_create(&Metrics::result(false))
+                    .inc();
+                let kept = previous
+                    .entries
+                    .iter()
+                    .find(|e| e.files.as_ref() == Some(files));
                 tracing::error!(
                     error = %crate::error_chain(&error),
                     kept_previous = kept.is_some(),
@@ -172,8 +201,9 @@ pub(crate) fn load_certificates(config: &Config, previous: &CertTable, metrics: 
         }
     }
     let changed = entries.len() != previous.entries.len()
-        || entries.iter().zip(&previous.entries).any(|(new, old)| {
-            new.files != old.files || new.key.cert != old.key.cert
-        });
+        || entries
+            .iter()
+            .zip(&previous.entries)
+            .any(|(new, old)| new.files != old.files || new.key.cert != old.key.cert);
     (CertTable::new(entries), changed)
 }

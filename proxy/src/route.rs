@@ -175,11 +175,7 @@ mod tests {
             Some("wild-default"),
         );
         table.insert_host("only-default.test", [], Some("default"));
-        table.insert_host(
-            "no-default.test",
-            [("/a".to_string(), Prefix, "a")],
-            None,
-        );
+        table.insert_host("no-default.test", [("/a".to_string(), Prefix, "a")], None);
         table
     }
 
@@ -216,7 +212,10 @@ mod tests {
     #[test]
     fn exact_host_wins_over_wildcard() {
         let table = table();
-        assert_eq!(table.find("app.example.com", "/wild").copied(), Some("root"));
+        assert_eq!(
+            table.find("app.example.com", "/wild").copied(),
+            Some("root")
+        );
     }
 
     #[test]

@@ -259,11 +259,7 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         tls: tls::server_config(certs.clone())?,
         certs,
         metrics,
-        access_log: AccessLog::new(
-            options
-                .access_log
-                .unwrap_or_else(|| Box::new(io::stdout())),
-        ),
+        access_log: AccessLog::new(options.access_log.unwrap_or_else(|| Box::new(io::stdout()))),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         draining: AtomicBool::new(false),
         redirect_port: config.listen.redirect_port.unwrap_or(https_addr.port()),
@@ -338,7 +334,9 @@ pub fn start(options: Options) -> Result<Running, StartError> {
 fn bind_group(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
     let reuse_port = workers > 1;
     let first = bind(addr, reuse_port)?;
-    let actual = first.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let actual = first
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
     let mut group = vec![first];
     for _ in 1..workers {
         group.push(bind(actual, reuse_port)?);

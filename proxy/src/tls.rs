@@ -95,13 +95,14 @@ fn certified(
     files: Option<CertificateFiles>,
 ) -> Result<LoadedCert, TlsError> {
     let cert_path = || files.as_ref().map_or_else(PathBuf::new, |f| f.cert.clone());
-    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
-        path: cert_path(),
-    })?;
-    let (names, not_after) = names_and_expiry(leaf).map_err(|message| TlsError::BadCertificate {
-        path: cert_path(),
-        message,
-    })?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| TlsError::NoCertificate { path: cert_path() })?;
+    let (names, not_after) =
+        names_and_expiry(leaf).map_err(|message| TlsError::BadCertificate {
+            path: cert_path(),
+            message,
+        })?;
     if names.is_empty() {
         return Err(TlsError::NoNames { cert: cert_path() });
     }
@@ -131,7 +132,9 @@ fn names_and_expiry(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), Stri
                 GeneralName::IPAddress(bytes) => {
                     let ip = match bytes.len() {
                         4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
                         _ => None,
                     };
                     names.extend(ip.map(|ip| ip.to_string()));
@@ -259,11 +262,12 @@ pub fn dev_certificate() -> Result<DevCertificate, TlsError> {
         .push(DnType::CommonName, "localhost");
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
     let chain = vec![leaf.der().clone(), ca_cert.der().clone()];
-    let key = PrivateKeyDer::try_from(leaf_key.serialize_der())
-        .map_err(|e| TlsError::BadCertificate {
+    let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| {
+        TlsError::BadCertificate {
             path: PathBuf::new(),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     Ok(DevCertificate {
         cert: certified(chain, key, None)?,
         ca_pem: ca_cert.pem(),
@@ -380,10 +384,9 @@ mod tests {
 
     fn cert_for(names: &[&str]) -> LoadedCert {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(
-            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let cert = params.self_signed(&key).unwrap();
         let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
         certified(vec![cert.der().clone()], key, None).unwrap()

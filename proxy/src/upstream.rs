@@ -174,10 +174,15 @@ impl Upstream {
             consecutive_failures,
             duration,
         } = self.config.ejection;
-        let failures = endpoint.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = endpoint
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         if failures >= consecutive_failures {
             let until = self.now_ms() + duration.as_millis() as u64;
-            endpoint.ejected_until.store(until.max(1), Ordering::Relaxed);
+            endpoint
+                .ejected_until
+                .store(until.max(1), Ordering::Relaxed);
             endpoint.consecutive_failures.store(0, Ordering::Relaxed);
             return true;
         }

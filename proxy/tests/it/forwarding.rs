@@ -93,8 +93,16 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_are_set() {
     let (status, headers, body) = read_text(client.send("app.test", req).await).await;
     assert_eq!(status, StatusCode::OK);
     let seen = echoed(&body);
-    for gone in ["x-private-hop", "keep-alive", "proxy-authorization", "forwarded"] {
-        assert!(!seen.contains_key(gone), "{gone} reached the upstream: {body}");
+    for gone in [
+        "x-private-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "forwarded",
+    ] {
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} reached the upstream: {body}"
+        );
     }
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-host"], "app.test");
@@ -123,10 +131,8 @@ async fn a_generated_request_id_reaches_the_upstream_the_client_and_the_access_l
     .await;
     assert!(found, "access log line for {id}");
     let log = std::fs::read_to_string(&proxy.access_log).unwrap();
-    let line: serde_json::Value = serde_json::from_str(
-        log.lines().find(|l| l.contains(&id)).unwrap(),
-    )
-    .unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(log.lines().find(|l| l.contains(&id)).unwrap()).unwrap();
     assert_eq!(line["status"], 200);
     assert_eq!(line["route"], "app.test/");
     assert_eq!(line["path"], "/logged", "query strings stay out of the log");
@@ -139,7 +145,10 @@ async fn an_upstream_that_is_down_gives_502_and_a_slow_one_504() {
     let pki = Pki::new();
     let (cert, key) = pki.write_leaf("site", &["app.test"]);
     // A port nobody listens on: bind, note the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let slow = Upstream::start("slow").await;
     let proxy = Proxy::start(&format!(
         "{certs}upstreams:
@@ -163,7 +172,9 @@ hosts:
     let (status, _, _) = client.get("app.test", "/slow/1").await;
     assert_eq!(status, StatusCode::OK, "fast answers still pass");
     assert_eq!(
-        proxy.metric(r#"sekisho_upstream_errors_total{upstream="down",kind="connect"}"#).await,
+        proxy
+            .metric(r#"sekisho_upstream_errors_total{upstream="down",kind="connect"}"#)
+            .await,
         1.0
     );
 }
@@ -172,7 +183,10 @@ hosts:
 async fn a_failing_endpoint_is_ejected_and_traffic_goes_to_the_healthy_one() {
     let pki = Pki::new();
     let (cert, key) = pki.write_leaf("site", &["app.test"]);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let healthy = Upstream::start("healthy").await;
     let proxy = Proxy::start(&format!(
         "{certs}upstreams:
@@ -191,9 +205,18 @@ hosts:
     for _ in 0..6 {
         statuses.push(client.get("app.test", "/").await.0);
     }
-    let failures = statuses.iter().filter(|s| **s == StatusCode::BAD_GATEWAY).count();
-    assert!(failures <= 2, "at most the first tries of each worker fail: {statuses:?}");
-    assert!(statuses[4..].iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let failures = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_GATEWAY)
+        .count();
+    assert!(
+        failures <= 2,
+        "at most the first tries of each worker fail: {statuses:?}"
+    );
+    assert!(
+        statuses[4..].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]
@@ -210,9 +233,13 @@ async fn oversized_request_heads_get_431() {
         .header("x-big", "a".repeat(20_000))
         .body(empty())
         .unwrap();
-    let tcp_result = tokio::time::timeout(Duration::from_secs(5), client.send("app.test", req)).await;
+    let tcp_result =
+        tokio::time::timeout(Duration::from_secs(5), client.send("app.test", req)).await;
     let response = tcp_result.expect("the proxy answers instead of hanging");
-    assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
 }
 
 #[tokio::test]
@@ -225,7 +252,9 @@ async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
         two_sites(&pki, &app, &api)
     ));
     let mut slow = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mut buf = [0u8; 1024];
     // Keep trickling a byte every 300 ms; the proxy must cut us off regardless.
@@ -290,7 +319,10 @@ async fn metrics_and_health_live_on_the_admin_listener_only() {
     let proxy = Proxy::start(&two_sites(&pki, &app, &api));
     let client = TlsClient::new(&pki, proxy.https(), false);
     let (_, _, body) = client.get("app.test", "/metrics").await;
-    assert!(body.starts_with("upstream: app"), "the public /metrics is the app's");
+    assert!(
+        body.starts_with("upstream: app"),
+        "the public /metrics is the app's"
+    );
     let (status, _, body) = plain_get(proxy.admin(), "x", "/healthz").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
     let (status, _, _) = plain_get(proxy.admin(), "x", "/readyz").await;
@@ -303,6 +335,9 @@ async fn metrics_and_health_live_on_the_admin_listener_only() {
         r#"sekisho_certificate_expiry_seconds{name="app.test"}"#,
         r#"sekisho_open_connections{listener="https"}"#,
     ] {
-        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
     }
 }

@@ -392,7 +392,11 @@ pub(crate) async fn read_text(response: Response<Incoming>) -> (StatusCode, Head
 }
 
 /// A plain-HTTP GET (to the admin listener or a plain listener) with a given Host.
-pub(crate) async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+pub(crate) async fn plain_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> (StatusCode, HeaderMap, String) {
     let client: Client<HttpConnector, TestBody> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let req = Request::get(format!("http://{addr}{path}"))
@@ -403,7 +407,11 @@ pub(crate) async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (Stat
 }
 
 /// The leaf certificate the proxy presents for `sni`.
-pub(crate) async fn served_certificate(pki: &Pki, addr: SocketAddr, sni: &str) -> CertificateDer<'static> {
+pub(crate) async fn served_certificate(
+    pki: &Pki,
+    addr: SocketAddr,
+    sni: &str,
+) -> CertificateDer<'static> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(pki.client_config(&[b"http/1.1"]))
         .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
