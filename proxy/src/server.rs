@@ -485,6 +485,11 @@ fn run_worker(
 
 /// Accepts until shutdown. Cancel-safe: `accept` and permit acquisition lose nothing when the
 /// shutdown branch wins.
+///
+/// The connection limit is taken after `accept`: with one socket per worker, the kernel has
+/// already chosen the worker for each queued connection, so a worker that waited for a permit
+/// before accepting could hold it while the next client sits in another worker's queue. Each
+/// worker holds at most one accepted connection beyond the limit while it waits.
 async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
@@ -493,14 +498,6 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stopped(&mut shutdown) => break,
-            permit = shared.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             biased;
             _ = stopped(&mut shutdown) => break,
@@ -512,6 +509,14 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+        };
+        let permit = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
             },
         };
         let _ = stream.set_nodelay(true);

@@ -341,3 +341,59 @@ async fn metrics_and_health_live_on_the_admin_listener_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
+    let proxy = Proxy::start(&format!(
+        "{}limits: {{idle_timeout: 500ms}}\n",
+        two_sites(&pki, &app, &api)
+    ));
+    let mut conn = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = conn.read(&mut response).await.unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    // Drain whatever is left of the response, then expect the close.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut response).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let pki = Pki::new();
+    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
+    let proxy = Proxy::start(&format!(
+        "{}limits: {{max_connections: 1}}\n",
+        two_sites(&pki, &app, &api)
+    ));
+    // The first client holds the only connection slot.
+    let first = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(plain_get(proxy.http(), "app.test", "/"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "the second client was served past the limit"
+    );
+    drop(first);
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once the slot frees")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
