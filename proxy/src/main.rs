@@ -84,7 +84,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ok = false;
         }
     }
-    if let Err(error) = sekisho_proxy::snapshot::Snapshot::build(&config, None, 1) {
+    if let Err(error) = sekisho_proxy::snapshot::Snapshot::build(
+        &config,
+        None,
+        1,
+        &sekisho_proxy::metrics::Metrics::default(),
+    ) {
         eprintln!("invalid: {}", error_chain(&error));
         ok = false;
     }

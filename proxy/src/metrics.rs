@@ -4,7 +4,7 @@
 //! `OTHER`, statuses as classes, and routes are the configured route names.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -171,30 +171,83 @@ impl Metrics {
     }
 }
 
-/// A bounded label for an HTTP method.
-pub fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::PATCH => "PATCH",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "OTHER",
+/// One route's request metrics, resolved when the snapshot is built so that recording a
+/// request costs a few atomic operations instead of label hashing and map lookups.
+pub struct RouteMetrics {
+    name: Name,
+    duration: Histogram,
+    /// By method label and status class, created on first use so that only combinations that
+    /// happened are exported.
+    requests: [[OnceLock<Counter>; 5]; METHODS.len()],
+    family: Family<RequestLabels, Counter>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.name.0)
+            .finish()
     }
 }
 
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+impl RouteMetrics {
+    pub fn new(metrics: &Metrics, name: Name) -> Self {
+        let duration = metrics
+            .request_duration
+            .get_or_create(&RouteLabels {
+                route: name.clone(),
+            })
+            .clone();
+        Self {
+            name,
+            duration,
+            requests: Default::default(),
+            family: metrics.requests.clone(),
+        }
     }
+
+    /// Counts a request and observes the time to its response head.
+    pub fn record(&self, method: &http::Method, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        let m = method_index(method);
+        let s = usize::from(status.clamp(100, 599) / 100 - 1);
+        self.requests[m][s]
+            .get_or_init(|| {
+                self.family
+                    .get_or_create(&RequestLabels {
+                        route: self.name.clone(),
+                        method: METHODS[m],
+                        status: STATUS_CLASSES[s],
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "OTHER",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(method: &http::Method) -> usize {
+    match *method {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::HEAD => 4,
+        http::Method::OPTIONS => 5,
+        http::Method::PATCH => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+/// A bounded label for an HTTP method.
+pub fn method_label(method: &http::Method) -> &'static str {
+    METHODS[method_index(method)]
 }
 
 #[cfg(test)]
@@ -225,6 +278,27 @@ mod tests {
     fn unusual_methods_share_one_label() {
         let method = http::Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(method_label(&method), "OTHER");
-        assert_eq!(status_class(503), "5xx");
+        assert_eq!(method_label(&http::Method::PATCH), "PATCH");
+    }
+
+    #[test]
+    fn route_metrics_count_by_method_and_status_class() {
+        let metrics = Metrics::default();
+        let route = RouteMetrics::new(&metrics, Name("r".into()));
+        route.record(&http::Method::GET, 204, 0.001);
+        route.record(&http::Method::GET, 200, 0.001);
+        route.record(&http::Method::from_bytes(b"PURGE").unwrap(), 503, 0.001);
+        let text = metrics.encode();
+        for line in [
+            r#"sekisho_http_requests_total{route="r",method="GET",status="2xx"} 2"#,
+            r#"sekisho_http_requests_total{route="r",method="OTHER",status="5xx"} 1"#,
+            r#"sekisho_http_request_duration_seconds_count{route="r"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(
+            !text.contains(r#"method="POST""#),
+            "unused combinations stay out"
+        );
     }
 }

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::access_log::AccessRecord;
 use crate::body::{Completion, RequestBody, ResponseBody};
-use crate::metrics::{self, Name, RequestLabels, RouteLabels, UpstreamErrorLabels};
+use crate::metrics::{self, Name, UpstreamErrorLabels};
 use crate::route::normalize_host;
 use crate::server::{ConnState, Shared};
 use crate::snapshot::{Route, Snapshot};
@@ -157,26 +157,11 @@ pub(crate) async fn handle(
     response_filter(&mut response, &ctx);
 
     let status = response.status().as_u16();
-    let route_name = ctx
-        .route
-        .as_ref()
-        .map_or_else(|| Name(Arc::from("")), |r| r.name.clone());
-    shared
-        .metrics
-        .request_duration
-        .get_or_create(&RouteLabels {
-            route: route_name.clone(),
-        })
-        .observe(ctx.start.elapsed().as_secs_f64());
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: route_name,
-            method: metrics::method_label(&method),
-            status: metrics::status_class(status),
-        })
-        .inc();
+    let elapsed = ctx.start.elapsed().as_secs_f64();
+    match &ctx.route {
+        Some(route) => route.metrics.record(&method, status, elapsed),
+        None => shared.unrouted.record(&method, status, elapsed),
+    }
 
     let completion = Completion {
         shared: shared.clone(),

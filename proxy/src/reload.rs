@@ -136,6 +136,7 @@ impl Reloader {
                 &config,
                 Some(&self.shared.snapshot.load()),
                 self.config.workers,
+                &self.shared.metrics,
             )
             .map_err(|e| crate::config::ConfigError::Parse {
                 path: self.path.clone(),

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessLog;
 use crate::body::ResponseBody;
 use crate::config::{Config, ConfigError, HttpMode, Limits};
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::metrics::{ListenerLabels, Metrics, Name, RouteMetrics};
 use crate::proxy::{self, new_request_id, status_page};
 use crate::reload::{self, Reloader};
 use crate::route::normalize_host;
@@ -67,6 +67,8 @@ pub struct Shared {
     pub tls: Arc<ServerConfig>,
     pub metrics: Metrics,
     pub access_log: AccessLog,
+    /// Metrics for requests that matched no route.
+    pub unrouted: RouteMetrics,
     connections: Arc<Semaphore>,
     draining: AtomicBool,
     redirect_port: u16,
@@ -238,7 +240,8 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         table
     };
     let certs = Arc::new(CertStore::new(table));
-    let snapshot = Snapshot::build(&config, None, workers)?;
+    let snapshot = Snapshot::build(&config, None, workers, &metrics)?;
+    let unrouted = RouteMetrics::new(&metrics, Name(Arc::from("")));
 
     let https = bind_group(config.listen.https, workers)?;
     let http = config
@@ -260,6 +263,7 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         certs,
         metrics,
         access_log: AccessLog::new(options.access_log.unwrap_or_else(|| Box::new(io::stdout()))),
+        unrouted,
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         draining: AtomicBool::new(false),
         redirect_port: config.listen.redirect_port.unwrap_or(https_addr.port()),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::config::{Config, Limits};
-use crate::metrics::Name;
+use crate::metrics::{Metrics, Name, RouteMetrics};
 use crate::route::RouteTable;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
@@ -26,6 +26,7 @@ pub struct Route {
     /// `host/path` (or `host/*` for a host's default): the name in logs and metrics.
     pub name: Name,
     pub upstream: Arc<Upstream>,
+    pub metrics: RouteMetrics,
 }
 
 impl Snapshot {
@@ -35,6 +36,7 @@ impl Snapshot {
         config: &Config,
         previous: Option<&Snapshot>,
         workers: usize,
+        metrics: &Metrics,
     ) -> Result<Self, TlsError> {
         let mut upstreams = HashMap::with_capacity(config.upstreams.len());
         for (name, upstream_config) in &config.upstreams {
@@ -53,8 +55,10 @@ impl Snapshot {
         for host in &config.hosts {
             let host_name = host.host.to_ascii_lowercase();
             let route = |label: &str, upstream: &str| {
+                let name = Name(format!("{host_name}{label}").into());
                 Arc::new(Route {
-                    name: Name(format!("{host_name}{label}").into()),
+                    metrics: RouteMetrics::new(metrics, name.clone()),
+                    name,
                     upstream: upstreams[upstream].clone(),
                 })
             };
