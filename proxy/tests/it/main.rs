@@ -7,4 +7,5 @@ mod reload;
 mod streaming;
 mod support;
 mod tls;
+mod upstream_tls;
 mod websocket;
