@@ -1,9 +1,11 @@
-//! Proof that the harness starts a real, working control plane: every test here talks to
-//! the one kube-apiserver (with etcd and kube-controller-manager) that this test binary
-//! shares, each in a namespace or with names of its own. Every wait is bounded.
+//! Proof that the harness starts a real, working control plane. Every test here but
+//! `lifecycle` talks to the one kube-apiserver (with etcd and kube-controller-manager) that
+//! this test binary shares, each in a namespace or with names of its own; `lifecycle`
+//! starts and drops a private one. Every wait is bounded.
 
 mod controller;
 mod custom_resource;
+mod lifecycle;
 mod object;
 mod rbac;
 mod watch;
