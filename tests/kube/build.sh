@@ -5,7 +5,8 @@
 #
 # Usage: tests/kube/build.sh [--regenerate]
 #
-#   SEKISHO_KUBE_BIN   where the binaries go (default: <repo>/.cache/kube/bin)
+#   SEKISHO_KUBE_BIN   where the binaries go (default: <repo>/.cache/kube/bin);
+#                      the tests read the same variable, so give an absolute path
 #   --regenerate       rewrite the wrapper modules' go.mod/go.sum from the
 #                      pinned release even if they already name it
 #
@@ -21,12 +22,13 @@ KUBE_VERSION=v1.36.3
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin=${SEKISHO_KUBE_BIN:-$repo/.cache/kube/bin}
+[[ $bin == /* ]] || bin=$PWD/$bin  # the builds below run in other directories
 
 regenerate=false
 for arg in "$@"; do
   case $arg in
     --regenerate) regenerate=true ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
