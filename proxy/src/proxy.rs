@@ -189,7 +189,7 @@ pub(crate) async fn handle(
 async fn proxy(
     shared: &Shared,
     snapshot: &Snapshot,
-    conn: &ConnState,
+    conn: &Arc<ConnState>,
     ctx: &mut RequestCtx,
     req: Request<Incoming>,
     received: Option<Arc<AtomicU64>>,
@@ -213,7 +213,13 @@ async fn proxy(
             return Err(ProxyError::UnexpectedUpgrade);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
+        // The relay keeps the connection's admission (limit, gauge) and joins the worker's
+        // connection tasks, so shutdown grants it the grace period like any connection.
+        conn.tracker.spawn(splice_upgraded(
+            client_upgrade,
+            upstream_upgrade,
+            conn.clone(),
+        ));
     }
     Ok(response.map(ResponseBody::upstream))
 }
@@ -548,7 +554,7 @@ fn set_forwarding_headers(
 
 /// Copies bytes both ways between an upgraded client connection and an upgraded upstream one
 /// (WebSocket and other HTTP/1.1 upgrades) until either side closes.
-async fn splice_upgraded(client: OnUpgrade, upstream: OnUpgrade) {
+async fn splice_upgraded(client: OnUpgrade, upstream: OnUpgrade, _conn: Arc<ConnState>) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(error) => {

@@ -22,58 +22,63 @@ pub(crate) struct Reloader {
     config: Config,
     /// The text of the last file that loaded, to skip events that changed nothing.
     text: Option<String>,
+    watcher: Option<notify::RecommendedWatcher>,
+    changes: mpsc::Receiver<()>,
     watched: BTreeSet<PathBuf>,
 }
 
 impl Reloader {
+    /// Starts watching at once, so that a change made right after the server started is seen.
     pub(crate) fn new(shared: Arc<Shared>, path: PathBuf, config: Config) -> Self {
         let text = std::fs::read_to_string(&path).ok();
-        Self {
+        let (tx, changes) = mpsc::channel::<()>(1);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.try_send(());
+            }
+        })
+        .inspect_err(|error| {
+            tracing::error!(%error, "cannot watch files: configuration and certificates reload only on SIGHUP");
+        })
+        .ok();
+        let mut reloader = Self {
             shared,
             path,
             config,
             text,
+            watcher,
+            changes,
             watched: BTreeSet::new(),
-        }
+        };
+        reloader.update_watches();
+        reloader
     }
 
-    /// Watches until `stop`; `reload_now` forces a reload (SIGHUP).
+    /// Reloads on every change until `stop`; `reload_now` forces a reload (SIGHUP).
     pub(crate) async fn run(
         mut self,
         mut reload_now: mpsc::Receiver<()>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let (tx, mut changes) = mpsc::channel::<()>(1);
-        let mut watcher = match notify::recommended_watcher(
-            move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
-                    let _ = tx.try_send(());
-                }
-            },
-        ) {
-            Ok(watcher) => watcher,
-            Err(error) => {
-                tracing::error!(%error, "cannot watch files: configuration and certificates will not reload");
-                return;
-            }
-        };
-        self.update_watches(&mut watcher);
         loop {
             tokio::select! {
-                Some(()) = changes.recv() => {
+                Some(()) = self.changes.recv() => {
                     // Let the writer finish (editors and kubelet write in several steps).
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    while changes.try_recv().is_ok() {}
+                    while self.changes.try_recv().is_ok() {}
                 }
                 Some(()) = reload_now.recv() => {}
                 _ = crate::server::stopped(&mut stop) => break,
             }
             self.reload();
-            self.update_watches(&mut watcher);
+            self.update_watches();
         }
     }
 
-    fn update_watches(&mut self, watcher: &mut impl Watcher) {
+    fn update_watches(&mut self) {
+        let Some(watcher) = &mut self.watcher else {
+            return;
+        };
         let wanted: BTreeSet<PathBuf> = std::iter::once(self.path.as_path())
             .chain(
                 self.config

@@ -40,6 +40,7 @@ use crate::route::normalize_host;
 use crate::snapshot::Snapshot;
 use crate::tls::{self, CertStore, TlsError};
 use crate::{admin, worker};
+use prometheus_client::metrics::gauge::Gauge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -88,19 +89,39 @@ pub struct ConnState {
     /// The peer's IP, formatted once for the forwarding headers.
     pub peer_ip_header: HeaderValue,
     pub tls: bool,
+    /// The worker's connection tasks: an upgraded connection's relay joins them, so shutdown
+    /// waits for it like for any other connection.
+    pub(crate) tracker: TaskTracker,
     active: AtomicBool,
     inflight: AtomicUsize,
+    /// Held as long as anything uses the connection, including an upgrade's relay task.
+    _admission: Admission,
+}
+
+/// A client connection's place under the connection limit and in the open-connections gauge.
+#[derive(Debug)]
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr, tls: bool) -> Self {
+    fn new(peer: SocketAddr, tls: bool, admission: Admission, tracker: TaskTracker) -> Self {
         Self {
             peer,
             peer_ip_header: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
             tls,
+            tracker,
             active: AtomicBool::new(true),
             inflight: AtomicUsize::new(0),
+            _admission: admission,
         }
     }
 
@@ -316,7 +337,7 @@ pub fn start(options: Options) -> Result<Running, StartError> {
 
     tracing::info!(
         https = %https_addr,
-        http = ?http_addr,
+        http = http_addr.map(|a| a.to_string()),
         admin = %admin_addr,
         workers,
         "sekisho-proxy is serving"
@@ -530,6 +551,7 @@ async fn accept_loop(
             stream,
             peer,
             permit,
+            tracker.clone(),
             shutdown.clone(),
         ));
     }
@@ -540,7 +562,8 @@ async fn serve_tcp(
     kind: ListenerKind,
     stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    tracker: TaskTracker,
     shutdown: watch::Receiver<bool>,
 ) {
     let open = shared
@@ -551,6 +574,10 @@ async fn serve_tcp(
         })
         .clone();
     open.inc();
+    let admission = Admission {
+        _permit: permit,
+        open,
+    };
     let limits = shared.snapshot.load().limits.clone();
     match kind {
         ListenerKind::Https => {
@@ -564,27 +591,32 @@ async fn serve_tcp(
                 .get_or_create(&Metrics::result(ok))
                 .inc();
             match handshake {
-                Ok(Ok(tls)) => serve_http(shared, tls, peer, true, &limits, shutdown).await,
+                Ok(Ok(tls)) => {
+                    let state = ConnState::new(peer, true, admission, tracker);
+                    serve_http(shared, tls, state, &limits, shutdown).await;
+                }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        ListenerKind::Http => serve_http(shared, stream, peer, false, &limits, shutdown).await,
+        ListenerKind::Http => {
+            let state = ConnState::new(peer, false, admission, tracker);
+            serve_http(shared, stream, state, &limits, shutdown).await;
+        }
     }
-    open.dec();
 }
 
 async fn serve_http<IO>(
     shared: Arc<Shared>,
     io: IO,
-    peer: SocketAddr,
-    tls: bool,
+    state: ConnState,
     limits: &Limits,
     mut shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new(peer, tls));
+    let (peer, tls) = (state.peer, state.tls);
+    let state = Arc::new(state);
     let io = TokioIo::new(ActivityIo {
         inner: io,
         state: state.clone(),

@@ -181,3 +181,63 @@ async fn a_websocket_upgrade_to_an_upstream_that_is_down_gets_502() {
         Ok(_) => panic!("the upgrade succeeded to an upstream that is down"),
     }
 }
+
+#[tokio::test]
+async fn an_open_websocket_counts_as_a_connection_and_outlives_the_start_of_a_shutdown() {
+    let pki = Pki::new();
+    let echo = EchoUpstream::start().await;
+    let mut proxy = Proxy::start(&format!(
+        "{}limits: {{max_connections: 1, shutdown_grace: 5s}}\n",
+        site(&pki, &format!("http://{}", echo.addr))
+    ));
+    let (mut ws, _) = timeout(LIMIT, connect(&pki, proxy.https(), "/echo"))
+        .await
+        .unwrap()
+        .unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("one")));
+    assert_eq!(
+        proxy
+            .metric(r#"sekisho_open_connections{listener="https"}"#)
+            .await,
+        1.0,
+        "the upgraded connection is still counted"
+    );
+    // The only connection slot is taken: another client waits.
+    let waiting = tokio::spawn(connect_plain_tls(
+        pki.client_config(&[b"http/1.1"]),
+        proxy.https(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a second client got past the limit");
+    waiting.abort();
+
+    // Shutdown begins; the WebSocket keeps working during the grace period.
+    let stopped = proxy.shutdown_in_background();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopped.is_finished(),
+        "shutdown did not wait for the open WebSocket"
+    );
+    ws.send(Message::text("two")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("two")));
+    ws.close(None).await.unwrap();
+    let _ = next_message(&mut ws).await;
+    drop(ws);
+    // Well before the 5 s grace period runs out.
+    let done = timeout(
+        Duration::from_secs(3),
+        tokio::task::spawn_blocking(move || stopped.join()),
+    )
+    .await
+    .expect("shutdown ends once the WebSocket closed");
+    assert!(done.is_ok());
+}
+
+/// A TLS handshake with the proxy (it only completes once the proxy accepts the connection).
+async fn connect_plain_tls(config: std::sync::Arc<rustls::ClientConfig>, addr: SocketAddr) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("ws.test").unwrap(), tcp)
+        .await;
+}
