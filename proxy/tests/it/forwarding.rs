@@ -27,13 +27,49 @@ hosts:
     )
 }
 
+/// The proxy in front of two upstreams (`app` and `api`, see [`two_sites`]), with `extra`
+/// YAML appended to the configuration.
+struct TwoSites {
+    pki: Pki,
+    app: Upstream,
+    _api: Upstream,
+    proxy: Proxy,
+}
+
+impl TwoSites {
+    async fn start(extra: &str) -> Self {
+        let pki = Pki::new();
+        let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
+        let proxy = Proxy::start(&format!("{}{extra}", two_sites(&pki, &app, &api)));
+        Self {
+            pki,
+            app,
+            _api: api,
+            proxy,
+        }
+    }
+
+    fn client(&self, http2: bool) -> TlsClient {
+        TlsClient::new(&self.pki, self.proxy.https(), http2)
+    }
+}
+
+/// Reads (and discards) until the peer closes; false if it is still open after `limit`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await
+    .is_ok()
+}
+
 #[tokio::test]
 async fn requests_are_routed_by_host_and_path_over_http1_and_http2() {
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&two_sites(&pki, &app, &api));
+    let sites = TwoSites::start("").await;
     for http2 in [false, true] {
-        let client = TlsClient::new(&pki, proxy.https(), http2);
+        let client = sites.client(http2);
         let cases = [
             ("app.test", "/", "app"),
             ("app.test", "/apiary", "app"),
@@ -58,10 +94,8 @@ async fn requests_are_routed_by_host_and_path_over_http1_and_http2() {
 
 #[tokio::test]
 async fn an_unknown_host_gets_a_404_naming_the_request_id_and_never_another_site() {
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&two_sites(&pki, &app, &api));
-    let client = TlsClient::new(&pki, proxy.https(), false);
+    let sites = TwoSites::start("").await;
+    let client = sites.client(false);
     // SNI says app.test (the certificate matches), Host says something else.
     let req = request("evil.test", "/", false);
     let (status, headers, body) = read_text(client.send("app.test", req).await).await;
@@ -73,10 +107,8 @@ async fn an_unknown_host_gets_a_404_naming_the_request_id_and_never_another_site
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_are_set() {
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&two_sites(&pki, &app, &api));
-    let client = TlsClient::new(&pki, proxy.https(), false);
+    let sites = TwoSites::start("").await;
+    let client = sites.client(false);
     let req = http::Request::get("/headers")
         .header("host", "app.test")
         .header("connection", "keep-alive, x-private-hop")
@@ -113,10 +145,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_are_set() {
 
 #[tokio::test]
 async fn a_generated_request_id_reaches_the_upstream_the_client_and_the_access_log() {
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&two_sites(&pki, &app, &api));
-    let client = TlsClient::new(&pki, proxy.https(), true);
+    let sites = TwoSites::start("").await;
+    let (app, proxy) = (&sites.app, &sites.proxy);
+    let client = sites.client(true);
     let (status, headers, body) = client.get("app.test", "/logged?secret=1").await;
     assert_eq!(status, StatusCode::OK);
     let id = headers["x-request-id"].to_str().unwrap().to_string();
@@ -221,13 +252,8 @@ hosts:
 
 #[tokio::test]
 async fn oversized_request_heads_get_431() {
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&format!(
-        "{}limits: {{max_header_bytes: 8192}}\n",
-        two_sites(&pki, &app, &api)
-    ));
-    let client = TlsClient::new(&pki, proxy.https(), false);
+    let sites = TwoSites::start("limits: {max_header_bytes: 8192}\n").await;
+    let client = sites.client(false);
     let req = http::Request::get("/")
         .header("host", "app.test")
         .header("x-big", "a".repeat(20_000))
@@ -245,12 +271,8 @@ async fn oversized_request_heads_get_431() {
 #[tokio::test]
 async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&format!(
-        "{}limits: {{header_read_timeout: 1s}}\n",
-        two_sites(&pki, &app, &api)
-    ));
+    let sites = TwoSites::start("limits: {header_read_timeout: 1s}\n").await;
+    let proxy = &sites.proxy;
     let mut slow = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
         .await
@@ -314,10 +336,9 @@ async fn plain_http_redirects_to_https_for_known_hosts_only() {
 
 #[tokio::test]
 async fn metrics_and_health_live_on_the_admin_listener_only() {
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&two_sites(&pki, &app, &api));
-    let client = TlsClient::new(&pki, proxy.https(), false);
+    let sites = TwoSites::start("").await;
+    let proxy = &sites.proxy;
+    let client = sites.client(false);
     let (_, _, body) = client.get("app.test", "/metrics").await;
     assert!(
         body.starts_with("upstream: app"),
@@ -345,12 +366,8 @@ async fn metrics_and_health_live_on_the_admin_listener_only() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&format!(
-        "{}limits: {{idle_timeout: 500ms}}\n",
-        two_sites(&pki, &app, &api)
-    ));
+    let sites = TwoSites::start("limits: {idle_timeout: 500ms}\n").await;
+    let proxy = &sites.proxy;
     let mut conn = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
     conn.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
@@ -360,27 +377,17 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(response[..n].starts_with(b"HTTP/1.1 200"));
     let started = std::time::Instant::now();
     // Drain whatever is left of the response, then expect the close.
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match conn.read(&mut response).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "idle connection still open after 5 s");
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(5)).await,
+        "idle connection still open after 5 s"
+    );
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
 
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
-    let pki = Pki::new();
-    let (app, api) = (Upstream::start("app").await, Upstream::start("api").await);
-    let proxy = Proxy::start(&format!(
-        "{}limits: {{max_connections: 1}}\n",
-        two_sites(&pki, &app, &api)
-    ));
+    let sites = TwoSites::start("limits: {max_connections: 1}\n").await;
+    let proxy = &sites.proxy;
     // The first client holds the only connection slot.
     let first = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
