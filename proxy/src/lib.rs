@@ -14,6 +14,8 @@ mod admin;
 pub mod body;
 pub mod config;
 pub mod metrics;
+pub mod path;
+pub mod policy;
 pub mod proxy;
 mod reload;
 pub mod route;
