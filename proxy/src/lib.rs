@@ -20,6 +20,7 @@ pub mod proxy;
 mod reload;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
