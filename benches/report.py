@@ -186,7 +186,7 @@ def machine_block(machine):
     lines = [f"- {label}: `{machine[k]}`" for k, label in keys if k in machine]
     lines.append(
         f"- Runs: {machine.get('rounds')} interleaved rounds (peer order rotated each round), "
-        f"{machine.get('duration')} s per run, {machine.get('conns')} connections, "
+        f"{machine.get('duration')} s per run, {machine.get('conns')} connections, nice {machine.get('nice', 0)}, "
         f"{machine.get('idle_conns')} plain / {machine.get('idle_tls_conns')} TLS idle connections per proxy; whole run "
         f"{int(machine.get('elapsed', 0)) // 60} min {int(machine.get('elapsed', 0)) % 60} s."
     )
