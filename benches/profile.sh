@@ -3,7 +3,7 @@
 # `wrk -t1 -c32`, HTTP/1.1 keep-alive, 12-byte body, same pinning as proxy.sh (servers on CPU 1,
 # wrk on CPU 0).
 #
-#   benches/profile.sh [--sekisho BINARY] [--duration SECONDS]
+#   benches/profile.sh [--sekisho BINARY] [--duration SECONDS] [--access-log]
 #
 # For each proxy it prints: the top symbols of a `perf record -e cpu-clock` sample (user and
 # kernel; no hardware counters are needed) with the user/kernel split, and system calls per
@@ -14,10 +14,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SEKISHO="$ROOT/target/release/sekisho-proxy"
 DURATION=5
+ACCESS_LOG=false
 while (($#)); do
     case "$1" in
         --sekisho) SEKISHO=$(realpath "$2"); shift ;;
         --duration) DURATION=$2; shift ;;
+        --access-log) ACCESS_LOG=true ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -61,7 +63,7 @@ EOF
 cat >"$T/sekisho.yaml" <<EOF
 listen: {https: 127.0.0.1:18504, http: 127.0.0.1:18503, http_mode: serve, admin: 127.0.0.1:18505}
 workers: 1
-access_log: false
+access_log: $ACCESS_LOG
 limits: {idle_timeout: 300s}
 upstreams:
   bench: {endpoints: ["http://127.0.0.1:18501"]}
@@ -82,7 +84,7 @@ requests() { awk '/requests in/ {print $1}'; }
 
 taskset -c 1 nginx -c "$T/upstream.conf" -e "$T/upstream.err" & PID[upstream]=$!
 taskset -c 1 nginx -c "$T/nginx.conf" -e "$T/nginx.err" & PID[nginx]=$!
-taskset -c 1 "$SEKISHO" --config "$T/sekisho.yaml" --log-format text >/dev/null 2>"$T/sekisho.err" &
+taskset -c 1 "$SEKISHO" --config "$T/sekisho.yaml" --log-format text >>"$T/access.log" 2>"$T/sekisho.err" &
 PID[sekisho]=$!
 for port in 18501 18502 18503; do wait_port "$port"; done
 declare -A PORT=([nginx]=18502 [sekisho]=18503)
