@@ -59,6 +59,9 @@ impl AccessLog {
     /// Lines go to `sink` from a background thread; when it falls behind, lines are dropped
     /// rather than slowing requests down.
     pub fn new(sink: Box<dyn Write + Send>) -> Self {
+        // The background thread writes whatever has queued up, then flushes: under load, lines
+        // leave in batches of up to 64 KiB instead of one write(2) each.
+        let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
         let (writer, guard) = tracing_appender::non_blocking(sink);
         Self {
             writer,

@@ -140,7 +140,12 @@ pub(crate) async fn handle(
         endpoint: None,
     };
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let log = snapshot.access_log;
+    let path = if log {
+        req.uri().path().to_owned()
+    } else {
+        String::new()
+    };
     let received = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
 
     let outcome = match request_filter(&mut ctx, &req) {
@@ -166,7 +171,7 @@ pub(crate) async fn handle(
     let completion = Completion {
         shared: shared.clone(),
         conn: conn.clone(),
-        log: snapshot.access_log,
+        log,
         received,
         record: AccessRecord {
             start: ctx.start,
@@ -463,6 +468,10 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// fixed list and whatever `Connection` names. `Upgrade` survives on upgrade exchanges, and
 /// `TE: trailers` (which gRPC needs) survives on requests.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of a lookup each.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.remove(header::CONNECTION) {
         if let Ok(list) = connection.to_str() {
             for token in list.split(',').map(str::trim) {
@@ -502,6 +511,18 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `X-Real-IP`. From a trusted proxy, the chain is
