@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian machine of the project's kind: installs what the tests
 # need, builds the Kubernetes control plane they start (cached in .cache/), then runs the
-# whole workspace's tests. Usage: scripts/test.sh [extra cargo test arguments]
+# whole workspace's tests and the dev OpenID provider's tests. Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +24,6 @@ fi
 
 log "cargo test --workspace"
 cargo test --workspace "$@"
+
+log "devidp: npm ci and node --test (the dev OpenID provider the identity tests log in against)"
+(cd devidp && npm ci --no-audit --no-fund --silent && node --test test/)
