@@ -83,9 +83,8 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// Whether `path` matches `prefix` with Kubernetes Ingress `Prefix` semantics: element-wise, so
 /// `/foo` matches `/foo`, `/foo/` and `/foo/bar` but not `/foobar`; `/` matches every path; a
-/// trailing slash on the prefix is ignored. Both are expected to be normalised.
-///
-/// This repeats the few lines of `route`'s private prefix rule rather than reaching into it.
+/// trailing slash on the prefix is ignored. Both are expected to be normalised. Routing and
+/// policies share this one rule.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))

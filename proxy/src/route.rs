@@ -117,11 +117,7 @@ impl<T> PathRule<T> {
     fn matches(&self, path: &str) -> bool {
         match self.kind {
             PathType::Exact => path == &*self.path,
-            PathType::Prefix => {
-                let prefix = &*self.path;
-                path.starts_with(prefix)
-                    && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
-            }
+            PathType::Prefix => crate::path::prefix_matches(&self.path, path),
         }
     }
 }
