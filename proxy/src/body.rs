@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::server::{ConnState, Shared};
+use crate::server::{InFlight, Shared};
 
 /// A client's request body on its way upstream.
 pub struct RequestBody {
@@ -142,7 +142,8 @@ impl Drop for ResponseBody {
 /// Everything the logging phase needs once the response is done.
 pub struct Completion {
     pub shared: Arc<Shared>,
-    pub conn: Arc<ConnState>,
+    /// Ends the request's in-flight count when the response is done.
+    pub in_flight: InFlight,
     pub log: bool,
     pub record: AccessRecord,
     pub received: Option<Arc<AtomicU64>>,
@@ -150,7 +151,6 @@ pub struct Completion {
 
 impl Completion {
     fn finish(mut self, sent: u64) {
-        self.conn.request_done();
         if self.log {
             self.record.bytes_in = self
                 .received

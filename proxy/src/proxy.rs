@@ -129,7 +129,7 @@ pub(crate) async fn handle(
     conn: Arc<ConnState>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    conn.request_started();
+    let in_flight = conn.request_started();
     let snapshot = shared.snapshot.load_full();
     let mut ctx = RequestCtx {
         start: Instant::now(),
@@ -170,7 +170,7 @@ pub(crate) async fn handle(
 
     let completion = Completion {
         shared: shared.clone(),
-        conn: conn.clone(),
+        in_flight,
         log,
         received,
         record: AccessRecord {

@@ -98,6 +98,17 @@ pub struct ConnState {
     _admission: Admission,
 }
 
+/// One request in flight on a connection; see [`ConnState::request_started`].
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A client connection's place under the connection limit and in the open-connections gauge.
 #[derive(Debug)]
 struct Admission {
@@ -125,14 +136,12 @@ impl ConnState {
         }
     }
 
-    pub(crate) fn request_started(&self) {
+    /// Counts a request as in flight until the returned guard is dropped, whether the request
+    /// completes or its future is dropped (client gone, HTTP/2 stream reset).
+    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.active.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn request_done(&self) {
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.active.store(true, Ordering::Relaxed);
+        InFlight(self.clone())
     }
 
     /// True when nothing happened since the previous call and no request is in flight.

@@ -404,3 +404,40 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_reset_http2_stream_does_not_keep_its_connection_from_going_idle() {
+    let sites = TwoSites::start("limits: {idle_timeout: 500ms}\n").await;
+    let tcp = tokio::net::TcpStream::connect(sites.proxy.https())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(sites.pki.client_config(&[b"h2"]))
+        .connect(
+            rustls_pki_types::ServerName::try_from("app.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // Start a slow request, then give up on it: the client resets the stream.
+    let slow = sender.send_request(request("app.test", "/slow/10000", true));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), slow)
+            .await
+            .is_err()
+    );
+    // The client keeps its side open (`sender` lives on): only the proxy's idle check can
+    // end the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    drop(sender);
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open: the abandoned request still counts as in flight"
+    );
+}
