@@ -175,11 +175,7 @@ async fn a_generated_request_id_reaches_the_upstream_the_client_and_the_access_l
 async fn an_upstream_that_is_down_gives_502_and_a_slow_one_504() {
     let pki = Pki::new();
     let (cert, key) = pki.write_leaf("site", &["app.test"]);
-    // A port nobody listens on: bind, note the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let slow = Upstream::start("slow").await;
     let proxy = Proxy::start(&format!(
         "{certs}upstreams:
@@ -214,10 +210,7 @@ hosts:
 async fn a_failing_endpoint_is_ejected_and_traffic_goes_to_the_healthy_one() {
     let pki = Pki::new();
     let (cert, key) = pki.write_leaf("site", &["app.test"]);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let healthy = Upstream::start("healthy").await;
     let proxy = Proxy::start(&format!(
         "{certs}upstreams:

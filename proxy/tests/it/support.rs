@@ -437,3 +437,11 @@ pub(crate) fn certificates_yaml(files: &[(PathBuf, PathBuf)]) -> String {
     }
     yaml
 }
+
+/// A loopback address nobody listens on: bound, noted, released.
+pub(crate) fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

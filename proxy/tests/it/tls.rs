@@ -42,15 +42,8 @@ async fn tls12_and_tls13_both_negotiate_with_h2_or_http11_by_alpn() {
     let proxy = Proxy::start(&config(&certificates_yaml(&[(cert, key)]), &app));
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
-            let base = pki.client_config(&[alpn]);
-            let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(root_store(&pki))
-            .with_no_client_auth();
-            client.alpn_protocols = base.alpn_protocols.clone();
+            let mut client = client_config(&pki, version);
+            client.alpn_protocols = vec![alpn.to_vec()];
             let tls = handshake(Arc::new(client), proxy.https(), "app.test").await;
             let (_, session) = tls.get_ref();
             assert_eq!(session.protocol_version(), Some(version.version));
@@ -87,13 +80,7 @@ async fn a_returning_client_resumes_its_session() {
     let (cert, key) = pki.write_leaf("site", &["app.test"]);
     let proxy = Proxy::start(&config(&certificates_yaml(&[(cert, key)]), &app));
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(root_store(&pki))
-        .with_no_client_auth();
+        let mut client = client_config(&pki, version);
         client.resumption = Resumption::in_memory_sessions(16);
         let client = Arc::new(client);
         let first = handshake(client.clone(), proxy.https(), "app.test").await;
@@ -127,8 +114,16 @@ async fn drive_until_tickets(mut tls: tokio_rustls::client::TlsStream<TcpStream>
     .await;
 }
 
-fn root_store(pki: &Pki) -> rustls::RootCertStore {
+/// A client that trusts the test CA and speaks only `version`.
+fn client_config(
+    pki: &Pki,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pem_to_der(&pki.ca_pem)).unwrap();
-    roots
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }

@@ -162,11 +162,7 @@ async fn websocket_messages_pass_both_ways_through_the_tls_listener_and_close_cl
 #[tokio::test]
 async fn a_websocket_upgrade_to_an_upstream_that_is_down_gets_502() {
     let pki = Pki::new();
-    // A port nobody listens on: bind, note the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let proxy = Proxy::start(&site(&pki, &format!("http://{closed}")));
 
     let outcome = timeout(LIMIT, connect(&pki, proxy.https(), "/echo"))
