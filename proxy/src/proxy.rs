@@ -32,7 +32,7 @@ use crate::metrics::{self, Name, UpstreamErrorLabels};
 use crate::route::normalize_host;
 use crate::server::{ConnState, Shared};
 use crate::snapshot::{Route, Snapshot};
-use crate::upstream::{ConnectError, Endpoint, Upstream};
+use crate::upstream::{ConnectError, Endpoint, SendError, Upstream};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -287,27 +287,43 @@ fn upstream_request_filter(
     );
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
 
-    // The connector dials the endpoint; the URI keeps the client's host as the authority so
-    // HTTP/2 upstreams see the right `:authority` and HTTP/1.1 ones the right `Host`.
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority = ctx
-        .raw_host
-        .as_ref()
-        .and_then(|h| Authority::from_maybe_shared(Bytes::copy_from_slice(h.as_bytes())).ok());
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(if endpoint.scheme == Scheme::HTTPS {
-        Scheme::HTTPS
+    if endpoint.speaks_http1_only() {
+        // Origin-form request target, and in `Host` the host the request was routed by (HTTP/2
+        // clients send it as `:authority`; an absolute-form URI's authority beats `Host`).
+        if let Some(host) = &ctx.raw_host {
+            headers.insert(header::HOST, host.clone());
+        }
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path_and_query);
+        }
     } else {
-        Scheme::HTTP
-    });
-    parts.authority = authority;
-    parts.path_and_query = Some(path_and_query);
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
+        // The connector dials the endpoint; the URI keeps the client's host as the authority so
+        // HTTP/2 upstreams see the right `:authority` and HTTP/1.1 ones the right `Host`.
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let authority = ctx
+            .raw_host
+            .as_ref()
+            .and_then(|h| Authority::from_maybe_shared(Bytes::copy_from_slice(h.as_bytes())).ok());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if endpoint.scheme == Scheme::HTTPS {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        parts.authority = authority;
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
     // HTTP/2 from the client, HTTP/1.1 or HTTP/2 to the upstream: the client library picks the
     // wire version from the connection.
@@ -321,7 +337,7 @@ async fn forward(
     endpoint: &Endpoint,
     req: Request<RequestBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let exchange = endpoint.client().request(req);
+    let exchange = endpoint.send(req);
     let result = tokio::time::timeout(upstream.config.response_header_timeout, exchange).await;
     let error = match result {
         Ok(Ok(response)) => {
@@ -329,7 +345,7 @@ async fn forward(
             return Ok(response);
         }
         Err(_) => ProxyError::UpstreamTimeout,
-        Ok(Err(err)) => classify_client_error(err),
+        Ok(Err(err)) => classify_send_error(err),
     };
     let down = matches!(
         error,
@@ -353,21 +369,12 @@ async fn forward(
     Err(error)
 }
 
-fn classify_client_error(err: hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
-            return match connect {
-                ConnectError::Timeout { .. } => ProxyError::UpstreamConnectTimeout(Box::new(err)),
-                _ => ProxyError::UpstreamConnect(Box::new(err)),
-            };
-        }
-        source = cause.source();
-    }
-    if err.is_connect() {
-        ProxyError::UpstreamConnect(Box::new(err))
-    } else {
-        ProxyError::UpstreamProtocol(Box::new(err))
+fn classify_send_error(err: SendError) -> ProxyError {
+    match err.connect_error() {
+        Some(ConnectError::Timeout { .. }) => ProxyError::UpstreamConnectTimeout(Box::new(err)),
+        Some(_) => ProxyError::UpstreamConnect(Box::new(err)),
+        None if err.is_connect() => ProxyError::UpstreamConnect(Box::new(err)),
+        None => ProxyError::UpstreamProtocol(Box::new(err)),
     }
 }
 

@@ -5,6 +5,13 @@
 //! shared with another runtime and connections are driven on the thread that uses them. The
 //! connector dials the endpoint's own address whatever the request URI says, so requests keep the
 //! client's host as their authority (`Host` / `:authority`).
+//!
+//! Endpoints that can only speak HTTP/1.1 (plain `http://` unless h2c is asked for, and
+//! `https://` with `protocol: http1`) use [`Http1Pool`]: the worker's open connections in a
+//! `Vec`, and a request goes to the first one whose connection is idle. That is the whole
+//! checkout: no pool key, no hashing, no waiter queue, and no task per request to hand the
+//! connection back, which is what hyper-util's general-purpose client spends its time on. The
+//! others (HTTP/2 by ALPN, h2c) use hyper-util's client, which multiplexes HTTP/2 for us.
 
 use std::future::Future;
 use std::io;
@@ -14,8 +21,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Uri;
+use std::sync::Mutex;
+
 use http::uri::Scheme;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -49,6 +60,48 @@ pub enum ConnectError {
     },
 }
 
+/// Why an exchange with an upstream failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("the HTTP/1.1 handshake with the upstream failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("the upstream exchange failed")]
+    Exchange(#[source] hyper::Error),
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The connection could not be made (as opposed to failing once made).
+    pub fn connect_error(&self) -> Option<&ConnectError> {
+        match self {
+            Self::Connect(err) => Some(err),
+            Self::Client(err) => {
+                let mut source = std::error::Error::source(err);
+                while let Some(cause) = source {
+                    if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+                        return Some(connect);
+                    }
+                    source = cause.source();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// True when no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Handshake(_) => true,
+            Self::Client(err) => err.is_connect(),
+            Self::Exchange(_) => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub name: Arc<str>,
@@ -65,16 +118,34 @@ pub struct Endpoint {
     /// `scheme://host:port`, for logs and metrics.
     pub label: Arc<str>,
     pub scheme: Scheme,
-    clients: Box<[HttpClient]>,
+    pools: Pools,
     consecutive_failures: AtomicU32,
     /// Milliseconds since the upstream's epoch until which the endpoint is out; 0 when healthy.
     ejected_until: AtomicU64,
 }
 
+#[derive(Debug)]
+enum Pools {
+    Http1(Box<[Http1Pool]>),
+    Client(Box<[HttpClient]>),
+}
+
 impl Endpoint {
-    /// The connection pool of the calling worker.
-    pub fn client(&self) -> &HttpClient {
-        &self.clients[worker::current() % self.clients.len()]
+    /// True when requests go out over this crate's HTTP/1.1 pool, which sends them as they are:
+    /// origin-form URI and a `Host` header (hyper-util's client derives both from the URI).
+    pub fn speaks_http1_only(&self) -> bool {
+        matches!(self.pools, Pools::Http1(_))
+    }
+
+    /// Sends a request over the calling worker's pool and waits for the response head.
+    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
+        match &self.pools {
+            Pools::Http1(pools) => pools[worker::current() % pools.len()].send(req).await,
+            Pools::Client(clients) => {
+                let client = &clients[worker::current() % clients.len()];
+                Ok(client.request(req).await?)
+            }
+        }
     }
 }
 
@@ -114,14 +185,30 @@ impl Upstream {
                     connect_timeout: config.connect_timeout,
                 }),
             };
+            let http1_only = match config.protocol {
+                UpstreamProtocol::Http1 => true,
+                UpstreamProtocol::Auto => !endpoint.is_https(),
+                UpstreamProtocol::Http2 => false,
+            };
             let http2_only = config.protocol == UpstreamProtocol::Http2;
-            let clients = (0..workers.max(1))
-                .map(|_| client(connector.clone(), http2_only))
-                .collect();
+            let workers = workers.max(1);
+            let pools = if http1_only {
+                Pools::Http1(
+                    (0..workers)
+                        .map(|_| Http1Pool::new(connector.clone()))
+                        .collect(),
+                )
+            } else {
+                Pools::Client(
+                    (0..workers)
+                        .map(|_| client(connector.clone(), http2_only))
+                        .collect(),
+                )
+            };
             endpoints.push(Endpoint {
                 label: endpoint.to_string().into(),
                 scheme: endpoint.scheme.clone(),
-                clients,
+                pools,
                 consecutive_failures: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
             });
@@ -210,6 +297,101 @@ fn client(connector: Connector, http2_only: bool) -> HttpClient {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_timeout(Duration::from_secs(10));
     builder.build(connector)
+}
+
+/// Connections kept per worker and endpoint. Beyond this many, a request that finds no idle
+/// connection gets one of its own that closes after the exchange.
+const MAX_POOLED_PER_WORKER: usize = 256;
+
+/// One worker's HTTP/1.1 connections to one endpoint.
+///
+/// Every open connection stays in `senders`, busy or idle; a request takes the first idle one
+/// (hyper's `SendRequest::is_ready`, an atomic load) and dials a new one when none is idle.
+/// Closed connections are dropped as the scan meets them. The `Mutex` is never contended: the
+/// pool belongs to one worker's single-threaded runtime, and the lock is held only while
+/// scanning, never across an `await`.
+#[derive(Debug)]
+pub struct Http1Pool {
+    connector: Connector,
+    senders: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+}
+
+impl Http1Pool {
+    fn new(connector: Connector) -> Self {
+        Self {
+            connector,
+            senders: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
+        let req = match self.try_idle(req) {
+            Ok(exchange) => match exchange.await {
+                Ok(response) => return Ok(response),
+                // The connection closed before the request went out (the upstream timed the
+                // idle connection out as we picked it): safe to send again on a new one.
+                Err(mut err) => match err.take_message() {
+                    Some(req) => req,
+                    None => return Err(SendError::Exchange(err.into_error())),
+                },
+            },
+            Err(req) => req,
+        };
+        let mut sender = self.dial().await?;
+        let exchange = sender.send_request(req);
+        self.keep(sender);
+        exchange.await.map_err(SendError::Exchange)
+    }
+
+    /// Starts the exchange on an idle pooled connection, or gives the request back.
+    #[allow(clippy::result_large_err)]
+    fn try_idle(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<
+        impl Future<
+            Output = Result<
+                Response<Incoming>,
+                hyper::client::conn::TrySendError<Request<RequestBody>>,
+            >,
+        > + use<>,
+        Request<RequestBody>,
+    > {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut i = 0;
+        while i < senders.len() {
+            if senders[i].is_closed() {
+                senders.swap_remove(i);
+                continue;
+            }
+            if senders[i].is_ready() {
+                return Ok(senders[i].try_send_request(req));
+            }
+            i += 1;
+        }
+        Err(req)
+    }
+
+    fn keep(&self, sender: http1::SendRequest<RequestBody>) {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if senders.len() < MAX_POOLED_PER_WORKER {
+            senders.push(sender);
+        }
+    }
+
+    async fn dial(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let io = self.connector.target.connect().await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(error = %crate::error_chain(&error), "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
 }
 
 #[derive(Debug)]

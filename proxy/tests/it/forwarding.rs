@@ -434,3 +434,21 @@ async fn a_reset_http2_stream_does_not_keep_its_connection_from_going_idle() {
         "the connection stayed open: the abandoned request still counts as in flight"
     );
 }
+
+#[tokio::test]
+async fn an_absolute_form_request_reaches_the_upstream_with_the_host_it_was_routed_by() {
+    let sites = TwoSites::start("").await;
+    let client = sites.client(false);
+    // Routed by the URI's authority (RFC 9112 §3.2.2); a conflicting Host header must not
+    // reach the upstream, or the upstream would serve a site the proxy never routed to.
+    let req = http::Request::get("https://app.test/api/v1")
+        .header("host", "evil.test")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = read_text(client.send("app.test", req).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("upstream: api\n"), "{body}");
+    let seen = echoed(&body);
+    assert_eq!(seen["host"], "app.test");
+    assert_eq!(seen.get_all("host").iter().count(), 1);
+}
