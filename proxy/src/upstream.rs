@@ -299,6 +299,8 @@ fn client(connector: Connector, http2_only: bool) -> HttpClient {
     builder.build(connector)
 }
 
+type TrySendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
+
 /// Connections kept per worker and endpoint. Beyond this many, a request that finds no idle
 /// connection gets one of its own that closes after the exchange.
 const MAX_POOLED_PER_WORKER: usize = 256;
