@@ -351,12 +351,7 @@ impl Http1Pool {
         &self,
         req: Request<RequestBody>,
     ) -> Result<
-        impl Future<
-            Output = Result<
-                Response<Incoming>,
-                hyper::client::conn::TrySendError<Request<RequestBody>>,
-            >,
-        > + use<>,
+        impl Future<Output = Result<Response<Incoming>, TrySendError>> + use<>,
         Request<RequestBody>,
     > {
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
