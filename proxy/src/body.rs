@@ -14,7 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::server::{InFlight, Shared};
+use crate::connection::InFlight;
+use crate::server::Shared;
 
 /// A client's request body on its way upstream.
 pub struct RequestBody {

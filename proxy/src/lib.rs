@@ -13,6 +13,7 @@ pub mod access_log;
 mod admin;
 pub mod body;
 pub mod config;
+pub mod connection;
 pub mod metrics;
 pub mod path;
 pub mod policy;

@@ -24,13 +24,13 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use crate::access_log::AccessRecord;
 use crate::body::{Completion, RequestBody, ResponseBody};
+use crate::connection::ConnState;
 use crate::metrics::{self, Name, UpstreamErrorLabels};
 use crate::route::normalize_host;
-use crate::server::{ConnState, Shared};
+use crate::server::Shared;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{ConnectError, Endpoint, SendError, Upstream};
 
@@ -214,17 +214,13 @@ async fn proxy(
 
     let mut response = forward(shared, upstream, endpoint, upstream_req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade.filter(|_| wants_upgrade) else {
+        if client_upgrade.is_none() || !wants_upgrade {
             return Err(ProxyError::UnexpectedUpgrade);
-        };
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        // The relay keeps the connection's admission (limit, gauge) and joins the worker's
-        // connection tasks, so shutdown grants it the grace period like any connection.
-        conn.tracker.spawn(splice_upgraded(
-            client_upgrade,
-            upstream_upgrade,
-            conn.clone(),
-        ));
+        }
+        // The connection splices the two once hyper has written the `101` (see
+        // [`crate::connection`]); the relay keeps the connection's admission and joins the
+        // worker's connection tasks, so shutdown grants it the grace period.
+        conn.upgrade_to(hyper::upgrade::on(&mut response));
     }
     Ok(response.map(ResponseBody::upstream))
 }
@@ -577,23 +573,6 @@ fn set_forwarding_headers(
         };
         headers.insert(X_REAL_IP.clone(), peer_header.clone());
         headers.remove(&FORWARDED);
-    }
-}
-
-/// Copies bytes both ways between an upgraded client connection and an upgraded upstream one
-/// (WebSocket and other HTTP/1.1 upgrades) until either side closes.
-async fn splice_upgraded(client: OnUpgrade, upstream: OnUpgrade, _conn: Arc<ConnState>) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
     }
 }
 

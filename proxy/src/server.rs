@@ -6,14 +6,11 @@
 //! every connection to finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and
 //! waits up to the configured grace period.
 
-use std::convert::Infallible;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,26 +18,22 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::body::ResponseBody;
-use crate::config::{Config, ConfigError, HttpMode, Limits};
+use crate::config::{Config, ConfigError, HttpMode};
+use crate::connection::{self, Admission, ConnState};
 use crate::metrics::{ListenerLabels, Metrics, Name, RouteMetrics};
-use crate::proxy::{self, new_request_id, status_page};
+use crate::proxy::{new_request_id, status_page};
 use crate::reload::{self, Reloader};
 use crate::route::normalize_host;
 use crate::snapshot::Snapshot;
 use crate::tls::{self, CertStore, TlsError};
 use crate::{admin, worker};
-use prometheus_client::metrics::gauge::Gauge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -80,74 +73,10 @@ impl Shared {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
-}
 
-/// One client connection, as the request pipeline sees it.
-#[derive(Debug)]
-pub struct ConnState {
-    pub peer: SocketAddr,
-    /// The peer's IP, formatted once for the forwarding headers.
-    pub peer_ip_header: HeaderValue,
-    pub tls: bool,
-    /// The worker's connection tasks: an upgraded connection's relay joins them, so shutdown
-    /// waits for it like for any other connection.
-    pub(crate) tracker: TaskTracker,
-    active: AtomicBool,
-    inflight: AtomicUsize,
-    /// Held as long as anything uses the connection, including an upgrade's relay task.
-    _admission: Admission,
-}
-
-/// One request in flight on a connection; see [`ConnState::request_started`].
-#[derive(Debug)]
-pub struct InFlight(Arc<ConnState>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.0.active.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A client connection's place under the connection limit and in the open-connections gauge.
-#[derive(Debug)]
-struct Admission {
-    _permit: OwnedSemaphorePermit,
-    open: Gauge,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.open.dec();
-    }
-}
-
-impl ConnState {
-    fn new(peer: SocketAddr, tls: bool, admission: Admission, tracker: TaskTracker) -> Self {
-        Self {
-            peer,
-            peer_ip_header: HeaderValue::from_str(&peer.ip().to_string())
-                .expect("an IP address is a valid header value"),
-            tls,
-            tracker,
-            active: AtomicBool::new(true),
-            inflight: AtomicUsize::new(0),
-            _admission: admission,
-        }
-    }
-
-    /// Counts a request as in flight until the returned guard is dropped, whether the request
-    /// completes or its future is dropped (client gone, HTTP/2 stream reset).
-    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        self.active.store(true, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// True when nothing happened since the previous call and no request is in flight.
-    fn idle_since_last_check(&self) -> bool {
-        let was_active = self.active.swap(false, Ordering::Relaxed);
-        !was_active && self.inflight.load(Ordering::Relaxed) == 0
+    /// Whether the plain-HTTP listener only redirects to HTTPS.
+    pub(crate) fn redirects_plain_http(&self) -> bool {
+        self.http_mode == HttpMode::Redirect
     }
 }
 
@@ -583,10 +512,7 @@ async fn serve_tcp(
         })
         .clone();
     open.inc();
-    let admission = Admission {
-        _permit: permit,
-        open,
-    };
+    let admission = Admission { permit, open };
     let limits = shared.snapshot.load().limits.clone();
     match kind {
         ListenerKind::Https => {
@@ -602,7 +528,7 @@ async fn serve_tcp(
             match handshake {
                 Ok(Ok(tls)) => {
                     let state = ConnState::new(peer, true, admission, tracker);
-                    serve_http(shared, tls, state, &limits, shutdown).await;
+                    connection::serve_tls(shared, tls, state, &limits, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -610,88 +536,16 @@ async fn serve_tcp(
         }
         ListenerKind::Http => {
             let state = ConnState::new(peer, false, admission, tracker);
-            serve_http(shared, stream, state, &limits, shutdown).await;
-        }
-    }
-}
-
-async fn serve_http<IO>(
-    shared: Arc<Shared>,
-    io: IO,
-    state: ConnState,
-    limits: &Limits,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (peer, tls) = (state.peer, state.tls);
-    let state = Arc::new(state);
-    let io = TokioIo::new(ActivityIo {
-        inner: io,
-        state: state.clone(),
-    });
-    let redirect = !tls && shared.http_mode == HttpMode::Redirect;
-    let service = {
-        let state = state.clone();
-        let shared = shared.clone();
-        service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            let state = state.clone();
-            async move {
-                Ok::<_, Infallible>(if redirect {
-                    redirect_to_https(&shared, &req)
-                } else {
-                    proxy::handle(shared, state, req).await
-                })
-            }
-        })
-    };
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .adaptive_window(true)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-
-    let idle = limits.idle_timeout;
-    let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%peer, error = %crate::error_chain(&*error), "connection ended");
-                }
-                break;
-            }
-            _ = idle_check.tick(), if !closing => {
-                if state.idle_since_last_check() {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-            _ = stopped(&mut shutdown), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
+            connection::serve_plain(shared, stream, state, &limits, shutdown).await;
         }
     }
 }
 
 /// The plain-HTTP listener's answer in redirect mode: the same URL over HTTPS, for known hosts.
-fn redirect_to_https(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
+pub(crate) fn redirect_to_https(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
     let request_id = new_request_id();
     let host = req
         .headers()
@@ -720,63 +574,4 @@ fn redirect_to_https(shared: &Shared, req: &Request<Incoming>) -> Response<Respo
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
-}
-
-/// Marks its connection active whenever bytes move, for the idle timeout.
-struct ActivityIo<T> {
-    inner: T,
-    state: Arc<ConnState>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.state.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.active.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

@@ -150,3 +150,96 @@ async fn graceful_shutdown_completes_an_http1_request_in_flight_and_turns_new_co
 async fn graceful_shutdown_completes_an_http2_request_in_flight_and_turns_new_connections_away() {
     shutdown_finishes_the_request_in_flight(true).await;
 }
+
+/// One site, `localhost`, served by `upstream` (with the development certificate).
+fn site_yaml(upstream: &Upstream) -> String {
+    format!(
+        "upstreams:\n  app: {{endpoints: ['{}']}}\nhosts:\n  - host: localhost\n    default: app\n",
+        upstream.url()
+    )
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body; returns the head and the body.
+async fn read_one_response(conn: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("a content-length");
+            if data.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned();
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_that_went_quiet_serves_its_next_requests() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start("app").await;
+    let proxy = Proxy::start(&site_yaml(&upstream));
+    let mut conn = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
+    let request = b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    conn.write_all(request).await.unwrap();
+    let (head, body) = read_one_response(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.starts_with("upstream: app\n"), "{body}");
+
+    // Quiet for longer than the proxy waits before it parks the connection (1 s) …
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // … then a request that arrives in two pieces, and one pipelined behind it.
+    conn.write_all(b"GET /two HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.write_all(b"st: localhost\r\n\r\nGET /three HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    for path in ["/two", "/three"] {
+        let (head, body) = read_one_response(&mut conn).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert_eq!(echoed(&body)["path"], path, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_half_sent_request_is_cut_off_at_the_header_timeout_even_when_quiet() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start("app").await;
+    let proxy = Proxy::start(&format!(
+        "{}limits: {{header_read_timeout: 3s}}\n",
+        site_yaml(&upstream)
+    ));
+    let mut conn = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    read_one_response(&mut conn).await;
+    // Half a head, then silence well past the parking delay: parking must not restart the
+    // header timeout, or a client could hold the connection for ever.
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "still open 8 s after a half-sent head");
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+}
