@@ -174,6 +174,25 @@ fn kid_of(public_point: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(&digest.as_ref()[..KID_HASH_BYTES])
 }
 
+/// Who a signed token speaks for: the verified identity of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// The IdP's `sub`.
+    pub subject: &'a str,
+    /// May be empty when the IdP gave none.
+    pub email: &'a str,
+    pub groups: &'a [String],
+}
+
+/// Lowercase hex of a session id, as tokens carry it in `sid`.
+pub(crate) fn session_id_hex(id: &[u8; 16]) -> String {
+    use std::fmt::Write as _;
+    id.iter().fold(String::with_capacity(32), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    })
+}
+
 /// One private signing key.
 pub struct SigningKey {
     kid: String,
