@@ -14,6 +14,7 @@ mod admin;
 pub mod body;
 pub mod config;
 pub mod metrics;
+pub mod page;
 pub mod path;
 pub mod policy;
 pub mod proxy;
