@@ -63,7 +63,7 @@ pub fn escape(text: &str) -> String {
 /// `url` if it is an `http`/`https` URL or a relative one, else `#`: an `href` must never run
 /// code (`javascript:`, `data:`, …). The result still needs [`escape`].
 pub fn safe_href(url: &str) -> &str {
-    let scheme_end = url.find(|c: char| matches!(c, ':' | '/' | '?' | '#'));
+    let scheme_end = url.find([':', '/', '?', '#']);
     match scheme_end {
         Some(i) if url.as_bytes()[i] == b':' => {
             let scheme = &url[..i];
