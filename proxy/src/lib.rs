@@ -15,6 +15,7 @@ pub mod body;
 pub mod config;
 pub mod connection;
 pub mod metrics;
+pub mod page;
 pub mod path;
 pub mod policy;
 pub mod proxy;
