@@ -198,8 +198,7 @@ impl BearerVerifier {
 
     /// Verifies `token` (without the `Bearer ` prefix).
     pub async fn verify(&self, token: &str) -> Result<BearerClaims, BearerError> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let key: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let key = token_key(token);
         let now = jws::now_unix();
         if let Some(cached) = self.cache.get(&key).map(|e| e.value().clone()) {
             if now < cached.exp {
@@ -270,6 +269,11 @@ impl BearerVerifier {
     pub fn cached_tokens(&self) -> usize {
         self.cache.len()
     }
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// The claim checks after the signature: `iss`, `aud`, `exp`, `nbf`, `iat`, `sub`.
@@ -357,6 +361,51 @@ mod tests {
         assert_eq!(verified.email.as_deref(), Some("u@example"));
         assert!(verified.email_verified);
         assert_eq!(verified.groups, ["admins"]);
+    }
+
+    fn bare_verifier(capacity: usize) -> BearerVerifier {
+        BearerVerifier {
+            issuers: Vec::new(),
+            cache: DashMap::new(),
+            capacity,
+        }
+    }
+
+    fn some_claims() -> BearerClaims {
+        BearerClaims {
+            issuer: "https://id.example".into(),
+            subject: "u".into(),
+            email: None,
+            email_verified: false,
+            groups: Vec::new(),
+            claims: Map::new(),
+            expires_at: UNIX_EPOCH,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_cached_token_is_never_returned() {
+        let verifier = bare_verifier(10);
+        let now = jws::now_unix();
+        verifier.remember(token_key("fresh"), &some_claims(), now + 100, now);
+        verifier.remember(token_key("stale"), &some_claims(), now - 1, now);
+        assert_eq!(verifier.verify("fresh").await.unwrap(), some_claims());
+        // "stale" is not a JWT at all: only the cache could have accepted it.
+        assert!(verifier.verify("stale").await.is_err());
+        assert_eq!(verifier.cached_tokens(), 1);
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_entries_and_then_stops_growing() {
+        let verifier = bare_verifier(2);
+        let now = 1000;
+        verifier.remember(token_key("a"), &some_claims(), now + 1, now);
+        verifier.remember(token_key("b"), &some_claims(), now + 1, now);
+        verifier.remember(token_key("c"), &some_claims(), now + 1, now);
+        assert_eq!(verifier.cached_tokens(), 2);
+        // Later, "a" and "b" have expired and make room.
+        verifier.remember(token_key("d"), &some_claims(), now + 100, now + 50);
+        assert_eq!(verifier.cached_tokens(), 1);
     }
 
     #[test]

@@ -143,28 +143,26 @@ impl JwksCache {
     /// returned as it is and the caller will find no matching key. A failed refetch is logged
     /// and the cached set is returned; only a failed first fetch is an error.
     pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<CoreJsonWebKeySet>, JwksError> {
-        let current = self.keys();
-        let missing = match kid {
-            Some(kid) => find(&current, kid).is_none(),
-            None => current.keys().is_empty(),
+        let missing = |keys: &CoreJsonWebKeySet| match kid {
+            Some(kid) => find(keys, kid).is_none(),
+            None => keys.keys().is_empty(),
         };
-        if !missing {
+        let current = self.keys();
+        if !missing(&current) {
             return Ok(current);
         }
         let mut last_fetch = self.last_fetch.lock().await;
         // Someone else may have fetched while we waited for the lock.
         let current = self.keys();
-        if let Some(kid) = kid {
-            if find(&current, kid).is_some() {
-                return Ok(current);
-            }
+        if !missing(&current) {
+            return Ok(current);
         }
         let now = Instant::now();
         let first = last_fetch.is_none();
-        if let Some(at) = *last_fetch {
-            if now.duration_since(at) < self.min_refetch_interval {
-                return Ok(current);
-            }
+        if let Some(at) = *last_fetch
+            && now.duration_since(at) < self.min_refetch_interval
+        {
+            return Ok(current);
         }
         *last_fetch = Some(now);
         match self.fetcher.fetch().await {

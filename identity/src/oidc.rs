@@ -19,7 +19,7 @@ use openidconnect::{
     AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
     CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken, IdTokenVerifier, IssuerUrl,
     Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl, Scope,
-    SignatureVerificationError, TokenResponse,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -506,11 +506,11 @@ impl Provider {
         for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
         }
-        if self.config.kind == ProviderKind::Google {
-            if let [domain] = self.config.hosted_domains.as_slice() {
-                // Only a hint to Google's account chooser; the claim is still checked.
-                request = request.add_extra_param("hd", domain.clone());
-            }
+        if self.config.kind == ProviderKind::Google
+            && let [domain] = self.config.hosted_domains.as_slice()
+        {
+            // Only a hint to Google's account chooser; the claim is still checked.
+            request = request.add_extra_param("hd", domain.clone());
         }
         let (url, state, nonce) = request.url();
         let pending = PendingLogin {
@@ -565,60 +565,49 @@ impl Provider {
             .id_token()
             .ok_or(LoginError::MissingIdToken)?
             .to_string();
-        self.verify_id_token(&raw, pending).await
+        self.verify_id_token(&RawIdToken(raw), pending).await
     }
 
-    async fn verify_id_token(
+    /// Verifies an ID token issued for `pending`: signature (with the unknown-kid refetch),
+    /// `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`, then the provider kind's own rules.
+    /// [`Provider::finish_login`] calls this after the code exchange.
+    pub async fn verify_id_token(
         &self,
-        raw: &str,
+        raw: &RawIdToken,
         pending: &PendingLogin,
     ) -> Result<VerifiedLogin, LoginError> {
+        let raw = raw.as_str();
         let token: FullIdToken = serde_json::from_value(Value::String(raw.to_owned()))
             .map_err(LoginError::MalformedIdToken)?;
+        // An unknown kid refetches the provider's keys (rate limited); a token without a kid
+        // is checked against the cached set.
         let kid = jws::header_kid(raw);
-        let mut keys = self
+        let keys = self
             .jwks
             .keys_for(kid.as_deref())
             .await
             .map_err(LoginError::Keys)?;
         let skew = self.config.max_clock_skew.as_secs() as i64;
         let nonce = Nonce::new(pending.nonce.0.clone());
-        let claims = loop {
-            let verifier = IdTokenVerifier::new_public_client(
-                ClientId::new(self.config.client_id.clone()),
-                self.issuer.clone(),
-                (*keys).clone(),
-            )
-            .set_allowed_algs(SIGNING_ALGORITHMS)
-            // The verifier compares `exp` with this clock; running it `skew` behind accepts a
-            // token up to `skew` after its expiry.
-            .set_time_fn(move || (SystemTime::now() - Duration::from_secs(skew as u64)).into())
-            .set_issue_time_verifier_fn(move |iat| {
-                if iat.timestamp() > jws::now_unix() + skew {
-                    Err(format!("issued in the future ({iat})"))
-                } else {
-                    Ok(())
-                }
-            });
-            match token.claims(&verifier, &nonce) {
-                Ok(claims) => break claims.clone(),
-                // A key without a kid in the token: the set may have rotated; try once more.
-                Err(ClaimsVerificationError::SignatureVerification(
-                    SignatureVerificationError::NoMatchingKey,
-                )) if kid.is_none() => {
-                    let fresh = self.jwks.keys_for(None).await.map_err(LoginError::Keys)?;
-                    if Arc::ptr_eq(&fresh, &keys) {
-                        return Err(LoginError::InvalidIdToken(
-                            ClaimsVerificationError::SignatureVerification(
-                                SignatureVerificationError::NoMatchingKey,
-                            ),
-                        ));
-                    }
-                    keys = fresh;
-                }
-                Err(e) => return Err(LoginError::InvalidIdToken(e)),
+        let verifier = IdTokenVerifier::new_public_client(
+            ClientId::new(self.config.client_id.clone()),
+            self.issuer.clone(),
+            (*keys).clone(),
+        )
+        .set_allowed_algs(SIGNING_ALGORITHMS)
+        // The verifier compares `exp` with this clock; running it `skew` behind accepts a
+        // token up to `skew` after its expiry.
+        .set_time_fn(move || (SystemTime::now() - Duration::from_secs(skew as u64)).into())
+        .set_issue_time_verifier_fn(move |iat| {
+            if iat.timestamp() > jws::now_unix() + skew {
+                Err(format!("issued in the future ({iat})"))
+            } else {
+                Ok(())
             }
-        };
+        });
+        let claims = token
+            .claims(&verifier, &nonce)
+            .map_err(LoginError::InvalidIdToken)?;
 
         if claims.issue_time().timestamp() + skew < pending.created_at as i64 {
             return Err(LoginError::IssuedBeforeLogin);
