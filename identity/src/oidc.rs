@@ -64,7 +64,9 @@ pub struct ProviderConfig {
     pub name: String,
     pub display_name: String,
     pub kind: ProviderKind,
-    pub issuer: Url,
+    /// The issuer identifier, exactly as the provider writes it in `iss` (so a trailing slash
+    /// matters); a valid http(s) URL.
+    pub issuer: String,
     pub client_id: String,
     pub client_secret_file: PathBuf,
     /// Scopes to ask for; always contains `openid`.
@@ -86,7 +88,7 @@ struct RawProviderConfig {
     #[serde(default)]
     kind: ProviderKind,
     #[serde(default)]
-    issuer: Option<Url>,
+    issuer: Option<String>,
     client_id: String,
     client_secret_file: PathBuf,
     #[serde(default)]
@@ -135,15 +137,17 @@ impl TryFrom<RawProviderConfig> for ProviderConfig {
         }
         let issuer = match (raw.issuer, raw.kind) {
             (Some(issuer), _) => issuer,
-            (None, ProviderKind::Google) => Url::parse(GOOGLE_ISSUER).expect("constant URL"),
+            (None, ProviderKind::Google) => GOOGLE_ISSUER.to_owned(),
             (None, ProviderKind::Generic) => return Err(ProviderConfigError::IssuerRequired),
         };
-        if !matches!(issuer.scheme(), "https" | "http")
-            || issuer.cannot_be_a_base()
-            || issuer.query().is_some()
-            || issuer.fragment().is_some()
-        {
-            return Err(ProviderConfigError::InvalidIssuer(issuer.to_string()));
+        let valid = Url::parse(&issuer).is_ok_and(|url| {
+            matches!(url.scheme(), "https" | "http")
+                && !url.cannot_be_a_base()
+                && url.query().is_none()
+                && url.fragment().is_none()
+        });
+        if !valid {
+            return Err(ProviderConfigError::InvalidIssuer(issuer));
         }
         if raw.client_id.is_empty() {
             return Err(ProviderConfigError::EmptyClientId);
@@ -440,16 +444,8 @@ impl Provider {
                 config.client_secret_file.clone(),
             ));
         }
-        // The issuer identifier is compared as a string: keep it as configured, without the
-        // trailing slash `Url` adds to a bare origin.
-        let issuer_str = config.issuer.as_str();
-        let issuer_str = if config.issuer.path() == "/" {
-            issuer_str.trim_end_matches('/')
-        } else {
-            issuer_str
-        };
-        let issuer = IssuerUrl::new(issuer_str.to_owned())
-            .map_err(|_| DiscoveryError::InvalidIssuer(issuer_str.to_owned()))?;
+        let issuer = IssuerUrl::new(config.issuer.clone())
+            .map_err(|_| DiscoveryError::InvalidIssuer(config.issuer.clone()))?;
         let metadata = ProviderMetadataWithLogout::discover_async(issuer.clone(), http)
             .await
             .map_err(|source| DiscoveryError::Discovery {
@@ -745,7 +741,7 @@ mod tests {
             "name: google\nkind: google\nclient_id: abc\nclient_secret_file: /s\nhosted_domains: [Uniqe.Example]\n",
         )
         .unwrap();
-        assert_eq!(config.issuer.as_str(), "https://accounts.google.com/");
+        assert_eq!(config.issuer, "https://accounts.google.com");
         assert_eq!(config.scopes, ["openid", "email", "profile"]);
         assert_eq!(config.hosted_domains, ["uniqe.example"]);
         assert_eq!(config.display_name, "google");
