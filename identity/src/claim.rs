@@ -1,0 +1,71 @@
+//! Reading the claims that providers shape differently (groups, booleans, audiences).
+
+use serde_json::{Map, Value};
+
+/// Group names from a claim that holds either one string or an array of strings. Non-string
+/// array members are skipped.
+pub(crate) fn groups(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(group)) => vec![group.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A boolean claim; some providers send `"true"` as a string.
+pub(crate) fn boolean(value: Option<&Value>) -> Option<bool> {
+    match value? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s == "true" => Some(true),
+        Value::String(s) if s == "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// The `aud` claim as a list: one string or an array of strings.
+pub(crate) fn audiences(claims: &Map<String, Value>) -> Vec<&str> {
+    match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.as_str()],
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub(crate) fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    claims.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn groups_accept_a_string_or_an_array() {
+        assert_eq!(groups(Some(&json!("staff"))), ["staff"]);
+        assert_eq!(
+            groups(Some(&json!(["staff", 3, "admins"]))),
+            ["staff", "admins"]
+        );
+        assert!(groups(Some(&json!({"a": 1}))).is_empty());
+        assert!(groups(None).is_empty());
+    }
+
+    #[test]
+    fn booleans_accept_strings_that_spell_them() {
+        assert_eq!(boolean(Some(&json!(true))), Some(true));
+        assert_eq!(boolean(Some(&json!("false"))), Some(false));
+        assert_eq!(boolean(Some(&json!("yes"))), None);
+    }
+
+    #[test]
+    fn audiences_accept_a_string_or_an_array() {
+        let claims = json!({"aud": ["a", "b"]});
+        assert_eq!(audiences(claims.as_object().unwrap()), ["a", "b"]);
+        let claims = json!({"aud": "a"});
+        assert_eq!(audiences(claims.as_object().unwrap()), ["a"]);
+    }
+}
