@@ -92,10 +92,7 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver on a free loopback port and opens a session with a new Chromium.
     pub async fn start(options: BrowserOptions) -> Result<Self, Error> {
-        for (path, package) in [
-            (CHROMEDRIVER, "chromium-driver"),
-            (CHROMIUM, "chromium"),
-        ] {
+        for (path, package) in [(CHROMEDRIVER, "chromium-driver"), (CHROMIUM, "chromium")] {
             if !Path::new(path).is_file() {
                 return Err(Error::ProgramMissing {
                     path: path.into(),
@@ -147,7 +144,10 @@ impl Browser {
             "--disable-dev-shm-usage".to_owned(),
             "--window-size=1280,900".to_owned(),
             format!("--user-data-dir={}", profile.display()),
-            format!("--host-resolver-rules={}", host_resolver_rules(&options.host_rules)),
+            format!(
+                "--host-resolver-rules={}",
+                host_resolver_rules(&options.host_rules)
+            ),
         ];
         if !options.spki_hashes.is_empty() {
             args.push(format!(
@@ -196,7 +196,9 @@ impl Browser {
     }
 
     /// Opens `url` and waits until the page has loaded. A certificate the browser does not
-    /// trust fails here (WebDriver's "insecure certificate").
+    /// trust does not fail this: the page is then Chromium's interstitial (its text has
+    /// `NET::ERR_CERT_...`) and the server gets no request. A name that does not resolve
+    /// fails with `net::ERR_NAME_NOT_RESOLVED` in the error's source.
     pub async fn goto(&self, url: &str) -> Result<(), Error> {
         self.client
             .goto(url)
@@ -269,7 +271,9 @@ impl Browser {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout(format!("an element matching `{css}`"), timeout).await);
+                return Err(self
+                    .timeout(format!("an element matching `{css}`"), timeout)
+                    .await);
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
