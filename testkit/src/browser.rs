@@ -176,7 +176,7 @@ impl Browser {
             .map_err(|source| Error::NewSession {
                 log_tail: log::tail(&driver_log),
                 log: driver_log.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let session_id = client.session_id().await.ok().flatten();
         Ok(Self {
@@ -414,7 +414,9 @@ impl Drop for Browser {
     }
 }
 
-/// `DELETE /session/<id>` to chromedriver, with short timeouts.
+/// `DELETE /session/<id>` to chromedriver, with short timeouts. Returns once the whole
+/// response has arrived (chromedriver answers after Chromium has quit), without waiting for
+/// chromedriver to close the connection.
 fn delete_session(port: u16, id: &str) -> std::io::Result<()> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
@@ -425,8 +427,25 @@ fn delete_session(port: u16, id: &str) -> std::io::Result<()> {
         "DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    Ok(())
+    let mut chunk = [0_u8; 4096];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(());
+        }
+        response.extend_from_slice(&chunk[..read]);
+        let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|value| value.trim().parse::<usize>().ok());
+        if length.is_none_or(|length| response.len() >= end + 4 + length) {
+            return Ok(());
+        }
+    }
 }
 
 /// `MAP <pattern> 127.0.0.1` for each pattern, then everything else unresolvable except IP
@@ -474,6 +493,6 @@ async fn wait_for_listener(driver: &mut Child, port: u16, log: &Path) -> Result<
 fn web_driver(action: impl Into<String>, source: fantoccini::error::CmdError) -> Error {
     Error::WebDriver {
         action: action.into(),
-        source,
+        source: Box::new(source),
     }
 }

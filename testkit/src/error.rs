@@ -63,14 +63,14 @@ pub enum Error {
         log: PathBuf,
         log_tail: String,
         #[source]
-        source: fantoccini::error::NewSessionError,
+        source: Box<fantoccini::error::NewSessionError>,
     },
 
     #[error("WebDriver command failed: {action}")]
     WebDriver {
         action: String,
         #[source]
-        source: fantoccini::error::CmdError,
+        source: Box<fantoccini::error::CmdError>,
     },
 
     #[error("timed out after {waited:?} waiting for {what}; at {url}, the page says:\n{excerpt}")]
