@@ -496,3 +496,16 @@ fn web_driver(action: impl Into<String>, source: fantoccini::error::CmdError) ->
         source: Box::new(source),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::host_resolver_rules;
+
+    #[test]
+    fn test_hosts_map_to_loopback_and_every_other_name_fails() {
+        assert_eq!(
+            host_resolver_rules(&["*.sekisho.test".to_owned()]),
+            "MAP *.sekisho.test 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"
+        );
+    }
+}
