@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
+# chromium and chromium-driver: the real headless browser of testkit's end-to-end tests.
 need_packages=()
-for pkg in ca-certificates iproute2 procps; do
+for pkg in ca-certificates iproute2 procps chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_packages+=("$pkg")
 done
 if [ ${#need_packages[@]} -gt 0 ]; then
