@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sekisho_proxy::config::Config;
 use sekisho_proxy::{Options, StartError, error_chain};
 
+/// mimalloc instead of glibc's malloc: per-thread free lists suit the one-runtime-per-worker
+/// design, and freed pages go back to the system, so the buffers of connections that went
+/// idle stop counting against the process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sekisho's TLS front door and reverse proxy.
 ///
 /// Serves HTTPS on the addresses in the configuration file, routes requests by host and path
