@@ -23,6 +23,8 @@ pub struct AccessRecord {
     pub path: String,
     pub status: u16,
     pub upstream: Option<Arc<str>>,
+    /// Who the access phase identified (email or subject).
+    pub user: Option<Arc<str>>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration_ms: f64,
@@ -42,6 +44,7 @@ struct Line<'a> {
     bytes_out: u64,
     duration_ms: f64,
     upstream: Option<&'a str>,
+    user: Option<&'a str>,
 }
 
 pub struct AccessLog {
@@ -86,6 +89,7 @@ impl AccessLog {
             bytes_out: record.bytes_out,
             duration_ms: (record.duration_ms * 1000.0).round() / 1000.0,
             upstream: record.upstream.as_deref(),
+            user: record.user.as_deref(),
         };
         BUF.with_borrow_mut(|buf| {
             buf.clear();

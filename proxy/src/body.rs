@@ -19,14 +19,31 @@ use crate::server::Shared;
 
 /// A client's request body on its way upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Source,
     received: Option<Arc<AtomicU64>>,
+}
+
+enum Source {
+    Client(Incoming),
+    /// Read whole before forwarding (webhook bodies, whose signature covers all of them).
+    Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
     /// Wraps a body; `received` counts its bytes (none for bodies known to be empty).
     pub fn new(inner: Incoming, received: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, received }
+        Self {
+            inner: Source::Client(inner),
+            received,
+        }
+    }
+
+    /// A body already read in full.
+    pub fn buffered(bytes: Bytes) -> Self {
+        Self {
+            inner: Source::Buffered((!bytes.is_empty()).then_some(bytes)),
+            received: None,
+        }
     }
 }
 
@@ -38,7 +55,12 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = match &mut self.inner {
+            Source::Client(body) => Pin::new(body).poll_frame(cx),
+            Source::Buffered(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
+            }
+        };
         if let (Poll::Ready(Some(Ok(frame))), Some(received)) = (&polled, &self.received)
             && let Some(data) = frame.data_ref()
         {
@@ -48,11 +70,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Client(body) => body.is_end_stream(),
+            Source::Buffered(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Client(body) => body.size_hint(),
+            Source::Buffered(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

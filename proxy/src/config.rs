@@ -12,7 +12,11 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use ipnet::IpNet;
+use sekisho_identity::bearer::BearerIssuerConfig;
+use sekisho_identity::oidc::ProviderConfig;
 use serde::Deserialize;
+
+use crate::policy::AccessPolicy;
 
 /// The default configuration used when no `--config` is given: the local example.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../deploy/examples/local.yaml");
@@ -76,6 +80,62 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
+    /// Login, sessions and tokens; see `docs/identity.md`.
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+    /// Access policies that routes name with `policy:`.
+    #[serde(default)]
+    pub policies: BTreeMap<String, AccessPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The host people log in on (`/.sekisho/login`, `/.sekisho/callback`).
+    pub auth_host: String,
+    /// Session sealing keys (`ID:BASE64URL` lines, newest first). Generated at start when
+    /// absent, so sessions then end with the process.
+    #[serde(default)]
+    pub session_keys_file: Option<PathBuf>,
+    /// ES256 keys (PKCS#8 PEM, newest first) for identity assertions. Generated when absent.
+    #[serde(default)]
+    pub signing_keys_file: Option<PathBuf>,
+    #[serde(default = "default_session_lifetime", with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    #[serde(default = "default_session_idle_timeout", with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// Identity headers, beyond the built-in ones, that clients must not send upstream.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+    /// Accept OpenID providers on plain `http://` (development only).
+    #[serde(default)]
+    pub dangerous_allow_http_issuers: bool,
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub bearer_issuers: Vec<BearerIssuerConfig>,
+}
+
+/// A GitHub webhook path: a valid `X-Hub-Signature-256` instead of a login.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub secret_file: PathBuf,
+    /// The largest body accepted (bytes); the whole body is checked before it is forwarded.
+    #[serde(default = "default_webhook_max_body")]
+    pub max_body: u64,
+}
+
+fn default_session_lifetime() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_session_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_webhook_max_body() -> u64 {
+    sekisho_identity::webhook::DEFAULT_MAX_BODY
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -290,6 +350,15 @@ pub struct HostConfig {
     pub default: Option<String>,
     #[serde(default)]
     pub paths: Vec<PathConfig>,
+    /// Defaults for the host's paths (and its `default` route).
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub bearer: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub max_session_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -300,6 +369,20 @@ pub struct PathConfig {
     #[serde(rename = "type", default)]
     pub path_type: PathType,
     pub upstream: String,
+    /// Anyone may pass, without login. Overrides the host's `policy`.
+    #[serde(default)]
+    pub public: Option<bool>,
+    /// The access policy; the host's when absent.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Also accept `Authorization: Bearer` JWTs from `identity.bearer_issuers`.
+    #[serde(default)]
+    pub bearer: Option<bool>,
+    /// Ask for a fresh login when the session's last one is older.
+    #[serde(default, with = "humantime_serde")]
+    pub max_session_age: Option<Duration>,
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -367,6 +450,27 @@ impl Config {
         for upstream in self.upstreams.values_mut() {
             if let Some(ca) = &mut upstream.tls.ca {
                 resolve(ca);
+            }
+        }
+        if let Some(identity) = &mut self.identity {
+            for file in [
+                &mut identity.session_keys_file,
+                &mut identity.signing_keys_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(file);
+            }
+            for provider in &mut identity.providers {
+                resolve(&mut provider.client_secret_file);
+            }
+        }
+        for host in &mut self.hosts {
+            for path in &mut host.paths {
+                if let Some(webhook) = &mut path.webhook {
+                    resolve(&mut webhook.secret_file);
+                }
             }
         }
     }
@@ -513,9 +617,99 @@ impl Config {
                         format!("no upstream named `{}`", path.upstream),
                     );
                 }
+                let guard = (path.public.is_some_and(|p| p), path.policy.is_some());
+                if guard == (true, true) {
+                    problem(
+                        field.clone(),
+                        "`public: true` and a `policy` exclude each other".into(),
+                    );
+                }
+                if path.webhook.is_some() && (guard.0 || guard.1 || path.bearer == Some(true)) {
+                    problem(
+                        format!("{field}.webhook"),
+                        "a webhook path is guarded by its signature alone: drop `public`, `policy` and `bearer`".into(),
+                    );
+                }
+                if let Some(message) = self.unknown_policy(path.policy.as_deref()) {
+                    problem(format!("{field}.policy"), message);
+                }
+            }
+            if host.public && host.policy.is_some() {
+                problem(
+                    field.clone(),
+                    "`public: true` and a `policy` exclude each other".into(),
+                );
+            }
+            if let Some(message) = self.unknown_policy(host.policy.as_deref()) {
+                problem(format!("{field}.policy"), message);
+            }
+        }
+        problems.extend(crate::policy::validate_policies(&self.policies));
+        match &self.identity {
+            Some(identity) => {
+                if let Err(message) = check_host_pattern(&identity.auth_host).and_then(|()| {
+                    match identity.auth_host.starts_with("*.") {
+                        true => Err("must be one exact host name".to_owned()),
+                        false => Ok(()),
+                    }
+                }) {
+                    problems.push(Problem {
+                        field: "identity.auth_host".into(),
+                        message,
+                    });
+                } else if self
+                    .hosts
+                    .iter()
+                    .any(|h| h.host.eq_ignore_ascii_case(&identity.auth_host))
+                {
+                    problems.push(Problem {
+                        field: "identity.auth_host".into(),
+                        message:
+                            "the auth host serves the login itself; it cannot also be a route host"
+                                .into(),
+                    });
+                }
+                let mut names = std::collections::HashSet::new();
+                for (i, provider) in identity.providers.iter().enumerate() {
+                    if !names.insert(provider.name.as_str()) {
+                        problems.push(Problem {
+                            field: format!("identity.providers[{i}].name"),
+                            message: format!("`{}` is listed twice", provider.name),
+                        });
+                    }
+                }
+                if identity.session_idle_timeout.is_zero() || identity.session_lifetime.is_zero() {
+                    problems.push(Problem {
+                        field: "identity".into(),
+                        message: "session_lifetime and session_idle_timeout must be positive"
+                            .into(),
+                    });
+                }
+            }
+            None => {
+                let guarded = self.hosts.iter().any(|h| {
+                    h.policy.is_some()
+                        || h.paths
+                            .iter()
+                            .any(|p| p.policy.is_some() || p.bearer == Some(true))
+                });
+                if guarded {
+                    problems.push(Problem {
+                        field: "identity".into(),
+                        message:
+                            "routes name policies, but no `identity` section says how people log in"
+                                .into(),
+                    });
+                }
             }
         }
         problems
+    }
+
+    /// The problem with a `policy:` reference, if it names no policy.
+    fn unknown_policy(&self, name: Option<&str>) -> Option<String> {
+        name.filter(|name| !self.policies.contains_key(*name))
+            .map(|name| format!("no policy named `{name}`"))
     }
 }
 

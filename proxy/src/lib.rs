@@ -9,11 +9,14 @@
 //! This crate must not depend on the agent or the CLI; Kubernetes watching feeds the same
 //! snapshot later.
 
+pub mod access;
 pub mod access_log;
 mod admin;
 pub mod body;
 pub mod config;
 pub mod connection;
+pub mod identity;
+mod login;
 pub mod metrics;
 pub mod page;
 pub mod path;

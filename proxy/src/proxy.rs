@@ -25,9 +25,11 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
+use crate::access::{self, Access, Who};
 use crate::access_log::AccessRecord;
 use crate::body::{Completion, RequestBody, ResponseBody};
 use crate::connection::ConnState;
+use crate::login;
 use crate::metrics::{self, Name, UpstreamErrorLabels};
 use crate::route::normalize_host;
 use crate::server::Shared;
@@ -112,15 +114,41 @@ impl ProxyError {
 }
 
 /// What the pipeline learns about one request.
-struct RequestCtx {
+pub(crate) struct RequestCtx {
     start: Instant,
-    request_id: HeaderValue,
+    pub(crate) request_id: HeaderValue,
     /// Normalised: lowercase, no port.
-    host: String,
+    pub(crate) host: String,
     /// As the client sent it, for `X-Forwarded-Host` and the upstream authority.
     raw_host: Option<HeaderValue>,
     route: Option<Arc<Route>>,
     endpoint: Option<Arc<str>>,
+    /// Who the access phase identified, for the access log.
+    user: Option<Arc<str>>,
+    /// A refreshed session cookie to send back.
+    set_cookie: Option<HeaderValue>,
+}
+
+impl RequestCtx {
+    /// `:PORT` when the client's `Host` names a port, for URLs back to this proxy.
+    pub(crate) fn port_suffix(&self) -> &str {
+        let raw = self
+            .raw_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        match raw.rfind(':') {
+            Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+                &raw[i..]
+            }
+            _ => "",
+        }
+    }
+
+    /// A small status page naming the request id.
+    pub(crate) fn page(&self, status: StatusCode, message: &str) -> Response<ResponseBody> {
+        status_page(status, message, &self.request_id)
+    }
 }
 
 /// Serves one request on a listener that proxies.
@@ -138,6 +166,8 @@ pub(crate) async fn handle(
         raw_host: None,
         route: None,
         endpoint: None,
+        user: None,
+        set_cookie: None,
     };
     let method = req.method().clone();
     let log = snapshot.access_log;
@@ -183,6 +213,7 @@ pub(crate) async fn handle(
             path,
             status,
             upstream: ctx.endpoint,
+            user: ctx.user,
             bytes_in: 0,
             bytes_out: 0,
             duration_ms: 0.0,
@@ -199,18 +230,33 @@ async fn proxy(
     req: Request<Incoming>,
     received: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    if let Some(identity) = snapshot.own_endpoint(&ctx.host, req.uri().path()) {
+        return Ok(login::handle(snapshot, identity, ctx, req).await);
+    }
     let route = route(snapshot, ctx, req.uri().path())?;
-    let upstream = &route.upstream;
-    let endpoint = upstream_peer(upstream)?;
-    ctx.endpoint = Some(endpoint.label.clone());
 
     let (mut parts, body) = req.into_parts();
     // Nothing the server layer attached is meant for the upstream, except the upgrade handle
     // this layer keeps for itself.
     let client_upgrade = std::mem::take(&mut parts.extensions).remove::<OnUpgrade>();
     let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, received));
+
+    // Phase 3: access.
+    let who = match access::check(snapshot, ctx, &route, &mut upstream_req).await {
+        Access::Pass { who, set_cookie } => {
+            ctx.user = who.as_ref().map(|w| Arc::from(w.user()));
+            ctx.set_cookie = set_cookie;
+            who
+        }
+        Access::Respond(response) => return Ok(response),
+    };
+
+    let upstream = &route.upstream;
+    let endpoint = upstream_peer(upstream)?;
+    ctx.endpoint = Some(endpoint.label.clone());
     let wants_upgrade = is_upgrade_request(&upstream_req);
     upstream_request_filter(&mut upstream_req, ctx, conn, snapshot, endpoint);
+    set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_ref());
 
     let mut response = forward(shared, upstream, endpoint, upstream_req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -326,6 +372,80 @@ fn upstream_request_filter(
     *req.version_mut() = Version::HTTP_11;
 }
 
+static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
+
+/// Phase 5, identity part: whatever identity the client claimed goes, the proxy's cookies go,
+/// and a verified identity is set.
+fn set_identity_headers(
+    headers: &mut HeaderMap,
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    who: Option<&Who>,
+) {
+    let extra = snapshot
+        .identity
+        .as_deref()
+        .map_or(&[][..], |i| i.strip_headers.as_slice());
+    let claimed = |name: &HeaderName| {
+        let name = name.as_str();
+        name == "x-forwarded-user"
+            || name == "x-forwarded-email"
+            || name == "x-forwarded-groups"
+            || name.starts_with("x-sekisho-")
+    };
+    if headers
+        .keys()
+        .any(|name| claimed(name) || extra.contains(name))
+    {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| claimed(name) || extra.contains(name))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(&name);
+        }
+    }
+    if headers.contains_key(header::COOKIE) {
+        crate::session::strip_session_cookies(headers);
+    }
+    let (Some(who), Some(identity)) = (who, snapshot.identity.as_deref()) else {
+        return;
+    };
+    headers.remove(header::AUTHORIZATION);
+    let put = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), value);
+        }
+    };
+    put(headers, &X_FORWARDED_USER, &who.subject);
+    if !who.email.is_empty() {
+        put(headers, &X_FORWARDED_EMAIL, &who.email);
+    }
+    if !who.groups.is_empty() {
+        put(headers, &X_FORWARDED_GROUPS, &who.groups.join(","));
+    }
+    let signer_identity = sekisho_identity::signing::Identity {
+        subject: &who.subject,
+        email: &who.email,
+        groups: &who.groups,
+    };
+    match identity.assertions.assertion(
+        who.session_id,
+        &ctx.host,
+        &signer_identity,
+        crate::session::unix_now(),
+    ) {
+        Ok(token) => put(headers, &X_SEKISHO_ASSERTION, &token),
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot sign an identity assertion")
+        }
+    }
+}
+
 /// Phase 6: the exchange with the upstream, bounded by the response-header timeout.
 async fn forward(
     shared: &Shared,
@@ -380,6 +500,9 @@ fn response_filter<B>(response: &mut Response<B>, ctx: &RequestCtx) {
     let headers = response.headers_mut();
     remove_hop_by_hop(headers, upgrade);
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if let Some(cookie) = &ctx.set_cookie {
+        headers.append(header::SET_COOKIE, cookie.clone());
+    }
 }
 
 fn report_error(shared: &Shared, ctx: &RequestCtx, err: &ProxyError) {

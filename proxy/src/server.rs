@@ -41,6 +41,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("TLS setup failed")]
     Tls(#[from] TlsError),
+    #[error("cannot set up the configuration's routes")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("none of the configured certificates could be loaded")]
     NoCertificate,
     #[error("cannot listen on {addr}")]

@@ -6,11 +6,32 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::config::{Config, Limits};
+use std::time::Duration;
+
+use sekisho_identity::webhook::WebhookSecret;
+
+use crate::config::{Config, HostConfig, Limits, PathConfig};
+use crate::identity::{IdentityError, IdentityRuntime};
 use crate::metrics::{Metrics, Name, RouteMetrics};
+use crate::policy::RouteAccess;
 use crate::route::RouteTable;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
+
+/// Why a snapshot could not be built from a valid configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot read the webhook secret of {route}")]
+    WebhookSecret {
+        route: String,
+        #[source]
+        source: sekisho_identity::webhook::WebhookSecretError,
+    },
+}
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -19,14 +40,35 @@ pub struct Snapshot {
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
     pub access_log: bool,
+    /// Login, sessions and tokens, when configured.
+    pub identity: Option<Arc<IdentityRuntime>>,
+    /// Every route, in configuration order (for `/.sekisho/me`).
+    pub route_list: Vec<Arc<Route>>,
 }
 
 #[derive(Debug)]
 pub struct Route {
     /// `host/path` (or `host/*` for a host's default): the name in logs and metrics.
     pub name: Name,
+    /// The host pattern and path as configured.
+    pub host: String,
+    pub path: String,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    /// Who may pass.
+    pub access: RouteAccess,
+    /// `Authorization: Bearer` tokens are accepted.
+    pub bearer: bool,
+    /// A login older than this must be renewed.
+    pub max_session_age: Option<Duration>,
+    pub webhook: Option<RouteWebhook>,
+}
+
+/// A webhook route's signature check.
+#[derive(Debug)]
+pub struct RouteWebhook {
+    pub secret: WebhookSecret,
+    pub max_body: u64,
 }
 
 impl Snapshot {
@@ -37,7 +79,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         workers: usize,
         metrics: &Metrics,
-    ) -> Result<Self, TlsError> {
+    ) -> Result<Self, SnapshotError> {
         let mut upstreams = HashMap::with_capacity(config.upstreams.len());
         for (name, upstream_config) in &config.upstreams {
             let reused = previous
@@ -51,23 +93,50 @@ impl Snapshot {
             upstreams.insert(name.clone(), upstream);
         }
 
+        let identity = IdentityRuntime::build(config, previous.and_then(|p| p.identity.as_ref()))?;
         let mut routes = RouteTable::default();
+        let mut route_list = Vec::new();
         for host in &config.hosts {
             let host_name = host.host.to_ascii_lowercase();
-            let route = |label: &str, upstream: &str| {
+            let mut route = |path: Option<&PathConfig>, upstream: &str| {
+                let label = path.map_or("/*", |p| p.path.as_str());
                 let name = Name(format!("{host_name}{label}").into());
-                Arc::new(Route {
+                let webhook = match path.and_then(|p| p.webhook.as_ref()) {
+                    Some(webhook) => Some(RouteWebhook {
+                        secret: WebhookSecret::load(&webhook.secret_file).map_err(|source| {
+                            SnapshotError::WebhookSecret {
+                                route: name.0.to_string(),
+                                source,
+                            }
+                        })?,
+                        max_body: webhook.max_body,
+                    }),
+                    None => None,
+                };
+                let route = Arc::new(Route {
                     metrics: RouteMetrics::new(metrics, name.clone()),
                     name,
+                    host: host_name.clone(),
+                    path: path.map_or("/", |p| p.path.as_str()).to_owned(),
                     upstream: upstreams[upstream].clone(),
-                })
+                    access: route_access(config, host, path),
+                    bearer: path.and_then(|p| p.bearer).unwrap_or(host.bearer),
+                    max_session_age: path
+                        .and_then(|p| p.max_session_age)
+                        .or(host.max_session_age),
+                    webhook,
+                });
+                route_list.push(route.clone());
+                Ok::<_, SnapshotError>(route)
             };
-            let paths = host
-                .paths
-                .iter()
-                .map(|p| (p.path.clone(), p.path_type, route(&p.path, &p.upstream)))
-                .collect::<Vec<_>>();
-            let default = host.default.as_deref().map(|u| route("/*", u));
+            let mut paths = Vec::with_capacity(host.paths.len());
+            for p in &host.paths {
+                paths.push((p.path.clone(), p.path_type, route(Some(p), &p.upstream)?));
+            }
+            let default = match host.default.as_deref() {
+                Some(upstream) => Some(route(None, upstream)?),
+                None => None,
+            };
             routes.insert_host(&host_name, paths, default);
         }
 
@@ -77,10 +146,40 @@ impl Snapshot {
             limits: config.limits.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: config.access_log,
+            identity,
+            route_list,
         })
+    }
+
+    /// The identity runtime and whether the proxy answers this request itself (auth host,
+    /// `/.sekisho/` paths).
+    pub fn own_endpoint(&self, host: &str, path: &str) -> Option<&IdentityRuntime> {
+        self.identity
+            .as_deref()
+            .filter(|identity| crate::login::is_own(identity, host, path))
     }
 
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// How a route is guarded: its own `public`/`policy`, else its host's; neither denies all.
+fn route_access(config: &Config, host: &HostConfig, path: Option<&PathConfig>) -> RouteAccess {
+    let public = path
+        .and_then(|p| p.public)
+        .unwrap_or(host.public && path.is_none_or(|p| p.policy.is_none()));
+    if public {
+        return RouteAccess::Public;
+    }
+    match path
+        .and_then(|p| p.policy.as_ref())
+        .or(host.policy.as_ref())
+    {
+        Some(name) => match config.policies.get(name) {
+            Some(policy) => RouteAccess::Policy(Arc::new(policy.clone())),
+            None => RouteAccess::DenyAll,
+        },
+        None => RouteAccess::DenyAll,
     }
 }

@@ -124,6 +124,7 @@ impl SealedSession {
 enum Purpose {
     Session,
     Handoff,
+    Login,
 }
 
 impl Purpose {
@@ -131,13 +132,14 @@ impl Purpose {
         match self {
             Purpose::Session => b"sekisho-session-v1\0",
             Purpose::Handoff => b"sekisho-handoff-v1\0",
+            Purpose::Login => b"sekisho-login-v1\0",
         }
     }
 
     fn max_text_len(self) -> usize {
         match self {
             Purpose::Session => MAX_COOKIE_VALUE_LEN,
-            Purpose::Handoff => MAX_HANDOFF_CODE_LEN,
+            Purpose::Handoff | Purpose::Login => MAX_HANDOFF_CODE_LEN,
         }
     }
 }
@@ -226,6 +228,30 @@ impl SessionKeys {
             return Err(SessionError::Idle);
         }
         Ok(record)
+    }
+
+    /// Seals the state of a login in progress (the short-lived login cookie) for `host`.
+    pub fn seal_login(&self, host: &str, state: &[u8]) -> Result<String, SealError> {
+        let start = HEADER_LEN + NONCE_LEN;
+        let len = sealed_text_len(state.len());
+        if len > Purpose::Login.max_text_len() {
+            return Err(SealError::TooLarge {
+                len,
+                max: Purpose::Login.max_text_len(),
+            });
+        }
+        let mut buf = Vec::with_capacity(start + state.len() + TAG_LEN);
+        buf.resize(start, 0);
+        buf.extend_from_slice(state);
+        self.seal_buffer(Purpose::Login, host, buf)
+    }
+
+    /// Opens what [`SessionKeys::seal_login`] sealed for `host`.
+    pub fn open_login(&self, text: &str, host: &str) -> Result<Vec<u8>, SessionError> {
+        let mut buf = [0u8; OPEN_BUFFER];
+        Ok(self
+            .open_bytes(Purpose::Login, text, host, &mut buf)?
+            .to_vec())
     }
 
     /// Encodes with all groups, then with only the needed ones if that is too large, and seals.

@@ -14,11 +14,13 @@ fn two_sites(pki: &Pki, app: &Upstream, api: &Upstream) -> String {
   api: {{endpoints: ['{api}']}}
 hosts:
   - host: app.test
+    public: true
     paths:
       - {{path: /, type: Prefix, upstream: app}}
       - {{path: /api, type: Prefix, upstream: api}}
       - {{path: /exact, type: Exact, upstream: api}}
   - host: '*.wild.test'
+    public: true
     default: api
 ",
         certs = certificates_yaml(&[(cert, key)]),
@@ -183,6 +185,7 @@ async fn an_upstream_that_is_down_gives_502_and_a_slow_one_504() {
   slow: {{endpoints: ['{slow}'], response_header_timeout: 300ms}}
 hosts:
   - host: app.test
+    public: true
     paths:
       - {{path: /down, upstream: down}}
       - {{path: /slow, upstream: slow}}
@@ -219,6 +222,7 @@ async fn a_failing_endpoint_is_ejected_and_traffic_goes_to_the_healthy_one() {
     ejection: {{consecutive_failures: 1, duration: 60s}}
 hosts:
   - host: app.test
+    public: true
     default: pair
 ",
         certs = certificates_yaml(&[(cert, key)]),

@@ -81,6 +81,7 @@ fn site(pki: &Pki, upstream: &HealthUpstream) -> String {
   health: {{endpoints: ['http://{addr}'], protocol: http2}}
 hosts:
   - host: grpc.test
+    public: true
     default: health
 ",
         certs = certificates_yaml(&[(cert, key)]),

@@ -93,6 +93,7 @@ async fn shutdown_finishes_the_request_in_flight(http2: bool) {
   app: {{endpoints: ['http://{tap}']}}
 hosts:
   - host: app.test
+    public: true
     default: app
 ",
         certs = certificates_yaml(&[(cert, key)]),
@@ -154,7 +155,7 @@ async fn graceful_shutdown_completes_an_http2_request_in_flight_and_turns_new_co
 /// One site, `localhost`, served by `upstream` (with the development certificate).
 fn site_yaml(upstream: &Upstream) -> String {
     format!(
-        "upstreams:\n  app: {{endpoints: ['{}']}}\nhosts:\n  - host: localhost\n    default: app\n",
+        "upstreams:\n  app: {{endpoints: ['{}']}}\nhosts:\n  - host: localhost\n    public: true\n    default: app\n",
         upstream.url()
     )
 }

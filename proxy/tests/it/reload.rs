@@ -16,6 +16,7 @@ fn site(certs: &str, upstream: &Upstream, extra_hosts: &str) -> String {
   app: {{endpoints: ['{url}']}}
 hosts:
   - host: app.test
+    public: true
     default: app
 {extra_hosts}",
         url = upstream.url()
@@ -135,7 +136,7 @@ async fn a_valid_config_edit_takes_effect_and_an_invalid_one_keeps_the_last_good
     proxy.rewrite(&site(
         &certs,
         &app,
-        "  - host: new.test\n    default: app\n",
+        "  - host: new.test\n    public: true\n    default: app\n",
     ));
     assert!(
         eventually(WAIT, || async {
@@ -147,7 +148,7 @@ async fn a_valid_config_edit_takes_effect_and_an_invalid_one_keeps_the_last_good
 
     // An edit that references a missing upstream is rejected as a whole.
     proxy.rewrite(&format!(
-        "{}  - host: broken.test\n    default: nowhere\n",
+        "{}  - host: broken.test\n    public: true\n    default: nowhere\n",
         site(&certs, &app, "")
     ));
     assert!(
@@ -194,7 +195,7 @@ fn check_config_accepts_the_local_example_and_names_the_field_of_a_bad_file() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        format!("{LISTEN}upstreams: {{}}\nhosts:\n  - host: a.test\n    default: missing\n"),
+        format!("{LISTEN}upstreams: {{}}\nhosts:\n  - host: a.test\n    public: true\n    default: missing\n"),
     )
     .unwrap();
     let out = std::process::Command::new(bin)

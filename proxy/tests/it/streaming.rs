@@ -135,6 +135,7 @@ upstreams:
   big: {{endpoints: ['{upstream}']}}
 hosts:
   - host: big.test
+    public: true
     default: big
 ",
         certs = certificates_yaml(&[(cert, key)]),
@@ -284,6 +285,7 @@ async fn server_sent_events_reach_the_client_before_the_next_one_is_sent() {
   events: {{endpoints: ['http://{addr}']}}
 hosts:
   - host: events.test
+    public: true
     default: events
 ",
         certs = certificates_yaml(&[(cert, key)]),

@@ -14,8 +14,10 @@ fn config(certs: &str, upstream: &Upstream) -> String {
   app: {{endpoints: ['{url}']}}
 hosts:
   - host: app.test
+    public: true
     default: app
   - host: '*.wild.test'
+    public: true
     default: app
 ",
         url = upstream.url()

@@ -62,6 +62,7 @@ fn config(pki: &Pki, upstream: std::net::SocketAddr, tls: &str) -> String {
     tls: {tls}
 hosts:
   - host: app.test
+    public: true
     default: secure
 ",
         certs = certificates_yaml(&[(cert, key)]),

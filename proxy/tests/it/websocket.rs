@@ -79,6 +79,7 @@ fn site(pki: &Pki, endpoint: &str) -> String {
   ws: {{endpoints: ['{endpoint}']}}
 hosts:
   - host: ws.test
+    public: true
     default: ws
 ",
         certs = certificates_yaml(&[(cert, key)]),

@@ -1,0 +1,517 @@
+//! Phase 3 of the pipeline: who is asking, and may they pass this route.
+//!
+//! In order: a `public` route passes at once; a webhook route checks the body's signature; else
+//! the identity comes from a bearer token (routes with `bearer: true`) or the host's session
+//! cookie, the route's policy decides on the normalised path, and the decision is logged once.
+//! An anonymous request that a login could let through is sent to the login (browsers) or gets
+//! 401 with JSON (everything else); a refused one gets the 403 page.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use sekisho_identity::webhook::WebhookError;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::identity::IdentityRuntime;
+use crate::page;
+use crate::path::normalize_path;
+use crate::policy::{Decision, Identity, RouteAccess};
+use crate::proxy::RequestCtx;
+use crate::session::{SessionRecord, session_cookie, set_cookie, unix_now};
+use crate::snapshot::{Route, Snapshot};
+
+/// The verified identity of a request.
+#[derive(Debug)]
+pub struct Who {
+    /// The session id (a hash of the token for bearer tokens): the assertion cache's key.
+    pub session_id: [u8; 16],
+    pub subject: String,
+    pub email: String,
+    pub groups: Vec<String>,
+    pub identity: Identity,
+    /// When set, the session a cookie refresh extends.
+    pub session: Option<SessionRecord>,
+}
+
+impl Who {
+    /// The name for logs: the email, or the subject.
+    pub fn user(&self) -> &str {
+        if self.email.is_empty() {
+            &self.subject
+        } else {
+            &self.email
+        }
+    }
+}
+
+pub(crate) enum Access {
+    /// Go on to the upstream; `set_cookie` refreshes the session's idle timer.
+    Pass {
+        who: Option<Who>,
+        set_cookie: Option<HeaderValue>,
+    },
+    /// Answer now.
+    Respond(Response<ResponseBody>),
+}
+
+/// Decides one request on `route`. The request body is replaced only on webhook routes.
+pub(crate) async fn check(
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    route: &Route,
+    req: &mut Request<RequestBody>,
+) -> Access {
+    if let Some(webhook) = &route.webhook {
+        return check_webhook(ctx, route, webhook, req).await;
+    }
+    if matches!(route.access, RouteAccess::Public) {
+        return Access::Pass {
+            who: None,
+            set_cookie: None,
+        };
+    }
+    let identity = snapshot.identity.as_deref();
+    let path = match normalize_path(req.uri().path()) {
+        Ok(path) => path,
+        Err(error) => {
+            log_decision(
+                ctx,
+                route,
+                req.method(),
+                req.uri().path(),
+                None,
+                false,
+                "path",
+                &error.to_string(),
+            );
+            return Access::Respond(ctx.page(StatusCode::BAD_REQUEST, &error.to_string()));
+        }
+    };
+    let now = unix_now();
+
+    // Bearer tokens, where the route takes them: a bad one is refused outright, never
+    // mistaken for "no credentials".
+    let mut who = None;
+    let mut set_cookie_header = None;
+    if let Some(token) = bearer_token(req.headers()) {
+        let verified = match identity {
+            Some(identity) if route.bearer => match identity.bearer().await {
+                Some(verifier) => verifier.verify(token).await.map_err(|e| e.to_string()),
+                None => Err("no bearer token issuer is reachable".to_owned()),
+            },
+            _ => Err("this route does not accept bearer tokens".to_owned()),
+        };
+        match verified {
+            Ok(claims) => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+                let mut session_id = [0u8; 16];
+                session_id.copy_from_slice(&digest.as_ref()[..16]);
+                let email = match (&claims.email, claims.email_verified) {
+                    (Some(email), true) => email.clone(),
+                    _ => String::new(),
+                };
+                who = Some(Who {
+                    session_id,
+                    identity: Identity {
+                        subject: claims.subject.clone(),
+                        email: claims.email.clone(),
+                        email_verified: claims.email_verified,
+                        hosted_domain: None,
+                        groups: claims.groups.clone(),
+                        claims: Default::default(),
+                    },
+                    subject: claims.subject,
+                    email,
+                    groups: claims.groups,
+                    session: None,
+                });
+            }
+            Err(reason) => {
+                log_decision(
+                    ctx,
+                    route,
+                    req.method(),
+                    &path,
+                    None,
+                    false,
+                    "bearer",
+                    &reason,
+                );
+                return Access::Respond(json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    &reason,
+                    None,
+                ));
+            }
+        }
+    } else if let Some(identity) = identity {
+        (who, set_cookie_header) = from_session(identity, &ctx.host, req.headers(), now);
+    }
+
+    let mut decision = route.access.decide(
+        who.as_ref().map(|w| &w.identity),
+        req.method(),
+        &path,
+        req.headers(),
+    );
+    // A route may ask for a recent login.
+    if let (Decision::Allow { rule }, Some(max_age), Some(session)) = (
+        decision,
+        route.max_session_age,
+        who.as_ref().and_then(|w| w.session.as_ref()),
+    ) && now.saturating_sub(session.auth_time) > max_age.as_secs()
+    {
+        decision = Decision::LoginRequired { rule };
+        who = None;
+    }
+
+    let user = who.as_ref().map(Who::user);
+    match decision {
+        Decision::Allow { rule } => {
+            log_decision(
+                ctx,
+                route,
+                req.method(),
+                &path,
+                user,
+                true,
+                &rule.to_string(),
+                "",
+            );
+            Access::Pass {
+                who,
+                set_cookie: set_cookie_header,
+            }
+        }
+        Decision::LoginRequired { rule } => {
+            log_decision(
+                ctx,
+                route,
+                req.method(),
+                &path,
+                user,
+                false,
+                &rule.to_string(),
+                "login required",
+            );
+            Access::Respond(login_required(snapshot, ctx, req))
+        }
+        Decision::Deny { rule, reason } => {
+            log_decision(
+                ctx,
+                route,
+                req.method(),
+                &path,
+                user,
+                false,
+                &rule.to_string(),
+                reason,
+            );
+            Access::Respond(denied(ctx, route, user))
+        }
+    }
+}
+
+/// The session on this host, if its cookie opens, is current and is not revoked; and the
+/// refreshed cookie when the idle timer moved.
+fn from_session(
+    identity: &IdentityRuntime,
+    host: &str,
+    headers: &HeaderMap,
+    now: u64,
+) -> (Option<Who>, Option<HeaderValue>) {
+    let value = match session_cookie(headers) {
+        Ok(Some(value)) => value,
+        Ok(None) => return (None, None),
+        Err(error) => {
+            tracing::debug!(%error, "session cookie ignored");
+            return (None, None);
+        }
+    };
+    let mut record = match identity
+        .session_keys
+        .open(value, host, now, identity.idle_timeout())
+    {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::debug!(%error, host, "session cookie refused");
+            return (None, None);
+        }
+    };
+    if identity.state.is_revoked(
+        &record.id.0,
+        &record.issuer,
+        &record.subject,
+        record.issued_at,
+    ) {
+        tracing::debug!(host, "session cookie of an ended session");
+        return (None, None);
+    }
+    let refresh = record
+        .touch(now)
+        .then(|| session_set_cookie(identity, &record, now))
+        .flatten();
+    let who = who_from_record(record);
+    (Some(who), refresh)
+}
+
+pub(crate) fn who_from_record(record: SessionRecord) -> Who {
+    Who {
+        session_id: record.id.0,
+        identity: Identity {
+            subject: record.subject.clone(),
+            email: (!record.email.is_empty()).then(|| record.email.clone()),
+            // Sessions keep an email only when the provider verified it.
+            email_verified: !record.email.is_empty(),
+            hosted_domain: None,
+            groups: record.groups.clone(),
+            claims: Default::default(),
+        },
+        subject: record.subject.clone(),
+        email: record.email.clone(),
+        groups: record.groups.clone(),
+        session: Some(record),
+    }
+}
+
+/// The `Set-Cookie` for `record` on its host, valid until the session expires.
+pub(crate) fn session_set_cookie(
+    identity: &IdentityRuntime,
+    record: &SessionRecord,
+    now: u64,
+) -> Option<HeaderValue> {
+    match identity
+        .session_keys
+        .seal(record, &|g| identity.group_needed(g))
+    {
+        Ok(sealed) => {
+            if sealed.dropped_groups() > 0 {
+                tracing::info!(
+                    user = %record.subject,
+                    dropped = sealed.dropped_groups(),
+                    "groups no policy names were left out of the session cookie to keep it small"
+                );
+            }
+            let left = record.expires_at.saturating_sub(now);
+            Some(set_cookie(&sealed, std::time::Duration::from_secs(left)))
+        }
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot seal a session cookie");
+            None
+        }
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the request comes from a browser navigating, which can follow a login redirect.
+fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    if headers.contains_key("x-requested-with") {
+        return false;
+    }
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        return mode.as_bytes() == b"navigate";
+    }
+    match headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
+        Some(accept) if accept.contains("text/html") => true,
+        Some(accept) if accept.contains("application/json") => false,
+        _ => true,
+    }
+}
+
+/// `https://AUTH_HOST[:PORT]`, with the port of the request's `Host`.
+pub(crate) fn auth_origin(identity: &IdentityRuntime, ctx: &RequestCtx) -> String {
+    format!("https://{}{}", identity.auth_host, ctx.port_suffix())
+}
+
+/// The login URL for coming back to this request.
+fn login_url(identity: &IdentityRuntime, ctx: &RequestCtx, req: &Request<RequestBody>) -> String {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let back = format!("https://{}{}{path}", ctx.host, ctx.port_suffix());
+    let rd: String = url::form_urlencoded::byte_serialize(back.as_bytes()).collect();
+    format!("{}/.sekisho/login?rd={rd}", auth_origin(identity, ctx))
+}
+
+fn login_required(
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    req: &Request<RequestBody>,
+) -> Response<ResponseBody> {
+    let Some(identity) = snapshot.identity.as_deref() else {
+        return ctx.page(
+            StatusCode::FORBIDDEN,
+            "no login is configured for this site",
+        );
+    };
+    let url = login_url(identity, ctx, req);
+    if is_navigation(req.method(), req.headers()) {
+        let mut response = Response::new(ResponseBody::empty());
+        *response.status_mut() = StatusCode::FOUND;
+        if let Ok(location) = HeaderValue::from_str(&url) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "sign in first",
+        Some(&url),
+    )
+}
+
+fn denied(ctx: &RequestCtx, route: &Route, user: Option<&str>) -> Response<ResponseBody> {
+    let who = user.unwrap_or("nobody (not signed in)");
+    let body = page::denied(
+        who,
+        &route.name.0,
+        ctx.request_id.to_str().unwrap_or("-"),
+        "/.sekisho/logout",
+    );
+    html(StatusCode::FORBIDDEN, body)
+}
+
+pub(crate) fn html(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(page::CONTENT_TYPE),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    response
+}
+
+pub(crate) fn json_error(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    login_url: Option<&str>,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(page::json_error(
+        error, message, login_url,
+    )));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+async fn check_webhook(
+    ctx: &RequestCtx,
+    route: &Route,
+    webhook: &crate::snapshot::RouteWebhook,
+    req: &mut Request<RequestBody>,
+) -> Access {
+    let signature = req
+        .headers()
+        .get(sekisho_identity::webhook::HEADER_NAME)
+        .map(|v| v.as_bytes().to_vec());
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let refuse = |error: WebhookError| {
+        log_decision(
+            ctx,
+            route,
+            &method,
+            &path,
+            None,
+            false,
+            "webhook",
+            &error.to_string(),
+        );
+        let status = match error {
+            WebhookError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        Access::Respond(json_error(
+            status,
+            "bad_signature",
+            &error.to_string(),
+            None,
+        ))
+    };
+    // A missing or malformed signature is refused before the body is read.
+    if let Err(error) = sekisho_identity::webhook::parse_signature(signature.as_deref()) {
+        return refuse(error);
+    }
+    let body = std::mem::replace(req.body_mut(), RequestBody::buffered(Bytes::new()));
+    let mut check = webhook.secret.start(webhook.max_body);
+    let limited = http_body_util::Limited::new(
+        body,
+        usize::try_from(webhook.max_body).unwrap_or(usize::MAX),
+    );
+    let bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return refuse(WebhookError::BodyTooLarge {
+                max: webhook.max_body,
+            });
+        }
+    };
+    if let Err(error) = check
+        .update(&bytes)
+        .and_then(|()| check.finish(signature.as_deref()))
+    {
+        return refuse(error);
+    }
+    log_decision(ctx, route, &method, &path, None, true, "webhook", "");
+    *req.body_mut() = RequestBody::buffered(bytes);
+    Access::Pass {
+        who: None,
+        set_cookie: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_decision(
+    ctx: &RequestCtx,
+    route: &Route,
+    method: &Method,
+    path: &str,
+    user: Option<&str>,
+    allowed: bool,
+    rule: &str,
+    reason: &str,
+) {
+    tracing::info!(
+        target: "sekisho::access",
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        host = %ctx.host,
+        route = %route.name.0,
+        %method,
+        path,
+        user = user.unwrap_or("-"),
+        allowed,
+        rule,
+        reason,
+        "access decision"
+    );
+}

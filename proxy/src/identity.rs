@@ -1,0 +1,375 @@
+//! The running side of the `identity:` configuration: keys, OpenID providers (discovered on
+//! first use, retried after a failure), the bearer-token verifier, the assertion signer, and the
+//! state that must outlive a configuration reload (redeemed handoff codes, revoked sessions).
+//!
+//! Built with the snapshot; an unchanged `identity:` section keeps the previous runtime, and its
+//! state always carries over. This module does no request handling: see [`crate::access`] for
+//! the access phase and [`crate::login`] for the `/.sekisho/` endpoints.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::HeaderName;
+use sekisho_identity::assertion::AssertionIssuer;
+use sekisho_identity::bearer::BearerVerifier;
+use sekisho_identity::http::{HttpClient, HttpClientConfig};
+use sekisho_identity::oidc::{Provider, RawIdToken};
+use sekisho_identity::signing::SigningKeys;
+use tokio::sync::OnceCell;
+
+use crate::config::{Config, IdentityConfig};
+use crate::policy::Subject;
+use crate::session::{ReplayGuard, SessionKeys, unix_now};
+
+/// Why the identity runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot load the session keys from {path}")]
+    SessionKeys {
+        path: PathBuf,
+        #[source]
+        source: crate::session::KeyError,
+    },
+    #[error("cannot generate session keys")]
+    GenerateSessionKeys(#[source] crate::session::KeyError),
+    #[error("cannot load the signing keys from {path}")]
+    SigningKeys {
+        path: PathBuf,
+        #[source]
+        source: sekisho_identity::signing::SigningKeyError,
+    },
+    #[error("cannot generate signing keys")]
+    GenerateSigningKeys(#[source] sekisho_identity::signing::SigningKeyError),
+    #[error("cannot build the HTTP client for OpenID providers")]
+    HttpClient(#[source] sekisho_identity::http::HttpClientBuildError),
+    #[error("`{0}` in identity.strip_headers is not a header name")]
+    StripHeader(String),
+}
+
+/// Everything login, sessions and tokens need at run time.
+pub struct IdentityRuntime {
+    pub config: IdentityConfig,
+    /// Lowercase.
+    pub auth_host: String,
+    pub session_keys: Arc<SessionKeys>,
+    pub signing_keys: Arc<SigningKeys>,
+    pub assertions: AssertionIssuer,
+    pub providers: Vec<ProviderSlot>,
+    bearer: OnceCell<BearerVerifier>,
+    http: HttpClient,
+    /// Extra identity headers to strip (`identity.strip_headers`).
+    pub strip_headers: Vec<HeaderName>,
+    /// Groups some policy names: kept when a session's groups must be trimmed to fit a cookie.
+    policy_groups: HashSet<String>,
+    pub jwks_json: bytes::Bytes,
+    pub state: Arc<IdentityState>,
+}
+
+impl std::fmt::Debug for IdentityRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityRuntime")
+            .field("auth_host", &self.auth_host)
+            .field("providers", &self.providers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One configured OpenID provider, discovered when first needed.
+pub struct ProviderSlot {
+    pub name: String,
+    pub display_name: String,
+    config: sekisho_identity::oidc::ProviderConfig,
+    provider: OnceCell<Provider>,
+}
+
+impl ProviderSlot {
+    /// The discovered provider; discovery runs on the first call and again after a failure.
+    pub async fn get(
+        &self,
+        http: &HttpClient,
+    ) -> Result<&Provider, sekisho_identity::oidc::DiscoveryError> {
+        self.provider
+            .get_or_try_init(|| Provider::discover(self.config.clone(), http))
+            .await
+    }
+
+    /// The provider if discovery already succeeded.
+    pub fn discovered(&self) -> Option<&Provider> {
+        self.provider.get()
+    }
+}
+
+/// State that survives configuration reloads.
+pub struct IdentityState {
+    pub replay: ReplayGuard,
+    /// Session ids ended by logout, until the session would have expired anyway.
+    revoked_sessions: DashMap<[u8; 16], u64>,
+    /// `issuer \0 subject` → Unix time: sessions issued up to then are over (back-channel
+    /// logout of every session of a subject).
+    revoked_subjects: DashMap<String, u64>,
+    /// The provider's session id (`sid`) → our session ids, for back-channel logout by `sid`.
+    provider_sessions: DashMap<String, Vec<([u8; 16], u64)>>,
+    /// Our session id → the ID token and its expiry, for `id_token_hint` at logout.
+    id_tokens: DashMap<[u8; 16], (RawIdToken, u64)>,
+}
+
+impl std::fmt::Debug for IdentityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityState")
+            .field("revoked_sessions", &self.revoked_sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounds on the in-memory maps: beyond these, expired entries are swept first, then new
+/// entries are refused (revocations are never refused: see [`IdentityState::revoke_session`]).
+const MAX_REMEMBERED: usize = 100_000;
+
+impl IdentityState {
+    fn new() -> Self {
+        Self {
+            replay: ReplayGuard::new(MAX_REMEMBERED),
+            revoked_sessions: DashMap::new(),
+            revoked_subjects: DashMap::new(),
+            provider_sessions: DashMap::new(),
+            id_tokens: DashMap::new(),
+        }
+    }
+
+    /// Ends a session on this proxy until `expires_at`.
+    pub fn revoke_session(&self, id: [u8; 16], expires_at: u64) {
+        let now = unix_now();
+        if self.revoked_sessions.len() >= MAX_REMEMBERED {
+            self.revoked_sessions.retain(|_, until| *until > now);
+        }
+        self.revoked_sessions.insert(id, expires_at);
+        self.id_tokens.remove(&id);
+    }
+
+    /// Ends every session of `subject` at `issuer` issued until now.
+    pub fn revoke_subject(&self, issuer: &str, subject: &str) {
+        self.revoked_subjects
+            .insert(format!("{issuer}\0{subject}"), unix_now());
+    }
+
+    /// Ends the sessions that logged in with the provider session `sid`; false if none known.
+    pub fn revoke_provider_session(&self, issuer: &str, sid: &str) -> bool {
+        match self.provider_sessions.remove(&format!("{issuer}\0{sid}")) {
+            Some((_, sessions)) => {
+                for (id, expires_at) in sessions {
+                    self.revoke_session(id, expires_at);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a session is still good as far as revocations go.
+    pub fn is_revoked(&self, id: &[u8; 16], issuer: &str, subject: &str, issued_at: u64) -> bool {
+        if self.revoked_sessions.contains_key(id) {
+            return true;
+        }
+        if self.revoked_subjects.is_empty() {
+            return false;
+        }
+        self.revoked_subjects
+            .get(&format!("{issuer}\0{subject}"))
+            .is_some_and(|at| issued_at <= *at)
+    }
+
+    /// Remembers what logout needs later: the provider's session id and the ID token.
+    pub fn remember_login(
+        &self,
+        id: [u8; 16],
+        issuer: &str,
+        sid: Option<&str>,
+        id_token: RawIdToken,
+        expires_at: u64,
+    ) {
+        let now = unix_now();
+        if self.id_tokens.len() >= MAX_REMEMBERED {
+            self.id_tokens.retain(|_, (_, until)| *until > now);
+        }
+        if self.id_tokens.len() < MAX_REMEMBERED {
+            self.id_tokens.insert(id, (id_token, expires_at));
+        }
+        if let Some(sid) = sid {
+            if self.provider_sessions.len() >= MAX_REMEMBERED {
+                self.provider_sessions.retain(|_, sessions| {
+                    sessions.retain(|(_, until)| *until > now);
+                    !sessions.is_empty()
+                });
+            }
+            if self.provider_sessions.len() < MAX_REMEMBERED {
+                self.provider_sessions
+                    .entry(format!("{issuer}\0{sid}"))
+                    .or_default()
+                    .push((id, expires_at));
+            }
+        }
+    }
+
+    /// The ID token a session logged in with, if this proxy still has it.
+    pub fn id_token(&self, id: &[u8; 16]) -> Option<RawIdToken> {
+        self.id_tokens.get(id).map(|entry| entry.0.clone())
+    }
+}
+
+impl IdentityRuntime {
+    /// Builds the runtime for `config`, reusing `previous` where nothing changed.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Arc<IdentityRuntime>>,
+    ) -> Result<Option<Arc<IdentityRuntime>>, IdentityError> {
+        let Some(identity) = &config.identity else {
+            return Ok(None);
+        };
+        let policy_groups = policy_groups(config);
+        if let Some(previous) = previous
+            && previous.config == *identity
+            && previous.policy_groups == policy_groups
+        {
+            return Ok(Some(previous.clone()));
+        }
+        let session_keys = match &identity.session_keys_file {
+            Some(path) => {
+                Arc::new(
+                    SessionKeys::load(path).map_err(|source| IdentityError::SessionKeys {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => match previous.filter(|p| p.config.session_keys_file.is_none()) {
+                Some(previous) => previous.session_keys.clone(),
+                None => {
+                    tracing::warn!(
+                        "identity.session_keys_file is not set: using a key generated now, so \
+                         sessions end when the proxy stops and replicas do not share them"
+                    );
+                    Arc::new(SessionKeys::generate().map_err(IdentityError::GenerateSessionKeys)?)
+                }
+            },
+        };
+        let signing_keys = match &identity.signing_keys_file {
+            Some(path) => {
+                Arc::new(
+                    SigningKeys::load(path).map_err(|source| IdentityError::SigningKeys {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => match previous.filter(|p| p.config.signing_keys_file.is_none()) {
+                Some(previous) => previous.signing_keys.clone(),
+                None => {
+                    tracing::warn!(
+                        "identity.signing_keys_file is not set: assertions are signed with a \
+                         key generated now; upstreams must fetch the JWKS again after a restart"
+                    );
+                    Arc::new(SigningKeys::generate().map_err(IdentityError::GenerateSigningKeys)?)
+                }
+            },
+        };
+        let http = HttpClient::new(&HttpClientConfig {
+            allow_plain_http: identity.dangerous_allow_http_issuers,
+            ..HttpClientConfig::default()
+        })
+        .map_err(IdentityError::HttpClient)?;
+        let strip_headers = identity
+            .strip_headers
+            .iter()
+            .map(|name| {
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| IdentityError::StripHeader(name.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        let auth_host = identity.auth_host.to_ascii_lowercase();
+        let assertions = AssertionIssuer::new(signing_keys.clone(), format!("https://{auth_host}"));
+        let providers = identity
+            .providers
+            .iter()
+            .map(|config| ProviderSlot {
+                name: config.name.clone(),
+                display_name: config.display_name.clone(),
+                config: config.clone(),
+                provider: OnceCell::new(),
+            })
+            .collect();
+        Ok(Some(Arc::new(IdentityRuntime {
+            jwks_json: signing_keys.jwks_json().into(),
+            config: identity.clone(),
+            auth_host,
+            session_keys,
+            signing_keys,
+            assertions,
+            providers,
+            bearer: OnceCell::new(),
+            http,
+            strip_headers,
+            policy_groups,
+            state: previous
+                .map(|p| p.state.clone())
+                .unwrap_or_else(|| Arc::new(IdentityState::new())),
+        })))
+    }
+
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// The bearer verifier, set up (discovery) on first use; `None` when no issuer is
+    /// configured or setup failed (logged; tried again on the next token).
+    pub async fn bearer(&self) -> Option<&BearerVerifier> {
+        if self.config.bearer_issuers.is_empty() {
+            return None;
+        }
+        let setup = self
+            .bearer
+            .get_or_try_init(|| BearerVerifier::new(self.config.bearer_issuers.clone(), &self.http))
+            .await;
+        match setup {
+            Ok(verifier) => Some(verifier),
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "bearer token issuers are not reachable");
+                None
+            }
+        }
+    }
+
+    /// The slot of provider `name`.
+    pub fn provider(&self, name: &str) -> Option<&ProviderSlot> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// Whether a policy names `group`: such groups are kept when a cookie must be trimmed.
+    pub fn group_needed(&self, group: &str) -> bool {
+        self.policy_groups.contains(group)
+    }
+
+    pub fn session_lifetime(&self) -> Duration {
+        self.config.session_lifetime
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.config.session_idle_timeout
+    }
+}
+
+/// Every group any policy names.
+fn policy_groups(config: &Config) -> HashSet<String> {
+    let mut groups = HashSet::new();
+    for policy in config.policies.values() {
+        let rules = policy.rules.iter().flat_map(|rule| rule.allow.iter());
+        for subject in policy.allow.iter().chain(rules) {
+            if let Subject::Group(group) = subject {
+                groups.insert(group.clone());
+            }
+        }
+    }
+    groups
+}

@@ -1,0 +1,631 @@
+//! The endpoints the proxy answers itself: `/.sekisho/*` on every host, and the auth host
+//! (login, callback, back-channel logout, the JWKS of identity assertions). See
+//! `docs/identity.md` for the flow.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use sekisho_identity::oidc::PendingLogin;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::access::{auth_origin, html, json_error, session_set_cookie, who_from_record};
+use crate::body::ResponseBody;
+use crate::identity::IdentityRuntime;
+use crate::page;
+use crate::policy::Decision;
+use crate::proxy::RequestCtx;
+use crate::session::{SessionId, SessionRecord, clear_cookie, session_cookie, unix_now};
+use crate::snapshot::Snapshot;
+
+const LOGIN_COOKIE: &str = "__Host-sekisho-login";
+/// How long a login may take at the provider.
+const LOGIN_TTL: Duration = Duration::from_secs(600);
+const MAX_LOGOUT_TOKEN_BODY: usize = 64 * 1024;
+
+/// What the login cookie holds between the redirect to the provider and the callback.
+#[derive(Serialize, Deserialize)]
+struct LoginState {
+    pending: PendingLogin,
+    rd: String,
+}
+
+/// Whether the proxy answers this request itself.
+pub(crate) fn is_own(identity: &IdentityRuntime, host: &str, path: &str) -> bool {
+    host == identity.auth_host || path.starts_with("/.sekisho/")
+}
+
+/// Answers a request for the auth host or a `/.sekisho/` path.
+pub(crate) async fn handle(
+    snapshot: &Snapshot,
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let on_auth_host = ctx.host == identity.auth_host;
+    let path = req.uri().path();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    match (path, on_auth_host) {
+        ("/.sekisho/login", true) if get => login(snapshot, identity, ctx, &req).await,
+        ("/.sekisho/callback", true) if get => callback(snapshot, identity, ctx, &req).await,
+        ("/.sekisho/backchannel-logout", true) if req.method() == Method::POST => {
+            backchannel_logout(identity, req).await
+        }
+        ("/.well-known/sekisho/jwks.json", true) if get => {
+            let mut response = Response::new(ResponseBody::full(identity.jwks_json.clone()));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=300"),
+            );
+            response
+        }
+        ("/.sekisho/handoff", false) if get => handoff(identity, ctx, &req),
+        ("/.sekisho/logout", _) if get => logout(identity, ctx, req.headers(), on_auth_host).await,
+        ("/.sekisho/me", _) if get => me(snapshot, identity, ctx, req.headers()),
+        ("/", true) if get => match current_session(identity, ctx, req.headers()) {
+            Some(_) => redirect("/.sekisho/me", None),
+            None => html(StatusCode::OK, page::signed_out(None)),
+        },
+        _ => ctx.page(StatusCode::NOT_FOUND, "nothing is served at this path"),
+    }
+}
+
+fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A return URL is acceptable when it is `https` on the auth host or a host some route
+/// serves, without credentials: anything else would make the login an open redirect.
+fn check_return_url(snapshot: &Snapshot, identity: &IdentityRuntime, rd: &str) -> Option<Url> {
+    let url = Url::parse(rd).ok()?;
+    if url.scheme() != "https" || !url.username().is_empty() || url.password().is_some() {
+        return None;
+    }
+    let host = match url.host()? {
+        url::Host::Domain(host) => host.to_ascii_lowercase(),
+        _ => return None,
+    };
+    (host == identity.auth_host || snapshot.routes.knows_host(&host)).then_some(url)
+}
+
+fn redirect(location: &str, set_cookies: Option<Vec<HeaderValue>>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::FOUND;
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for cookie in set_cookies.into_iter().flatten() {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+fn login_error(
+    ctx: &RequestCtx,
+    status: StatusCode,
+    message: &str,
+    retry: &str,
+) -> Response<ResponseBody> {
+    html(
+        status,
+        page::login_error(message, retry, ctx.request_id.to_str().unwrap_or("-")),
+    )
+}
+
+fn login_again_url(identity: &IdentityRuntime, ctx: &RequestCtx, rd: &str) -> String {
+    let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    format!("{}/.sekisho/login?rd={rd}", auth_origin(identity, ctx))
+}
+
+async fn login(
+    snapshot: &Snapshot,
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let query = query(req);
+    let Some(rd) = param(&query, "rd").and_then(|rd| check_return_url(snapshot, identity, rd))
+    else {
+        return login_error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "The address to return to after signing in is missing or is not a site served here.",
+            "/",
+        );
+    };
+    let slot = match (param(&query, "provider"), identity.providers.as_slice()) {
+        (_, []) => {
+            return login_error(
+                ctx,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No identity provider is configured.",
+                "/",
+            );
+        }
+        (None, [only]) => only,
+        (None, several) => {
+            let links: Vec<(String, String)> = several
+                .iter()
+                .map(|p| {
+                    let rd: String =
+                        url::form_urlencoded::byte_serialize(rd.as_str().as_bytes()).collect();
+                    (
+                        p.display_name.clone(),
+                        format!("/.sekisho/login?rd={rd}&provider={}", p.name),
+                    )
+                })
+                .collect();
+            let links: Vec<(&str, &str)> = links
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect();
+            return html(StatusCode::OK, page::choose_provider(&links));
+        }
+        (Some(name), _) => match identity.provider(name) {
+            Some(slot) => slot,
+            None => {
+                return login_error(
+                    ctx,
+                    StatusCode::BAD_REQUEST,
+                    "There is no such identity provider.",
+                    &login_again_url(identity, ctx, rd.as_str()),
+                );
+            }
+        },
+    };
+    let provider = match slot.get(identity.http()).await {
+        Ok(provider) => provider,
+        Err(error) => {
+            tracing::warn!(provider = %slot.name, error = %crate::error_chain(&error), "identity provider discovery failed");
+            return login_error(
+                ctx,
+                StatusCode::BAD_GATEWAY,
+                &format!("{} cannot be reached right now.", slot.display_name),
+                &login_again_url(identity, ctx, rd.as_str()),
+            );
+        }
+    };
+    let Ok(callback) = Url::parse(&format!("{}/.sekisho/callback", auth_origin(identity, ctx)))
+    else {
+        return ctx.page(StatusCode::BAD_REQUEST, "the request has no valid host");
+    };
+    let (authorize, pending) = provider.begin_login(&callback);
+    let state = LoginState {
+        pending,
+        rd: rd.to_string(),
+    };
+    let sealed = serde_json::to_vec(&state)
+        .map_err(|e| e.to_string())
+        .and_then(|json| {
+            identity
+                .session_keys
+                .seal_login(&identity.auth_host, &json)
+                .map_err(|e| e.to_string())
+        });
+    let sealed = match sealed {
+        Ok(sealed) => sealed,
+        Err(error) => {
+            tracing::warn!(%error, "cannot seal the login state");
+            return login_error(
+                ctx,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The sign-in could not start.",
+                "/",
+            );
+        }
+    };
+    let cookie = format!(
+        "{LOGIN_COOKIE}={sealed}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+        LOGIN_TTL.as_secs()
+    );
+    redirect(
+        authorize.as_str(),
+        HeaderValue::try_from(cookie).ok().map(|c| vec![c]),
+    )
+}
+
+fn login_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|crumb| crumb.trim().split_once('='))
+        .find(|(name, _)| *name == LOGIN_COOKIE)
+        .map(|(_, value)| value)
+}
+
+fn clear_login_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-sekisho-login=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+    )
+}
+
+async fn callback(
+    snapshot: &Snapshot,
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let query = query(req);
+    let state = login_cookie(req.headers())
+        .and_then(|value| {
+            identity
+                .session_keys
+                .open_login(value, &identity.auth_host)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<LoginState>(&json).ok());
+    let Some(state) = state else {
+        return login_error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "This sign-in expired or was started in another browser.",
+            "/",
+        );
+    };
+    let retry = login_again_url(identity, ctx, &state.rd);
+    if let Some(error) = param(&query, "error") {
+        let detail = param(&query, "error_description").unwrap_or(error);
+        return login_error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            &format!("The identity provider refused: {detail}"),
+            &retry,
+        );
+    }
+    let (Some(code), Some(returned_state)) = (param(&query, "code"), param(&query, "state")) else {
+        return login_error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "The identity provider's answer is incomplete.",
+            &retry,
+        );
+    };
+    let Some(slot) = identity.provider(state.pending.provider()) else {
+        return login_error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "That identity provider is no longer configured.",
+            &retry,
+        );
+    };
+    let provider = match slot.get(identity.http()).await {
+        Ok(provider) => provider,
+        Err(_) => {
+            return login_error(
+                ctx,
+                StatusCode::BAD_GATEWAY,
+                "The identity provider cannot be reached.",
+                &retry,
+            );
+        }
+    };
+    let verified = match provider
+        .finish_login(&state.pending, code, returned_state)
+        .await
+    {
+        Ok(verified) => verified,
+        Err(error) => {
+            tracing::info!(provider = %slot.name, error = %crate::error_chain(&error), "login refused");
+            return login_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                "The sign-in could not be verified.",
+                &retry,
+            );
+        }
+    };
+    let Ok(rd) = Url::parse(&state.rd) else {
+        return login_error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "The address to return to is not valid.",
+            "/",
+        );
+    };
+    let now = unix_now();
+    let Ok(id) = SessionId::random() else {
+        return login_error(
+            ctx,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The sign-in could not complete.",
+            &retry,
+        );
+    };
+    let expires_at = now + identity.session_lifetime().as_secs();
+    let record = SessionRecord {
+        id,
+        subject: verified.subject.clone(),
+        // Only a verified email counts for policy, so only a verified one is kept.
+        email: verified
+            .email
+            .clone()
+            .filter(|_| verified.email_verified)
+            .unwrap_or_default(),
+        groups: verified.groups.clone(),
+        issuer: verified.issuer.clone(),
+        auth_time: now,
+        issued_at: now,
+        expires_at,
+        last_seen: now,
+        host: identity.auth_host.clone(),
+        groups_trimmed: false,
+    };
+    identity.state.remember_login(
+        id.0,
+        &verified.issuer,
+        verified.sid.as_deref(),
+        verified.id_token.clone(),
+        expires_at,
+    );
+    tracing::info!(target: "sekisho::access", user = %record.email, subject = %record.subject, provider = %slot.name, "signed in");
+
+    let mut cookies = vec![clear_login_cookie()];
+    cookies.extend(session_set_cookie(identity, &record, now));
+    let rd_host = rd.host_str().unwrap_or_default().to_ascii_lowercase();
+    if rd_host == identity.auth_host || check_return_url(snapshot, identity, rd.as_str()).is_none()
+    {
+        return redirect(rd.as_str(), Some(cookies));
+    }
+    let mut for_host = record;
+    for_host.host = rd_host.clone();
+    let mut return_path = rd.path().to_owned();
+    if let Some(q) = rd.query() {
+        return_path.push('?');
+        return_path.push_str(q);
+    }
+    let sealed = identity
+        .session_keys
+        .seal_handoff(&for_host, &return_path, now, &|g| identity.group_needed(g));
+    match sealed {
+        Ok(sealed) => {
+            let port = rd.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let location = format!(
+                "https://{rd_host}{port}/.sekisho/handoff?code={}",
+                sealed.code
+            );
+            redirect(&location, Some(cookies))
+        }
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot seal a handoff code");
+            login_error(
+                ctx,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The sign-in could not complete.",
+                &retry,
+            )
+        }
+    }
+}
+
+fn handoff(
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let query = query(req);
+    let now = unix_now();
+    let opened = param(&query, "code")
+        .ok_or("the code is missing".to_owned())
+        .and_then(|code| {
+            identity
+                .session_keys
+                .open_handoff(code, &ctx.host, now)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|handoff| {
+            identity
+                .state
+                .replay
+                .redeem(&handoff, now)
+                .map(|()| handoff)
+                .map_err(|e| e.to_string())
+        });
+    let handoff = match opened {
+        Ok(handoff) => handoff,
+        Err(reason) => {
+            tracing::info!(host = %ctx.host, %reason, "handoff code refused");
+            let back = format!("https://{}{}/", ctx.host, ctx.port_suffix());
+            return login_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                "This sign-in link is not valid here, or was already used.",
+                &back,
+            );
+        }
+    };
+    let cookie = session_set_cookie(identity, &handoff.session, now);
+    redirect(&handoff.return_path, cookie.map(|c| vec![c]))
+}
+
+/// The session on this host, if any (revocations included).
+fn current_session(
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Option<SessionRecord> {
+    let value = session_cookie(headers).ok()??;
+    let record = identity
+        .session_keys
+        .open(value, &ctx.host, unix_now(), identity.idle_timeout())
+        .ok()?;
+    (!identity.state.is_revoked(
+        &record.id.0,
+        &record.issuer,
+        &record.subject,
+        record.issued_at,
+    ))
+    .then_some(record)
+}
+
+async fn logout(
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+    on_auth_host: bool,
+) -> Response<ResponseBody> {
+    let session = current_session(identity, ctx, headers);
+    let id_token = session
+        .as_ref()
+        .and_then(|s| identity.state.id_token(&s.id.0));
+    if let Some(session) = &session {
+        identity
+            .state
+            .revoke_session(session.id.0, session.expires_at);
+        tracing::info!(target: "sekisho::access", user = %session.email, subject = %session.subject, host = %ctx.host, "signed out");
+    }
+    let cookies = Some(vec![clear_cookie()]);
+    if !on_auth_host {
+        return redirect(
+            &format!("{}/.sekisho/logout", auth_origin(identity, ctx)),
+            cookies,
+        );
+    }
+    // RP-initiated logout at the provider, when it offers it and the ID token is still known.
+    let at_provider = session.zip(id_token).and_then(|(session, token)| {
+        let provider = identity
+            .providers
+            .iter()
+            .filter_map(|slot| slot.discovered())
+            .find(|p| p.config().issuer == session.issuer)?;
+        let back = Url::parse(&format!("{}/", auth_origin(identity, ctx))).ok()?;
+        provider.end_session_url(&token, &back, "signed-out")
+    });
+    match at_provider {
+        Some(url) => redirect(url.as_str(), cookies),
+        None => {
+            let mut response = html(StatusCode::OK, page::signed_out(None));
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, clear_cookie());
+            response
+        }
+    }
+}
+
+async fn backchannel_logout(
+    identity: &IdentityRuntime,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_LOGOUT_TOKEN_BODY);
+    let bytes: Bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body is too large",
+                None,
+            );
+        }
+    };
+    let Some(token) = url::form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "logout_token is missing",
+            None,
+        );
+    };
+    for slot in &identity.providers {
+        let Ok(provider) = slot.get(identity.http()).await else {
+            continue;
+        };
+        let Ok(logout) = provider.verify_logout_token(&token).await else {
+            continue;
+        };
+        let issuer = &provider.config().issuer;
+        let by_sid = logout
+            .sid
+            .as_deref()
+            .is_some_and(|sid| identity.state.revoke_provider_session(issuer, sid));
+        if !by_sid && let Some(sub) = &logout.sub {
+            identity.state.revoke_subject(issuer, sub);
+        }
+        tracing::info!(target: "sekisho::access", provider = %slot.name, subject = logout.sub.as_deref().unwrap_or("-"), by_sid, "back-channel logout");
+        let mut response = Response::new(ResponseBody::empty());
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "the logout token is not valid",
+        None,
+    )
+}
+
+fn me(
+    snapshot: &Snapshot,
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Response<ResponseBody> {
+    let Some(record) = current_session(identity, ctx, headers) else {
+        let back = format!("https://{}{}/.sekisho/me", ctx.host, ctx.port_suffix());
+        return redirect(&login_again_url(identity, ctx, &back), None);
+    };
+    let now = unix_now();
+    let who = who_from_record(record.clone());
+    let routes = snapshot
+        .route_list
+        .iter()
+        .map(|route| {
+            let decision = route.access.decide(
+                Some(&who.identity),
+                &Method::GET,
+                &route.path,
+                &HeaderMap::new(),
+            );
+            page::RouteAccess {
+                host: route.host.clone(),
+                path: route.path.clone(),
+                allowed: matches!(decision, Decision::Allow { .. }),
+            }
+        })
+        .collect();
+    let minutes = |secs: u64| format!("in {} minutes", secs / 60);
+    let body = page::me(&page::MePage {
+        email: record.email.clone(),
+        subject: record.subject.clone(),
+        issuer: record.issuer.clone(),
+        groups: record.groups.clone(),
+        session_expires: minutes(record.expires_at.saturating_sub(now)),
+        idle_expires: minutes(
+            (record.last_seen + identity.idle_timeout().as_secs()).saturating_sub(now),
+        ),
+        routes,
+    });
+    html(StatusCode::OK, body)
+}
