@@ -67,12 +67,10 @@ pub(crate) struct Site {
     /// The proxy's HTTPS port: every test URL is `https://<host>:<port>/…`.
     pub(crate) port: u16,
     pub(crate) idp: Idp,
-    pub(crate) pki: Pki,
     /// The certificate the proxy serves for the three hosts (PEM), which the browser trusts.
     pub(crate) leaf_pem: String,
     pub(crate) app: EchoUpstream,
     pub(crate) ws: WebSocketEcho,
-    pub(crate) config: String,
     client: TlsClient,
     running: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
@@ -205,11 +203,9 @@ hosts:
         Ok(Self {
             port,
             idp,
-            pki,
             leaf_pem,
             app,
             ws,
-            config,
             client,
             running: Some(running),
             _dir: dir,
