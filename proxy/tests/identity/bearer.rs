@@ -41,7 +41,7 @@ async fn bearer_tokens_on_the_api_route_are_verified() -> anyhow::Result<()> {
     let token = id_token(&site.idp, "sekisho", ALICE).await?;
     let reply = call(&site, "/api/things", &token).await?;
     assert_eq!(reply.status, StatusCode::OK, "alice's ID token: {reply}");
-    assert!(reply.from_upstream(), "{reply}");
+    assert!(reply.answered_by_upstream(), "{reply}");
     let seen = echoed(&reply.body);
     assert_eq!(
         seen.get("x-forwarded-email").and_then(|v| v.to_str().ok()),

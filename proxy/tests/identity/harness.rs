@@ -455,7 +455,7 @@ impl Reply {
     }
 
     /// Whether the echo upstream wrote this body.
-    pub(crate) fn from_upstream(&self) -> bool {
+    pub(crate) fn answered_by_upstream(&self) -> bool {
         self.body.starts_with("upstream: app\n")
     }
 }

@@ -24,7 +24,7 @@ fn assert_unauthorized_json(reply: &Reply, what: &str) -> Url {
             .is_some_and(|t| t.starts_with("application/json")),
         "{what}: a JSON body: {reply}"
     );
-    assert!(!reply.from_upstream(), "{what}: {reply}");
+    assert!(!reply.answered_by_upstream(), "{what}: {reply}");
     let json = reply
         .json()
         .unwrap_or_else(|error| panic!("{what}: {error}"));
@@ -67,7 +67,7 @@ async fn a_request_without_a_session_gets_401_json_or_a_redirect_to_the_login() 
     );
     assert_login_url(&reply.location()?, site.port, &page);
 
-    let cases: [(&str, Method, Vec<(&str, &str)>); 4] = [
+    let cases = [
         ("JSON", Method::GET, vec![("accept", "application/json")]),
         (
             "fetch",
@@ -121,7 +121,7 @@ async fn a_session_cookie_replayed_on_another_host_is_rejected() -> anyhow::Resu
         StatusCode::OK,
         "the same cookie on its own host: {reply}"
     );
-    assert!(reply.from_upstream(), "{reply}");
+    assert!(reply.answered_by_upstream(), "{reply}");
     Ok(())
 }
 
@@ -319,7 +319,7 @@ async fn client_spoofed_identity_headers_never_reach_the_upstream() -> anyhow::R
         }
         let reply = site.get(&site.url(APP, "/public/page"), &headers).await?;
         assert_eq!(reply.status, StatusCode::OK, "{reply}");
-        assert!(reply.from_upstream(), "{reply}");
+        assert!(reply.answered_by_upstream(), "{reply}");
         let seen = echoed(&reply.body);
         for name in [
             "x-forwarded-email",

@@ -40,7 +40,7 @@ async fn a_correctly_signed_webhook_reaches_the_upstream_and_a_bad_or_missing_on
         )
         .await?;
     assert_eq!(reply.status, StatusCode::OK, "a signed delivery: {reply}");
-    assert!(reply.from_upstream(), "{reply}");
+    assert!(reply.answered_by_upstream(), "{reply}");
     let delivered = site.app.seen_at("/hooks/github");
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     assert!(delivered[0].complete, "the upstream got the whole body");
@@ -76,7 +76,7 @@ async fn a_correctly_signed_webhook_reaches_the_upstream_and_a_bad_or_missing_on
             reply.status == StatusCode::UNAUTHORIZED || reply.status == StatusCode::FORBIDDEN,
             "{what}: 401 or 403, got {reply}"
         );
-        assert!(!reply.from_upstream(), "{what}: {reply}");
+        assert!(!reply.answered_by_upstream(), "{what}: {reply}");
         let complete = site
             .app
             .seen_at("/hooks/github")
