@@ -1,0 +1,909 @@
+//! The site every identity test runs against: devidp, an echo upstream and a WebSocket echo
+//! upstream on loopback, the proxy on a port chosen before start (the IdP must know the
+//! callback URL first), a certificate for the three test hosts, and clients that speak to the
+//! proxy by host name (SNI and `Host: name:port`) without following redirects.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use sekisho_testkit::{Browser, BrowserOptions, Idp, Url, free_port, login_with_browser};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Pki, TestBody, full};
+
+/// Every single network exchange of a test ends within this.
+pub(crate) const LIMIT: Duration = Duration::from_secs(15);
+
+pub(crate) const APP: &str = "app.sekisho.test";
+pub(crate) const OTHER: &str = "other.sekisho.test";
+pub(crate) const AUTH: &str = "auth.sekisho.test";
+
+pub(crate) const ALICE: &str = "alice@uniqe.example";
+pub(crate) const CAROL: &str = "carol@elsewhere.example";
+pub(crate) const PASSWORD: &str = "password";
+
+/// The secret of client `sekisho` at devidp.
+pub(crate) const CLIENT_SECRET: &str = "sekisho-dev-secret";
+/// The secret of the `/hooks/github` route.
+pub(crate) const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
+/// A redirect URI of client `sekisho` that nobody listens on: tests that want a code for
+/// themselves stop at the redirect and read the code from its `Location`.
+pub(crate) const LOOPBACK_CALLBACK: &str = "http://127.0.0.1:9/cb";
+
+/// The proxy's session cookie on an app host, and the auth host's pending-login cookie.
+pub(crate) const SESSION_COOKIE: &str = "__Host-sekisho";
+pub(crate) const LOGIN_COOKIE: &str = "__Host-sekisho-login";
+
+/// What to start beyond the standard site.
+#[derive(Debug, Default)]
+pub(crate) struct SiteOptions {
+    /// Without identity the configuration is one the proxy of today accepts (no `identity`,
+    /// `policies`, `public`, …): only for checking the harness itself.
+    pub(crate) without_identity: bool,
+    /// More `bearer_issuers` entries, each a YAML flow mapping.
+    pub(crate) extra_bearer_issuers: Vec<String>,
+}
+
+/// Everything a test talks to. Dropping it stops the proxy, the upstreams and devidp.
+pub(crate) struct Site {
+    /// The proxy's HTTPS port: every test URL is `https://<host>:<port>/…`.
+    pub(crate) port: u16,
+    pub(crate) idp: Idp,
+    /// The certificate the proxy serves for the three hosts (PEM), which the browser trusts.
+    pub(crate) leaf_pem: String,
+    pub(crate) app: EchoUpstream,
+    pub(crate) ws: WebSocketEcho,
+    client: TlsClient,
+    running: Option<sekisho_proxy::Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Site {
+    /// Starts the shutdown without waiting: the test's runtime may be the one on this thread.
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+            std::thread::spawn(move || running.wait());
+        }
+    }
+}
+
+impl Site {
+    pub(crate) async fn start(options: SiteOptions) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let auth = format!("https://{AUTH}:{port}");
+        let idp = Idp::builder()
+            .redirect_uri(format!("{auth}/.sekisho/callback"))
+            .redirect_uri(LOOPBACK_CALLBACK)
+            .post_logout_redirect_uri(format!("{auth}/"))
+            .post_logout_redirect_uri(format!("https://{APP}:{port}/"))
+            .start()
+            .await
+            .context("devidp starts")?;
+        let pki = Pki::new();
+        let (leaf_pem, key_pem) = pki.leaf(&[APP, OTHER, AUTH]);
+        let dir = tempfile::tempdir()?;
+        let file = |name: &str, contents: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents)?;
+            Ok(path)
+        };
+        let cert = file("site.crt", &leaf_pem)?;
+        let key = file("site.key", &key_pem)?;
+        let client_secret = file("client-secret", CLIENT_SECRET)?;
+        let hook_secret = file("github-hook-secret", &format!("{WEBHOOK_SECRET}\n"))?;
+        let app = EchoUpstream::start().await?;
+        let ws = WebSocketEcho::start().await?;
+
+        let head = format!(
+            "listen:
+  https: 127.0.0.1:{port}
+  admin: 127.0.0.1:0
+workers: 2
+tls:
+  certificates:
+    - {{cert: '{cert}', key: '{key}'}}
+upstreams:
+  app: {{endpoints: ['http://{app}']}}
+  ws: {{endpoints: ['http://{ws}']}}
+",
+            cert = cert.display(),
+            key = key.display(),
+            app = app.addr,
+            ws = ws.addr,
+        );
+        let config = if options.without_identity {
+            format!(
+                "{head}hosts:
+  - host: {APP}
+    default: app
+    paths:
+      - {{path: /ws, type: Exact, upstream: ws}}
+  - host: {OTHER}
+    default: app
+"
+            )
+        } else {
+            let mut bearer = format!(
+                "    - {{issuer: '{issuer}', audiences: [sekisho]}}\n",
+                issuer = idp.issuer()
+            );
+            for extra in &options.extra_bearer_issuers {
+                bearer.push_str(&format!("    - {extra}\n"));
+            }
+            format!(
+                "{head}identity:
+  auth_host: {AUTH}
+  dangerous_allow_http_issuers: true
+  providers:
+    - name: devidp
+      display_name: devidp
+      kind: generic
+      issuer: '{issuer}'
+      client_id: sekisho
+      client_secret_file: '{client_secret}'
+      scopes: [openid, email, profile, groups]
+  bearer_issuers:
+{bearer}policies:
+  staff:
+    allow: [{{group: staff}}]
+hosts:
+  - host: {APP}
+    policy: staff
+    default: app
+    paths:
+      - {{path: /public, type: Prefix, upstream: app, public: true}}
+      - path: /hooks/github
+        type: Exact
+        upstream: app
+        webhook: {{secret_file: '{hook_secret}'}}
+      - {{path: /api, type: Prefix, upstream: app, bearer: true}}
+      - {{path: /ws, type: Exact, upstream: ws}}
+  - host: {OTHER}
+    policy: staff
+    default: app
+",
+                issuer = idp.issuer(),
+                client_secret = client_secret.display(),
+                hook_secret = hook_secret.display(),
+            )
+        };
+        let config_path = file("sekisho.yaml", &config)?;
+        let running = sekisho_proxy::start(sekisho_proxy::Options {
+            config_path: Some(config_path),
+            access_log: Some(Box::new(std::io::sink())),
+            handle_signals: false,
+        })
+        .map_err(|error| anyhow!("{}", chain(&error)))
+        .with_context(|| format!("the proxy starts with this configuration:\n{config}"))?;
+        ensure!(
+            running.https_addr.port() == port,
+            "the proxy listens on {} instead of the configured port {port}",
+            running.https_addr
+        );
+        let client = TlsClient::new(&pki, running.https_addr);
+        Ok(Self {
+            port,
+            idp,
+            leaf_pem,
+            app,
+            ws,
+            client,
+            running: Some(running),
+            _dir: dir,
+        })
+    }
+
+    /// `https://<host>:<port><path>`.
+    pub(crate) fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.port)
+    }
+
+    /// What the assertion's `iss` and the JWKS location are built from: the auth host's origin.
+    pub(crate) fn auth_origin(&self) -> String {
+        self.url(AUTH, "")
+    }
+
+    /// One request through the proxy on a new HTTP/1.1 connection; redirects are not followed.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Reply> {
+        self.client.send(method, url, headers, body.into()).await
+    }
+
+    /// A GET through the proxy.
+    pub(crate) async fn get(&self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+        self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
+    /// A headless Chromium that trusts the site's certificate and resolves the test hosts.
+    pub(crate) async fn browser(&self) -> anyhow::Result<Browser> {
+        Ok(Browser::start(BrowserOptions {
+            spki_hashes: vec![sekisho_testkit::spki_sha256_base64(&self.leaf_pem)?],
+            ..BrowserOptions::default()
+        })
+        .await?)
+    }
+
+    /// A browser that opened `https://app…/hello`, was sent to devidp's login form, logged in
+    /// as `email` and came back to `/hello` (where the upstream's echo or the denied page is).
+    pub(crate) async fn browser_login(&self, email: &str) -> anyhow::Result<Browser> {
+        let browser = self.browser().await?;
+        browser.goto(&self.url(APP, "/hello")).await?;
+        let on_idp = browser
+            .wait_for_url(|url| url.port() == Some(self.idp.port()), LIMIT)
+            .await
+            .context("an app page without a session leads the browser to the IdP")?;
+        ensure!(
+            login_with_browser(&browser, email, PASSWORD).await?,
+            "devidp showed no login form at {on_idp}"
+        );
+        browser
+            .wait_for_url(
+                |url| url.host_str() == Some(APP) && url.path() == "/hello",
+                LIMIT,
+            )
+            .await
+            .context("after the login the browser ends on the page it asked for")?;
+        Ok(browser)
+    }
+
+    /// A login as `email` without a browser, the way a browser does it: the login endpoint,
+    /// devidp's form, the callback, the handoff. Returns the app host's session cookie value.
+    pub(crate) async fn login(&self, email: &str) -> anyhow::Result<String> {
+        let started = self.start_login(&self.url(APP, "/hello")).await?;
+        let callback = Agent::default()
+            .authorize(&self.idp, &started.idp_url, email)
+            .await?;
+        let reply = self
+            .get(&callback, &refs(&navigation(&started.auth_cookies)))
+            .await?;
+        ensure!(
+            reply.status == StatusCode::FOUND || reply.status == StatusCode::SEE_OTHER,
+            "the callback redirects to the app host's handoff: {reply}"
+        );
+        let handoff = reply.location()?;
+        ensure!(
+            handoff.host_str() == Some(APP) && handoff.path() == "/.sekisho/handoff",
+            "the callback redirects to https://{APP}:PORT/.sekisho/handoff, not {handoff}"
+        );
+        let reply = self
+            .get(handoff.as_str(), &refs(&navigation(&Jar::new())))
+            .await?;
+        ensure!(
+            reply.status.is_redirection(),
+            "the handoff redirects to the original page: {reply}"
+        );
+        let target = reply.location()?;
+        ensure!(
+            target.path() == "/hello",
+            "the handoff redirects to /hello, not {target}"
+        );
+        let mut jar = Jar::new();
+        jar.absorb(&reply.headers);
+        jar.get(SESSION_COOKIE)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("the handoff sets no {SESSION_COOKIE} cookie: {reply}"))
+    }
+
+    /// `GET https://auth…/.sekisho/login?rd=<rd>` as a browser navigation: the redirect to the
+    /// IdP and the cookies the auth host set (the pending login).
+    pub(crate) async fn start_login(&self, rd: &str) -> anyhow::Result<StartedLogin> {
+        let reply = self
+            .get(&self.login_url(rd), &refs(&navigation(&Jar::new())))
+            .await?;
+        ensure!(
+            reply.status.is_redirection(),
+            "the login endpoint redirects to the IdP: {reply}"
+        );
+        let idp_url = reply.location()?;
+        ensure!(
+            idp_url
+                .as_str()
+                .starts_with(&format!("{}/auth?", self.idp.issuer())),
+            "the login endpoint redirects to the IdP's authorization endpoint, not {idp_url}"
+        );
+        let mut auth_cookies = Jar::new();
+        auth_cookies.absorb(&reply.headers);
+        ensure!(
+            auth_cookies.get(LOGIN_COOKIE).is_some(),
+            "the login endpoint sets the pending-login cookie {LOGIN_COOKIE}: {reply}"
+        );
+        Ok(StartedLogin {
+            idp_url: idp_url.into(),
+            auth_cookies,
+        })
+    }
+
+    /// `https://auth…/.sekisho/login?rd=<rd, encoded>`.
+    pub(crate) fn login_url(&self, rd: &str) -> String {
+        let mut url = Url::parse(&self.url(AUTH, "/.sekisho/login")).expect("a valid URL");
+        url.query_pairs_mut().append_pair("rd", rd);
+        url.into()
+    }
+
+    /// The auth host's public keys for `X-Sekisho-Assertion`.
+    pub(crate) async fn assertion_keys(
+        &self,
+    ) -> anyhow::Result<sekisho_identity::signing::VerifyingKeys> {
+        let reply = self
+            .get(&self.url(AUTH, "/.well-known/sekisho/jwks.json"), &[])
+            .await?;
+        ensure!(
+            reply.status == StatusCode::OK,
+            "the auth host serves its JWKS: {reply}"
+        );
+        Ok(sekisho_identity::signing::VerifyingKeys::from_jwks_json(
+            &reply.body,
+        )?)
+    }
+
+    /// Verifies an `X-Sekisho-Assertion` for `audience` with the auth host's published keys.
+    /// The issuer must be the auth host's origin, with or without the port.
+    pub(crate) async fn verify_assertion(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> anyhow::Result<sekisho_identity::assertion::AssertionClaims> {
+        let keys = self.assertion_keys().await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let with_port = self.auth_origin();
+        let without_port = format!("https://{AUTH}");
+        let mut last = None;
+        for issuer in [&with_port, &without_port] {
+            match sekisho_identity::assertion::verify(token, &keys, issuer, audience, now) {
+                Ok(claims) => return Ok(claims),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(anyhow!(
+            "the assertion does not verify for iss {with_port} (or {without_port}) and aud \
+             {audience}: {}",
+            chain(&last.expect("two tries"))
+        ))
+    }
+}
+
+/// A login begun at the auth host and not yet finished.
+pub(crate) struct StartedLogin {
+    /// The authorization request at the IdP the auth host redirected to.
+    pub(crate) idp_url: String,
+    /// The auth host's cookies (the pending login).
+    pub(crate) auth_cookies: Jar,
+}
+
+/// Headers of a top-level browser navigation, with `cookies`.
+pub(crate) fn navigation(cookies: &Jar) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("accept", "text/html,application/xhtml+xml".to_owned()),
+        ("sec-fetch-mode", "navigate".to_owned()),
+    ];
+    if !cookies.is_empty() {
+        headers.push(("cookie", cookies.header()));
+    }
+    headers
+}
+
+/// Borrowed form of header lists, for [`Site::send`].
+pub(crate) fn refs<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// An answer from the proxy or the IdP, read whole.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: String,
+}
+
+impl Reply {
+    async fn read(response: Response<Incoming>) -> anyhow::Result<Self> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = timeout(LIMIT, response.into_body().collect())
+            .await
+            .context("the body arrives within the limit")??
+            .to_bytes();
+        Ok(Self {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// The first value of `name`, if it is text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `Location`, as an absolute URL.
+    pub(crate) fn location(&self) -> anyhow::Result<Url> {
+        let location = self
+            .header("location")
+            .ok_or_else(|| anyhow!("no Location header: {self}"))?;
+        Ok(Url::parse(location)?)
+    }
+
+    /// The body as JSON.
+    pub(crate) fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("a JSON body: {self}"))
+    }
+
+    /// Whether the echo upstream wrote this body.
+    pub(crate) fn answered_by_upstream(&self) -> bool {
+        self.body.starts_with("upstream: app\n")
+    }
+}
+
+impl std::fmt::Display for Reply {
+    /// Status, headers and the start of the body, for assertion messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.status)?;
+        for (name, value) in &self.headers {
+            writeln!(f, "{name}: {}", value.to_str().unwrap_or("<binary>"))?;
+        }
+        let excerpt: String = self.body.chars().take(600).collect();
+        write!(f, "\n{excerpt}")
+    }
+}
+
+/// Cookies by name, for one host; paths and expiry are ignored except for deletion.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Jar(BTreeMap<String, String>);
+
+impl Jar {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn with(name: &str, value: &str) -> Self {
+        let mut jar = Self::new();
+        jar.0.insert(name.to_owned(), value.to_owned());
+        jar
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Takes in every `Set-Cookie`; an empty value, `Max-Age=0` or an expiry in 1970 deletes.
+    pub(crate) fn absorb(&mut self, headers: &HeaderMap) {
+        for value in headers.get_all("set-cookie") {
+            let Ok(text) = value.to_str() else { continue };
+            let mut parts = text.split(';');
+            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
+            let deleted = value.trim().is_empty()
+                || parts.any(|attribute| {
+                    let attribute = attribute.trim().to_ascii_lowercase();
+                    attribute == "max-age=0" || attribute.contains("1970")
+                });
+            if deleted {
+                self.0.remove(name.trim());
+            } else {
+                self.0
+                    .insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+    }
+
+    /// The `Cookie` header value.
+    pub(crate) fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// HTTPS to the proxy: dials its listener, presents the URL's host as SNI and `Host`
+/// (with the port), trusts the test CA.
+struct TlsClient {
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl TlsClient {
+    fn new(pki: &Pki, addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            config: pki.client_config(&[b"http/1.1"]),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
+        let url = Url::parse(url)?;
+        let host = url.host_str().ok_or_else(|| anyhow!("{url} has no host"))?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", format!("{host}:{port}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(full(body))?;
+        let exchange = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(ServerName::try_from(host.to_owned())?, tcp)
+                .await
+                .context("TLS handshake with the proxy")?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(connection);
+            Reply::read(sender.send_request(request).await?).await
+        };
+        timeout(LIMIT, exchange)
+            .await
+            .with_context(|| format!("an answer to {url} within {LIMIT:?}"))?
+    }
+}
+
+/// A user agent for devidp over plain HTTP, without a browser: keeps devidp's cookies, follows
+/// its redirects and fills its login form.
+#[derive(Default)]
+pub(crate) struct Agent {
+    cookies: Jar,
+}
+
+impl Agent {
+    /// Follows devidp's redirects from the authorization request `url`, logging in as `email`
+    /// when the form shows, until a redirect leaves devidp; returns where that one points.
+    pub(crate) async fn authorize(
+        &mut self,
+        idp: &Idp,
+        url: &str,
+        email: &str,
+    ) -> anyhow::Result<String> {
+        let mut next = (Method::GET, url.to_owned(), String::new());
+        for _ in 0..12 {
+            let (method, url, form) = next;
+            let reply = self.send(method, &url, form).await?;
+            if reply.status.is_redirection() {
+                let location = reply
+                    .header("location")
+                    .ok_or_else(|| anyhow!("a redirect without Location: {reply}"))?;
+                let location = Url::parse(&url)?.join(location)?;
+                if location.port() != Some(idp.port()) {
+                    return Ok(location.into());
+                }
+                next = (Method::GET, location.into(), String::new());
+                continue;
+            }
+            let Some(action) = form_action(&reply.body, "login-form") else {
+                bail!("devidp showed neither a redirect nor its login form at {url}: {reply}");
+            };
+            let form = Url::parse_with_params("x:", [("username", email), ("password", PASSWORD)])?
+                .query()
+                .unwrap_or_default()
+                .to_owned();
+            next = (Method::POST, Url::parse(&url)?.join(&action)?.into(), form);
+        }
+        bail!("devidp kept redirecting")
+    }
+
+    async fn send(&mut self, method: Method, url: &str, form: String) -> anyhow::Result<Reply> {
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let mut request = Request::builder().method(method).uri(url);
+        if !self.cookies.is_empty() {
+            request = request.header("cookie", self.cookies.header());
+        }
+        if !form.is_empty() {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let request = request.body(Full::new(Bytes::from(form)))?;
+        let response = timeout(LIMIT, client.request(request))
+            .await
+            .with_context(|| format!("devidp answers {url} within {LIMIT:?}"))??;
+        let reply = Reply::read(response).await?;
+        self.cookies.absorb(&reply.headers);
+        Ok(reply)
+    }
+}
+
+/// The `action` of the form with id `id` in an HTML page.
+fn form_action(html: &str, id: &str) -> Option<String> {
+    let start = html.find(&format!("id=\"{id}\""))?;
+    let form = &html[html[..start].rfind("<form")?..];
+    let action = form.split("action=\"").nth(1)?.split('"').next()?;
+    Some(action.replace("&amp;", "&"))
+}
+
+/// A PKCE verifier and its S256 challenge.
+pub(crate) fn pkce() -> (String, String) {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0_u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the OS random source works");
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let verifier = engine.encode(bytes);
+    let challenge = engine.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    (verifier, challenge)
+}
+
+/// An ID token from devidp for `email`, got the way a client does: an authorization request
+/// with PKCE (logging in at the form without a browser), then the code exchange. `client` is
+/// `sekisho` (confidential, `CLIENT_SECRET`) or `sekisho-cli` (public, any loopback port).
+pub(crate) async fn id_token(idp: &Idp, client: &str, email: &str) -> anyhow::Result<String> {
+    let redirect_uri = match client {
+        "sekisho" => LOOPBACK_CALLBACK,
+        _ => "http://127.0.0.1:9/callback",
+    };
+    let (verifier, challenge) = pkce();
+    let authorize = Url::parse_with_params(
+        &format!("{}/auth", idp.issuer()),
+        [
+            ("client_id", client),
+            ("response_type", "code"),
+            ("redirect_uri", redirect_uri),
+            ("scope", "openid email profile groups"),
+            ("state", "state"),
+            ("nonce", "nonce"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )?;
+    let back = Url::parse(
+        &Agent::default()
+            .authorize(idp, authorize.as_str(), email)
+            .await?,
+    )?;
+    let code = back
+        .query_pairs()
+        .find(|(name, _)| name == "code")
+        .map(|(_, code)| code.into_owned())
+        .ok_or_else(|| anyhow!("devidp redirected without a code: {back}"))?;
+
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", redirect_uri),
+        ("code_verifier", &verifier),
+    ];
+    if client != "sekisho" {
+        form.push(("client_id", client));
+    }
+    let form = Url::parse_with_params("x:", form)?
+        .query()
+        .unwrap_or_default()
+        .to_owned();
+    let mut request = Request::post(format!("{}/token", idp.issuer()))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if client == "sekisho" {
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("sekisho:{CLIENT_SECRET}"));
+        request = request.header("authorization", format!("Basic {basic}"));
+    }
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let response = timeout(
+        LIMIT,
+        client.request(request.body(Full::new(Bytes::from(form)))?),
+    )
+    .await
+    .context("devidp's token endpoint answers within the limit")??;
+    let reply = Reply::read(response).await?;
+    ensure!(
+        reply.status == StatusCode::OK,
+        "devidp exchanges the code: {reply}"
+    );
+    reply.json()?["id_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("devidp's token answer has no id_token: {reply}"))
+}
+
+/// The claims of a JWT, unverified (for reading `exp` and `aud` in a test).
+pub(crate) fn jwt_claims(token: &str) -> anyhow::Result<serde_json::Value> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| anyhow!("not a JWT: {token}"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// One request the echo upstream received.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) headers: HeaderMap,
+    /// Whether the whole body arrived (a request the proxy aborted mid-body is `false`).
+    pub(crate) complete: bool,
+}
+
+/// An HTTP upstream on 127.0.0.1:0 that reads the whole request, records it, and answers with
+/// `upstream: app`, method, path and every header as `name: value` lines (the form
+/// `support::echoed` parses).
+pub(crate) struct EchoUpstream {
+    pub(crate) addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EchoUpstream {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        // accept() is cancel-safe; the loop ends when the task is aborted on drop.
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| echo(request, recorded.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, seen, task })
+    }
+
+    /// Every request received so far, oldest first.
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+
+    /// The requests received for `path` (without the query).
+    pub(crate) fn seen_at(&self, path: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|seen| seen.path.split('?').next() == Some(path))
+            .collect()
+    }
+}
+
+async fn echo(
+    request: Request<Incoming>,
+    recorded: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<TestBody>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(String::new, |p| p.as_str().to_owned());
+    let complete = body.collect().await.is_ok();
+    recorded.lock().expect("not poisoned").push(Seen {
+        method: parts.method.clone(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        complete,
+    });
+    let mut text = format!("upstream: app\nmethod: {}\npath: {path}\n", parts.method);
+    for (name, value) in &parts.headers {
+        text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+    }
+    Ok(Response::builder()
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(full(text))
+        .expect("a valid response"))
+}
+
+/// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages.
+pub(crate) struct WebSocketEcho {
+    pub(crate) addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WebSocketEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WebSocketEcho {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        // accept() is cancel-safe; the loop ends when the task is aborted on drop.
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(message)) = ws.next().await {
+                        if matches!(message, Message::Text(_) | Message::Binary(_))
+                            && ws.send(message).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+/// Opens `url` as a WebSocket in the page, sends `ping`, and returns what came back (or the
+/// close code). Keeps the socket in `window.sekishoSocket` and its close code, once closed, in
+/// `window.sekishoClose`.
+pub(crate) async fn open_websocket(browser: &Browser, url: &str) -> anyhow::Result<String> {
+    let script = format!(
+        "return new Promise((resolve) => {{
+            const ws = new WebSocket({url:?});
+            window.sekishoSocket = ws;
+            window.sekishoClose = null;
+            ws.onclose = (event) => {{ window.sekishoClose = event.code; resolve('closed ' + event.code); }};
+            ws.onopen = () => ws.send('ping');
+            ws.onmessage = (event) => resolve('message ' + event.data);
+            setTimeout(() => resolve('timeout'), 10000);
+        }});"
+    );
+    Ok(browser
+        .execute(&script)
+        .await?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// An error and its sources, one line.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
