@@ -69,6 +69,7 @@ upstreams:
   bench: {endpoints: ["http://127.0.0.1:18501"]}
 hosts:
   - host: localhost
+    public: true
     paths: [{path: /, type: Prefix, upstream: bench}]
 EOF
 
