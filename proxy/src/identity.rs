@@ -146,7 +146,6 @@ impl IdentityState {
             self.revoked_sessions.retain(|_, until| *until > now);
         }
         self.revoked_sessions.insert(id, expires_at);
-        self.id_tokens.remove(&id);
     }
 
     /// Ends every session of `subject` at `issuer` issued until now.
@@ -213,9 +212,10 @@ impl IdentityState {
         }
     }
 
-    /// The ID token a session logged in with, if this proxy still has it.
-    pub fn id_token(&self, id: &[u8; 16]) -> Option<RawIdToken> {
-        self.id_tokens.get(id).map(|entry| entry.0.clone())
+    /// Takes the ID token a session logged in with, if this proxy still has it (for the
+    /// provider's logout, once).
+    pub fn take_id_token(&self, id: &[u8; 16]) -> Option<RawIdToken> {
+        self.id_tokens.remove(id).map(|(_, entry)| entry.0)
     }
 }
 

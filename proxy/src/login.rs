@@ -282,11 +282,12 @@ async fn callback(
         })
         .and_then(|json| serde_json::from_slice::<LoginState>(&json).ok());
     let Some(state) = state else {
+        let home = format!("{}/", auth_origin(identity, ctx));
         return login_error(
             ctx,
             StatusCode::BAD_REQUEST,
             "This sign-in expired or was started in another browser.",
-            "/",
+            &login_again_url(identity, ctx, &home),
         );
     };
     let retry = login_again_url(identity, ctx, &state.rd);
@@ -461,7 +462,27 @@ fn handoff(
         }
     };
     let cookie = session_set_cookie(identity, &handoff.session, now);
-    redirect(&handoff.return_path, cookie.map(|c| vec![c]))
+    // `return_path` is a checked local path; the host is this one.
+    let target = format!(
+        "https://{}{}{}",
+        ctx.host,
+        ctx.port_suffix(),
+        handoff.return_path
+    );
+    redirect(&target, cookie.map(|c| vec![c]))
+}
+
+/// The session this host's cookie holds, revoked or not.
+fn cookie_session(
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Option<SessionRecord> {
+    let value = session_cookie(headers).ok()??;
+    identity
+        .session_keys
+        .open(value, &ctx.host, unix_now(), identity.idle_timeout())
+        .ok()
 }
 
 /// The session on this host, if any (revocations included).
@@ -470,11 +491,7 @@ fn current_session(
     ctx: &RequestCtx,
     headers: &HeaderMap,
 ) -> Option<SessionRecord> {
-    let value = session_cookie(headers).ok()??;
-    let record = identity
-        .session_keys
-        .open(value, &ctx.host, unix_now(), identity.idle_timeout())
-        .ok()?;
+    let record = cookie_session(identity, ctx, headers)?;
     (!identity.state.is_revoked(
         &record.id.0,
         &record.issuer,
@@ -490,10 +507,13 @@ async fn logout(
     headers: &HeaderMap,
     on_auth_host: bool,
 ) -> Response<ResponseBody> {
-    let session = current_session(identity, ctx, headers);
-    let id_token = session
-        .as_ref()
-        .and_then(|s| identity.state.id_token(&s.id.0));
+    // Revoked already when the app host's logout came first: the same session id is on every
+    // host of one login.
+    let session = cookie_session(identity, ctx, headers);
+    let id_token = match (&session, on_auth_host) {
+        (Some(session), true) => identity.state.take_id_token(&session.id.0),
+        _ => None,
+    };
     if let Some(session) = &session {
         identity
             .state

@@ -7,7 +7,7 @@ use http::StatusCode;
 use sekisho_testkit::{Browser, eventually};
 
 use crate::harness::{
-    ALICE, APP, CAROL, Jar, LIMIT, SESSION_COOKIE, Site, SiteOptions, open_websocket,
+    ALICE, APP, AUTH, CAROL, Jar, LIMIT, SESSION_COOKIE, Site, SiteOptions, open_websocket,
 };
 use crate::support::echoed;
 
@@ -158,9 +158,12 @@ async fn logout_ends_the_session_and_the_next_visit_asks_for_a_login_again() -> 
         .unwrap_or_else(|| panic!("no {SESSION_COOKIE} cookie after the login"));
 
     browser.goto(&site.url(APP, "/.sekisho/logout")).await?;
-    // RP-initiated logout at devidp ends on a page of its own or the post-logout redirect.
+    // RP-initiated logout at devidp ends at the post-logout redirect: the auth host's root.
     browser
-        .wait_for_url(|url| !url.path().starts_with("/session/end"), LIMIT)
+        .wait_for_url(
+            |url| url.host_str() == Some(AUTH) && url.path() == "/",
+            LIMIT,
+        )
         .await?;
 
     // The old cookie is no session any more, even replayed by hand.
