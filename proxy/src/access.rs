@@ -45,6 +45,10 @@ impl Who {
     }
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a return value, moved once; boxing would allocate per request"
+)]
 pub(crate) enum Access {
     /// Go on to the upstream; `set_cookie` refreshes the session's idle timer.
     Pass {

@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::ResponseBody;
 use crate::config::Limits;
 use crate::server::{Shared, stopped};
+use crate::websocket::Guard;
 
 /// How long an HTTP/1.1 connection stays quiet before it gives its buffers back.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
@@ -66,7 +67,7 @@ pub struct ConnState {
     partial: AtomicBool,
     inflight: AtomicUsize,
     /// The upstream side of an HTTP/1.1 upgrade whose `101` is on its way to the client.
-    upgrade: Mutex<Option<OnUpgrade>>,
+    upgrade: Mutex<Option<(OnUpgrade, Option<Guard>)>>,
     /// Held as long as anything uses the connection, including an upgrade's relay task.
     _admission: Admission,
 }
@@ -139,11 +140,12 @@ impl ConnState {
 
     /// Hands the upstream's side of an HTTP/1.1 upgrade to the connection, which splices it to
     /// the client once the `101` is written.
-    pub(crate) fn upgrade_to(&self, upstream: OnUpgrade) {
-        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream);
+    /// `guard`, when set, re-authorises a WebSocket while it is open.
+    pub(crate) fn upgrade_to(&self, upstream: OnUpgrade, guard: Option<Guard>) {
+        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some((upstream, guard));
     }
 
-    fn take_upgrade(&self) -> Option<OnUpgrade> {
+    fn take_upgrade(&self) -> Option<(OnUpgrade, Option<Guard>)> {
         self.upgrade
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -400,12 +402,16 @@ where
             }
             // hyper has shut the socket down, unless it stopped for an upgrade.
             Event::Done(Ok(())) => {
-                if let Some(upstream) = state.take_upgrade() {
+                if let Some((upstream, guard)) = state.take_upgrade() {
                     let parts = conn.into_parts();
                     let (client, read_ahead) =
                         parts.io.into_inner().inner.into_parts(parts.read_buf);
-                    let relay =
-                        splice_upgraded(Rewind::new(read_ahead, client), upstream, state.clone());
+                    let relay = splice_upgraded(
+                        Rewind::new(read_ahead, client),
+                        upstream,
+                        guard,
+                        state.clone(),
+                    );
                     state.tracker.spawn(relay);
                 }
                 return Run::Closed;
@@ -436,8 +442,12 @@ where
 
 /// Copies bytes both ways between the client and an upgraded upstream connection (WebSocket and
 /// other HTTP/1.1 upgrades) until either side closes.
-async fn splice_upgraded<IO>(mut client: IO, upstream: OnUpgrade, _conn: Arc<ConnState>)
-where
+async fn splice_upgraded<IO>(
+    mut client: IO,
+    upstream: OnUpgrade,
+    guard: Option<Guard>,
+    _conn: Arc<ConnState>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let upstream = match upstream.await {
@@ -448,6 +458,10 @@ where
         }
     };
     let mut upstream = TokioIo::new(upstream);
+    if let Some(guard) = guard {
+        crate::websocket::relay(client, upstream, guard).await;
+        return;
+    }
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%error, "upgraded connection ended with an error");
     }

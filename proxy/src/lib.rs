@@ -29,6 +29,7 @@ pub mod session;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 mod worker;
 
 pub use server::{Options, Running, StartError, start};

@@ -223,7 +223,7 @@ pub(crate) async fn handle(
 }
 
 async fn proxy(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snapshot: &Snapshot,
     conn: &Arc<ConnState>,
     ctx: &mut RequestCtx,
@@ -255,6 +255,10 @@ async fn proxy(
     let endpoint = upstream_peer(upstream)?;
     ctx.endpoint = Some(endpoint.label.clone());
     let wants_upgrade = is_upgrade_request(&upstream_req);
+    let upgrade_path = wants_upgrade
+        .then(|| crate::path::normalize_path(upstream_req.uri().path()).ok())
+        .flatten()
+        .map(|path| path.into_owned());
     upstream_request_filter(&mut upstream_req, ctx, conn, snapshot, endpoint);
     set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_ref());
 
@@ -265,8 +269,18 @@ async fn proxy(
         }
         // The connection splices the two once hyper has written the `101` (see
         // [`crate::connection`]); the relay keeps the connection's admission and joins the
-        // worker's connection tasks, so shutdown grants it the grace period.
-        conn.upgrade_to(hyper::upgrade::on(&mut response));
+        // worker's connection tasks, so shutdown grants it the grace period. A signed-in
+        // WebSocket is checked again while it stays open.
+        let guard = who
+            .and_then(|who| who.session)
+            .zip(upgrade_path)
+            .map(|(session, path)| crate::websocket::Guard {
+                shared: shared.clone(),
+                host: ctx.host.clone(),
+                path,
+                session,
+            });
+        conn.upgrade_to(hyper::upgrade::on(&mut response), guard);
     }
     Ok(response.map(ResponseBody::upstream))
 }
