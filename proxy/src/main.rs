@@ -46,6 +46,39 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Create or rotate key files (identity.session_keys_file, identity.signing_keys_file).
+    ///
+    /// An existing file gets the new key on top: new cookies and assertions use it at the next
+    /// reload, and the old keys keep opening what they made until you delete them.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print a session cookie value sealed with the configuration's session keys (for tests
+    /// and benchmarks; anyone holding the key file can do the same).
+    DevSession {
+        /// The host the cookie is for.
+        #[arg(long)]
+        host: String,
+        /// The IdP subject (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// A verified email.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// Groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime of the session.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        lifetime: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a session sealing key (AES-256-GCM) to FILE, creating it with mode 0600.
+    Session { file: PathBuf },
+    /// Add an ES256 signing key for identity assertions to FILE, creating it with mode 0600.
+    Signing { file: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -60,6 +93,14 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig { file } => check_config(&file),
         Command::Serve => serve(cli.config),
+        Command::Keys(command) => add_key(command),
+        Command::DevSession {
+            host,
+            subject,
+            email,
+            groups,
+            lifetime,
+        } => dev_session(cli.config, host, subject, email, groups, lifetime),
     }
 }
 
@@ -132,4 +173,110 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
     running.wait();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+fn add_key(command: KeysCommand) -> ExitCode {
+    let (file, result) = match command {
+        KeysCommand::Session { file } => {
+            let existing = std::fs::read_to_string(&file).unwrap_or_default();
+            let used: Vec<u8> = existing
+                .lines()
+                .filter_map(|l| l.split_once(':')?.0.trim().parse().ok())
+                .collect();
+            let id = (0..=u8::MAX).find(|id| !used.contains(id)).unwrap_or(0);
+            let line = sekisho_proxy::session::new_key_file_line(id).map_err(|e| e.to_string());
+            let result = line.and_then(|line| prepend(&file, &format!("{line}\n"), &existing));
+            (file, result)
+        }
+        KeysCommand::Signing { file } => {
+            let existing = std::fs::read_to_string(&file).unwrap_or_default();
+            let pem = sekisho_identity::signing::new_key_pem().map_err(|e| e.to_string());
+            let result = pem.and_then(|pem| prepend(&file, pem.expose(), &existing));
+            (file, result)
+        }
+    };
+    match result {
+        Ok(()) => {
+            eprintln!("added a new key on top of {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sekisho-proxy: cannot write {}: {error}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `first` followed by `rest` to `path` (mode 0600) through a temporary file and a rename.
+fn prepend(path: &std::path::Path, first: &str, rest: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("new");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| e.to_string())?;
+    file.write_all(first.as_bytes())
+        .and_then(|()| file.write_all(rest.as_bytes()))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+fn dev_session(
+    config: Option<PathBuf>,
+    host: String,
+    subject: String,
+    email: String,
+    groups: Vec<String>,
+    lifetime: std::time::Duration,
+) -> ExitCode {
+    use sekisho_proxy::session::{SessionId, SessionKeys, SessionRecord, unix_now};
+    let Some(config) = config else {
+        eprintln!("sekisho-proxy: dev-session needs --config with identity.session_keys_file");
+        return ExitCode::from(2);
+    };
+    let keys_file = match Config::load(&config) {
+        Ok(config) => config.identity.and_then(|i| i.session_keys_file),
+        Err(error) => {
+            eprintln!("invalid: {}", error_chain(&error));
+            return ExitCode::from(3);
+        }
+    };
+    let Some(keys_file) = keys_file else {
+        eprintln!("sekisho-proxy: the configuration has no identity.session_keys_file");
+        return ExitCode::from(3);
+    };
+    let sealed = SessionKeys::load(&keys_file)
+        .map_err(|e| error_chain(&e))
+        .and_then(|keys| {
+            let now = unix_now();
+            let record = SessionRecord {
+                id: SessionId::random().map_err(|e| e.to_string())?,
+                subject,
+                email,
+                groups,
+                issuer: "sekisho-dev-session".into(),
+                auth_time: now,
+                issued_at: now,
+                expires_at: now + lifetime.as_secs(),
+                last_seen: now,
+                host: host.to_ascii_lowercase(),
+                groups_trimmed: false,
+            };
+            keys.seal(&record, &|_| true).map_err(|e| error_chain(&e))
+        });
+    match sealed {
+        Ok(sealed) => {
+            println!("{}", sealed.value());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sekisho-proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
