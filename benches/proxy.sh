@@ -303,6 +303,7 @@ upstreams:
     endpoints: ["http://127.0.0.1:18001"]
 hosts:
   - host: localhost
+    public: true
     paths: [{path: /, type: Prefix, upstream: bench}]
 EOF
         "$SEKISHO" check-config "$T/$name.yaml" >/dev/null 2>&1 \
