@@ -1,25 +1,47 @@
 #!/usr/bin/env bash
-# Runs the gate locally on the embedded default (deploy/examples/local.yaml): a sample
-# upstream on 127.0.0.1:8081 and sekisho-proxy on https://localhost:8443 with a generated
-# development certificate. No cloud account needed. Ctrl-C stops both.
+# Runs the gate locally on the embedded default (deploy/examples/local.yaml): a sample upstream
+# on 127.0.0.1:8081, the development OpenID provider (devidp) on http://127.0.0.1:9000, and
+# sekisho-proxy on https://localhost:8443 (login at https://auth.localhost:8443) with a
+# generated development certificate. No cloud account needed. Ctrl-C stops all three.
+# Needs Rust and Node.js with npm (both on the project's machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> building sekisho-proxy and the sample upstream" >&2
 cargo build -p sekisho-proxy --bin sekisho-proxy --example sample_upstream
 
+echo "==> installing devidp's npm packages (npm ci)" >&2
+(cd devidp && npm ci --no-audit --no-fund --silent)
+
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+
 ./target/debug/examples/sample_upstream 127.0.0.1:8081 &
-upstream=$!
-trap 'kill $upstream 2>/dev/null || true' EXIT
+pids+=($!)
+
+ready=$(mktemp)
+node devidp/server.mjs --port 9000 --log-level quiet >"$ready" &
+pids+=($!)
+for _ in $(seq 100); do
+  grep -q '"ready":true' "$ready" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q '"ready":true' "$ready" || { echo "devidp did not start (is port 9000 free?)" >&2; exit 1; }
+rm -f "$ready"
 
 cat >&2 <<'MSG'
 
 ==> starting sekisho-proxy on the embedded local example
-    Try, in another terminal (the CA file path is in the log line below):
-      curl --cacert /tmp/sekisho-dev-ca-<pid>.pem https://localhost:8443/
-      curl -k https://localhost:8443/            (skips verification)
-      curl http://localhost:8080/                (redirects to HTTPS)
-      curl http://127.0.0.1:9901/metrics         (internal admin listener)
+    Open https://localhost:8443/ in a browser (trust the development CA whose path is logged
+    below, or accept the warning) and sign in at the dev IdP:
+      alice@uniqe.example / password     group staff: allowed
+      carol@elsewhere.example / password no groups:   signed in, but denied (403 page)
+    Also:
+      https://localhost:8443/public            public, no login
+      https://localhost:8443/.sekisho/me       who am I
+      https://localhost:8443/.sekisho/logout   sign out
+      curl -k -H 'Accept: application/json' https://localhost:8443/   401 with a login URL
+      curl http://127.0.0.1:9901/metrics       internal admin listener
 
 MSG
 ./target/debug/sekisho-proxy --log-format text "$@"

@@ -173,7 +173,8 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         None => Config::parse(
             crate::config::EMBEDDED_DEFAULT,
             std::path::Path::new("<embedded deploy/examples/local.yaml>"),
-            std::path::Path::new("."),
+            // Relative paths resolve as for the file itself, from the repository root.
+            std::path::Path::new("deploy/examples"),
         )?,
     };
     let workers = config.workers;
