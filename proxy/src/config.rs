@@ -850,4 +850,96 @@ hosts:
     fn embedded_default_is_valid() {
         parse(EMBEDDED_DEFAULT).unwrap();
     }
+
+    /// The problems' `field: message` strings for a file made from `MINIMAL` plus `extra`.
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_reference_must_name_a_policy_and_needs_an_identity_section() {
+        let text = MINIMAL.replace("upstream: app}", "upstream: app, policy: staff}");
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p == "hosts[0].paths[0].policy: no policy named `staff`"),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("identity: ")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn public_and_a_policy_on_one_route_exclude_each_other() {
+        let text = format!(
+            "{}policies: {{staff: {{allow: [{{group: staff}}]}}}}\nidentity: {{auth_host: auth.example.com}}\n",
+            MINIMAL.replace(
+                "upstream: app}",
+                "upstream: app, policy: staff, public: true}"
+            )
+        );
+        let found = problems(&text);
+        assert_eq!(
+            found,
+            ["hosts[0].paths[0]: `public: true` and a `policy` exclude each other"]
+        );
+    }
+
+    #[test]
+    fn the_auth_host_cannot_also_be_a_route_host_or_a_wildcard() {
+        for (auth, expected) in [
+            ("app.example.com", "the auth host serves the login itself"),
+            ("'*.example.com'", "must be one exact host name"),
+        ] {
+            let text = format!("{MINIMAL}identity: {{auth_host: {auth}}}\n");
+            let found = problems(&text);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.starts_with("identity.auth_host: ") && p.contains(expected)),
+                "{auth}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_webhook_path_cannot_also_be_public() {
+        let text = MINIMAL.replace(
+            "upstream: app}",
+            "upstream: app, public: true, webhook: {secret_file: hook}}",
+        );
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("hosts[0].paths[0].webhook: ")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn identity_file_paths_resolve_against_the_config_directory() {
+        let text = format!(
+            "{MINIMAL}identity:\n  auth_host: auth.example.com\n  session_keys_file: keys\n  providers:\n    - {{name: corp, issuer: 'https://id.example.com', client_id: c, client_secret_file: secret}}\n"
+        );
+        let config = parse(&text).unwrap();
+        let identity = config.identity.unwrap();
+        assert_eq!(
+            identity.session_keys_file.unwrap(),
+            Path::new("/etc/sekisho/keys")
+        );
+        assert_eq!(
+            identity.providers[0].client_secret_file,
+            Path::new("/etc/sekisho/secret")
+        );
+    }
 }
