@@ -60,6 +60,9 @@ pub(crate) struct SiteOptions {
     pub(crate) without_identity: bool,
     /// More `bearer_issuers` entries, each a YAML flow mapping.
     pub(crate) extra_bearer_issuers: Vec<String>,
+    /// devidp's `--backchannel-logout-uri` for client `sekisho`: where it sends logout tokens
+    /// (the proxy's own auth host is out of its reach: no DNS, no test CA).
+    pub(crate) backchannel_capture: Option<String>,
 }
 
 /// Everything a test talks to. Dropping it stops the proxy, the upstreams and devidp.
@@ -90,14 +93,15 @@ impl Site {
     pub(crate) async fn start(options: SiteOptions) -> anyhow::Result<Self> {
         let port = free_port()?;
         let auth = format!("https://{AUTH}:{port}");
-        let idp = Idp::builder()
+        let mut idp = Idp::builder()
             .redirect_uri(format!("{auth}/.sekisho/callback"))
             .redirect_uri(LOOPBACK_CALLBACK)
             .post_logout_redirect_uri(format!("{auth}/"))
-            .post_logout_redirect_uri(format!("https://{APP}:{port}/"))
-            .start()
-            .await
-            .context("devidp starts")?;
+            .post_logout_redirect_uri(format!("https://{APP}:{port}/"));
+        if let Some(uri) = &options.backchannel_capture {
+            idp = idp.backchannel_logout_uri(uri.clone());
+        }
+        let idp = idp.start().await.context("devidp starts")?;
         let pki = Pki::new();
         let (leaf_pem, key_pem) = pki.leaf(&[APP, OTHER, AUTH]);
         let dir = tempfile::tempdir()?;

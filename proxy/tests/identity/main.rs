@@ -5,6 +5,7 @@
 //! `harness` starts a [`harness::Site`]; `harness_check` tests the harness itself against any
 //! proxy, with or without identity; the other files test the contract.
 
+mod backchannel;
 mod bearer;
 mod browser_login;
 mod harness;
