@@ -16,7 +16,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::identity::IdentityRuntime;
 use crate::page;
 use crate::path::normalize_path;
-use crate::policy::{Decision, Identity, RouteAccess};
+use crate::policy::{Decision, Identity, RouteAccess, claim_values};
 use crate::proxy::RequestCtx;
 use crate::session::{SessionRecord, session_cookie, set_cookie, unix_now};
 use crate::snapshot::{Route, Snapshot};
@@ -121,9 +121,17 @@ pub(crate) async fn check(
                         subject: claims.subject.clone(),
                         email: claims.email.clone(),
                         email_verified: claims.email_verified,
-                        hosted_domain: None,
+                        hosted_domain: claims
+                            .claims
+                            .get("hd")
+                            .and_then(|hd| hd.as_str())
+                            .map(str::to_owned),
                         groups: claims.groups.clone(),
-                        claims: Default::default(),
+                        claims: claims
+                            .claims
+                            .iter()
+                            .map(|(name, value)| (name.clone(), claim_values(value)))
+                            .collect(),
                     },
                     subject: claims.subject,
                     email,
