@@ -12,6 +12,7 @@ use kube::{
     Client,
     api::{Api, ObjectMeta, PostParams},
 };
+use sekisho_watchdog::Watchdog;
 use tokio::sync::OnceCell;
 
 use crate::{
@@ -20,7 +21,6 @@ use crate::{
     kubeconfig::{self, Credential},
     port,
     process::Process,
-    watchdog::Watchdog,
 };
 
 /// How long etcd gets to accept connections.
@@ -98,7 +98,12 @@ impl TestEnv {
         )?;
         // Every process joins etcd's process group, which the watchdog kills.
         let group = etcd.id();
-        let watchdog = Watchdog::spawn(group, path)?;
+        let watchdog = Watchdog::spawn("sekisho-kube-watchdog", group, path).map_err(|source| {
+            Error::Spawn {
+                name: "watchdog (sh)",
+                source,
+            }
+        })?;
         wait_for_port(&mut etcd, etcd_port, ETCD_START).await?;
 
         let mut apiserver = Process::spawn(

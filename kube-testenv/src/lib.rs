@@ -22,7 +22,6 @@ mod error;
 mod kubeconfig;
 mod port;
 mod process;
-mod watchdog;
 
 pub use binary::Binaries;
 pub use env::TestEnv;

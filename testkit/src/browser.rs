@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::{Error, free_port, log, watchdog::Watchdog};
+use sekisho_watchdog::Watchdog;
+
+use crate::{Error, free_port, log};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -129,7 +131,11 @@ impl Browser {
                 name: "chromedriver",
                 source,
             })?;
-        let watchdog = Watchdog::spawn(driver.id(), dir.path())?;
+        let watchdog = Watchdog::spawn("sekisho-testkit-watchdog", driver.id(), dir.path())
+            .map_err(|source| Error::Spawn {
+                name: "watchdog (sh)",
+                source,
+            })?;
         wait_for_listener(&mut driver, driver_port, &driver_log).await?;
 
         let mut args = vec![

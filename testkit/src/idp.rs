@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use crate::{Error, log, watchdog::Watchdog};
+use sekisho_watchdog::Watchdog;
+
+use crate::{Error, log};
 
 /// How long devidp may take from spawn to its ready line (it takes about half a second).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,7 +127,11 @@ impl IdpBuilder {
                 name: "devidp (node)",
                 source,
             })?;
-        let watchdog = Watchdog::spawn(child.id(), dir.path())?;
+        let watchdog = Watchdog::spawn("sekisho-testkit-watchdog", child.id(), dir.path())
+            .map_err(|source| Error::Spawn {
+                name: "watchdog (sh)",
+                source,
+            })?;
 
         // devidp prints one line on stdout and nothing after it; the thread keeps reading
         // until the process is gone so that a stray write never meets a closed pipe.

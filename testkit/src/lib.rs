@@ -17,7 +17,6 @@ mod log;
 mod login;
 mod port;
 mod retry;
-mod watchdog;
 
 pub use browser::{Browser, BrowserOptions, Cookie};
 pub use certificate::spki_sha256_base64;
