@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side reverse-proxy benchmark (issue 2): direct, nginx, HAProxy and sekisho-proxy
-# (access log off and on) in front of one fixed-response upstream, in interleaved rounds.
+# (access log off and on; and auth on, with a valid session cookie) in front of one
+# fixed-response upstream, in interleaved rounds.
 #
-#   benches/proxy.sh            # full run, about 12 minutes, writes benches/RESULTS.md
+#   benches/proxy.sh            # full run, about 13 minutes, writes benches/RESULTS.md
 #   benches/proxy.sh --quick    # smoke test: 1 round, short runs, 2,000 idle connections
 #
 # Options: --rounds N (3), --duration SECONDS (5), --idle-conns N (10000),
@@ -13,7 +14,7 @@
 #
 # Layout: the upstream (a separate nginx) and every proxy are pinned to CPU 1, the load
 # generators (wrk, oha, the idle-connection client) to CPU 0. Everything listens on 127.0.0.1,
-# ports 18000-18499, and is stopped on exit. Not part of the test suite.
+# ports 18000-18599, and is stopped on exit. Not part of the test suite.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,7 +45,7 @@ while (($#)); do
         --sekisho) SEKISHO=$(realpath "$2"); BUILD=0; shift ;;
         --results) RESULTS=$2; shift ;;
         --nice) NICE=$2; shift ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -147,11 +148,22 @@ wait_port() {
     return 1
 }
 
-# Peers and their ports: http https [admin].
-PEERS=(direct nginx haproxy sekisho sekisho-log)
-PROXIES=(nginx haproxy sekisho sekisho-log)
-declare -A HTTP_PORT=([direct]=18001 [nginx]=18101 [haproxy]=18201 [sekisho]=18302 [sekisho-log]=18402)
-declare -A HTTPS_PORT=([nginx]=18102 [haproxy]=18202 [sekisho]=18301 [sekisho-log]=18401)
+# Peers and their ports: http https [admin]. sekisho-auth is sekisho with auth on: every request
+# carries a valid session cookie. It has no idle-memory row (the idle client sends no cookie).
+PEERS=(direct nginx haproxy sekisho sekisho-log sekisho-auth)
+PROXIES=(nginx haproxy sekisho sekisho-log sekisho-auth)
+MEM_PROXIES=(nginx haproxy sekisho sekisho-log)
+declare -A HTTP_PORT=([direct]=18001 [nginx]=18101 [haproxy]=18201 [sekisho]=18302 [sekisho-log]=18402
+    [sekisho-auth]=18502)
+declare -A HTTPS_PORT=([nginx]=18102 [haproxy]=18202 [sekisho]=18301 [sekisho-log]=18401
+    [sekisho-auth]=18501)
+COOKIE="" # the sekisho-auth session cookie's value, minted by write_configs
+
+# Request headers for a peer, one argument per line (wrk, oha and curl all take `-H`).
+headers() {
+    printf '%s\n' -H 'Host: localhost'
+    if [[ $1 == sekisho-auth ]]; then printf '%s\n' -H "Cookie: __Host-sekisho=$COOKIE"; fi
+}
 
 start() {
     local name=$1
@@ -160,7 +172,7 @@ start() {
                       >"$T/upstream.out" 2>&1 & ;;
         nginx) taskset -c 1 nginx -e "$T/nginx.err" -c "$T/nginx.conf" >"$T/nginx.out" 2>&1 & ;;
         haproxy) taskset -c 1 haproxy -db -f "$T/haproxy.cfg" >"$T/haproxy.out" 2>&1 & ;;
-        sekisho|sekisho-log)
+        sekisho|sekisho-log|sekisho-auth)
             # stdout (the access log) is appended to a file, as a log collector would.
             taskset -c 1 "$SEKISHO" --config "$T/$name.yaml" --log-format text \
                 >>"$T/$name.access.log" 2>"$T/$name.err" & ;;
@@ -282,9 +294,23 @@ backend be
     server up 127.0.0.1:18001
 EOF
 
-    local name log https http admin
-    for name in sekisho sekisho-log; do
-        if [[ $name == sekisho ]]; then log=false; else log=true; fi
+    # sekisho-auth's key files, made by the binary under test.
+    "$SEKISHO" keys session "$T/session-keys" >/dev/null || die "sekisho keys session failed"
+    "$SEKISHO" keys signing "$T/signing-keys.pem" >/dev/null || die "sekisho keys signing failed"
+
+    local name log https http admin access identity
+    for name in sekisho sekisho-log sekisho-auth; do
+        if [[ $name == sekisho-log ]]; then log=true; else log=false; fi
+        access="public: true" identity=""
+        if [[ $name == sekisho-auth ]]; then
+            access="policy: bench"
+            identity="identity:
+  auth_host: auth.localhost
+  session_keys_file: $T/session-keys
+  signing_keys_file: $T/signing-keys.pem
+policies:
+  bench: {allow: [{group: staff}]}"
+        fi
         https=${HTTPS_PORT[$name]} http=${HTTP_PORT[$name]} admin=$((HTTPS_PORT[$name] + 2))
         cat >"$T/$name.yaml" <<EOF
 listen:
@@ -298,17 +324,23 @@ tls:
   certificates:
     - {cert: $T/tls.crt, key: $T/tls.key}
 limits: {max_connections: 50000, idle_timeout: 300s}
+$identity
 upstreams:
   bench:
     endpoints: ["http://127.0.0.1:18001"]
 hosts:
   - host: localhost
-    public: true
+    $access
     paths: [{path: /, type: Prefix, upstream: bench}]
 EOF
         "$SEKISHO" check-config "$T/$name.yaml" >/dev/null 2>&1 \
             || { "$SEKISHO" check-config "$T/$name.yaml"; die "invalid $name config"; }
     done
+    # A session for localhost in the policy's group, valid for longer than the run.
+    COOKIE=$("$SEKISHO" --config "$T/sekisho-auth.yaml" dev-session --host localhost \
+        --subject bench --email bench@example.com --group staff --lifetime 24h) \
+        || die "sekisho dev-session failed"
+    [[ -n $COOKIE ]] || die "sekisho dev-session printed no cookie"
     nginx -t -q -e "$T/check.err" -c "$T/nginx.conf" || die "invalid nginx config"
     haproxy -c -q -f "$T/haproxy.cfg" || die "invalid haproxy config"
 }
@@ -330,13 +362,23 @@ url() {
 }
 
 check_peer() {
-    local case=$1 peer=$2 u body
+    local case=$1 peer=$2 u body hdrs
     u=$(url "$case" "$peer")
+    mapfile -t hdrs < <(headers "$peer")
     body=$(curl -sS --fail --max-time 5 --cacert "$T/ca.crt" \
-        --resolve "localhost:${HTTPS_PORT[$peer]:-1}:127.0.0.1" -H 'Host: localhost' "$u" | wc -c)
+        --resolve "localhost:${HTTPS_PORT[$peer]:-1}:127.0.0.1" "${hdrs[@]}" "$u" | wc -c)
     local want=12
     [[ $case == *16KiB ]] && want=16384
     [[ $body == "$want" ]] || die "$peer $case: got $body bytes from $u, expected $want"
+    if [[ $peer == sekisho-auth ]]; then
+        # Without the cookie the request must be refused (401) or sent to log in (302): the row
+        # must measure auth letting a valid session through, not a public route or an error page.
+        local code
+        code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$T/ca.crt" \
+            --resolve "localhost:${HTTPS_PORT[$peer]}:127.0.0.1" -H 'Host: localhost' "$u") || true
+        [[ $code == 401 || $code == 302 ]] \
+            || die "$peer $case: $u answered ${code:-nothing} without a session cookie, expected 401 or 302"
+    fi
 }
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -350,7 +392,9 @@ saturate() {
     [[ -n $pid ]] && before=$(cpu_ticks "$pid")
     local ubefore
     ubefore=$(cpu_ticks "${PID[upstream]}")
-    out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -H 'Host: localhost' "$u")
+    local hdrs
+    mapfile -t hdrs < <(headers "$peer")
+    out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${hdrs[@]}" "$u")
     local uafter
     uafter=$(cpu_ticks "${PID[upstream]}")
     [[ -n $pid ]] && after=$(cpu_ticks "$pid")
@@ -377,10 +421,11 @@ saturate() {
 
 # Fixed rate: oha at RATE req/s with coordinated-omission correction; p50/p99.
 latency() {
-    local case=$1 peer=$2 round=$3 rate=$4 u json
+    local case=$1 peer=$2 round=$3 rate=$4 u json hdrs
     u=$(url "$case" "$peer")
+    mapfile -t hdrs < <(headers "$peer")
     taskset -c 0 oha --no-tui --output-format json -z "${DURATION}s" -c "$CONNS" \
-        -q "$rate" --latency-correction -H 'Host: localhost' \
+        -q "$rate" --latency-correction "${hdrs[@]}" \
         --cacert "$T/ca.crt" "$u" >"$T/oha.json" 2>"$T/oha.err" \
         || { cat "$T/oha.err" >&2; die "oha failed for $peer $case"; }
     python3 - "$T/oha.json" "$case" "$peer" "$round" "$rate" >>"$T/results.tsv" <<'EOF'
@@ -479,7 +524,7 @@ main() {
         IDLE_CONNS=$((HAPROXY_MAXCONN - 50))
     fi
     local port
-    for port in 18001 18101 18102 18201 18202 18301 18302 18303 18401 18402 18403; do
+    for port in 18001 18101 18102 18201 18202 18301 18302 18303 18401 18402 18403 18501 18502 18503; do
         if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then die "port $port is in use"; fi
     done
 
@@ -497,9 +542,11 @@ main() {
     done
 
     log "warm-up"
+    local hdrs
     for case in "${CASES[@]}"; do
         for peer in "${PEERS[@]}"; do
-            taskset -c 0 wrk -t1 -c"$CONNS" -d1s -H 'Host: localhost' "$(url "$case" "$peer")" >/dev/null
+            mapfile -t hdrs < <(headers "$peer")
+            taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${hdrs[@]}" "$(url "$case" "$peer")" >/dev/null
         done
     done
     : >"$T/sekisho-log.access.log"
@@ -531,7 +578,7 @@ main() {
 
     log "idle connections ($IDLE_CONNS plain, $IDLE_TLS_CONNS TLS per proxy)"
     for variant in http tls; do
-        for peer in "${PROXIES[@]}"; do idle_memory "$variant" "$peer"; done
+        for peer in "${MEM_PROXIES[@]}"; do idle_memory "$variant" "$peer"; done
     done
 
     cleanup_servers

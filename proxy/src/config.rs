@@ -713,7 +713,8 @@ impl Config {
     }
 }
 
-fn is_name(name: &str) -> bool {
+/// The naming rule for upstreams and policies.
+pub(crate) fn is_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name

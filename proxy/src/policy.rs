@@ -35,7 +35,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, header};
 use serde::Deserialize;
 
-use crate::config::{PathType, Problem};
+use crate::config::{PathType, Problem, is_name};
 use crate::path::{normalize_path, prefix_matches};
 
 /// Who may pass, and optionally per method and path. See the module documentation.
@@ -569,15 +569,6 @@ fn check_policy_path(path: &str) -> Result<(), String> {
         }
         Ok(_) => Ok(()),
     }
-}
-
-/// The same naming rule as upstreams in [`crate::config`].
-fn is_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
 #[cfg(test)]
