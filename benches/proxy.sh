@@ -295,8 +295,10 @@ backend be
 EOF
 
     # sekisho-auth's key files, made by the binary under test.
-    "$SEKISHO" keys session "$T/session-keys" >/dev/null || die "sekisho keys session failed"
-    "$SEKISHO" keys signing "$T/signing-keys.pem" >/dev/null || die "sekisho keys signing failed"
+    "$SEKISHO" keys session "$T/session-keys" >"$T/keys.out" 2>&1 \
+        || { cat "$T/keys.out" >&2; die "sekisho keys session failed"; }
+    "$SEKISHO" keys signing "$T/signing-keys.pem" >"$T/keys.out" 2>&1 \
+        || { cat "$T/keys.out" >&2; die "sekisho keys signing failed"; }
 
     local name log https http admin access identity
     for name in sekisho sekisho-log sekisho-auth; do
