@@ -6,6 +6,8 @@
 //! An anonymous request that a login could let through is sent to the login (browsers) or gets
 //! 401 with JSON (everything else); a refused one gets the 403 page.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -21,27 +23,63 @@ use crate::proxy::RequestCtx;
 use crate::session::{SessionRecord, session_cookie, set_cookie, unix_now};
 use crate::snapshot::{Route, Snapshot};
 
-/// The verified identity of a request.
+/// A verified identity, ready for policy and for the upstream's headers.
+///
+/// Built once per session cookie and cached (see [`IdentityRuntime::cached_session`]), so a
+/// request with a known cookie opens nothing, decodes nothing and formats no header values.
 #[derive(Debug)]
 pub struct Who {
     /// The session id (a hash of the token for bearer tokens): the assertion cache's key.
     pub session_id: [u8; 16],
-    pub subject: String,
-    pub email: String,
-    pub groups: Vec<String>,
     pub identity: Identity,
-    /// When set, the session a cookie refresh extends.
+    /// The email, or the subject: the name in logs.
+    pub user: Arc<str>,
+    /// The session this identity came from (none for bearer tokens).
     pub session: Option<SessionRecord>,
+    /// `X-Forwarded-User`, `-Email`, `-Groups`, formatted once.
+    pub headers: IdentityHeaders,
+    /// The refreshed cookie for the current minute, so it is sealed once per minute at most.
+    refreshed: Mutex<Option<(u64, HeaderValue)>>,
+}
+
+#[derive(Debug)]
+pub struct IdentityHeaders {
+    pub user: Option<HeaderValue>,
+    pub email: Option<HeaderValue>,
+    pub groups: Option<HeaderValue>,
 }
 
 impl Who {
-    /// The name for logs: the email, or the subject.
-    pub fn user(&self) -> &str {
-        if self.email.is_empty() {
-            &self.subject
+    fn new(session_id: [u8; 16], identity: Identity, session: Option<SessionRecord>) -> Self {
+        let email = identity.verified_email().unwrap_or("");
+        let user: Arc<str> = Arc::from(if email.is_empty() {
+            identity.subject.as_str()
         } else {
-            &self.email
+            email
+        });
+        let value = |text: &str| {
+            (!text.is_empty())
+                .then(|| HeaderValue::from_str(text).ok())
+                .flatten()
+        };
+        let headers = IdentityHeaders {
+            user: value(&identity.subject),
+            email: value(email),
+            groups: value(&identity.groups.join(",")),
+        };
+        Self {
+            session_id,
+            identity,
+            user,
+            session,
+            headers,
+            refreshed: Mutex::new(None),
         }
+    }
+
+    /// The verified email, or `""`.
+    pub fn email(&self) -> &str {
+        self.identity.verified_email().unwrap_or("")
     }
 }
 
@@ -52,7 +90,7 @@ impl Who {
 pub(crate) enum Access {
     /// Go on to the upstream; `set_cookie` refreshes the session's idle timer.
     Pass {
-        who: Option<Who>,
+        who: Option<Arc<Who>>,
         set_cookie: Option<HeaderValue>,
     },
     /// Answer now.
@@ -111,33 +149,23 @@ pub(crate) async fn check(
                 let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
                 let mut session_id = [0u8; 16];
                 session_id.copy_from_slice(&digest.as_ref()[..16]);
-                let email = match (&claims.email, claims.email_verified) {
-                    (Some(email), true) => email.clone(),
-                    _ => String::new(),
-                };
-                who = Some(Who {
-                    session_id,
-                    identity: Identity {
-                        subject: claims.subject.clone(),
-                        email: claims.email.clone(),
-                        email_verified: claims.email_verified,
-                        hosted_domain: claims
-                            .claims
-                            .get("hd")
-                            .and_then(|hd| hd.as_str())
-                            .map(str::to_owned),
-                        groups: claims.groups.clone(),
-                        claims: claims
-                            .claims
-                            .iter()
-                            .map(|(name, value)| (name.clone(), claim_values(value)))
-                            .collect(),
-                    },
+                let identity = Identity {
+                    hosted_domain: claims
+                        .claims
+                        .get("hd")
+                        .and_then(|hd| hd.as_str())
+                        .map(str::to_owned),
+                    claims: claims
+                        .claims
+                        .iter()
+                        .map(|(name, value)| (name.clone(), claim_values(value)))
+                        .collect(),
                     subject: claims.subject,
-                    email,
+                    email: claims.email,
+                    email_verified: claims.email_verified,
                     groups: claims.groups,
-                    session: None,
-                });
+                };
+                who = Some(Arc::new(Who::new(session_id, identity, None)));
             }
             Err(reason) => {
                 log_decision(
@@ -179,19 +207,25 @@ pub(crate) async fn check(
         who = None;
     }
 
-    let user = who.as_ref().map(Who::user);
+    let user = who.as_ref().map(|w| &*w.user);
     match decision {
         Decision::Allow { rule } => {
-            log_decision(
-                ctx,
-                route,
-                req.method(),
-                &path,
-                user,
-                true,
-                &rule.to_string(),
-                "",
-            );
+            // Allowed requests are the steady state: their decision is in the access-log line
+            // (user, route); the event itself is for debugging only.
+            if tracing::enabled!(target: "sekisho::access", tracing::Level::DEBUG) {
+                tracing::debug!(
+                    target: "sekisho::access",
+                    request_id = ctx.request_id.to_str().unwrap_or("-"),
+                    host = %ctx.host,
+                    route = %route.name.0,
+                    method = %req.method(),
+                    path = %path,
+                    user = user.unwrap_or("-"),
+                    allowed = true,
+                    rule = %rule,
+                    "access decision"
+                );
+            }
             Access::Pass {
                 who,
                 set_cookie: set_cookie_header,
@@ -227,13 +261,13 @@ pub(crate) async fn check(
 }
 
 /// The session on this host, if its cookie opens, is current and is not revoked; and the
-/// refreshed cookie when the idle timer moved.
+/// refreshed cookie when the idle timer moved on by a minute.
 fn from_session(
     identity: &IdentityRuntime,
     host: &str,
     headers: &HeaderMap,
     now: u64,
-) -> (Option<Who>, Option<HeaderValue>) {
+) -> (Option<Arc<Who>>, Option<HeaderValue>) {
     let value = match session_cookie(headers) {
         Ok(Some(value)) => value,
         Ok(None) => return (None, None),
@@ -242,50 +276,65 @@ fn from_session(
             return (None, None);
         }
     };
-    let mut record = match identity
-        .session_keys
-        .open(value, host, now, identity.idle_timeout())
-    {
-        Ok(record) => record,
-        Err(error) => {
-            tracing::debug!(%error, host, "session cookie refused");
-            return (None, None);
-        }
+    let who = match identity.cached_session(value, host) {
+        Some(who) => who,
+        None => match identity
+            .session_keys
+            .open(value, host, now, identity.idle_timeout())
+        {
+            Ok(record) => identity.cache_session(value, Arc::new(who_from_record(record))),
+            Err(error) => {
+                tracing::debug!(%error, host, "session cookie refused");
+                return (None, None);
+            }
+        },
     };
-    if identity.state.is_revoked(
-        &record.id.0,
-        &record.issuer,
-        &record.subject,
-        record.issued_at,
-    ) {
+    let Some(record) = &who.session else {
+        return (None, None);
+    };
+    // A cached session is checked as opening it would: time first, then revocations.
+    if now >= record.expires_at
+        || now.saturating_sub(record.last_seen) > identity.idle_timeout().as_secs()
+        || identity.state.is_revoked(
+            &record.id.0,
+            &record.issuer,
+            &record.subject,
+            record.issued_at,
+        )
+    {
         tracing::debug!(host, "session cookie of an ended session");
         return (None, None);
     }
-    let refresh = record
-        .touch(now)
-        .then(|| session_set_cookie(identity, &record, now))
-        .flatten();
-    let who = who_from_record(record);
-    (Some(who), refresh)
+    let minute = now / 60;
+    if minute <= record.last_seen / 60 {
+        return (Some(who), None);
+    }
+    let mut refreshed = who.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+    let cookie = match &*refreshed {
+        Some((at, cookie)) if *at == minute => Some(cookie.clone()),
+        _ => {
+            let mut record = record.clone();
+            record.touch(now);
+            let cookie = session_set_cookie(identity, &record, now);
+            *refreshed = cookie.clone().map(|c| (minute, c));
+            cookie
+        }
+    };
+    drop(refreshed);
+    (Some(who), cookie)
 }
 
 pub(crate) fn who_from_record(record: SessionRecord) -> Who {
-    Who {
-        session_id: record.id.0,
-        identity: Identity {
-            subject: record.subject.clone(),
-            email: (!record.email.is_empty()).then(|| record.email.clone()),
-            // Sessions keep an email only when the provider verified it.
-            email_verified: !record.email.is_empty(),
-            hosted_domain: None,
-            groups: record.groups.clone(),
-            claims: Default::default(),
-        },
+    let identity = Identity {
         subject: record.subject.clone(),
-        email: record.email.clone(),
+        email: (!record.email.is_empty()).then(|| record.email.clone()),
+        // Sessions keep an email only when the provider verified it.
+        email_verified: !record.email.is_empty(),
+        hosted_domain: None,
         groups: record.groups.clone(),
-        session: Some(record),
-    }
+        claims: Default::default(),
+    };
+    Who::new(record.id.0, identity, Some(record))
 }
 
 /// The `Set-Cookie` for `record` on its host, valid until the session expires.

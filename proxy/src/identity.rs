@@ -20,6 +20,7 @@ use sekisho_identity::oidc::{Provider, RawIdToken};
 use sekisho_identity::signing::SigningKeys;
 use tokio::sync::OnceCell;
 
+use crate::access::Who;
 use crate::config::{Config, IdentityConfig};
 use crate::policy::Subject;
 use crate::session::{ReplayGuard, SessionKeys, unix_now};
@@ -66,7 +67,13 @@ pub struct IdentityRuntime {
     policy_groups: HashSet<String>,
     pub jwks_json: bytes::Bytes,
     pub state: Arc<IdentityState>,
+    /// Opened session cookies by value (sealed per host, so a value names one session on one
+    /// host), with their header values formatted.
+    sessions: DashMap<Box<str>, Arc<Who>>,
 }
+
+/// Cached session cookies at most; the cache starts over when full.
+const MAX_CACHED_SESSIONS: usize = 50_000;
 
 impl std::fmt::Debug for IdentityRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -315,6 +322,7 @@ impl IdentityRuntime {
             state: previous
                 .map(|p| p.state.clone())
                 .unwrap_or_else(|| Arc::new(IdentityState::new())),
+            sessions: DashMap::new(),
         })))
     }
 
@@ -339,6 +347,22 @@ impl IdentityRuntime {
                 None
             }
         }
+    }
+
+    /// The identity of a session cookie opened before on `host`. The caller checks expiry and
+    /// revocation, as for a freshly opened one.
+    pub(crate) fn cached_session(&self, cookie: &str, host: &str) -> Option<Arc<Who>> {
+        let who = self.sessions.get(cookie)?;
+        (who.session.as_ref()?.host == host).then(|| who.clone())
+    }
+
+    /// Remembers an opened session cookie; returns the identity.
+    pub(crate) fn cache_session(&self, cookie: &str, who: Arc<Who>) -> Arc<Who> {
+        if self.sessions.len() >= MAX_CACHED_SESSIONS {
+            self.sessions.clear();
+        }
+        self.sessions.insert(cookie.into(), who.clone());
+        who
     }
 
     /// The slot of provider `name`.

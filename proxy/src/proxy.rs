@@ -244,7 +244,7 @@ async fn proxy(
     // Phase 3: access.
     let who = match access::check(snapshot, ctx, &route, &mut upstream_req).await {
         Access::Pass { who, set_cookie } => {
-            ctx.user = who.as_ref().map(|w| Arc::from(w.user()));
+            ctx.user = who.as_ref().map(|w| w.user.clone());
             ctx.set_cookie = set_cookie;
             who
         }
@@ -260,7 +260,7 @@ async fn proxy(
         .flatten()
         .map(|path| path.into_owned());
     upstream_request_filter(&mut upstream_req, ctx, conn, snapshot, endpoint);
-    set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_ref());
+    set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_deref());
 
     let mut response = forward(shared, upstream, endpoint, upstream_req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -272,7 +272,7 @@ async fn proxy(
         // worker's connection tasks, so shutdown grants it the grace period. A signed-in
         // WebSocket is checked again while it stays open.
         let guard = who
-            .and_then(|who| who.session)
+            .and_then(|who| who.session.clone())
             .zip(upgrade_path)
             .map(|(session, path)| crate::websocket::Guard {
                 shared: shared.clone(),
@@ -430,22 +430,19 @@ fn set_identity_headers(
         return;
     };
     headers.remove(header::AUTHORIZATION);
-    let put = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name.clone(), value);
+    for (name, value) in [
+        (&X_FORWARDED_USER, &who.headers.user),
+        (&X_FORWARDED_EMAIL, &who.headers.email),
+        (&X_FORWARDED_GROUPS, &who.headers.groups),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.clone(), value.clone());
         }
-    };
-    put(headers, &X_FORWARDED_USER, &who.subject);
-    if !who.email.is_empty() {
-        put(headers, &X_FORWARDED_EMAIL, &who.email);
-    }
-    if !who.groups.is_empty() {
-        put(headers, &X_FORWARDED_GROUPS, &who.groups.join(","));
     }
     let signer_identity = sekisho_identity::signing::Identity {
-        subject: &who.subject,
-        email: &who.email,
-        groups: &who.groups,
+        subject: &who.identity.subject,
+        email: who.email(),
+        groups: &who.identity.groups,
     };
     match identity.assertions.assertion(
         who.session_id,
@@ -453,10 +450,24 @@ fn set_identity_headers(
         &signer_identity,
         crate::session::unix_now(),
     ) {
-        Ok(token) => put(headers, &X_SEKISHO_ASSERTION, &token),
+        Ok(token) => {
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from_owner(ArcStrBytes(token)))
+            {
+                headers.insert(X_SEKISHO_ASSERTION.clone(), value);
+            }
+        }
         Err(error) => {
             tracing::warn!(error = %crate::error_chain(&error), "cannot sign an identity assertion")
         }
+    }
+}
+
+/// A shared token as the bytes of a header value, without copying it.
+struct ArcStrBytes(Arc<str>);
+
+impl AsRef<[u8]> for ArcStrBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
