@@ -40,6 +40,8 @@ pub struct Who {
     pub headers: IdentityHeaders,
     /// The refreshed cookie for the current minute, so it is sealed once per minute at most.
     refreshed: Mutex<Option<(u64, HeaderValue)>>,
+    /// The last assertion header: audience, value, reuse it until (Unix seconds).
+    assertion: Mutex<Option<(Box<str>, HeaderValue, u64)>>,
 }
 
 #[derive(Debug)]
@@ -74,7 +76,22 @@ impl Who {
             session,
             headers,
             refreshed: Mutex::new(None),
+            assertion: Mutex::new(None),
         }
+    }
+
+    /// The assertion header for `audience` made for this identity before, while still fresh.
+    pub fn cached_assertion(&self, audience: &str, now: u64) -> Option<HeaderValue> {
+        let cached = self.assertion.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((aud, value, until)) if &**aud == audience && now < *until => Some(value.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn remember_assertion(&self, audience: &str, value: HeaderValue, until: u64) {
+        *self.assertion.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((audience.into(), value, until));
     }
 
     /// The verified email, or `""`.

@@ -439,20 +439,24 @@ fn set_identity_headers(
             headers.insert(name.clone(), value.clone());
         }
     }
+    let now = crate::session::unix_now();
+    if let Some(value) = who.cached_assertion(&ctx.host, now) {
+        headers.insert(X_SEKISHO_ASSERTION.clone(), value);
+        return;
+    }
     let signer_identity = sekisho_identity::signing::Identity {
         subject: &who.identity.subject,
         email: who.email(),
         groups: &who.identity.groups,
     };
-    match identity.assertions.assertion(
-        who.session_id,
-        &ctx.host,
-        &signer_identity,
-        crate::session::unix_now(),
-    ) {
+    match identity
+        .assertions
+        .assertion(who.session_id, &ctx.host, &signer_identity, now)
+    {
         Ok(token) => {
             if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from_owner(ArcStrBytes(token)))
             {
+                who.remember_assertion(&ctx.host, value.clone(), now + ASSERTION_REUSE_SECS);
                 headers.insert(X_SEKISHO_ASSERTION.clone(), value);
             }
         }
@@ -461,6 +465,10 @@ fn set_identity_headers(
         }
     }
 }
+
+/// How long a session reuses its assertion header value before asking the issuer again (which
+/// re-signs well before expiry).
+const ASSERTION_REUSE_SECS: u64 = 30;
 
 /// A shared token as the bytes of a header value, without copying it.
 struct ArcStrBytes(Arc<str>);
