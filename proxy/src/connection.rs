@@ -332,8 +332,12 @@ async fn serve_h1<IO>(
     let mut read_ahead = Bytes::new();
     // Quiet time already spent before parking counts toward the idle timeout.
     let mut idle_for = Duration::ZERO;
+    // A new connection goes to hyper at once: with TLS, the request may already sit decrypted
+    // inside rustls (it often arrives with the client's Finished), where socket readiness
+    // would never announce it. Only a parked connection waits for the socket.
+    let mut parked = false;
     loop {
-        if read_ahead.is_empty() {
+        if parked && read_ahead.is_empty() {
             let wait = limits.idle_timeout.saturating_sub(idle_for);
             tokio::select! {
                 ready = io.readable() => if ready.is_err() { return },
@@ -355,6 +359,7 @@ async fn serve_h1<IO>(
             Run::Parked(rest, bytes) => {
                 (io, read_ahead) = (rest, bytes);
                 idle_for = PARK_AFTER;
+                parked = true;
             }
         }
     }

@@ -129,3 +129,59 @@ fn client_config(
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// Sends `request` in the same write as the client's last handshake flight (TLS 1.3 clients
+/// often do), then reads until the peer closes or `limit` passes; returns what was read.
+fn request_with_the_finished_flight(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    limit: std::time::Duration,
+) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(limit)).unwrap();
+    let name = ServerName::try_from("app.test").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    // Queued before the handshake ends: rustls sends it right behind the Finished message.
+    conn.writer().write_all(request).unwrap();
+    while conn.is_handshaking() || conn.wants_write() {
+        if conn.complete_io(&mut tcp).is_err() {
+            break;
+        }
+    }
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_that_arrives_with_the_handshakes_last_flight_is_answered() {
+    let pki = Pki::new();
+    let upstream = Upstream::start("app").await;
+    let (cert, key) = pki.write_leaf("site", &["app.test"]);
+    let proxy = Proxy::start(&config(&certificates_yaml(&[(cert, key)]), &upstream));
+    let client = pki.client_config(&[b"http/1.1"]);
+    let addr = proxy.https();
+    let answers = tokio::task::spawn_blocking(move || {
+        (0..8)
+            .map(|_| {
+                request_with_the_finished_flight(
+                    client.clone(),
+                    addr,
+                    b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+                    std::time::Duration::from_secs(5),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for answer in answers {
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "no answer within 5 s: {answer:?}"
+        );
+    }
+}
