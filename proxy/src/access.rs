@@ -155,10 +155,7 @@ pub(crate) async fn check(
     let mut set_cookie_header = None;
     if let Some(token) = bearer_token(req.headers()) {
         let verified = match identity {
-            Some(identity) if route.bearer => match identity.bearer().await {
-                Some(verifier) => verifier.verify(token).await.map_err(|e| e.to_string()),
-                None => Err("no bearer token issuer is reachable".to_owned()),
-            },
+            Some(identity) if route.bearer => verify_bearer(identity, token, now).await,
             _ => Err("this route does not accept bearer tokens".to_owned()),
         };
         match verified {
@@ -213,15 +210,20 @@ pub(crate) async fn check(
         &path,
         req.headers(),
     );
-    // A route may ask for a recent login.
-    if let (Decision::Allow { rule }, Some(max_age), Some(session)) = (
-        decision,
-        route.max_session_age,
-        who.as_ref().and_then(|w| w.session.as_ref()),
-    ) && now.saturating_sub(session.auth_time) > max_age.as_secs()
+    // A route may ask for a recent login, or a shorter idle time.
+    if let (Decision::Allow { rule }, Some(session)) =
+        (decision, who.as_ref().and_then(|w| w.session.as_ref()))
     {
-        decision = Decision::LoginRequired { rule };
-        who = None;
+        let too_old = route
+            .max_session_age
+            .is_some_and(|max| now.saturating_sub(session.auth_time) > max.as_secs());
+        let idle_too_long = route
+            .session_idle_timeout
+            .is_some_and(|max| now.saturating_sub(session.last_seen) > max.as_secs());
+        if too_old || idle_too_long {
+            decision = Decision::LoginRequired { rule };
+            who = None;
+        }
     }
 
     let user = who.as_ref().map(|w| &*w.user);
@@ -275,6 +277,46 @@ pub(crate) async fn check(
             Access::Respond(denied(ctx, route, user))
         }
     }
+}
+
+/// A bearer token's claims: Sekisho's own user token (signed with the assertion keys, its
+/// session not revoked), else a JWT from a configured issuer.
+async fn verify_bearer(
+    identity: &IdentityRuntime,
+    token: &str,
+    now: u64,
+) -> Result<sekisho_identity::bearer::BearerClaims, String> {
+    if let Ok(claims) = identity.user_tokens.verify(token, now) {
+        let revoked = session_id_from_hex(&claims.sid)
+            .is_none_or(|sid| identity.state.is_session_revoked(&sid));
+        if revoked {
+            return Err("the session this token was issued from has ended".to_owned());
+        }
+        return Ok(sekisho_identity::bearer::BearerClaims {
+            issuer: claims.iss,
+            subject: claims.sub,
+            email_verified: !claims.email.is_empty(),
+            email: (!claims.email.is_empty()).then_some(claims.email),
+            groups: claims.groups,
+            claims: Default::default(),
+            expires_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(claims.exp),
+        });
+    }
+    match identity.bearer().await {
+        Some(verifier) => verifier.verify(token).await.map_err(|e| e.to_string()),
+        None => Err("the token is not valid here".to_owned()),
+    }
+}
+
+fn session_id_from_hex(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
 }
 
 /// The session on this host, if its cookie opens, is current and is not revoked; and the

@@ -359,6 +359,9 @@ pub struct HostConfig {
     pub bearer: bool,
     #[serde(default, with = "humantime_serde")]
     pub max_session_age: Option<Duration>,
+    /// A shorter idle timeout than `identity.session_idle_timeout` for this host's routes.
+    #[serde(default, with = "humantime_serde")]
+    pub session_idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -381,6 +384,9 @@ pub struct PathConfig {
     /// Ask for a fresh login when the session's last one is older.
     #[serde(default, with = "humantime_serde")]
     pub max_session_age: Option<Duration>,
+    /// A shorter idle timeout than `identity.session_idle_timeout` for this route.
+    #[serde(default, with = "humantime_serde")]
+    pub session_idle_timeout: Option<Duration>,
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
 }

@@ -18,6 +18,7 @@ use sekisho_identity::bearer::BearerVerifier;
 use sekisho_identity::http::{HttpClient, HttpClientConfig};
 use sekisho_identity::oidc::{Provider, RawIdToken};
 use sekisho_identity::signing::SigningKeys;
+use sekisho_identity::user_token::UserTokens;
 use tokio::sync::OnceCell;
 
 use crate::access::Who;
@@ -58,6 +59,8 @@ pub struct IdentityRuntime {
     pub session_keys: Arc<SessionKeys>,
     pub signing_keys: Arc<SigningKeys>,
     pub assertions: AssertionIssuer,
+    /// Sekisho's own short-lived user tokens (what the `sekisho` CLI holds).
+    pub user_tokens: UserTokens,
     pub providers: Vec<ProviderSlot>,
     bearer: OnceCell<BearerVerifier>,
     http: HttpClient,
@@ -172,6 +175,11 @@ impl IdentityState {
             }
             None => false,
         }
+    }
+
+    /// Whether logout ended the session `id`.
+    pub fn is_session_revoked(&self, id: &[u8; 16]) -> bool {
+        self.revoked_sessions.contains_key(id)
     }
 
     /// Whether a session is still good as far as revocations go.
@@ -297,6 +305,11 @@ impl IdentityRuntime {
             .collect::<Result<_, _>>()?;
         let auth_host = identity.auth_host.to_ascii_lowercase();
         let assertions = AssertionIssuer::new(signing_keys.clone(), format!("https://{auth_host}"));
+        let user_tokens = UserTokens::new(
+            signing_keys.clone(),
+            format!("https://{auth_host}"),
+            auth_host.clone(),
+        );
         let providers = identity
             .providers
             .iter()
@@ -314,6 +327,7 @@ impl IdentityRuntime {
             session_keys,
             signing_keys,
             assertions,
+            user_tokens,
             providers,
             bearer: OnceCell::new(),
             http,

@@ -61,6 +61,8 @@ pub struct Route {
     pub bearer: bool,
     /// A login older than this must be renewed.
     pub max_session_age: Option<Duration>,
+    /// A session idle for longer must log in again on this route.
+    pub session_idle_timeout: Option<Duration>,
     pub webhook: Option<RouteWebhook>,
 }
 
@@ -124,6 +126,9 @@ impl Snapshot {
                     max_session_age: path
                         .and_then(|p| p.max_session_age)
                         .or(host.max_session_age),
+                    session_idle_timeout: path
+                        .and_then(|p| p.session_idle_timeout)
+                        .or(host.session_idle_timeout),
                     webhook,
                 });
                 route_list.push(route.clone());

@@ -6,7 +6,7 @@ use http::StatusCode;
 use sekisho_testkit::Idp;
 
 use crate::harness::{
-    ALICE, APP, LOOPBACK_CALLBACK, Reply, Site, SiteOptions, id_token, jwt_claims,
+    ALICE, APP, AUTH, LOOPBACK_CALLBACK, Reply, Site, SiteOptions, id_token, jwt_claims,
 };
 use crate::support::echoed;
 
@@ -107,5 +107,35 @@ async fn bearer_tokens_on_the_api_route_are_verified() -> anyhow::Result<()> {
         "only alice's valid token reached the upstream: {:?}",
         site.app.seen()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sekisho_user_tokens_are_accepted_and_tokens_for_another_proxy_are_not()
+-> anyhow::Result<()> {
+    use sekisho_identity::signing::{Identity, SigningKeys};
+    use sekisho_identity::user_token::UserTokens;
+    use std::sync::Arc;
+
+    let site = Site::start(SiteOptions::default()).await?;
+    let keys = Arc::new(SigningKeys::load(&site.signing_keys)?);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let groups = vec!["staff".to_owned()];
+    let alice = Identity {
+        subject: "alice",
+        email: ALICE,
+        groups: &groups,
+    };
+    let ours = UserTokens::new(keys.clone(), format!("https://{AUTH}"), AUTH);
+    let token = ours.issue([7; 16], &alice, now)?.token;
+    let reply = call(&site, "/api/me", token.expose()).await?;
+    assert_eq!(reply.status, StatusCode::OK, "{reply}");
+    assert_eq!(echoed(&reply.body)["x-forwarded-email"], ALICE, "{reply}");
+
+    // Signed with the right key, but for another proxy.
+    let elsewhere = UserTokens::new(keys, format!("https://{AUTH}"), "auth.elsewhere.test");
+    let token = elsewhere.issue([7; 16], &alice, now)?.token;
+    let reply = call(&site, "/api/me", token.expose()).await?;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply}");
     Ok(())
 }

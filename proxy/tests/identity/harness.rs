@@ -74,6 +74,8 @@ pub(crate) struct Site {
     pub(crate) leaf_pem: String,
     pub(crate) app: EchoUpstream,
     pub(crate) ws: WebSocketEcho,
+    /// The proxy's assertion and user-token signing keys.
+    pub(crate) signing_keys: PathBuf,
     client: TlsClient,
     running: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
@@ -113,6 +115,8 @@ impl Site {
         let cert = file("site.crt", &leaf_pem)?;
         let key = file("site.key", &key_pem)?;
         let client_secret = file("client-secret", CLIENT_SECRET)?;
+        let signing_keys = dir.path().join("signing-keys.pem");
+        sekisho_identity::signing::write_new_key_file(&signing_keys)?;
         let hook_secret = file("github-hook-secret", &format!("{WEBHOOK_SECRET}\n"))?;
         let app = EchoUpstream::start().await?;
         let ws = WebSocketEcho::start().await?;
@@ -156,6 +160,7 @@ upstreams:
             format!(
                 "{head}identity:
   auth_host: {AUTH}
+  signing_keys_file: '{signing_keys}'
   dangerous_allow_http_issuers: true
   providers:
     - name: devidp
@@ -187,6 +192,7 @@ hosts:
 ",
                 issuer = idp.issuer(),
                 client_secret = client_secret.display(),
+                signing_keys = signing_keys.display(),
                 hook_secret = hook_secret.display(),
             )
         };
@@ -210,6 +216,7 @@ hosts:
             leaf_pem,
             app,
             ws,
+            signing_keys,
             client,
             running: Some(running),
             _dir: dir,
