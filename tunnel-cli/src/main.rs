@@ -1,0 +1,89 @@
+//! `sekisho`: the command line. See the crate's library for the parts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sekisho_cli::exit;
+use sekisho_cli::net::{Net, Origin};
+use sekisho_cli::tunnel;
+
+/// Sekisho's command line: reach hosts behind a Sekisho proxy.
+#[derive(Debug, Parser)]
+#[command(name = "sekisho", version)]
+struct Cli {
+    /// Trust only the certificates in this PEM file for the proxy, not the system's roots.
+    #[arg(long, global = true, env = "SEKISHO_CA_FILE", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Dial this address for every proxy host instead of resolving the name (like curl's
+    /// --connect-to), for proxies that DNS does not know yet.
+    #[arg(long, global = true, env = "SEKISHO_CONNECT_TO", value_name = "ADDR")]
+    connect_to: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open a byte stream to HOST through its proxy and join it to stdin/stdout, for
+    /// `ProxyCommand sekisho tunnel %h` in ~/.ssh/config. PORT is the proxy's HTTPS port
+    /// (default 443).
+    Tunnel {
+        #[arg(value_name = "HOST[:PORT]")]
+        host: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime starts");
+    let code = runtime.block_on(run(cli));
+    // Standard input may still be read by a blocking thread: do not wait for it.
+    runtime.shutdown_background();
+    exit::code(code)
+}
+
+async fn run(cli: Cli) -> u8 {
+    let net = match Net::new(cli.ca.as_deref(), cli.connect_to) {
+        Ok(net) => net,
+        Err(error) => return fail(&error, exit::FAILURE),
+    };
+    match cli.command {
+        Command::Tunnel { host } => {
+            let origin = match Origin::parse(&host) {
+                Ok(origin) => origin,
+                Err(error) => return fail(&error, exit::USAGE),
+            };
+            match tunnel::open(&net, &origin, None).await {
+                Ok(stream) => {
+                    match tunnel::splice(tokio::io::stdin(), tokio::io::stdout(), stream).await {
+                        Ok(()) => exit::OK,
+                        Err(error) => fail(&error, exit::FAILURE),
+                    }
+                }
+                Err(error) => {
+                    let code = error
+                        .tunnel_error()
+                        .map_or(exit::PROXY_UNREACHABLE, exit::for_tunnel_error);
+                    fail(&error, code)
+                }
+            }
+        }
+    }
+}
+
+/// Prints the error and its causes on stderr (never stdout: that is ssh's), returns `code`.
+fn fail(error: &(dyn std::error::Error + 'static), code: u8) -> u8 {
+    let mut text = format!("sekisho: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{text}");
+    code
+}

@@ -1,0 +1,163 @@
+//! `sekisho tunnel HOST[:PORT]`: asks the proxy serving HOST for a byte stream to the host's
+//! target and joins it to standard input and output, for ssh's `ProxyCommand`.
+//!
+//! The request is an HTTP/1.1 upgrade on the proxy's HTTPS port (so it passes wherever HTTPS
+//! does, TLS-terminating load balancers included), carrying the user's bearer token. A refusal
+//! comes back as a status and a JSON body with a stable code ([`TunnelError`]).
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONNECTION, UPGRADE};
+use http::{HeaderValue, Method, Request};
+use http_body_util::Full;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use sekisho_wire::tunnel::{ErrorBody, TunnelError};
+use sekisho_wire::{COPY_BUFFER, TUNNEL_PATH, TUNNEL_PROTOCOL};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use crate::net::{Net, NetError, Origin, Upgrade};
+
+/// Why a tunnel did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the proxy could not be reached")]
+    Net(#[from] NetError),
+    #[error("{}", .error.message())]
+    Refused {
+        error: TunnelError,
+        /// The proxy's own words, when it sent any.
+        body: Option<ErrorBody>,
+    },
+    #[error("the proxy answered {0}, which is not a tunnel answer")]
+    Unexpected(http::StatusCode),
+}
+
+impl OpenError {
+    /// The tunnel error code, when the proxy gave one.
+    pub fn tunnel_error(&self) -> Option<TunnelError> {
+        match self {
+            Self::Refused { error, .. } => Some(*error),
+            _ => None,
+        }
+    }
+}
+
+/// Opens a stream to `host`'s target through the proxy that serves it.
+pub async fn open(
+    net: &Net,
+    host: &Origin,
+    token: Option<&str>,
+) -> Result<TokioIo<Upgraded>, OpenError> {
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri(TUNNEL_PATH)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, TUNNEL_PROTOCOL);
+    if let Some(token) = token {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| OpenError::Unexpected(http::StatusCode::BAD_REQUEST))?;
+        value.set_sensitive(true);
+        req = req.header(AUTHORIZATION, value);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .expect("a tunnel request is well formed");
+    match net.upgrade(host, req).await? {
+        Upgrade::Switched(io) => Ok(io),
+        Upgrade::Refused(response) => {
+            let body: Option<ErrorBody> = serde_json::from_slice(response.body()).ok();
+            let error = body
+                .as_ref()
+                .and_then(|b| TunnelError::from_code(&b.error))
+                .or_else(|| match response.status().as_u16() {
+                    401 => Some(TunnelError::NotLoggedIn),
+                    403 => Some(TunnelError::Denied),
+                    _ => None,
+                });
+            match error {
+                Some(error) => Err(OpenError::Refused { error, body }),
+                None => Err(OpenError::Unexpected(response.status())),
+            }
+        }
+    }
+}
+
+/// Copies `input` into the stream and the stream into `output` until the stream ends. When
+/// `input` ends first, the stream's sending side is shut down and its answer still read to the
+/// end (ssh and scp close their side and wait for the other's).
+pub async fn splice<I, O, S>(mut input: I, mut output: O, stream: S) -> std::io::Result<()>
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_stream, mut to_stream) = tokio::io::split(stream);
+    let upload = async {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            let n = input.read(&mut buf).await?;
+            if n == 0 {
+                to_stream.shutdown().await?;
+                return Ok::<_, std::io::Error>(());
+            }
+            to_stream.write_all(&buf[..n]).await?;
+        }
+    };
+    let download = async {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            let n = from_stream.read(&mut buf).await?;
+            if n == 0 {
+                output.flush().await?;
+                return Ok::<_, std::io::Error>(());
+            }
+            output.write_all(&buf[..n]).await?;
+            output.flush().await?;
+        }
+    };
+    tokio::pin!(download);
+    tokio::select! {
+        // The stream ended: nothing more can come, whatever input still has.
+        done = &mut download => done,
+        sent = upload => {
+            sent?;
+            download.await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn input_reaches_the_stream_and_the_answer_reaches_output_after_input_ends() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let peer = tokio::spawn(async move {
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).await.unwrap();
+            theirs.write_all(b"answer to ").await.unwrap();
+            theirs.write_all(&got).await.unwrap();
+        });
+        let mut output = Vec::new();
+        splice(&b"question"[..], &mut output, ours).await.unwrap();
+        peer.await.unwrap();
+        assert_eq!(output, b"answer to question");
+    }
+
+    #[tokio::test]
+    async fn the_splice_ends_when_the_stream_ends_even_if_input_never_does() {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (never_ending, _keep) = tokio::io::duplex(16);
+        drop(theirs);
+        let mut output = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            splice(never_ending, &mut output, ours),
+        )
+        .await
+        .expect("the splice returns once the stream is closed")
+        .unwrap();
+        assert!(output.is_empty());
+    }
+}

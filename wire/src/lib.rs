@@ -1,0 +1,83 @@
+//! `sekisho-wire`: the small set of things Sekisho's proxy, agent and CLI must agree on for
+//! tunnels: the paths and upgrade tokens on the proxy's HTTPS listener, the HTTP/2 settings both
+//! ends of an agent connection use, the agent's credential ([`agent_auth`]) and the error codes
+//! a tunnel request can fail with ([`tunnel`]).
+//!
+//! Pure code: no sockets, no runtime. It must stay small, because the agent and the CLI link
+//! it; nothing of the proxy (config, policy, OpenID) belongs here.
+
+pub mod agent_auth;
+pub mod tunnel;
+
+use std::time::Duration;
+
+/// Where an agent asks the proxy to turn its connection around (HTTP/1.1 `Upgrade`).
+pub const AGENT_CONNECT_PATH: &str = "/.sekisho/agent/connect";
+/// The `Upgrade` token of an agent connection.
+pub const AGENT_PROTOCOL: &str = "sekisho-agent/1";
+/// The header carrying the agent's signed credential on [`AGENT_CONNECT_PATH`].
+pub const AGENT_AUTH_HEADER: &str = "sekisho-agent-auth";
+/// Sent by the proxy to the agent, over the turned-around HTTP/2 connection, when the proxy is
+/// about to go away: the agent answers, stops taking new streams (GOAWAY) and dials again while
+/// the streams it has finish.
+pub const AGENT_DRAIN_PATH: &str = "/.sekisho/agent/drain";
+
+/// Where `sekisho tunnel` asks for a byte stream to the host it names (HTTP/1.1 `Upgrade`).
+pub const TUNNEL_PATH: &str = "/.sekisho/tunnel";
+/// The `Upgrade` token of a tunnel.
+pub const TUNNEL_PROTOCOL: &str = "sekisho-tunnel/1";
+
+/// HTTP/2 settings of the turned-around agent connection. Both ends apply them, because the
+/// receiver's windows govern the sender (measured in `shared/PERFORMANCE.md`: these windows
+/// and buffers took the tunnel from ~950 to ~1500 MB/s).
+pub mod h2 {
+    /// Per-stream flow-control window.
+    pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+    /// Connection flow-control window: room for several full stream windows.
+    pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    /// Largest frame either end sends.
+    pub const MAX_FRAME: u32 = 64 * 1024;
+    /// Bytes a stream may have buffered for sending.
+    pub const MAX_SEND_BUF: usize = 1024 * 1024;
+    /// Streams one agent connection carries at once.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+    /// Largest header block the agent accepts from the proxy.
+    pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+}
+
+/// How often each end pings an idle agent connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered before the peer counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Size of the buffers that copy between a socket and a stream.
+pub const COPY_BUFFER: usize = 64 * 1024;
+
+/// Whether `name` is a valid agent (or site) name: 1 to 63 of lowercase ASCII letters, digits,
+/// `-`, `_` and `.`, the same rule the proxy applies to every name in its configuration.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_lowercase_words() {
+        for good in ["nas", "lab-box.1", "a_b"] {
+            assert!(is_name(good), "{good}");
+        }
+        for bad in ["", "NAS", "a b", "a/b", "é", &"x".repeat(64)] {
+            assert!(!is_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_connection_window_holds_several_stream_windows() {
+        const { assert!(h2::CONNECTION_WINDOW >= 4 * h2::STREAM_WINDOW) };
+    }
+}
