@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
-# chromium and chromium-driver: the real headless browser of testkit's end-to-end tests.
+# chromium and chromium-driver: the real headless browser of testkit's end-to-end tests;
+# openssh-server and openssh-client: the real sshd and ssh/scp of the tunnel tests (e2e/).
 need_packages=()
-for pkg in ca-certificates iproute2 procps chromium chromium-driver; do
+for pkg in ca-certificates iproute2 procps chromium chromium-driver openssh-server openssh-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_packages+=("$pkg")
 done
 if [ ${#need_packages[@]} -gt 0 ]; then
@@ -26,6 +27,10 @@ fi
 # Before cargo test: the identity and proxy tests start devidp, which needs its npm packages.
 log "devidp: npm ci (the dev OpenID provider the identity tests log in against)"
 (cd devidp && npm ci --no-audit --no-fund --silent)
+
+# The end-to-end tests (e2e/) run the agent and CLI binaries of other packages.
+log "cargo build --workspace --bins"
+cargo build --workspace --bins
 
 log "cargo test --workspace"
 cargo test --workspace "$@"

@@ -163,23 +163,11 @@ pub(crate) async fn check(
                 let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
                 let mut session_id = [0u8; 16];
                 session_id.copy_from_slice(&digest.as_ref()[..16]);
-                let identity = Identity {
-                    hosted_domain: claims
-                        .claims
-                        .get("hd")
-                        .and_then(|hd| hd.as_str())
-                        .map(str::to_owned),
-                    claims: claims
-                        .claims
-                        .iter()
-                        .map(|(name, value)| (name.clone(), claim_values(value)))
-                        .collect(),
-                    subject: claims.subject,
-                    email: claims.email,
-                    email_verified: claims.email_verified,
-                    groups: claims.groups,
-                };
-                who = Some(Arc::new(Who::new(session_id, identity, None)));
+                who = Some(Arc::new(Who::new(
+                    session_id,
+                    bearer_identity(claims),
+                    None,
+                )));
             }
             Err(reason) => {
                 log_decision(
@@ -279,9 +267,29 @@ pub(crate) async fn check(
     }
 }
 
+/// What policy sees of a verified bearer token.
+pub(crate) fn bearer_identity(claims: sekisho_identity::bearer::BearerClaims) -> Identity {
+    Identity {
+        hosted_domain: claims
+            .claims
+            .get("hd")
+            .and_then(|hd| hd.as_str())
+            .map(str::to_owned),
+        claims: claims
+            .claims
+            .iter()
+            .map(|(name, value)| (name.clone(), claim_values(value)))
+            .collect(),
+        subject: claims.subject,
+        email: claims.email,
+        email_verified: claims.email_verified,
+        groups: claims.groups,
+    }
+}
+
 /// A bearer token's claims: Sekisho's own user token (signed with the assertion keys, its
 /// session not revoked), else a JWT from a configured issuer.
-async fn verify_bearer(
+pub(crate) async fn verify_bearer(
     identity: &IdentityRuntime,
     token: &str,
     now: u64,
@@ -424,7 +432,7 @@ pub(crate) fn session_set_cookie(
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme

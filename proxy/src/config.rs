@@ -86,6 +86,12 @@ pub struct Config {
     /// Access policies that routes name with `policy:`.
     #[serde(default)]
     pub policies: BTreeMap<String, AccessPolicy>,
+    /// Agents that may connect, by name; see [`crate::hub::config`].
+    #[serde(default)]
+    pub agents: BTreeMap<String, crate::hub::config::AgentConfig>,
+    /// Byte-stream routes for `sekisho tunnel`; see [`crate::hub::config`].
+    #[serde(default)]
+    pub tunnels: Vec<crate::hub::config::TunnelConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -651,6 +657,7 @@ impl Config {
             }
         }
         problems.extend(crate::policy::validate_policies(&self.policies));
+        problems.extend(crate::hub::config::validate(self));
         match &self.identity {
             Some(identity) => {
                 if let Err(message) = check_host_pattern(&identity.auth_host).and_then(|()| {

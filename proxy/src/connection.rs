@@ -66,8 +66,8 @@ pub struct ConnState {
     /// Bytes of a request arrived that hyper has not handed to the pipeline yet.
     partial: AtomicBool,
     inflight: AtomicUsize,
-    /// The upstream side of an HTTP/1.1 upgrade whose `101` is on its way to the client.
-    upgrade: Mutex<Option<(OnUpgrade, Option<Guard>)>>,
+    /// What takes the socket over once the `101` on its way to the client is written.
+    upgrade: Mutex<Option<Takeover>>,
     /// Held as long as anything uses the connection, including an upgrade's relay task.
     _admission: Admission,
 }
@@ -142,10 +142,15 @@ impl ConnState {
     /// the client once the `101` is written.
     /// `guard`, when set, re-authorises a WebSocket while it is open.
     pub(crate) fn upgrade_to(&self, upstream: OnUpgrade, guard: Option<Guard>) {
-        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some((upstream, guard));
+        self.take_over(Takeover::Upstream(upstream, Box::new(guard)));
     }
 
-    fn take_upgrade(&self) -> Option<(OnUpgrade, Option<Guard>)> {
+    /// Says what takes the socket over once the `101` the pipeline answers with is written.
+    pub(crate) fn take_over(&self, takeover: Takeover) {
+        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(takeover);
+    }
+
+    fn take_upgrade(&self) -> Option<Takeover> {
         self.upgrade
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -156,6 +161,36 @@ impl ConnState {
     fn idle_since_last_check(&self) -> bool {
         let was_active = self.active.swap(false, Ordering::Relaxed);
         !was_active && self.inflight.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// A client socket after a `101`, with whatever hyper had read ahead in front.
+pub(crate) type ClientIo = Box<dyn ClientStream>;
+
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+
+/// The proxy's own handler of an upgraded connection: it gets the socket and the worker's
+/// shutdown flag, and the connection counts as open until it returns.
+pub(crate) type OwnHandler = Box<
+    dyn FnOnce(ClientIo, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+>;
+
+/// What takes a client socket over after an HTTP/1.1 `101`.
+pub(crate) enum Takeover {
+    /// Spliced to the upstream's upgraded connection (WebSocket and other upgrades).
+    Upstream(OnUpgrade, Box<Option<Guard>>),
+    /// Served by the proxy itself (agent connections, tunnels).
+    Own(OwnHandler),
+}
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Upstream(..) => f.write_str("Takeover::Upstream"),
+            Self::Own(_) => f.write_str("Takeover::Own"),
+        }
     }
 }
 
@@ -407,17 +442,26 @@ where
             }
             // hyper has shut the socket down, unless it stopped for an upgrade.
             Event::Done(Ok(())) => {
-                if let Some((upstream, guard)) = state.take_upgrade() {
+                if let Some(takeover) = state.take_upgrade() {
                     let parts = conn.into_parts();
                     let (client, read_ahead) =
                         parts.io.into_inner().inner.into_parts(parts.read_buf);
-                    let relay = splice_upgraded(
-                        Rewind::new(read_ahead, client),
-                        upstream,
-                        guard,
-                        state.clone(),
-                    );
-                    state.tracker.spawn(relay);
+                    let client = Rewind::new(read_ahead, client);
+                    match takeover {
+                        Takeover::Upstream(upstream, guard) => {
+                            let relay = splice_upgraded(client, upstream, *guard, state.clone());
+                            state.tracker.spawn(relay);
+                        }
+                        Takeover::Own(handler) => {
+                            let served = handler(Box::new(client), shutdown.clone());
+                            // The connection stays admitted while its handler runs.
+                            let held = state.clone();
+                            state.tracker.spawn(async move {
+                                served.await;
+                                drop(held);
+                            });
+                        }
+                    }
                 }
                 return Run::Closed;
             }

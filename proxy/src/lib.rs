@@ -5,6 +5,7 @@
 //! path ([`route`]) through the current [`snapshot`] to an upstream endpoint ([`upstream`]),
 //! streaming bodies both ways ([`body`]). Configuration and certificates reload without a
 //! restart ([`reload`]); metrics and health live on a separate admin listener ([`admin`]).
+//! Agents dial in and `sekisho tunnel` streams go through them in the tunnel [`hub`].
 //!
 //! This crate must not depend on the agent or the CLI; Kubernetes watching feeds the same
 //! snapshot later.
@@ -15,6 +16,7 @@ mod admin;
 pub mod body;
 pub mod config;
 pub mod connection;
+pub mod hub;
 pub mod identity;
 mod login;
 pub mod metrics;

@@ -62,8 +62,72 @@ pub struct CertificateLabels {
     pub name: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AgentLabels {
+    /// A configured agent's name (only agents that proved themselves are counted by name).
+    pub agent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `to_target` or `to_client`.
+    pub direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// The tunnel hub's metrics.
+#[derive(Debug, Default)]
+pub struct TunnelMetrics {
+    pub agents_connected: Family<AgentLabels, Gauge>,
+    pub agent_connections: Family<AgentLabels, Counter>,
+    pub agent_refusals: Family<ReasonLabels, Counter>,
+    pub streams_open: Gauge,
+    pub bytes: Family<DirectionLabels, Counter>,
+    pub stream_failures: Family<ReasonLabels, Counter>,
+}
+
+impl TunnelMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "agents_connected",
+            "Live agent connections, by agent",
+            self.agents_connected.clone(),
+        );
+        registry.register(
+            "agent_connections",
+            "Agent connections accepted (first connections and reconnects), by agent",
+            self.agent_connections.clone(),
+        );
+        registry.register(
+            "agent_refusals",
+            "Agent connections refused, by reason",
+            self.agent_refusals.clone(),
+        );
+        registry.register(
+            "tunnel_streams_open",
+            "Tunnel streams currently open",
+            self.streams_open.clone(),
+        );
+        registry.register(
+            "tunnel_bytes",
+            "Bytes carried by tunnel streams that ended, by direction",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "tunnel_stream_failures",
+            "Tunnel streams that could not be opened, by reason",
+            self.stream_failures.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub tunnel: TunnelMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -140,8 +204,11 @@ impl Default for Metrics {
             "Seconds until each served certificate expires",
             certificate_expiry.clone(),
         );
+        let tunnel = TunnelMetrics::default();
+        tunnel.register(&mut registry);
         Self {
             registry,
+            tunnel,
             requests,
             request_duration,
             upstream_errors,

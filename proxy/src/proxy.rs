@@ -230,6 +230,16 @@ async fn proxy(
     req: Request<Incoming>,
     received: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    // The tunnel hub's endpoints answer on every host, with or without login configured.
+    match req.uri().path() {
+        sekisho_wire::TUNNEL_PATH => {
+            return Ok(crate::hub::tunnel(shared, snapshot, conn, ctx, req).await);
+        }
+        sekisho_wire::AGENT_CONNECT_PATH => {
+            return Ok(crate::hub::agent_connect(shared, snapshot, conn, ctx, &req));
+        }
+        _ => {}
+    }
     if let Some(identity) = snapshot.own_endpoint(&ctx.host, req.uri().path()) {
         return Ok(login::handle(snapshot, identity, ctx, req).await);
     }

@@ -155,7 +155,10 @@ impl Reloader {
                 if config.listen != self.config.listen || config.workers != self.config.workers {
                     tracing::warn!("listen addresses and workers change only on restart");
                 }
-                self.shared.snapshot.store(Arc::new(snapshot));
+                let snapshot = Arc::new(snapshot);
+                self.shared.snapshot.store(snapshot.clone());
+                // Agents (or keys) that are gone lose their connections now.
+                self.shared.hub.prune(&snapshot);
                 self.config = config;
                 self.count_config(true);
                 tracing::info!(path = %self.path.display(), "configuration reloaded");

@@ -65,6 +65,8 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// Metrics for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// Connected agents; outlives reloads.
+    pub hub: crate::hub::Hub,
     connections: Arc<Semaphore>,
     draining: AtomicBool,
     redirect_port: u16,
@@ -226,6 +228,7 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         metrics,
         access_log: AccessLog::new(options.access_log.unwrap_or_else(|| Box::new(io::stdout()))),
         unrouted,
+        hub: crate::hub::Hub::default(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         draining: AtomicBool::new(false),
         redirect_port: config.listen.redirect_port.unwrap_or(https_addr.port()),

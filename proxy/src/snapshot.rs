@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use std::time::Duration;
 
 use sekisho_identity::webhook::WebhookSecret;
+use sekisho_wire::agent_auth::AgentPublicKey;
 
 use crate::config::{Config, HostConfig, Limits, PathConfig};
 use crate::identity::{IdentityError, IdentityRuntime};
@@ -44,6 +45,23 @@ pub struct Snapshot {
     pub identity: Option<Arc<IdentityRuntime>>,
     /// Every route, in configuration order (for `/.sekisho/me`).
     pub route_list: Vec<Arc<Route>>,
+    /// Tunnel routes by host (lowercase).
+    pub tunnels: HashMap<String, Arc<TunnelRoute>>,
+    /// The keys of each agent that may connect.
+    pub agents: HashMap<String, Vec<AgentPublicKey>>,
+}
+
+/// Where `sekisho tunnel HOST` goes, and who may open it.
+#[derive(Debug)]
+pub struct TunnelRoute {
+    /// The host, lowercase: the name in logs.
+    pub host: String,
+    /// `host:port`.
+    pub target: String,
+    /// The agent that dials the target, or none when the proxy dials it.
+    pub agent: Option<String>,
+    pub access: RouteAccess,
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -145,7 +163,30 @@ impl Snapshot {
             routes.insert_host(&host_name, paths, default);
         }
 
+        let tunnels = config
+            .tunnels
+            .iter()
+            .map(|t| {
+                let host = t.host.to_ascii_lowercase();
+                let route = TunnelRoute {
+                    host: host.clone(),
+                    target: t.target.clone(),
+                    agent: t.agent.clone(),
+                    access: policy_access(config, t.policy.as_deref()),
+                    connect_timeout: t.connect_timeout,
+                };
+                (host, Arc::new(route))
+            })
+            .collect();
+        let agents = config
+            .agents
+            .iter()
+            .map(|(name, agent)| (name.clone(), crate::hub::config::public_keys(agent)))
+            .collect();
+
         Ok(Self {
+            tunnels,
+            agents,
             routes,
             upstreams,
             limits: config.limits.clone(),
@@ -177,14 +218,17 @@ fn route_access(config: &Config, host: &HostConfig, path: Option<&PathConfig>) -
     if public {
         return RouteAccess::Public;
     }
-    match path
-        .and_then(|p| p.policy.as_ref())
-        .or(host.policy.as_ref())
-    {
-        Some(name) => match config.policies.get(name) {
-            Some(policy) => RouteAccess::Policy(Arc::new(policy.clone())),
-            None => RouteAccess::DenyAll,
-        },
+    policy_access(
+        config,
+        path.and_then(|p| p.policy.as_deref())
+            .or(host.policy.as_deref()),
+    )
+}
+
+/// A named policy's guard; no name, or an unknown one, lets no one through.
+fn policy_access(config: &Config, name: Option<&str>) -> RouteAccess {
+    match name.and_then(|name| config.policies.get(name)) {
+        Some(policy) => RouteAccess::Policy(Arc::new(policy.clone())),
         None => RouteAccess::DenyAll,
     }
 }

@@ -58,7 +58,11 @@ async fn run(cli: Cli) -> u8 {
                 Ok(origin) => origin,
                 Err(error) => return fail(&error, exit::USAGE),
             };
-            match tunnel::open(&net, &origin, None).await {
+            // A token from the environment (CI jobs, scripts) goes as it is.
+            let token = std::env::var("SEKISHO_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            match tunnel::open(&net, &origin, token.as_deref()).await {
                 Ok(stream) => {
                     match tunnel::splice(tokio::io::stdin(), tokio::io::stdout(), stream).await {
                         Ok(()) => exit::OK,

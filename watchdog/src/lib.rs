@@ -24,17 +24,24 @@ pub struct Watchdog {
     stdin: Option<ChildStdin>,
 }
 
-const SCRIPT: &str = r#"cat >/dev/null; kill -s KILL -- "-$1" 2>/dev/null; rm -rf -- "$2""#;
+const SCRIPT: &str = r#"cat >/dev/null; kill -s KILL -- "-$1" 2>/dev/null; [ -z "$3" ] || ip netns delete "$3" 2>/dev/null; rm -rf -- "$2""#;
 
 impl Watchdog {
     /// Watches process group `group` and directory `dir`; `name` shows in `ps`.
     pub fn spawn(name: &str, group: u32, dir: &Path) -> io::Result<Self> {
+        Self::spawn_with_netns(name, group, dir, "")
+    }
+
+    /// As [`Watchdog::spawn`], and also deletes the network namespace `netns` (with the veth
+    /// pairs in it) after killing the group.
+    pub fn spawn_with_netns(name: &str, group: u32, dir: &Path, netns: &str) -> io::Result<Self> {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(SCRIPT)
             .arg(name)
             .arg(group.to_string())
             .arg(dir)
+            .arg(netns)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

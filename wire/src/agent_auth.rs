@@ -300,7 +300,9 @@ mod tests {
     #[test]
     fn the_port_and_case_of_the_host_do_not_matter() {
         let key = key();
-        let credential = key.credential("Proxy.Example.com:8443", "nas", NOW).unwrap();
+        let credential = key
+            .credential("Proxy.Example.com:8443", "nas", NOW)
+            .unwrap();
         credential
             .verify("proxy.example.com", &[key.public_key()], NOW, 60)
             .unwrap();
@@ -357,7 +359,10 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_refused_before_any_crypto() {
-        let good = key().credential("p.example", "nas", NOW).unwrap().to_string();
+        let good = key()
+            .credential("p.example", "nas", NOW)
+            .unwrap()
+            .to_string();
         assert_eq!(
             AgentCredential::parse(&"v1 ".repeat(200)),
             Err(CredentialError::TooLong)

@@ -1,0 +1,169 @@
+//! The `agents:` and `tunnels:` sections of the configuration.
+//!
+//! ```yaml
+//! agents:
+//!   nas:                                  # the agent's name (sekisho-agent --name nas)
+//!     public_keys: ["ed25519:…"]          # printed by `sekisho-agent init`
+//! tunnels:
+//!   - host: nas.ssh.example.com           # what `sekisho tunnel` (ssh's %h) names
+//!     policy: staff                       # who may open it; without one, no one
+//!     agent: nas                          # optional: the agent dials the target
+//!     target: 127.0.0.1:22                # host:port, as seen from the agent (or the proxy)
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use sekisho_wire::agent_auth::AgentPublicKey;
+use serde::Deserialize;
+
+use crate::config::{Config, Problem, check_host_pattern};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The keys the agent may prove itself with (more than one while rotating).
+    pub public_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    pub host: String,
+    /// `host:port` the byte stream goes to.
+    pub target: String,
+    /// The agent that dials the target; without one, the proxy dials it itself.
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// How long dialing the target may take.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The keys of an agent entry, parsed (the configuration was validated, so all parse).
+pub fn public_keys(agent: &AgentConfig) -> Vec<AgentPublicKey> {
+    agent
+        .public_keys
+        .iter()
+        .filter_map(|k| k.parse().ok())
+        .collect()
+}
+
+/// Whether `target` is `host:port` with a port above zero.
+pub fn check_target(target: &str) -> Result<(), String> {
+    let bad = || format!("`{target}` is not host:port");
+    let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 && !host.is_empty() && !host.contains(['/', ' ', '@']) => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// Every problem of the two sections.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    validate_agents(&config.agents, &mut problems);
+    let mut hosts = HashSet::new();
+    for (i, tunnel) in config.tunnels.iter().enumerate() {
+        let field = format!("tunnels[{i}]");
+        let mut problem = |name: &str, message: String| {
+            problems.push(Problem {
+                field: format!("{field}{name}"),
+                message,
+            })
+        };
+        match check_host_pattern(&tunnel.host) {
+            Err(message) => problem(".host", message),
+            Ok(()) if tunnel.host.starts_with("*.") => {
+                problem(".host", "a tunnel is for one exact host name".into())
+            }
+            Ok(()) if !hosts.insert(tunnel.host.to_ascii_lowercase()) => {
+                problem(".host", format!("`{}` is listed twice", tunnel.host))
+            }
+            Ok(()) => {}
+        }
+        if let Err(message) = check_target(&tunnel.target) {
+            problem(".target", message);
+        }
+        if let Some(agent) = &tunnel.agent
+            && !config.agents.contains_key(agent)
+        {
+            problem(".agent", format!("no agent named `{agent}` under `agents`"));
+        }
+        match &tunnel.policy {
+            Some(name) if !config.policies.contains_key(name) => {
+                problem(".policy", format!("no policy named `{name}`"))
+            }
+            Some(_) if config.identity.is_none() => problem(
+                ".policy",
+                "tunnels need the `identity` section: their users log in with `sekisho login`"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if tunnel.connect_timeout.is_zero() {
+            problem(".connect_timeout", "must be longer than zero".into());
+        }
+    }
+    problems
+}
+
+fn validate_agents(agents: &BTreeMap<String, AgentConfig>, problems: &mut Vec<Problem>) {
+    for (name, agent) in agents {
+        let field = format!("agents.{name}");
+        if !sekisho_wire::is_name(name) {
+            problems.push(Problem {
+                field: field.clone(),
+                message: "agent names are 1 to 63 lowercase letters, digits, '-', '_' and '.'"
+                    .into(),
+            });
+        }
+        if agent.public_keys.is_empty() {
+            problems.push(Problem {
+                field: format!("{field}.public_keys"),
+                message: "needs at least one key (sekisho-agent init prints it)".into(),
+            });
+        }
+        for (i, key) in agent.public_keys.iter().enumerate() {
+            if let Err(error) = key.parse::<AgentPublicKey>() {
+                problems.push(Problem {
+                    field: format!("{field}.public_keys[{i}]"),
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_host_and_port() {
+        for good in ["127.0.0.1:22", "db.internal:5432", "[::1]:22"] {
+            assert_eq!(check_target(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "host:0",
+            "host:70000",
+            ":22",
+            "a b:22",
+            "u@h:22",
+            "[::1]",
+        ] {
+            assert!(check_target(bad).is_err(), "{bad}");
+        }
+    }
+}

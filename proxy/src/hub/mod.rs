@@ -1,0 +1,243 @@
+//! The tunnel hub: agents that dialed in, and the byte streams `sekisho tunnel` asks for.
+//!
+//! An agent connects to the HTTPS listener like any client and asks to upgrade
+//! ([`sekisho_wire::AGENT_CONNECT_PATH`]); once its credential checks out, the connection is
+//! turned around and the proxy becomes the HTTP/2 client of the agent ([`agent`]). Every live
+//! agent connection is a [`Link`] in the [`Hub`], by agent name; several links of one name
+//! (several connections, or several machines of one site) share the streams in turn.
+//!
+//! A tunnel request ([`sekisho_wire::TUNNEL_PATH`]) names its host; the host's tunnel route says
+//! who may pass and where the stream goes: a target the proxy dials itself, or a target behind
+//! an agent, reached with an HTTP/2 `CONNECT` on one of the agent's links ([`tunnel`]).
+//!
+//! The hub outlives configuration reloads (it lives in [`crate::server::Shared`]); after each
+//! reload [`Hub::prune`] cuts the links of agents, or keys, that the new configuration no
+//! longer has.
+
+mod agent;
+pub mod config;
+mod tunnel;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{Method, Request, StatusCode};
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use sekisho_wire::agent_auth::AgentPublicKey;
+use sekisho_wire::tunnel::TunnelError;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use agent::handle as agent_connect;
+pub(crate) use tunnel::handle as tunnel;
+
+use crate::body::RequestBody;
+use crate::snapshot::Snapshot;
+
+/// How far an agent's clock may be from the proxy's.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
+/// Nonces remembered at most; past this, expired ones are dropped, and if none are, new agent
+/// connections are refused until some expire (a flood cannot grow memory without bound).
+const MAX_NONCES: usize = 100_000;
+
+/// The live agent connections, by agent name.
+#[derive(Debug, Default)]
+pub struct Hub {
+    links: DashMap<String, Vec<Arc<Link>>>,
+    turn: AtomicUsize,
+    next_id: AtomicU64,
+    /// Credential nonces seen, with the Unix second after which they may be forgotten.
+    nonces: Mutex<HashMap<[u8; 16], u64>>,
+}
+
+/// One live, turned-around connection of an agent.
+#[derive(Debug)]
+pub(crate) struct Link {
+    id: u64,
+    agent: String,
+    /// The key it proved itself with: removing the key from the configuration cuts it.
+    key: AgentPublicKey,
+    sender: SendRequest<RequestBody>,
+    /// Cancelled to cut the connection (agent or key removed).
+    cancel: CancellationToken,
+    /// Being drained: no new streams.
+    draining: AtomicBool,
+}
+
+impl Hub {
+    fn register(&self, link: Arc<Link>) {
+        self.links.entry(link.agent.clone()).or_default().push(link);
+    }
+
+    fn unregister(&self, link: &Link) {
+        if let dashmap::Entry::Occupied(mut entry) = self.links.entry(link.agent.clone()) {
+            entry.get_mut().retain(|l| l.id != link.id);
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+    }
+
+    fn new_link(
+        &self,
+        agent: &str,
+        key: AgentPublicKey,
+        sender: SendRequest<RequestBody>,
+        cancel: CancellationToken,
+    ) -> Link {
+        Link {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            agent: agent.to_owned(),
+            key,
+            sender,
+            cancel,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// How many links the agent has.
+    pub fn connected(&self, agent: &str) -> usize {
+        self.links.get(agent).map_or(0, |links| links.len())
+    }
+
+    /// The agent's usable links, starting at the next in turn.
+    fn links_in_turn(&self, agent: &str) -> Vec<Arc<Link>> {
+        let Some(links) = self.links.get(agent) else {
+            return Vec::new();
+        };
+        let usable: Vec<Arc<Link>> = links
+            .iter()
+            .filter(|l| !l.draining.load(Ordering::Relaxed) && !l.sender.is_closed())
+            .cloned()
+            .collect();
+        drop(links);
+        if usable.is_empty() {
+            return usable;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % usable.len();
+        let mut ordered = usable;
+        ordered.rotate_left(start);
+        ordered
+    }
+
+    /// Cuts the links whose agent, or whose key, the snapshot no longer has.
+    pub fn prune(&self, snapshot: &Snapshot) {
+        for links in self.links.iter() {
+            for link in links.iter() {
+                let kept = snapshot
+                    .agents
+                    .get(&link.agent)
+                    .is_some_and(|keys| keys.contains(&link.key));
+                if !kept {
+                    link.cancel.cancel();
+                }
+            }
+        }
+    }
+
+    /// Remembers a credential's nonce; false when it was seen before (a replay) or when too
+    /// many are remembered to take another.
+    fn remember_nonce(&self, nonce: [u8; 16], now: u64) -> bool {
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        if nonces.len() >= MAX_NONCES {
+            nonces.retain(|_, until| *until >= now);
+            if nonces.len() >= MAX_NONCES {
+                return false;
+            }
+        }
+        // Seen within the window in which its timestamp is acceptable: a replay.
+        if nonces.get(&nonce).is_some_and(|until| *until >= now) {
+            return false;
+        }
+        nonces.insert(nonce, now + 2 * MAX_CLOCK_SKEW_SECS);
+        true
+    }
+
+    /// Opens a byte stream to `target` through one of the agent's links: an HTTP/2 `CONNECT`,
+    /// tried on the next link when a link turns out to be gone.
+    pub(crate) async fn open_stream(
+        &self,
+        agent: &str,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<Upgraded, TunnelError> {
+        let links = self.links_in_turn(agent);
+        if links.is_empty() {
+            return Err(TunnelError::AgentOffline);
+        }
+        for link in links {
+            let req = Request::builder()
+                .method(Method::CONNECT)
+                .uri(target)
+                .body(RequestBody::buffered(Bytes::new()))
+                .map_err(|_| TunnelError::BadRequest)?;
+            let mut sender = link.sender.clone();
+            // The agent dials within its own connect timeout; allow it a little longer.
+            let answer =
+                tokio::time::timeout(timeout + Duration::from_secs(1), sender.send_request(req))
+                    .await;
+            let mut response = match answer {
+                Err(_) => return Err(TunnelError::TargetTimeout),
+                Ok(Err(error)) => {
+                    tracing::debug!(agent, link = link.id, %error, "agent link failed; trying the next");
+                    continue;
+                }
+                Ok(Ok(response)) => response,
+            };
+            if response.status() != StatusCode::OK {
+                return Err(TunnelError::from_agent_status(response.status().as_u16()));
+            }
+            return hyper::upgrade::on(&mut response).await.map_err(|error| {
+                tracing::debug!(agent, %error, "agent stream did not open");
+                TunnelError::TargetUnreachable
+            });
+        }
+        Err(TunnelError::AgentOffline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_accepted_once_within_its_window() {
+        let hub = Hub::default();
+        assert!(hub.remember_nonce([1; 16], 1000));
+        assert!(!hub.remember_nonce([1; 16], 1000 + MAX_CLOCK_SKEW_SECS));
+        assert!(hub.remember_nonce([2; 16], 1000));
+    }
+
+    #[test]
+    fn a_full_nonce_store_forgets_expired_nonces_first() {
+        let hub = Hub::default();
+        {
+            let mut nonces = hub.nonces.lock().unwrap();
+            for i in 0..MAX_NONCES as u32 {
+                let mut nonce = [0u8; 16];
+                nonce[..4].copy_from_slice(&i.to_le_bytes());
+                nonces.insert(nonce, 10);
+            }
+        }
+        assert!(hub.remember_nonce([9; 16], 11));
+        assert_eq!(hub.nonces.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_nonce_store_of_live_nonces_refuses_more() {
+        let hub = Hub::default();
+        {
+            let mut nonces = hub.nonces.lock().unwrap();
+            for i in 0..MAX_NONCES as u32 {
+                let mut nonce = [0u8; 16];
+                nonce[..4].copy_from_slice(&i.to_le_bytes());
+                nonces.insert(nonce, 1000);
+            }
+        }
+        assert!(!hub.remember_nonce([9; 16], 11));
+    }
+}
