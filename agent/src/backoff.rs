@@ -1,0 +1,117 @@
+//! Exponential backoff with full jitter: the n-th wait in a row is uniform in
+//! `[0, min(cap, base × 2ⁿ)]`, so many agents that lost the same proxy do not come back in step.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// The first ceiling.
+pub const BASE: Duration = Duration::from_millis(500);
+/// The largest ceiling.
+pub const CAP: Duration = Duration::from_secs(30);
+/// A connection that lived longer than this counts as a success: the next wait starts over.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    failures: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(BASE, CAP)
+    }
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            failures: 0,
+        }
+    }
+
+    /// The ceiling of the next wait.
+    pub fn ceiling(&self) -> Duration {
+        // 2^31 × base overflows nothing that matters: the cap applies long before.
+        let factor = 1u32 << self.failures.min(31);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The next wait, drawn from `rng`; the ceiling after it doubles.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling();
+        self.failures = self.failures.saturating_add(1);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rng.random_range(0..=millis))
+    }
+
+    /// Starts over from the base after a connection that worked.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    #[test]
+    fn the_ceiling_doubles_from_the_base_up_to_the_cap() {
+        let mut backoff = Backoff::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut ceilings = Vec::new();
+        for _ in 0..10 {
+            ceilings.push(backoff.ceiling().as_millis());
+            backoff.next_delay(&mut rng);
+        }
+        assert_eq!(
+            ceilings,
+            [
+                500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000
+            ]
+        );
+    }
+
+    #[test]
+    fn every_delay_stays_within_its_ceiling_and_the_cap() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..50 {
+            let mut backoff = Backoff::default();
+            for _ in 0..40 {
+                let ceiling = backoff.ceiling();
+                let delay = backoff.next_delay(&mut rng);
+                assert!(delay <= ceiling && delay <= CAP, "{delay:?} > {ceiling:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_delays_are_spread_over_the_whole_range() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| Backoff::default().next_delay(&mut rng))
+            .collect();
+        assert!(delays.iter().any(|d| *d < BASE / 4));
+        assert!(delays.iter().any(|d| *d > BASE * 3 / 4));
+    }
+
+    #[test]
+    fn a_reset_starts_over_from_the_base() {
+        let mut backoff = Backoff::default();
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..100 {
+            backoff.next_delay(&mut rng);
+        }
+        assert_eq!(backoff.ceiling(), CAP);
+        backoff.reset();
+        assert_eq!(backoff.ceiling(), BASE);
+        assert!(backoff.next_delay(&mut rng) <= BASE);
+    }
+}

@@ -1,0 +1,175 @@
+//! A link: one slot for a live connection to one proxy, dialed again whenever it is lost.
+//!
+//! The link dials; on success it hands the connection to a task of its own that serves it
+//! ([`serve`]) and waits. A connection that ends sends the link into backoff; one the proxy
+//! asks to drain keeps serving its open streams while the link dials a replacement at once.
+
+use std::fmt;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::upgrade::Upgraded;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::backoff::{Backoff, HEALTHY_AFTER};
+use crate::config::Proxy;
+use crate::dial::{DialError, Dialer};
+use crate::error_chain;
+use crate::serve::{self, Streams};
+
+/// Where the whole agent is in its life; links and connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    /// No new connections; open ones send GOAWAY and finish their streams.
+    Stopping,
+    /// The grace period is over: close everything now.
+    Closing,
+}
+
+/// Something each live connection task holds; the agent knows all of them have ended when
+/// the channel closes.
+pub(crate) type Alive = mpsc::Sender<()>;
+
+pub(crate) struct Link {
+    pub(crate) proxy: Proxy,
+    /// Which of the proxy's connections this is (from 1), for logs.
+    pub(crate) slot: usize,
+    pub(crate) dialer: Arc<Dialer>,
+    pub(crate) streams: Arc<Streams>,
+}
+
+impl fmt::Display for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} #{}", self.proxy, self.slot)
+    }
+}
+
+/// How a connection's life ended, as far as its link cares.
+enum Ended {
+    /// The proxy asked it to drain; it is still finishing its streams.
+    Drained,
+    Closed,
+}
+
+impl Link {
+    /// Dials and serves until the phase leaves `Running`. Cancel-safe.
+    pub(crate) async fn run(self, mut phase: watch::Receiver<Phase>, alive: Alive) {
+        let mut backoff = Backoff::default();
+        loop {
+            if *phase.borrow_and_update() != Phase::Running {
+                return;
+            }
+            let dialed = tokio::select! {
+                dialed = self.dialer.dial(&self.proxy) => dialed,
+                () = left_running(&mut phase) => return,
+            };
+            match dialed {
+                Ok(io) => {
+                    let connected = Instant::now();
+                    tracing::info!("connected to {self}");
+                    let (ended_tx, ended_rx) = oneshot::channel();
+                    tokio::spawn(serve_connection(
+                        io,
+                        Arc::clone(&self.streams),
+                        self.to_string(),
+                        phase.clone(),
+                        alive.clone(),
+                        ended_tx,
+                    ));
+                    let ended = tokio::select! {
+                        ended = ended_rx => ended.unwrap_or(Ended::Closed),
+                        () = left_running(&mut phase) => return,
+                    };
+                    if connected.elapsed() > HEALTHY_AFTER {
+                        backoff.reset();
+                    }
+                    if let Ended::Drained = ended {
+                        tracing::info!(
+                            "the proxy asked {self} to drain: dialing a new connection while its streams finish"
+                        );
+                        backoff.reset();
+                        continue;
+                    }
+                }
+                Err(error @ DialError::NotAccepted { .. }) => {
+                    tracing::error!("cannot connect to {self}: {error}");
+                }
+                Err(error) => {
+                    let error = error_chain(&error);
+                    tracing::warn!("cannot connect to {self}: {error}");
+                }
+            }
+            let delay = backoff.next_delay(&mut rand::rng());
+            tracing::info!(
+                "backing off {} ms before dialing {self} again",
+                delay.as_millis()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = left_running(&mut phase) => return,
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends, sending GOAWAY when the proxy asks it to drain or the
+/// agent stops, and dropping it when the grace period is over.
+async fn serve_connection(
+    io: Upgraded,
+    streams: Arc<Streams>,
+    link: String,
+    mut phase: watch::Receiver<Phase>,
+    _alive: Alive,
+    ended: oneshot::Sender<Ended>,
+) {
+    let drain = Arc::new(Notify::new());
+    let service = serve::service(streams, Arc::clone(&drain));
+    let mut connection = pin!(serve::builder().serve_connection(io, service));
+    let mut ended = Some(ended);
+    let mut going_away = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = drain.notified(), if !going_away => {
+                going_away = true;
+                connection.as_mut().graceful_shutdown();
+                if let Some(ended) = ended.take() {
+                    let _ = ended.send(Ended::Drained);
+                }
+            }
+            changed = phase.changed() => {
+                let now = changed.map_or(Phase::Closing, |()| *phase.borrow_and_update());
+                match now {
+                    Phase::Running => {}
+                    Phase::Stopping => {
+                        if !going_away {
+                            going_away = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                    Phase::Closing => {
+                        tracing::warn!("disconnected from {link}: the grace period is over");
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => tracing::info!("disconnected from {link}: the connection closed"),
+        Err(error) => {
+            let error = error_chain(&error);
+            tracing::warn!("disconnected from {link}: {error}");
+        }
+    }
+    if let Some(ended) = ended.take() {
+        let _ = ended.send(Ended::Closed);
+    }
+}
+
+/// Resolves once the phase is no longer `Running` (or nobody can change it any more).
+async fn left_running(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|now| *now != Phase::Running).await;
+}
