@@ -18,6 +18,31 @@ fn drain_request() -> Request<crate::support::TestBody> {
 }
 
 #[tokio::test]
+async fn the_agent_keeps_the_configured_number_of_connections_to_every_proxy() {
+    let setup = Setup::new();
+    let echo = Echo::start().await;
+    let mut first = setup.peer().await;
+    let mut second = setup.peer().await;
+    let mut settings = setup.settings(&first, &[echo.addr], &[]);
+    let other = setup.settings(&second, &[], &[]);
+    settings.proxies.extend(other.proxies);
+    settings.connections = 2;
+    let _agent = RunningAgent::start(settings);
+    for peer in [&mut first, &mut second] {
+        let mut conns = [peer.next_agent().await, peer.next_agent().await];
+        for conn in &mut conns {
+            let mut io = conn.tunnel(echo.addr).await;
+            round_trip(&mut io, b"each connection works").await;
+        }
+        assert!(
+            peer.agent_within(Duration::from_millis(200))
+                .await
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_drained_connection_is_replaced_at_once_and_its_open_stream_keeps_working() {
     let setup = Setup::new();
     let echo = Echo::start().await;
