@@ -394,17 +394,35 @@ impl Proxy {
 
     /// A Sekisho user token for `email` (groups none), as `sekisho login` would get.
     pub fn user_token(&self, email: &str) -> Result<String> {
+        self.token(email, sekisho_identity::user_token::DEFAULT_LIFETIME, 0)
+    }
+
+    /// A user token for `email` that stops being accepted `after` from now (its `iat` and `exp`
+    /// are moved back by the verifier's clock-skew leeway).
+    pub fn user_token_expiring(&self, email: &str, after: Duration) -> Result<String> {
+        let leeway = sekisho_identity::signing::CLOCK_SKEW_LEEWAY_SECS;
+        self.token(email, after, leeway)
+    }
+
+    fn token(&self, email: &str, lifetime: Duration, backdate_secs: u64) -> Result<String> {
         let snapshot = self.running().shared().snapshot.load_full();
         let identity = snapshot
             .identity
             .as_ref()
             .context("the configuration has no identity section")?;
+        let tokens = sekisho_identity::user_token::UserTokens::new(
+            identity.signing_keys.clone(),
+            format!("https://{}", identity.auth_host),
+            identity.auth_host.clone(),
+        )
+        .with_lifetime(lifetime);
         let mut session = [0u8; 16];
         session[..email.len().min(16)].copy_from_slice(&email.as_bytes()[..email.len().min(16)]);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
-        let issued = identity.user_tokens.issue(
+            .as_secs()
+            - backdate_secs;
+        let issued = tokens.issue(
             session,
             &sekisho_identity::signing::Identity {
                 subject: email,

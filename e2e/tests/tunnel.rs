@@ -358,10 +358,10 @@ fn refusals_have_their_own_exit_codes_and_messages() -> Result<()> {
     Ok(())
 }
 
-/// A TLS connection to the proxy that passed the agent handshake as `rogue`.
-fn rogue_link(site: &Site) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let key_pem = std::fs::read_to_string(site.keys.path().join("rogue.key"))?;
-    let key = sekisho_wire::agent_auth::AgentKey::from_pem(&key_pem)?;
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to the proxy for `host`.
+fn tls(site: &Site, host: &str) -> Result<Tls> {
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(&site.pki.ca_file)?;
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
@@ -373,29 +373,43 @@ fn rogue_link(site: &Site) -> Result<rustls::StreamOwned<rustls::ClientConnectio
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(tls), PROXY_HOST.try_into()?)?;
+    let conn = rustls::ClientConnection::new(Arc::new(tls), host.to_owned().try_into()?)?;
     let tcp = TcpStream::connect(site.proxy.addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Sends `head` (a request head without the blank line) and reads the answer's head.
+fn exchange(stream: &mut Tls, head: &str) -> Result<String> {
+    write!(stream, "{head}\r\n\r\n")?;
+    stream.flush()?;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") && answer.len() < 8192 {
+        stream.read_exact(&mut byte)?;
+        answer.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A TLS connection to the proxy that passed the agent handshake as `rogue`.
+fn rogue_link(site: &Site) -> Result<Tls> {
+    let key_pem = std::fs::read_to_string(site.keys.path().join("rogue.key"))?;
+    let key = sekisho_wire::agent_auth::AgentKey::from_pem(&key_pem)?;
+    let mut stream = tls(site, PROXY_HOST)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let credential = key.credential(PROXY_HOST, "rogue", now)?;
-    write!(
-        stream,
-        "GET {} HTTP/1.1\r\nHost: {PROXY_HOST}\r\nConnection: upgrade\r\nUpgrade: {}\r\n{}: {credential}\r\n\r\n",
-        sekisho_wire::AGENT_CONNECT_PATH,
-        sekisho_wire::AGENT_PROTOCOL,
-        sekisho_wire::AGENT_AUTH_HEADER,
+    let head = exchange(
+        &mut stream,
+        &format!(
+            "GET {} HTTP/1.1\r\nHost: {PROXY_HOST}\r\nConnection: upgrade\r\nUpgrade: {}\r\n{}: {credential}",
+            sekisho_wire::AGENT_CONNECT_PATH,
+            sekisho_wire::AGENT_PROTOCOL,
+            sekisho_wire::AGENT_AUTH_HEADER,
+        ),
     )?;
-    stream.flush()?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-        stream.read_exact(&mut byte)?;
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
     ensure!(
         head.starts_with("HTTP/1.1 101"),
         "rogue not admitted: {head}"
@@ -481,4 +495,163 @@ fn a_peer_that_stops_reading_is_cut_off_by_the_keepalive() -> Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `remote` over ssh with `token`, waits for its first line, calls `then`, and returns
+/// how long the session lasted after that and what ssh printed on stderr.
+fn cut_session(
+    site: &Site,
+    token: &str,
+    then: impl FnOnce() -> Result<()>,
+) -> Result<(Duration, String)> {
+    let mut command = site.sshd.ssh(
+        &site.proxy_command(),
+        BOX,
+        "echo started; sleep 60; echo not cut",
+    );
+    command
+        .env("SEKISHO_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut session = command.spawn()?;
+    let mut first = [0u8; 8];
+    session
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read_exact(&mut first)?;
+    ensure!(&first == b"started\n");
+    then()?;
+    let started = Instant::now();
+    while session.try_wait()?.is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = session.kill();
+            anyhow::bail!("the session was not cut");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = session.wait_with_output()?;
+    ensure!(!stdout(&output).contains("not cut"));
+    Ok((
+        started.elapsed(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn a_policy_that_stops_allowing_the_person_cuts_the_tunnel_and_says_why() -> Result<()> {
+    let site = Site::new()?;
+    let token = site.proxy.user_token(ALICE)?;
+    let (took, stderr) = cut_session(&site, &token, || {
+        let config = config(&[&site.nas_public], &site.rogue_public).replace(
+            &format!("{{email: {ALICE}}}"),
+            "{email: carol@sekisho.test}",
+        );
+        site.proxy.rewrite(&site.pki, &config)
+    })?;
+    eprintln!("cut {took:?} after the policy changed");
+    ensure!(
+        stderr.contains("the proxy closed the tunnel: the policy no longer allows you here"),
+        "ssh's stderr: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tunnel_closes_when_its_token_expires() -> Result<()> {
+    let site = Site::new()?;
+    let token = site
+        .proxy
+        .user_token_expiring(ALICE, Duration::from_secs(4))?;
+    let (_, stderr) = cut_session(&site, &token, || Ok(()))?;
+    ensure!(
+        stderr.contains("the proxy closed the tunnel: the login expired"),
+        "ssh's stderr: {stderr}"
+    );
+    Ok(())
+}
+
+/// Opens a tunnel to BOX by hand with `token`: the stream, and its id from the `101`.
+fn raw_tunnel(site: &Site, token: &str) -> Result<(Tls, String)> {
+    let host = format!("{BOX}:{}", site.proxy.addr.port());
+    let mut stream = tls(site, BOX)?;
+    let head = exchange(
+        &mut stream,
+        &format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: upgrade\r\nUpgrade: {}\r\nAuthorization: Bearer {token}",
+            sekisho_wire::TUNNEL_PATH,
+            sekisho_wire::TUNNEL_PROTOCOL,
+        ),
+    )?;
+    ensure!(head.starts_with("HTTP/1.1 101"), "tunnel refused: {head}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("sekisho-stream: "))
+        .context("the 101 names no stream")?
+        .trim()
+        .to_owned();
+    let mut banner = [0u8; 4];
+    stream.read_exact(&mut banner)?;
+    ensure!(&banner == b"SSH-", "sshd did not greet: {banner:?}");
+    Ok((stream, id))
+}
+
+/// One request on a new connection that the proxy closes after answering; the whole answer.
+fn ask(site: &Site, head: &str) -> Result<String> {
+    let mut stream = tls(site, BOX)?;
+    write!(stream, "{head}\r\nConnection: close\r\n\r\n")?;
+    stream.flush()?;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    Ok(answer)
+}
+
+#[test]
+fn a_renewed_token_keeps_an_open_tunnel_open_and_only_its_owner_may_renew() -> Result<()> {
+    let site = Site::new()?;
+    let host = format!("{BOX}:{}", site.proxy.addr.port());
+    let short = || {
+        site.proxy
+            .user_token_expiring(ALICE, Duration::from_secs(3))
+    };
+    let (_renewed, renewed_id) = raw_tunnel(&site, &short()?)?;
+    let (_left, left_id) = raw_tunnel(&site, &short()?)?;
+
+    let renew = |id: &str, token: &str| {
+        ask(
+            &site,
+            &format!(
+                "POST {} HTTP/1.1\r\nHost: {host}\r\nsekisho-stream: {id}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0",
+                sekisho_wire::TUNNEL_RENEW_PATH
+            ),
+        )
+    };
+    let bob = site.proxy.user_token("bob@sekisho.test")?;
+    let status_line = |answer: String| answer.lines().next().unwrap_or_default().to_owned();
+    ensure!(
+        status_line(renew(&renewed_id, &bob)?).contains(" 403 "),
+        "bob renewed alice's stream"
+    );
+    let alice = site.proxy.user_token(ALICE)?;
+    ensure!(status_line(renew(&"0".repeat(32), &alice)?).contains(" 404 "));
+    ensure!(status_line(renew(&renewed_id, &alice)?).contains(" 204 "));
+
+    std::thread::sleep(Duration::from_secs(6));
+    let status = |id: &str| {
+        ask(
+            &site,
+            &format!(
+                "GET {}?stream={id} HTTP/1.1\r\nHost: {host}",
+                sekisho_wire::TUNNEL_STATUS_PATH
+            ),
+        )
+    };
+    let renewed = status(&renewed_id)?;
+    ensure!(renewed.contains(r#""state":"open""#), "{renewed}");
+    let left = status(&left_id)?;
+    ensure!(
+        left.contains(r#""state":"closed""#) && left.contains("not_logged_in"),
+        "{left}"
+    );
+    Ok(())
 }

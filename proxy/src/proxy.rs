@@ -235,6 +235,12 @@ async fn proxy(
         sekisho_wire::TUNNEL_PATH => {
             return Ok(crate::hub::tunnel(shared, snapshot, conn, ctx, req).await);
         }
+        sekisho_wire::TUNNEL_RENEW_PATH => {
+            return Ok(crate::hub::tunnel_renew(shared, snapshot, ctx, &req).await);
+        }
+        sekisho_wire::TUNNEL_STATUS_PATH => {
+            return Ok(crate::hub::tunnel_status(shared, &req));
+        }
         sekisho_wire::AGENT_CONNECT_PATH => {
             return Ok(crate::hub::agent_connect(shared, snapshot, conn, ctx, &req));
         }

@@ -63,9 +63,23 @@ async fn run(cli: Cli) -> u8 {
                 .ok()
                 .filter(|t| !t.is_empty());
             match tunnel::open(&net, &origin, token.as_deref()).await {
-                Ok(stream) => {
-                    match tunnel::splice(tokio::io::stdin(), tokio::io::stdout(), stream).await {
-                        Ok(()) => exit::OK,
+                Ok(opened) => {
+                    let spliced =
+                        tunnel::splice(tokio::io::stdin(), tokio::io::stdout(), opened.io).await;
+                    // Ended from the far side: if it was the proxy that cut it, say why.
+                    if !matches!(spliced, Ok(tunnel::Ended::Both))
+                        && let Some(id) = &opened.stream_id
+                        && let Some(status) = tunnel::closed_reason(&net, &origin, id).await
+                    {
+                        let error = status.error.expect("closed_reason keeps only cut streams");
+                        eprintln!(
+                            "sekisho: the proxy closed the tunnel: {}",
+                            status.reason.as_deref().unwrap_or(error.message())
+                        );
+                        return exit::for_tunnel_error(error);
+                    }
+                    match spliced {
+                        Ok(_) => exit::OK,
                         Err(error) => fail(&error, exit::FAILURE),
                     }
                 }

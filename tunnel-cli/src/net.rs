@@ -254,7 +254,10 @@ impl Net {
             .map_err(http)?;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             let upgraded = hyper::upgrade::on(&mut response).await.map_err(http)?;
-            return Ok(Upgrade::Switched(TokioIo::new(upgraded)));
+            return Ok(Upgrade::Switched(
+                std::mem::take(response.headers_mut()),
+                TokioIo::new(upgraded),
+            ));
         }
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_BODY)
@@ -269,7 +272,8 @@ impl Net {
 /// What an upgrade request got.
 #[derive(Debug)]
 pub enum Upgrade {
-    Switched(TokioIo<Upgraded>),
+    /// The `101`'s headers, and the connection.
+    Switched(http::HeaderMap, TokioIo<Upgraded>),
     Refused(Response<Bytes>),
 }
 

@@ -11,8 +11,8 @@ use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use sekisho_wire::tunnel::{ErrorBody, TunnelError};
-use sekisho_wire::{COPY_BUFFER, TUNNEL_PATH, TUNNEL_PROTOCOL};
+use sekisho_wire::tunnel::{ErrorBody, StreamStatus, TunnelError};
+use sekisho_wire::{COPY_BUFFER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_STATUS_PATH};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::net::{Net, NetError, Origin, Upgrade};
@@ -42,12 +42,16 @@ impl OpenError {
     }
 }
 
+/// An open tunnel.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub io: TokioIo<Upgraded>,
+    /// The proxy's name for the stream, to ask why it closed.
+    pub stream_id: Option<String>,
+}
+
 /// Opens a stream to `host`'s target through the proxy that serves it.
-pub async fn open(
-    net: &Net,
-    host: &Origin,
-    token: Option<&str>,
-) -> Result<TokioIo<Upgraded>, OpenError> {
+pub async fn open(net: &Net, host: &Origin, token: Option<&str>) -> Result<Tunnel, OpenError> {
     let mut req = Request::builder()
         .method(Method::GET)
         .uri(TUNNEL_PATH)
@@ -63,7 +67,14 @@ pub async fn open(
         .body(Full::new(Bytes::new()))
         .expect("a tunnel request is well formed");
     match net.upgrade(host, req).await? {
-        Upgrade::Switched(io) => Ok(io),
+        Upgrade::Switched(headers, io) => Ok(Tunnel {
+            io,
+            stream_id: headers
+                .get(STREAM_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_owned),
+        }),
         Upgrade::Refused(response) => {
             let body: Option<ErrorBody> = serde_json::from_slice(response.body()).ok();
             let error = body
@@ -82,10 +93,19 @@ pub async fn open(
     }
 }
 
+/// Who ended a splice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Input ended, then the stream: the normal end.
+    Both,
+    /// The stream ended while input was still open: the far side, or the proxy, closed it.
+    Remote,
+}
+
 /// Copies `input` into the stream and the stream into `output` until the stream ends. When
 /// `input` ends first, the stream's sending side is shut down and its answer still read to the
 /// end (ssh and scp close their side and wait for the other's).
-pub async fn splice<I, O, S>(mut input: I, mut output: O, stream: S) -> std::io::Result<()>
+pub async fn splice<I, O, S>(mut input: I, mut output: O, stream: S) -> std::io::Result<Ended>
 where
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
@@ -118,12 +138,29 @@ where
     tokio::pin!(download);
     tokio::select! {
         // The stream ended: nothing more can come, whatever input still has.
-        done = &mut download => done,
+        done = &mut download => done.map(|()| Ended::Remote),
         sent = upload => {
             sent?;
-            download.await
+            download.await.map(|()| Ended::Both)
         }
     }
+}
+
+/// Why the proxy closed the stream, if it did and says so (asked right after a stream ended
+/// from the far side).
+pub async fn closed_reason(net: &Net, host: &Origin, stream_id: &str) -> Option<StreamStatus> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("{TUNNEL_STATUS_PATH}?stream={stream_id}"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let ask = net.exchange(host, req);
+    let response = tokio::time::timeout(std::time::Duration::from_secs(3), ask)
+        .await
+        .ok()?
+        .ok()?;
+    let status: StreamStatus = serde_json::from_slice(response.body()).ok()?;
+    (status.state == "closed" && status.error.is_some()).then_some(status)
 }
 
 #[cfg(test)]
@@ -140,8 +177,9 @@ mod tests {
             theirs.write_all(&got).await.unwrap();
         });
         let mut output = Vec::new();
-        splice(&b"question"[..], &mut output, ours).await.unwrap();
+        let ended = splice(&b"question"[..], &mut output, ours).await.unwrap();
         peer.await.unwrap();
+        assert_eq!(ended, Ended::Both);
         assert_eq!(output, b"answer to question");
     }
 
@@ -151,7 +189,7 @@ mod tests {
         let (never_ending, _keep) = tokio::io::duplex(16);
         drop(theirs);
         let mut output = Vec::new();
-        tokio::time::timeout(
+        let ended = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             splice(never_ending, &mut output, ours),
         )
@@ -159,5 +197,6 @@ mod tests {
         .expect("the splice returns once the stream is closed")
         .unwrap();
         assert!(output.is_empty());
+        assert_eq!(ended, Ended::Remote);
     }
 }

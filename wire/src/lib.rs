@@ -26,6 +26,15 @@ pub const AGENT_DRAIN_PATH: &str = "/.sekisho/agent/drain";
 pub const TUNNEL_PATH: &str = "/.sekisho/tunnel";
 /// The `Upgrade` token of a tunnel.
 pub const TUNNEL_PROTOCOL: &str = "sekisho-tunnel/1";
+/// The header of a tunnel's `101` that names the stream: 32 hex digits, random, known only to
+/// the client that opened it.
+pub const STREAM_HEADER: &str = "sekisho-stream";
+/// `POST` with [`STREAM_HEADER`] and a fresh bearer token of the same person: the open stream
+/// goes on under the new token (tokens are short-lived; an ssh session is not).
+pub const TUNNEL_RENEW_PATH: &str = "/.sekisho/tunnel/renew";
+/// `GET ?stream=ID`: whether the stream is open, or why the proxy closed it
+/// ([`tunnel::StreamStatus`]).
+pub const TUNNEL_STATUS_PATH: &str = "/.sekisho/tunnel/status";
 
 /// HTTP/2 settings of the turned-around agent connection. Both ends apply them, because the
 /// receiver's windows govern the sender (measured in `shared/PERFORMANCE.md`: these windows

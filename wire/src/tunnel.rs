@@ -104,6 +104,18 @@ pub struct ErrorBody {
     pub login_url: Option<String>,
 }
 
+/// The answer of [`crate::TUNNEL_STATUS_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// `open` or `closed`.
+    pub state: String,
+    /// For a stream the proxy closed: the code of why, and the sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TunnelError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

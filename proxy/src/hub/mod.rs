@@ -33,7 +33,7 @@ use sekisho_wire::tunnel::TunnelError;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use agent::handle as agent_connect;
-pub(crate) use tunnel::handle as tunnel;
+pub(crate) use tunnel::{handle as tunnel, renew as tunnel_renew, status as tunnel_status};
 
 use crate::body::RequestBody;
 use crate::snapshot::Snapshot;
@@ -52,7 +52,17 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Credential nonces seen, with the Unix second after which they may be forgotten.
     nonces: Mutex<HashMap<[u8; 16], u64>>,
+    /// Open tunnel streams, and for a while those that closed (so the client can ask why).
+    streams: DashMap<StreamId, Arc<tunnel::Stream>>,
 }
+
+/// A tunnel stream's id: random, known only to the client that opened it.
+pub(crate) type StreamId = [u8; 16];
+
+/// How long a closed stream's reason is kept.
+const CLOSED_STREAM_KEPT: Duration = Duration::from_secs(60);
+/// Closed streams kept at most; past this the oldest reasons go first.
+const MAX_CLOSED_STREAMS: usize = 4096;
 
 /// One live, turned-around connection of an agent.
 #[derive(Debug)]
@@ -155,6 +165,28 @@ impl Hub {
         }
         nonces.insert(nonce, now + 2 * MAX_CLOCK_SKEW_SECS);
         true
+    }
+
+    fn add_stream(&self, stream: Arc<tunnel::Stream>) {
+        if self.streams.len() >= MAX_CLOSED_STREAMS {
+            self.streams.retain(|_, s| {
+                s.closed_since()
+                    .is_none_or(|at| at.elapsed() < CLOSED_STREAM_KEPT)
+            });
+        }
+        self.streams.insert(stream.id, stream);
+    }
+
+    fn stream(&self, id: &StreamId) -> Option<Arc<tunnel::Stream>> {
+        let stream = self.streams.get(id)?.clone();
+        if stream
+            .closed_since()
+            .is_some_and(|at| at.elapsed() >= CLOSED_STREAM_KEPT)
+        {
+            self.streams.remove(id);
+            return None;
+        }
+        Some(stream)
     }
 
     /// Opens a byte stream to `target` through one of the agent's links: an HTTP/2 `CONNECT`,

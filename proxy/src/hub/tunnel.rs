@@ -7,18 +7,19 @@
 //! [`RECHECK_EVERY`] the token is verified again and the current policy asked again; the stream
 //! is cut when the token expires or is revoked, or the policy stops allowing it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sekisho_wire::tunnel::TunnelError;
-use sekisho_wire::{COPY_BUFFER, TUNNEL_PROTOCOL};
-use tokio::io::{AsyncRead, AsyncWrite};
+use sekisho_wire::tunnel::{StreamStatus, TunnelError};
+use sekisho_wire::{COPY_BUFFER, STREAM_HEADER, TUNNEL_PROTOCOL};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use super::StreamId;
 use crate::access::{auth_origin, bearer_identity, bearer_token, json_error, verify_bearer};
 use crate::body::ResponseBody;
 use crate::connection::{ConnState, Takeover};
@@ -41,14 +42,15 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     match open(shared, snapshot, ctx, &req).await {
-        Ok((stream, guard)) => {
+        Ok((target, stream)) => {
             let shared = shared.clone();
+            let id = HeaderValue::from_str(&hex(&stream.id)).expect("hex is a valid header value");
             conn.take_over(Takeover::Own(Box::new(move |client, _shutdown| {
                 Box::pin(async move {
-                    match stream {
-                        Target::Direct(tcp) => relay(&shared, client, tcp, guard).await,
+                    match target {
+                        Target::Direct(tcp) => relay(&shared, client, tcp, &stream).await,
                         Target::Agent(upgraded) => {
-                            relay(&shared, client, TokioIo::new(upgraded), guard).await
+                            relay(&shared, client, TokioIo::new(upgraded), &stream).await
                         }
                     }
                 })
@@ -58,6 +60,7 @@ pub(crate) async fn handle(
             let headers = response.headers_mut();
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
+            headers.insert(STREAM_HEADER, id);
             response
         }
         Err((error, detail)) => {
@@ -90,33 +93,92 @@ enum Target {
     Agent(hyper::upgrade::Upgraded),
 }
 
-/// What a tunnel was allowed by, to ask again while it is open.
-struct Guard {
+/// An accepted tunnel: what it was allowed by, to ask again while it is open, and once it has
+/// closed, why.
+pub(crate) struct Stream {
+    pub(super) id: StreamId,
     shared: Arc<Shared>,
     host: String,
-    token: String,
     user: Arc<str>,
+    /// Who the token was for: a renewal must be for the same person.
+    issuer: String,
+    subject: String,
+    /// The newest token the client presented (the first, or one from a renewal).
+    token: Mutex<String>,
+    closed: Mutex<Option<Closed>>,
 }
 
-impl Guard {
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("host", &self.host)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Closed {
+    at: Instant,
+    error: Option<TunnelError>,
+    reason: String,
+}
+
+impl Stream {
+    pub(super) fn closed_since(&self) -> Option<Instant> {
+        lock(&self.closed).as_ref().map(|c| c.at)
+    }
+
+    fn close(&self, error: Option<TunnelError>, reason: String) {
+        *lock(&self.closed) = Some(Closed {
+            at: Instant::now(),
+            error,
+            reason,
+        });
+    }
+
     /// `None` while the tunnel may stay open; else why it must close.
-    async fn check(&self) -> Option<&'static str> {
+    async fn check(&self) -> Option<(TunnelError, &'static str)> {
         let snapshot = self.shared.snapshot.load_full();
         let Some(route) = snapshot.tunnels.get(&self.host) else {
-            return Some("the tunnel route was removed");
+            return Some((TunnelError::UnknownHost, "the tunnel route was removed"));
         };
         let Some(identity) = snapshot.identity.as_deref() else {
-            return Some("login is no longer configured");
+            return Some((TunnelError::NotLoggedIn, "login is no longer configured"));
         };
-        let identity = match verify_bearer(identity, &self.token, unix_now()).await {
+        let token = lock(&self.token).clone();
+        let person = match verify_bearer(identity, &token, unix_now()).await {
             Ok(claims) => bearer_identity(claims),
-            Err(_) => return Some("the token expired or was revoked"),
+            Err(_) => {
+                return Some((
+                    TunnelError::NotLoggedIn,
+                    "the login expired or was revoked (run `sekisho login`)",
+                ));
+            }
         };
-        match decide(route, &identity) {
+        match decide(route, &person) {
             Decision::Allow { .. } => None,
-            _ => Some("the policy no longer allows it"),
+            _ => Some((TunnelError::Denied, "the policy no longer allows you here")),
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn stream_id(text: &str) -> Option<StreamId> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
 }
 
 type Refusal = (TunnelError, Option<String>);
@@ -127,7 +189,7 @@ async fn open(
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
-) -> Result<(Target, Guard), Refusal> {
+) -> Result<(Target, Arc<Stream>), Refusal> {
     let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| {
         v.as_bytes()
             .eq_ignore_ascii_case(TUNNEL_PROTOCOL.as_bytes())
@@ -151,8 +213,12 @@ async fn open(
     else {
         return refuse(TunnelError::NotLoggedIn, None, "no bearer token");
     };
-    let person = match verify_bearer(identity, token, unix_now()).await {
-        Ok(claims) => bearer_identity(claims),
+    let (issuer, subject, person) = match verify_bearer(identity, token, unix_now()).await {
+        Ok(claims) => (
+            claims.issuer.clone(),
+            claims.subject.clone(),
+            bearer_identity(claims),
+        ),
         Err(reason) => return refuse(TunnelError::NotLoggedIn, None, &reason),
     };
     let user: Arc<str> = Arc::from(person.verified_email().unwrap_or(&person.subject));
@@ -195,13 +261,25 @@ async fn open(
                 .map_err(|error| (error, None))?,
         ),
     };
-    let guard = Guard {
+    let mut id = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| {
+        (
+            TunnelError::BadRequest,
+            Some("no random numbers".to_owned()),
+        )
+    })?;
+    let stream = Arc::new(Stream {
+        id,
         shared: shared.clone(),
         host: route.host.clone(),
-        token: token.to_owned(),
         user,
-    };
-    Ok((target, guard))
+        issuer,
+        subject,
+        token: Mutex::new(token.to_owned()),
+        closed: Mutex::new(None),
+    });
+    shared.hub.add_stream(stream.clone());
+    Ok((target, stream))
 }
 
 fn decide(route: &TunnelRoute, person: &Identity) -> Decision {
@@ -210,29 +288,33 @@ fn decide(route: &TunnelRoute, person: &Identity) -> Decision {
         .decide(Some(person), &Method::CONNECT, "/", &HeaderMap::new())
 }
 
-/// Copies both ways until either side closes or the guard says the tunnel must close.
-async fn relay<C, T>(shared: &Shared, mut client: C, mut target: T, guard: Guard)
+/// Copies both ways until either side closes or the stream's check says it must close.
+async fn relay<C, T>(shared: &Shared, mut client: C, mut target: T, stream: &Stream)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let metrics = &shared.metrics.tunnel;
     metrics.streams_open.inc();
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut target,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    );
-    tokio::pin!(copy);
-    let mut recheck = tokio::time::interval(RECHECK_EVERY);
-    recheck.tick().await;
-    let outcome = loop {
-        tokio::select! {
-            result = &mut copy => break result.map_err(|e| e.to_string()),
-            _ = recheck.tick() => {
-                if let Some(why) = guard.check().await {
-                    break Err(why.to_owned());
+    let outcome = {
+        let copy = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut target,
+            COPY_BUFFER,
+            COPY_BUFFER,
+        );
+        tokio::pin!(copy);
+        let mut recheck = tokio::time::interval(RECHECK_EVERY);
+        recheck.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut copy => break result.map_err(|e| {
+                    (TunnelError::TargetUnreachable, format!("the stream broke: {e}"))
+                }),
+                _ = recheck.tick() => {
+                    if let Some((error, why)) = stream.check().await {
+                        break Err((error, why.to_owned()));
+                    }
                 }
             }
         }
@@ -246,18 +328,120 @@ where
                     .get_or_create(&DirectionLabels { direction })
                     .inc_by(bytes);
             }
-            tracing::debug!(host = %guard.host, user = %guard.user, to_target, to_client, "tunnel closed");
+            stream.close(None, "the connection ended".to_owned());
+            tracing::debug!(host = %stream.host, user = %stream.user, to_target, to_client, "tunnel closed");
         }
-        Err(why) => {
+        Err((error, why)) => {
             tracing::info!(
                 target: "sekisho::access",
-                host = %guard.host,
-                user = %guard.user,
+                host = %stream.host,
+                user = %stream.user,
                 reason = %why,
                 "tunnel cut"
             );
+            stream.close(Some(error), why);
+            // A clean TLS close, so the client reads an end of stream and asks why.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
         }
     }
+}
+
+/// `POST` [`sekisho_wire::TUNNEL_RENEW_PATH`]: the stream named in [`STREAM_HEADER`] goes on
+/// under the fresh token this request carries, if it is for the same person.
+pub(crate) async fn renew(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let refuse = |status: StatusCode, error: TunnelError, message: &str| {
+        json_error(status, error.code(), message, None)
+    };
+    if req.method() != Method::POST {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TunnelError::BadRequest,
+            "use POST",
+        );
+    }
+    let stream = req
+        .headers()
+        .get(STREAM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(stream_id)
+        .and_then(|id| shared.hub.stream(&id))
+        .filter(|s| s.closed_since().is_none());
+    let Some(stream) = stream else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            TunnelError::BadRequest,
+            "no such open stream",
+        );
+    };
+    let (Some(identity), Some(token)) = (snapshot.identity.as_deref(), bearer_token(req.headers()))
+    else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            TunnelError::NotLoggedIn,
+            "no bearer token",
+        );
+    };
+    match verify_bearer(identity, token, unix_now()).await {
+        Ok(claims) if claims.issuer == stream.issuer && claims.subject == stream.subject => {
+            *lock(&stream.token) = token.to_owned();
+            tracing::debug!(host = %ctx.host, user = %stream.user, "tunnel token renewed");
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+        Ok(_) => refuse(
+            StatusCode::FORBIDDEN,
+            TunnelError::Denied,
+            "the token is for someone else than the stream's",
+        ),
+        Err(reason) => refuse(StatusCode::UNAUTHORIZED, TunnelError::NotLoggedIn, &reason),
+    }
+}
+
+/// `GET` [`sekisho_wire::TUNNEL_STATUS_PATH`]`?stream=ID`: open, or closed and why. The id is
+/// the capability: only the client that opened the stream knows it.
+pub(crate) fn status(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
+    let stream = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("stream="))
+        .and_then(stream_id)
+        .and_then(|id| shared.hub.stream(&id));
+    let Some(stream) = stream else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            TunnelError::BadRequest.code(),
+            "no such stream",
+            None,
+        );
+    };
+    let status = match &*lock(&stream.closed) {
+        None => StreamStatus {
+            state: "open".into(),
+            error: None,
+            reason: None,
+        },
+        Some(closed) => StreamStatus {
+            state: "closed".into(),
+            error: closed.error,
+            reason: Some(closed.reason.clone()),
+        },
+    };
+    let body = serde_json::to_vec(&status).expect("a status serialises");
+    let mut response = Response::new(ResponseBody::full(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn log_decision(
