@@ -36,7 +36,7 @@ impl Backoff {
 
     /// The ceiling of the next wait.
     pub fn ceiling(&self) -> Duration {
-        // 2^31 × base overflows nothing that matters: the cap applies long before.
+        // Saturating: the cap applies long before the factor could overflow anything.
         let factor = 1u32 << self.failures.min(31);
         self.base.saturating_mul(factor).min(self.cap)
     }

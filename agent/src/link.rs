@@ -2,7 +2,9 @@
 //!
 //! The link dials; on success it hands the connection to a task of its own that serves it
 //! ([`serve`]) and waits. A connection that ends sends the link into backoff; one the proxy
-//! asks to drain keeps serving its open streams while the link dials a replacement at once.
+//! asks to drain keeps serving its open streams while the link dials a replacement at once
+//! (or after a backoff, when the connection was drained within [`HEALTHY_AFTER`] of connecting,
+//! so that a proxy draining everything cannot make the agent spin).
 
 use std::fmt;
 use std::pin::pin;
@@ -82,15 +84,19 @@ impl Link {
                         ended = ended_rx => ended.unwrap_or(Ended::Closed),
                         () = left_running(&mut phase) => return,
                     };
-                    if connected.elapsed() > HEALTHY_AFTER {
+                    let healthy = connected.elapsed() > HEALTHY_AFTER;
+                    if healthy {
                         backoff.reset();
                     }
                     if let Ended::Drained = ended {
-                        tracing::info!(
-                            "the proxy asked {self} to drain: dialing a new connection while its streams finish"
-                        );
-                        backoff.reset();
-                        continue;
+                        // At once, unless drains come so fast that redialing would spin.
+                        if healthy {
+                            tracing::info!(
+                                "the proxy asked {self} to drain: dialing a new connection while its streams finish"
+                            );
+                            continue;
+                        }
+                        tracing::info!("the proxy asked {self} to drain soon after it connected");
                     }
                 }
                 Err(error @ DialError::NotAccepted { .. }) => {
