@@ -237,6 +237,10 @@ pub struct UpstreamConfig {
     pub tls: UpstreamTls,
     #[serde(default)]
     pub ejection: Ejection,
+    /// The agent that reaches the endpoints (`http://` only, as the agent sees them); requests
+    /// go over the agent's links instead of a connection from the proxy.
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 /// The protocol spoken to an upstream. `http2` on an `http://` endpoint is h2c (prior knowledge).
@@ -562,6 +566,20 @@ impl Config {
                     format!("{field}.ejection.consecutive_failures"),
                     "must be at least 1".into(),
                 );
+            }
+            if let Some(agent) = &upstream.agent {
+                if !self.agents.contains_key(agent) {
+                    problem(
+                        format!("{field}.agent"),
+                        format!("no agent named `{agent}` under `agents`"),
+                    );
+                }
+                if schemes.iter().any(|&s| s) {
+                    problem(
+                        format!("{field}.endpoints"),
+                        "an agent reaches its endpoints over plain http://".into(),
+                    );
+                }
             }
             let tls = &upstream.tls;
             let any_https = schemes.iter().any(|&s| s);

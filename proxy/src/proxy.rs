@@ -68,6 +68,8 @@ pub enum ProxyError {
     UpstreamProtocol(#[source] BoxError),
     #[error("the upstream switched protocols without being asked")]
     UnexpectedUpgrade,
+    #[error("the agent that reaches the upstream is not connected")]
+    AgentOffline,
 }
 
 /// Whose fault a failure is.
@@ -91,7 +93,7 @@ impl ProxyError {
         match self {
             Self::BadHost => StatusCode::BAD_REQUEST,
             Self::UnknownHost | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint | Self::AgentOffline => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnectTimeout(_) | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) | Self::UnexpectedUpgrade => {
                 StatusCode::BAD_GATEWAY
@@ -108,6 +110,7 @@ impl ProxyError {
             Self::UpstreamProtocol(_) => "protocol",
             Self::UnexpectedUpgrade => "unexpected_upgrade",
             Self::NoEndpoint => "no_endpoint",
+            Self::AgentOffline => "agent_offline",
             Self::BadHost | Self::UnknownHost | Self::NoRoute => "downstream",
         }
     }
@@ -502,7 +505,12 @@ async fn forward(
     endpoint: &Endpoint,
     req: Request<RequestBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let exchange = endpoint.send(req);
+    let exchange = async {
+        match upstream.config.agent.as_deref() {
+            Some(agent) => shared.hub.send_http(agent, &endpoint.label, req).await,
+            None => endpoint.send(req).await.map_err(classify_send_error),
+        }
+    };
     let result = tokio::time::timeout(upstream.config.response_header_timeout, exchange).await;
     let error = match result {
         Ok(Ok(response)) => {
@@ -510,7 +518,7 @@ async fn forward(
             return Ok(response);
         }
         Err(_) => ProxyError::UpstreamTimeout,
-        Ok(Err(err)) => classify_send_error(err),
+        Ok(Err(err)) => err,
     };
     let down = matches!(
         error,

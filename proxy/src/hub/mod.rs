@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use sekisho_wire::agent_auth::AgentPublicKey;
@@ -36,6 +37,7 @@ pub(crate) use agent::handle as agent_connect;
 pub(crate) use tunnel::{handle as tunnel, renew as tunnel_renew, status as tunnel_status};
 
 use crate::body::RequestBody;
+use crate::proxy::ProxyError;
 use crate::snapshot::Snapshot;
 
 /// How far an agent's clock may be from the proxy's.
@@ -229,6 +231,46 @@ impl Hub {
             });
         }
         Err(TunnelError::AgentOffline)
+    }
+}
+
+impl Hub {
+    /// Sends an HTTP request to `endpoint` (`http://host:port`, as the agent sees it) over one
+    /// of the agent's links; the next link is tried when a link turns out to be gone.
+    pub(crate) async fn send_http(
+        &self,
+        agent: &str,
+        endpoint: &str,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = format!("{endpoint}{path}")
+            .parse()
+            .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?;
+        // HTTP/2 to the agent: no connection-specific headers (the Host is kept, for the
+        // upstream to see).
+        parts.headers.remove(http::header::CONNECTION);
+        parts.headers.remove(http::header::UPGRADE);
+        parts.headers.remove(http::header::TRANSFER_ENCODING);
+        parts.version = http::Version::HTTP_2;
+        let mut req = Some(Request::from_parts(parts, body));
+        for link in self.links_in_turn(agent) {
+            let mut sender = link.sender.clone();
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            let Some(request) = req.take() else { break };
+            return sender
+                .send_request(request)
+                .await
+                .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)));
+        }
+        Err(ProxyError::AgentOffline)
     }
 }
 

@@ -7,7 +7,7 @@ use http::StatusCode;
 use sekisho_testkit::{Browser, eventually};
 
 use crate::harness::{
-    ALICE, APP, AUTH, CAROL, Jar, LIMIT, SESSION_COOKIE, Site, SiteOptions, open_websocket,
+    ALICE, APP, AUTH, CAROL, Jar, LIMIT, NAS, SESSION_COOKIE, Site, SiteOptions, open_websocket,
 };
 use crate::support::echoed;
 
@@ -225,6 +225,43 @@ async fn a_websocket_is_closed_when_its_session_is_logged_out() -> anyhow::Resul
         code.as_u64(),
         Some(1008),
         "a logged-out WebSocket closes with 1008 (policy violation)"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_upstream_behind_an_agent_is_reached_after_the_browser_login() -> anyhow::Result<()> {
+    let site = Site::start(SiteOptions::default()).await?;
+    // Without the agent, the host's upstream is out of reach.
+    let offline = site.get(&site.url(NAS, "/through"), &[]).await?;
+    assert_ne!(offline.status, StatusCode::OK, "{offline}");
+
+    let _agent = site.start_agent().await?;
+    let browser = site.browser_login(ALICE).await?;
+    browser.goto(&site.url(NAS, "/through-the-agent")).await?;
+    browser
+        .wait_for_url(
+            |url| url.host_str() == Some(NAS) && url.path() == "/through-the-agent",
+            LIMIT,
+        )
+        .await?;
+    let text = page_text(&browser).await?;
+    assert!(text.starts_with("upstream: app"), "{text}");
+    let seen = echoed(&text);
+    assert_eq!(
+        seen.get("path").and_then(|v| v.to_str().ok()),
+        Some("/through-the-agent")
+    );
+    assert_eq!(
+        seen.get("x-forwarded-email").and_then(|v| v.to_str().ok()),
+        Some(ALICE),
+        "the upstream behind the agent sees the verified identity: {text}"
+    );
+    assert!(
+        seen.get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|c| !c.contains(SESSION_COOKIE)),
+        "the proxy's cookie never reaches the upstream: {text}"
     );
     Ok(())
 }

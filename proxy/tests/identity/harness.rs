@@ -35,6 +35,8 @@ pub(crate) const LIMIT: Duration = Duration::from_secs(15);
 pub(crate) const APP: &str = "app.sekisho.test";
 pub(crate) const OTHER: &str = "other.sekisho.test";
 pub(crate) const AUTH: &str = "auth.sekisho.test";
+/// A host whose upstream (the echo upstream) is reached through the agent `nas`.
+pub(crate) const NAS: &str = "nas.sekisho.test";
 
 pub(crate) const ALICE: &str = "alice@uniqe.example";
 pub(crate) const CAROL: &str = "carol@elsewhere.example";
@@ -76,6 +78,9 @@ pub(crate) struct Site {
     pub(crate) ws: WebSocketEcho,
     /// The proxy's assertion and user-token signing keys.
     pub(crate) signing_keys: PathBuf,
+    /// The key of the agent `nas` (the proxy knows its public half), and the CA to trust.
+    agent_key: PathBuf,
+    ca_file: PathBuf,
     client: TlsClient,
     running: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
@@ -105,7 +110,7 @@ impl Site {
         }
         let idp = idp.start().await.context("devidp starts")?;
         let pki = Pki::new();
-        let (leaf_pem, key_pem) = pki.leaf(&[APP, OTHER, AUTH]);
+        let (leaf_pem, key_pem) = pki.leaf(&[APP, OTHER, AUTH, NAS]);
         let dir = tempfile::tempdir()?;
         let file = |name: &str, contents: &str| -> anyhow::Result<PathBuf> {
             let path = dir.path().join(name);
@@ -118,6 +123,9 @@ impl Site {
         let signing_keys = dir.path().join("signing-keys.pem");
         sekisho_identity::signing::write_new_key_file(&signing_keys)?;
         let hook_secret = file("github-hook-secret", &format!("{WEBHOOK_SECRET}\n"))?;
+        let ca_file = file("ca.pem", &pki.ca_pem)?;
+        let (agent, agent_pem) = sekisho_wire::agent_auth::AgentKey::generate()?;
+        let agent_key = file("nas.key", &agent_pem)?;
         let app = EchoUpstream::start().await?;
         let ws = WebSocketEcho::start().await?;
 
@@ -132,11 +140,19 @@ tls:
 upstreams:
   app: {{endpoints: ['http://{app}']}}
   ws: {{endpoints: ['http://{ws}']}}
-",
+{via_agent}",
             cert = cert.display(),
             key = key.display(),
             app = app.addr,
             ws = ws.addr,
+            via_agent = if options.without_identity {
+                String::new()
+            } else {
+                format!(
+                    "  viaagent: {{agent: nas, endpoints: ['http://{}']}}\n",
+                    app.addr
+                )
+            },
         );
         let config = if options.without_identity {
             format!(
@@ -174,7 +190,12 @@ upstreams:
 {bearer}policies:
   staff:
     allow: [{{group: staff}}]
+agents:
+  nas: {{public_keys: ['{agent_public}']}}
 hosts:
+  - host: {NAS}
+    policy: staff
+    default: viaagent
   - host: {APP}
     policy: staff
     default: app
@@ -194,6 +215,7 @@ hosts:
                 client_secret = client_secret.display(),
                 signing_keys = signing_keys.display(),
                 hook_secret = hook_secret.display(),
+                agent_public = agent.public_key(),
             )
         };
         let config_path = file("sekisho.yaml", &config)?;
@@ -217,9 +239,58 @@ hosts:
             app,
             ws,
             signing_keys,
+            agent_key,
+            ca_file,
             client,
             running: Some(running),
             _dir: dir,
+        })
+    }
+
+    /// Runs the agent `nas` (allowed to reach the echo upstream) in this process until the
+    /// handle is dropped, and waits until the proxy holds its link.
+    pub(crate) async fn start_agent(&self) -> anyhow::Result<AgentHandle> {
+        let yaml = format!(
+            "name: nas\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{AUTH}:{port}', address: '127.0.0.1:{port}'}}\nallow: {{http: ['{}']}}\n",
+            self.agent_key.display(),
+            self.ca_file.display(),
+            self.app.addr,
+            port = self.port,
+        );
+        let settings =
+            sekisho_agent::config::Config::parse(&yaml, std::path::Path::new("nas.yaml"))?
+                .settings(None, Default::default())?;
+        let agent = sekisho_agent::Agent::new(settings)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime starts");
+            runtime.block_on(agent.run(async {
+                let _ = stopped.await;
+            }));
+        });
+        let shared = self
+            .running
+            .as_ref()
+            .expect("the proxy runs")
+            .shared()
+            .clone();
+        sekisho_testkit::eventually(LIMIT, || {
+            let shared = shared.clone();
+            async move {
+                ensure!(
+                    shared.hub.connected("nas") == 1,
+                    "the agent is not connected yet"
+                );
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(AgentHandle {
+            stop: Some(stop),
+            thread: Some(thread),
         })
     }
 
@@ -917,4 +988,19 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// An in-process agent; stopped (and its thread joined) when dropped.
+pub(crate) struct AgentHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
