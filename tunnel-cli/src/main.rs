@@ -32,6 +32,10 @@ enum Command {
     Tunnel {
         #[arg(value_name = "HOST[:PORT]")]
         host: String,
+        /// Instead of stdin/stdout, listen on this local address and open a tunnel for every
+        /// connection accepted (for tools that speak TCP), until interrupted.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
     },
 }
 
@@ -53,7 +57,7 @@ async fn run(cli: Cli) -> u8 {
         Err(error) => return fail(&error, exit::FAILURE),
     };
     match cli.command {
-        Command::Tunnel { host } => {
+        Command::Tunnel { host, listen } => {
             let origin = match Origin::parse(&host) {
                 Ok(origin) => origin,
                 Err(error) => return fail(&error, exit::USAGE),
@@ -62,6 +66,18 @@ async fn run(cli: Cli) -> u8 {
             let token = std::env::var("SEKISHO_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty());
+            if let Some(addr) = listen {
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    Err(error) => return fail(&error, exit::FAILURE),
+                };
+                eprintln!("sekisho: forwarding connections to {addr} through {origin}");
+                let served = tunnel::serve_listener(&net, &origin, token.as_deref(), listener);
+                return match served.await {
+                    Ok(()) => exit::OK,
+                    Err(error) => fail(&error, exit::FAILURE),
+                };
+            }
             match tunnel::open(&net, &origin, token.as_deref()).await {
                 Ok(opened) => {
                     let spliced =

@@ -146,6 +146,33 @@ where
     }
 }
 
+/// Serves `listener`: every connection accepted gets a tunnel of its own to `host` (for tools
+/// that speak TCP rather than stdin/stdout). Runs until the listener fails; a tunnel that
+/// cannot open closes its connection and is reported on stderr.
+pub async fn serve_listener(
+    net: &Net,
+    host: &Origin,
+    token: Option<&str>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    loop {
+        let (socket, peer) = listener.accept().await?;
+        let _ = socket.set_nodelay(true);
+        let (net, host, token) = (net.clone(), host.clone(), token.map(str::to_owned));
+        tokio::spawn(async move {
+            match open(&net, &host, token.as_deref()).await {
+                Ok(tunnel) => {
+                    let (read, write) = socket.into_split();
+                    if let Err(error) = splice(read, write, tunnel.io).await {
+                        eprintln!("sekisho: tunnel for {peer} ended: {error}");
+                    }
+                }
+                Err(error) => eprintln!("sekisho: no tunnel for {peer}: {error}"),
+            }
+        });
+    }
+}
+
 /// Why the proxy closed the stream, if it did and says so (asked right after a stream ended
 /// from the far side).
 pub async fn closed_reason(net: &Net, host: &Origin, stream_id: &str) -> Option<StreamStatus> {
