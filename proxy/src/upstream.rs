@@ -560,6 +560,7 @@ mod tests {
                 consecutive_failures: failures,
                 duration: Duration::from_secs(60),
             },
+            agent: None,
         };
         Upstream::build("test", &config, 1).unwrap()
     }
