@@ -71,6 +71,23 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         lifetime: std::time::Duration,
     },
+    /// Print a Sekisho user token (what `sekisho login` obtains) signed with the
+    /// configuration's identity.signing_keys_file, for tests, benchmarks and CI jobs that
+    /// cannot log in (anyone holding the key file can do the same).
+    DevToken {
+        /// The IdP subject (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// A verified email.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// Groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        lifetime: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +118,12 @@ fn main() -> ExitCode {
             groups,
             lifetime,
         } => dev_session(cli.config, host, subject, email, groups, lifetime),
+        Command::DevToken {
+            subject,
+            email,
+            groups,
+            lifetime,
+        } => dev_token(cli.config, subject, email, groups, lifetime),
     }
 }
 
@@ -272,6 +295,66 @@ fn dev_session(
     match sealed {
         Ok(sealed) => {
             println!("{}", sealed.value());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sekisho-proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dev_token(
+    config: Option<PathBuf>,
+    subject: String,
+    email: String,
+    groups: Vec<String>,
+    lifetime: std::time::Duration,
+) -> ExitCode {
+    use sekisho_identity::signing::{Identity, SigningKeys};
+    use sekisho_identity::user_token::UserTokens;
+    let Some(config) = config else {
+        eprintln!("sekisho-proxy: dev-token needs --config with identity.signing_keys_file");
+        return ExitCode::from(2);
+    };
+    let identity = match Config::load(&config) {
+        Ok(config) => config.identity,
+        Err(error) => {
+            eprintln!("invalid: {}", error_chain(&error));
+            return ExitCode::from(3);
+        }
+    };
+    let Some((auth_host, keys_file)) = identity.and_then(|i| {
+        let host = i.auth_host.to_ascii_lowercase();
+        i.signing_keys_file.map(|file| (host, file))
+    }) else {
+        eprintln!("sekisho-proxy: the configuration has no identity.signing_keys_file");
+        return ExitCode::from(3);
+    };
+    let issued = SigningKeys::load(&keys_file)
+        .map_err(|e| error_chain(&e))
+        .and_then(|keys| {
+            let tokens = UserTokens::new(
+                std::sync::Arc::new(keys),
+                format!("https://{auth_host}"),
+                auth_host,
+            )
+            .with_lifetime(lifetime);
+            let mut session = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session)
+                .map_err(|_| "no random numbers".to_owned())?;
+            let identity = Identity {
+                subject: &subject,
+                email: &email,
+                groups: &groups,
+            };
+            tokens
+                .issue(session, &identity, sekisho_proxy::session::unix_now())
+                .map_err(|e| error_chain(&e))
+        });
+    match issued {
+        Ok(issued) => {
+            println!("{}", issued.token.expose());
             ExitCode::SUCCESS
         }
         Err(error) => {
