@@ -655,3 +655,70 @@ fn a_renewed_token_keeps_an_open_tunnel_open_and_only_its_owner_may_renew() -> R
     );
     Ok(())
 }
+
+/// Sends an agent connect request with `credential` as its header; the answer's status line.
+fn agent_connect(site: &Site, credential: &str) -> Result<String> {
+    let mut stream = tls(site, PROXY_HOST)?;
+    let head = exchange(
+        &mut stream,
+        &format!(
+            "GET {} HTTP/1.1\r\nHost: {PROXY_HOST}\r\nConnection: upgrade\r\nUpgrade: {}\r\n{}: {credential}",
+            sekisho_wire::AGENT_CONNECT_PATH,
+            sekisho_wire::AGENT_PROTOCOL,
+            sekisho_wire::AGENT_AUTH_HEADER,
+        ),
+    )?;
+    Ok(head.lines().next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn agent_credentials_cannot_be_replayed_borrowed_or_forged() -> Result<()> {
+    let site = Site::new()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let rogue = sekisho_wire::agent_auth::AgentKey::from_pem(&std::fs::read_to_string(
+        site.keys.path().join("rogue.key"),
+    )?)?;
+
+    // A captured header works once, then never again.
+    let captured = rogue.credential(PROXY_HOST, "rogue", now)?.to_string();
+    ensure!(agent_connect(&site, &captured)?.contains(" 101 "));
+    let replayed = agent_connect(&site, &captured)?;
+    ensure!(
+        replayed.contains(" 401 "),
+        "a replay was admitted: {replayed}"
+    );
+
+    // rogue's key does not make it nas; a statement for another host or an old one fails;
+    // an unknown agent and garbage are refused.
+    for (what, credential) in [
+        (
+            "another agent's name",
+            rogue.credential(PROXY_HOST, "nas", now)?.to_string(),
+        ),
+        (
+            "another host",
+            rogue.credential("evil.example", "rogue", now)?.to_string(),
+        ),
+        (
+            "an old statement",
+            rogue
+                .credential(PROXY_HOST, "rogue", now - 600)?
+                .to_string(),
+        ),
+        (
+            "an unknown agent",
+            rogue.credential(PROXY_HOST, "ghost", now)?.to_string(),
+        ),
+        (
+            "garbage",
+            "v1 name=rogue ts=1 nonce=AAAA sig=AAAA".to_owned(),
+        ),
+    ] {
+        let status = agent_connect(&site, &credential)?;
+        ensure!(status.contains(" 401 "), "{what} was admitted: {status}");
+    }
+    ensure!(site.proxy.agent_links("nas") == 1);
+    Ok(())
+}

@@ -147,7 +147,96 @@ fn validate_agents(agents: &BTreeMap<String, AgentConfig>, problems: &mut Vec<Pr
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    const KEY: &str = "ed25519:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+    fn site(tunnels_and_agents: &str) -> String {
+        format!(
+            "
+listen: {{https: '127.0.0.1:8443', admin: '127.0.0.1:9901'}}
+identity: {{auth_host: auth.example.com}}
+policies:
+  staff: {{allow: [{{group: staff}}]}}
+upstreams:
+  app: {{endpoints: ['http://127.0.0.1:3000']}}
+hosts:
+  - {{host: app.example.com, default: app, policy: staff}}
+{tunnels_and_agents}"
+        )
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::parse(text, Path::new("test.yaml"), Path::new("/etc/sekisho")) {
+            Ok(_) => Vec::new(),
+            Err(crate::config::ConfigError::Invalid { problems, .. }) => problems,
+            Err(other) => panic!("not a validation error: {other}"),
+        }
+    }
+
+    #[test]
+    fn agents_tunnels_and_agent_upstreams_parse() {
+        let text = site(&format!(
+            "agents:\n  nas: {{public_keys: ['{KEY}']}}\ntunnels:\n  - {{host: nas.ssh.example.com, policy: staff, agent: nas, target: '127.0.0.1:22'}}\n  - {{host: Jump.ssh.example.com, policy: staff, target: 'jump.internal:22', connect_timeout: 2s}}\n"
+        ))
+        .replace(
+            "  app: {endpoints: ['http://127.0.0.1:3000']}",
+            "  app: {endpoints: ['http://127.0.0.1:3000']}\n  nas-web: {agent: nas, endpoints: ['http://127.0.0.1:8080']}",
+        );
+        let config = Config::parse(&text, Path::new("t.yaml"), Path::new("/")).unwrap();
+        assert_eq!(public_keys(&config.agents["nas"]).len(), 1);
+        assert_eq!(config.tunnels[0].agent.as_deref(), Some("nas"));
+        assert_eq!(config.tunnels[1].connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.upstreams["nas-web"].agent.as_deref(), Some("nas"));
+    }
+
+    #[test]
+    fn every_problem_of_the_tunnel_sections_is_named_by_its_field() {
+        let text = site(
+            "agents:
+  NAS: {public_keys: []}
+  lab: {public_keys: ['ed25519:short', 'rsa:AAAA']}
+tunnels:
+  - {host: '*.ssh.example.com', policy: staff, target: '127.0.0.1:22'}
+  - {host: a.ssh.example.com, policy: nobody, agent: ghost, target: '127.0.0.1'}
+  - {host: A.ssh.example.com, target: '127.0.0.1:22', connect_timeout: 0s}
+",
+        );
+        let found: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        for field in [
+            "agents.NAS",
+            "agents.NAS.public_keys",
+            "agents.lab.public_keys[0]",
+            "agents.lab.public_keys[1]",
+            "tunnels[0].host",
+            "tunnels[1].policy",
+            "tunnels[1].agent",
+            "tunnels[1].target",
+            "tunnels[2].host",
+            "tunnels[2].connect_timeout",
+        ] {
+            assert!(found.iter().any(|f| f == field), "{field} not in {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_tunnel_policy_needs_login_and_an_agent_upstream_needs_a_known_agent_and_plain_http() {
+        let text = site("tunnels:\n  - {host: b.ssh.example.com, policy: staff, target: 'h:22'}\n")
+            .replace("identity: {auth_host: auth.example.com}\n", "")
+            .replace(", policy: staff}", "}");
+        let found: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        assert!(found.contains(&"tunnels[0].policy".to_owned()), "{found:?}");
+
+        let text = site("").replace(
+            "  app: {endpoints: ['http://127.0.0.1:3000']}",
+            "  app: {agent: ghost, endpoints: ['https://127.0.0.1:3000']}",
+        );
+        let found: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        assert!(found.contains(&"upstreams.app.agent".to_owned()), "{found:?}");
+        assert!(found.contains(&"upstreams.app.endpoints".to_owned()), "{found:?}");
+    }
 
     #[test]
     fn targets_are_host_and_port() {
