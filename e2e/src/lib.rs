@@ -434,6 +434,17 @@ impl Proxy {
         Ok(issued.token.expose().to_owned())
     }
 
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(self.running().admin_addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
     /// How many links the agent `name` has now.
     pub fn agent_links(&self, name: &str) -> usize {
         self.running().shared().hub.connected(name)

@@ -161,6 +161,18 @@ fn ssh_runs_a_command_in_a_segment_the_proxy_cannot_dial() -> Result<()> {
     // the proxy's side sshd cannot be dialed, neither at the segment's address nor on loopback
     // (which is this namespace's own).
     ensure!(site.proxy.agent_links("nas") == 1);
+    let metrics = site.proxy.metrics()?;
+    for line in [
+        r#"sekisho_agents_connected{agent="nas"} 1"#,
+        r#"sekisho_agent_connections_total{agent="nas"} 1"#,
+        "sekisho_tunnel_streams_open 0",
+        r#"sekisho_tunnel_bytes_total{direction="to_client"}"#,
+    ] {
+        ensure!(
+            metrics.contains(line),
+            "no `{line}` in the metrics:\n{metrics}"
+        );
+    }
     for addr in [
         SocketAddr::from((site.segment.ns_ip, 22)),
         SocketAddr::from(([127, 0, 0, 1], 22)),
