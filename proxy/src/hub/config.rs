@@ -234,8 +234,14 @@ tunnels:
             "  app: {agent: ghost, endpoints: ['https://127.0.0.1:3000']}",
         );
         let found: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
-        assert!(found.contains(&"upstreams.app.agent".to_owned()), "{found:?}");
-        assert!(found.contains(&"upstreams.app.endpoints".to_owned()), "{found:?}");
+        assert!(
+            found.contains(&"upstreams.app.agent".to_owned()),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&"upstreams.app.endpoints".to_owned()),
+            "{found:?}"
+        );
     }
 
     #[test]

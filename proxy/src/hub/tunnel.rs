@@ -205,13 +205,13 @@ async fn open(
     let Some(route) = snapshot.tunnels.get(&ctx.host) else {
         return Err((TunnelError::UnknownHost, None));
     };
-    let refuse = |error: TunnelError, user: Option<&str>, reason: &str| {
-        log_decision(ctx, route, user, false, reason);
+    let refuse = |error: TunnelError, user: Option<&str>, rule: &str, reason: &str| {
+        log_decision(ctx, route, user, false, rule, reason);
         Err((error, Some(reason.to_owned())))
     };
     let (Some(identity), Some(token)) = (snapshot.identity.as_deref(), bearer_token(req.headers()))
     else {
-        return refuse(TunnelError::NotLoggedIn, None, "no bearer token");
+        return refuse(TunnelError::NotLoggedIn, None, "bearer", "no bearer token");
     };
     let (issuer, subject, person) = match verify_bearer(identity, token, unix_now()).await {
         Ok(claims) => (
@@ -219,22 +219,19 @@ async fn open(
             claims.subject.clone(),
             bearer_identity(claims),
         ),
-        Err(reason) => return refuse(TunnelError::NotLoggedIn, None, &reason),
+        Err(reason) => return refuse(TunnelError::NotLoggedIn, None, "bearer", &reason),
     };
     let user: Arc<str> = Arc::from(person.verified_email().unwrap_or(&person.subject));
-    match decide(route, &person) {
-        Decision::Allow { rule } => {
-            log_decision(ctx, route, Some(&user), true, &rule.to_string());
-        }
+    let decision = decide(route, &person);
+    let rule = decision.rule().to_string();
+    match decision {
+        Decision::Allow { .. } => log_decision(ctx, route, Some(&user), true, &rule, "allowed"),
         Decision::Deny { reason, .. } => {
-            return refuse(TunnelError::Denied, Some(&user), reason);
+            return refuse(TunnelError::Denied, Some(&user), &rule, reason);
         }
         Decision::LoginRequired { .. } => {
-            return refuse(
-                TunnelError::Denied,
-                Some(&user),
-                "the policy allows no one here",
-            );
+            let reason = "the policy allows no one here";
+            return refuse(TunnelError::Denied, Some(&user), &rule, reason);
         }
     }
 
@@ -449,6 +446,7 @@ fn log_decision(
     route: &TunnelRoute,
     user: Option<&str>,
     allowed: bool,
+    rule: &str,
     reason: &str,
 ) {
     tracing::info!(
@@ -461,7 +459,7 @@ fn log_decision(
         agent = route.agent.as_deref().unwrap_or("-"),
         user = user.unwrap_or("-"),
         allowed,
-        rule = if allowed { reason } else { "tunnel" },
+        rule,
         reason,
         "access decision"
     );
