@@ -154,13 +154,12 @@ impl Net {
                 }
             }
         }
-        let mut tls = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut tls =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             tls: Arc::new(tls),
@@ -296,7 +295,13 @@ mod tests {
             let origin = Origin::parse(text).unwrap();
             assert_eq!((origin.host.as_str(), origin.port), (host, port), "{text}");
         }
-        for bad in ["http://a.example", "", "https://", "https://u:p@a.example", "a b"] {
+        for bad in [
+            "http://a.example",
+            "",
+            "https://",
+            "https://u:p@a.example",
+            "a b",
+        ] {
             assert!(Origin::parse(bad).is_err(), "{bad}");
         }
     }
