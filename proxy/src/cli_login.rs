@@ -232,7 +232,7 @@ fn authorize(
     let mut location = request.redirect_uri;
     location
         .query_pairs_mut()
-        .append_pair("code", &code)
+        .append_pair("code", code.expose())
         .append_pair("state", &request.state);
     redirect(location.as_str(), None)
 }
@@ -457,7 +457,7 @@ fn issue(
             .session_keys
             .seal_cli_refresh(session, &|g| identity.group_needed(g))
         {
-            Ok(token) => token,
+            Ok(token) => token.expose().to_owned(),
             Err(error) => {
                 tracing::warn!(error = %crate::error_chain(&error), "cannot seal a refresh token");
                 return oauth_error("temporarily_unavailable", "the token could not be issued");
@@ -529,7 +529,7 @@ fn device_page(
     };
     let now = unix_now();
     let csrf = match identity.session_keys.seal_csrf(&session.id, &ctx.host, now) {
-        Ok(csrf) => csrf,
+        Ok(csrf) => csrf.expose().to_owned(),
         Err(error) => {
             tracing::warn!(error = %crate::error_chain(&error), "cannot seal a CSRF token");
             return ctx.page(

@@ -36,6 +36,23 @@ const CODE_VERSION: u8 = 1;
 const REFRESH_VERSION: u8 = 1;
 const CSRF_VERSION: u8 = 1;
 
+/// A sealed code, refresh token or CSRF token: base64url text, which `Debug` never shows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedText(String);
+
+impl SealedText {
+    /// The text, for the redirect, the token answer or the form.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SealedText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealedText(<redacted>)")
+    }
+}
+
 /// An opened authorization code.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CliCode {
@@ -80,7 +97,7 @@ impl SessionKeys {
         redirect_uri: &str,
         now: u64,
         groups_needed: &dyn Fn(&str) -> bool,
-    ) -> Result<String, SealError> {
+    ) -> Result<SealedText, SealError> {
         let mut nonce = [0u8; 16];
         fill_random(&self.rng, &mut nonce)?;
         let expires_at = now.saturating_add(CLI_CODE_TTL.as_secs());
@@ -98,7 +115,7 @@ impl SessionKeys {
                 record::encode(session, keep, trimmed, out)
             },
         )?;
-        Ok(code)
+        Ok(SealedText(code))
     }
 
     /// Opens an authorization code on `host` at `now`: [`SessionError::Expired`] once the code
@@ -136,7 +153,7 @@ impl SessionKeys {
         &self,
         session: &SessionRecord,
         groups_needed: &dyn Fn(&str) -> bool,
-    ) -> Result<String, SealError> {
+    ) -> Result<SealedText, SealError> {
         let mut token_id = [0u8; 16];
         fill_random(&self.rng, &mut token_id)?;
         let (token, _) = self.seal_fitting(
@@ -150,7 +167,7 @@ impl SessionKeys {
                 record::encode(session, keep, trimmed, out)
             },
         )?;
-        Ok(token)
+        Ok(SealedText(token))
     }
 
     /// Opens a refresh token on `host` at `now`: [`SessionError::Expired`] from the session's
@@ -180,7 +197,7 @@ impl SessionKeys {
     }
 
     /// A CSRF token for forms shown to the session `id` on `host`, good for [`CSRF_TTL`].
-    pub fn seal_csrf(&self, id: &SessionId, host: &str, now: u64) -> Result<String, SealError> {
+    pub fn seal_csrf(&self, id: &SessionId, host: &str, now: u64) -> Result<SealedText, SealError> {
         let expires_at = now.saturating_add(CSRF_TTL.as_secs());
         let start = super::HEADER_LEN + ring::aead::NONCE_LEN;
         let mut buf = Vec::with_capacity(start + 25 + super::TAG_LEN);
@@ -189,6 +206,7 @@ impl SessionKeys {
         buf.extend_from_slice(&id.0);
         buf.extend_from_slice(&expires_at.to_be_bytes());
         self.seal_buffer(Purpose::CliCsrf, host, buf)
+            .map(SealedText)
     }
 
     /// Whether `token` is a current CSRF token of the session `id` on `host` (the session ids
@@ -234,6 +252,8 @@ mod tests {
     fn code(keys: &SessionKeys) -> String {
         keys.seal_cli_code(&sample(AUTH, 3), CHALLENGE, REDIRECT, now(), &all)
             .unwrap()
+            .expose()
+            .to_owned()
     }
 
     fn flip_each_bit(text: &str, opens: impl Fn(&str) -> bool) {
@@ -278,6 +298,10 @@ mod tests {
         assert_eq!(opened.session.groups, sample(AUTH, 3).groups);
         assert_eq!(opened.expires_at, now() + CLI_CODE_TTL.as_secs());
         assert!(!format!("{opened:?}").contains(CHALLENGE));
+        let sealed = keys
+            .seal_cli_code(&sample(AUTH, 0), CHALLENGE, REDIRECT, now(), &all)
+            .unwrap();
+        assert_eq!(format!("{sealed:?}"), "SealedText(<redacted>)");
     }
 
     #[test]
@@ -303,7 +327,9 @@ mod tests {
         session.expires_at = now() + 10;
         let code = keys
             .seal_cli_code(&session, CHALLENGE, REDIRECT, now(), &all)
-            .unwrap();
+            .unwrap()
+            .expose()
+            .to_owned();
         assert_eq!(
             keys.open_cli_code(&code, AUTH, now() + 10),
             Err(SessionError::Expired)
@@ -314,7 +340,11 @@ mod tests {
     fn flipping_any_bit_of_a_code_or_refresh_token_makes_it_fail() {
         let keys = keys();
         flip_each_bit(&code(&keys), |c| keys.open_cli_code(c, AUTH, now()).is_ok());
-        let refresh = keys.seal_cli_refresh(&sample(AUTH, 2), &all).unwrap();
+        let refresh = keys
+            .seal_cli_refresh(&sample(AUTH, 2), &all)
+            .unwrap()
+            .expose()
+            .to_owned();
         flip_each_bit(&refresh, |t| keys.open_cli_refresh(t, AUTH, now()).is_ok());
     }
 
@@ -323,8 +353,16 @@ mod tests {
         let keys = keys();
         let session = sample(AUTH, 1);
         let code = code(&keys);
-        let refresh = keys.seal_cli_refresh(&session, &all).unwrap();
-        let csrf = keys.seal_csrf(&session.id, AUTH, now()).unwrap();
+        let refresh = keys
+            .seal_cli_refresh(&session, &all)
+            .unwrap()
+            .expose()
+            .to_owned();
+        let csrf = keys
+            .seal_csrf(&session.id, AUTH, now())
+            .unwrap()
+            .expose()
+            .to_owned();
         let cookie = keys.seal(&session, &all).unwrap().value().to_owned();
         let handoff = keys.seal_handoff(&session, "/", now(), &all).unwrap().code;
         let login = keys.seal_login(AUTH, b"{}").unwrap();
@@ -357,8 +395,18 @@ mod tests {
     fn a_refresh_token_opens_until_the_session_ends_and_each_one_differs() {
         let keys = keys();
         let session = sample(AUTH, 4);
-        let token = keys.seal_cli_refresh(&session, &all).unwrap();
-        assert_ne!(token, keys.seal_cli_refresh(&session, &all).unwrap());
+        let token = keys
+            .seal_cli_refresh(&session, &all)
+            .unwrap()
+            .expose()
+            .to_owned();
+        assert_ne!(
+            token,
+            keys.seal_cli_refresh(&session, &all)
+                .unwrap()
+                .expose()
+                .to_owned()
+        );
         let opened = keys.open_cli_refresh(&token, AUTH, now()).unwrap();
         assert_eq!(opened.session.id, session.id);
         assert_eq!(opened.session.subject, session.subject);
@@ -379,7 +427,11 @@ mod tests {
 
     #[test]
     fn a_refresh_token_from_another_key_ring_is_refused() {
-        let token = keys().seal_cli_refresh(&sample(AUTH, 0), &all).unwrap();
+        let token = keys()
+            .seal_cli_refresh(&sample(AUTH, 0), &all)
+            .unwrap()
+            .expose()
+            .to_owned();
         assert!(keys().open_cli_refresh(&token, AUTH, now()).is_err());
     }
 
@@ -387,7 +439,11 @@ mod tests {
     fn a_csrf_token_is_good_for_its_session_and_host_until_it_expires() {
         let keys = keys();
         let id = SessionId([9; 16]);
-        let token = keys.seal_csrf(&id, AUTH, now()).unwrap();
+        let token = keys
+            .seal_csrf(&id, AUTH, now())
+            .unwrap()
+            .expose()
+            .to_owned();
         assert!(keys.check_csrf(&token, AUTH, &id, now()));
         assert!(keys.check_csrf(&token, AUTH, &id, now() + CSRF_TTL.as_secs() - 1));
         assert!(!keys.check_csrf(&token, AUTH, &id, now() + CSRF_TTL.as_secs()));

@@ -34,7 +34,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{Aad, NONCE_LEN, Nonce};
 
-pub use cli::{CLI_CODE_TTL, CSRF_TTL, CliCode, CliRefresh, MAX_CODE_CHALLENGE, MAX_REDIRECT_URI};
+pub use cli::{
+    CLI_CODE_TTL, CSRF_TTL, CliCode, CliRefresh, MAX_CODE_CHALLENGE, MAX_REDIRECT_URI, SealedText,
+};
 pub use cookie::{
     COOKIE_NAME, CookieError, clear_cookie, session_cookie, set_cookie, strip_session_cookies,
 };
