@@ -51,6 +51,31 @@ async fn a_browser_login_caches_private_tokens_that_the_bearer_route_accepts() -
     assert!(status.stdout.contains(&site.origin(AUTH)), "{status}");
     assert!(status.stdout.contains("valid for"), "{status}");
 
+    // The ssh block names this binary by its absolute path, the options given, and the port.
+    let block = site.run(&["ssh-config"]).await?;
+    assert!(block.status.success(), "{block}");
+    let lines: Vec<&str> = block.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("# Paste this into ~/.ssh/config"),
+        "{block}"
+    );
+    assert_eq!(lines[1], "Host *.sekisho.test", "{block}");
+    let command: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(command[0], "ProxyCommand", "{block}");
+    assert!(std::path::Path::new(command[1]).is_absolute(), "{block}");
+    assert_eq!(&command[2..3], ["--ca"], "{block}");
+    assert!(std::path::Path::new(command[3]).is_absolute(), "{block}");
+    assert_eq!(
+        &command[4..],
+        [
+            "--connect-to",
+            &format!("127.0.0.1:{}", site.port),
+            "tunnel",
+            &format!("%h:{}", site.port)
+        ],
+        "{block}"
+    );
+
     let cache_dir = site.cache_dir();
     assert_eq!(mode(&cache_dir)?, 0o700);
     assert_eq!(mode(&cache_dir.join("tokens.json"))?, 0o600);

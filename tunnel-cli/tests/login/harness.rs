@@ -30,6 +30,8 @@ pub(crate) const LIMIT: Duration = Duration::from_secs(30);
 
 pub(crate) const APP: &str = "app.sekisho.test";
 pub(crate) const AUTH: &str = "auth.sekisho.test";
+/// A host the proxy serves that the tunnel tests reach through a stand-in tunnel endpoint.
+pub(crate) const SSH: &str = "ssh.sekisho.test";
 pub(crate) const ALICE: &str = "alice@uniqe.example";
 const PASSWORD: &str = "password";
 const CLIENT_SECRET: &str = "sekisho-dev-secret";
@@ -39,7 +41,12 @@ pub(crate) struct Site {
     pub(crate) port: u16,
     pub(crate) idp: Idp,
     leaf_pem: String,
+    /// The leaf's certificate and key files (for every test host).
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
     ca_file: PathBuf,
+    /// The proxy's HTTPS address.
+    pub(crate) proxy_addr: SocketAddr,
     /// `XDG_CONFIG_HOME` of the `sekisho` runs.
     pub(crate) config_home: PathBuf,
     pub(crate) net: Net,
@@ -72,7 +79,7 @@ impl Site {
             std::fs::write(&path, contents)?;
             Ok(path)
         };
-        let (ca_pem, leaf_pem, key_pem) = pki(&[APP, AUTH])?;
+        let (ca_pem, leaf_pem, key_pem) = pki(&[APP, AUTH, SSH])?;
         let ca_file = file("ca.pem", &ca_pem)?;
         let cert = file("site.crt", &leaf_pem)?;
         let key = file("site.key", &key_pem)?;
@@ -108,6 +115,9 @@ hosts:
     default: app
     paths:
       - {{path: /api, type: Prefix, upstream: app, bearer: true}}
+  - host: {SSH}
+    policy: staff
+    default: app
 ",
             cert = cert.display(),
             key = key.display(),
@@ -134,7 +144,10 @@ hosts:
             port,
             idp,
             leaf_pem,
+            cert_file: cert,
+            key_file: key,
             ca_file,
+            proxy_addr: running.https_addr,
             config_home,
             net,
             _upstream: upstream,
@@ -177,14 +190,14 @@ hosts:
         Ok(login.clone())
     }
 
-    /// `sekisho ARGS` as the tests run it.
-    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
+    /// `sekisho ARGS` as the tests run it, dialing `connect_to` for every host.
+    fn command(&self, args: &[&str], connect_to: SocketAddr) -> anyhow::Result<Command> {
         let mut command = Command::new(binary()?);
         command
             .arg("--ca")
             .arg(&self.ca_file)
             .arg("--connect-to")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(connect_to.to_string())
             .args(args)
             .env("XDG_CONFIG_HOME", &self.config_home)
             .env("SEKISHO_BROWSER", "none")
@@ -194,7 +207,6 @@ hosts:
             .env_remove("SSH_TTY")
             .env_remove("SEKISHO_CA_FILE")
             .env_remove("SEKISHO_CONNECT_TO")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         Ok(command)
@@ -202,7 +214,29 @@ hosts:
 
     /// Starts `sekisho ARGS`; its stderr can be read line by line while it runs.
     pub(crate) fn spawn(&self, args: &[&str]) -> anyhow::Result<Run> {
-        let mut child = self.command(args)?.spawn().context("sekisho starts")?;
+        self.spawn_via(self.proxy_addr, args, None)
+    }
+
+    /// Starts `sekisho ARGS` dialing `connect_to`, with `input` (then end of file) on its stdin.
+    pub(crate) fn spawn_via(
+        &self,
+        connect_to: SocketAddr,
+        args: &[&str],
+        input: Option<Vec<u8>>,
+    ) -> anyhow::Result<Run> {
+        let mut command = self.command(args, connect_to)?;
+        command.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = command.spawn().context("sekisho starts")?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                let _ = stdin.write_all(&input);
+            });
+        }
         let (tx, lines) = mpsc::unbounded_channel();
         let stderr = child.stderr.take().expect("piped");
         let all = Arc::new(Mutex::new(String::new()));
