@@ -110,7 +110,7 @@ impl Site {
             .arg("--ca")
             .arg(&self.pki.ca_file)
             .args(["--connect-to", &self.proxy.addr.to_string()])
-            .arg("tunnel")
+            .args(["tunnel", "--no-login"])
             .arg(format!("{host}:{}", self.proxy.addr.port()))
             .env_remove("SEKISHO_TOKEN")
             .stdin(Stdio::null());
@@ -161,18 +161,22 @@ fn ssh_runs_a_command_in_a_segment_the_proxy_cannot_dial() -> Result<()> {
     // the proxy's side sshd cannot be dialed, neither at the segment's address nor on loopback
     // (which is this namespace's own).
     ensure!(site.proxy.agent_links("nas") == 1);
-    let metrics = site.proxy.metrics()?;
-    for line in [
+    // The stream's relay counts its bytes when it has ended, a moment after ssh has.
+    let lines = [
         r#"sekisho_agents_connected{agent="nas"} 1"#,
         r#"sekisho_agent_connections_total{agent="nas"} 1"#,
         "sekisho_tunnel_streams_open 0",
         r#"sekisho_tunnel_bytes_total{direction="to_client"}"#,
-    ] {
-        ensure!(
-            metrics.contains(line),
-            "no `{line}` in the metrics:\n{metrics}"
-        );
-    }
+    ];
+    let mut metrics = String::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        metrics = site.proxy.metrics().unwrap_or_default();
+        lines.iter().all(|line| metrics.contains(line))
+    });
+    ensure!(
+        counted.is_ok(),
+        "the metrics lack one of {lines:?}:\n{metrics}"
+    );
     for addr in [
         SocketAddr::from((site.segment.ns_ip, 22)),
         SocketAddr::from(([127, 0, 0, 1], 22)),

@@ -1,6 +1,7 @@
 //! The running side of the `identity:` configuration: keys, OpenID providers (discovered on
 //! first use, retried after a failure), the bearer-token verifier, the assertion signer, and the
-//! state that must outlive a configuration reload (redeemed handoff codes, revoked sessions).
+//! state that must outlive a configuration reload (redeemed handoff codes, revoked sessions, the
+//! CLI's device logins in flight).
 //!
 //! Built with the snapshot; an unchanged `identity:` section keeps the previous runtime, and its
 //! state always carries over. This module does no request handling: see [`crate::access`] for
@@ -22,6 +23,7 @@ use sekisho_identity::user_token::UserTokens;
 use tokio::sync::OnceCell;
 
 use crate::access::Who;
+use crate::cli_login::DeviceGrants;
 use crate::config::{Config, IdentityConfig};
 use crate::policy::Subject;
 use crate::session::{ReplayGuard, SessionKeys, unix_now};
@@ -115,6 +117,8 @@ impl ProviderSlot {
 /// State that survives configuration reloads.
 pub struct IdentityState {
     pub replay: ReplayGuard,
+    /// The CLI's device logins waiting for approval (`crate::cli_login`).
+    pub device_grants: DeviceGrants,
     /// Session ids ended by logout, until the session would have expired anyway.
     revoked_sessions: DashMap<[u8; 16], u64>,
     /// `issuer \0 subject` → Unix time: sessions issued up to then are over (back-channel
@@ -137,11 +141,14 @@ impl std::fmt::Debug for IdentityState {
 /// Bounds on the in-memory maps: beyond these, expired entries are swept first, then new
 /// entries are refused (revocations are never refused: see [`IdentityState::revoke_session`]).
 const MAX_REMEMBERED: usize = 100_000;
+/// Device logins waiting for approval at most (each lives 10 minutes).
+const MAX_DEVICE_GRANTS: usize = 10_000;
 
 impl IdentityState {
     fn new() -> Self {
         Self {
             replay: ReplayGuard::new(MAX_REMEMBERED),
+            device_grants: DeviceGrants::new(MAX_DEVICE_GRANTS),
             revoked_sessions: DashMap::new(),
             revoked_subjects: DashMap::new(),
             provider_sessions: DashMap::new(),

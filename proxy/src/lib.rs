@@ -14,6 +14,7 @@ pub mod access;
 pub mod access_log;
 mod admin;
 pub mod body;
+pub mod cli_login;
 pub mod config;
 pub mod connection;
 pub mod hub;

@@ -1,6 +1,6 @@
 //! The endpoints the proxy answers itself: `/.sekisho/*` on every host, and the auth host
-//! (login, callback, back-channel logout, the JWKS of identity assertions). See
-//! `docs/identity.md` for the flow.
+//! (login, callback, back-channel logout, the JWKS of identity assertions). The CLI's endpoints
+//! under `/.sekisho/cli/` are in [`crate::cli_login`]. See `docs/identity.md` for the flow.
 
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ pub(crate) async fn handle(
     let on_auth_host = ctx.host == identity.auth_host;
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if path.starts_with(crate::cli_login::PREFIX) {
+        return crate::cli_login::handle(snapshot, identity, ctx, req).await;
+    }
     match (path, on_auth_host) {
         ("/.sekisho/login", true) if get => login(snapshot, identity, ctx, &req).await,
         ("/.sekisho/callback", true) if get => callback(snapshot, identity, ctx, &req).await,
@@ -79,7 +82,7 @@ pub(crate) async fn handle(
     }
 }
 
-fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+pub(crate) fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
     req.uri()
         .query()
         .map(|q| {
@@ -90,16 +93,24 @@ fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
+pub(crate) fn param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
     query
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-/// A return URL is acceptable when it is `https` on the auth host or a host some route
-/// serves, without credentials: anything else would make the login an open redirect.
+/// A return URL is acceptable when it is `https` on a host some route serves, or one of the
+/// auth host's own pages a login returns to, without credentials: anything else would make
+/// the login an open redirect.
 fn check_return_url(snapshot: &Snapshot, identity: &IdentityRuntime, rd: &str) -> Option<Url> {
+    return_url(rd, &identity.auth_host, &|host| {
+        snapshot.routes.knows_host(host)
+    })
+}
+
+/// [`check_return_url`] without the snapshot: `knows_host` says whether a route serves a host.
+fn return_url(rd: &str, auth_host: &str, knows_host: &dyn Fn(&str) -> bool) -> Option<Url> {
     let url = Url::parse(rd).ok()?;
     if url.scheme() != "https" || !url.username().is_empty() || url.password().is_some() {
         return None;
@@ -108,10 +119,23 @@ fn check_return_url(snapshot: &Snapshot, identity: &IdentityRuntime, rd: &str) -
         url::Host::Domain(host) => host.to_ascii_lowercase(),
         _ => return None,
     };
-    (host == identity.auth_host || snapshot.routes.knows_host(&host)).then_some(url)
+    if host == auth_host {
+        return is_auth_host_return_path(url.path()).then_some(url);
+    }
+    knows_host(&host).then_some(url)
 }
 
-fn redirect(location: &str, set_cookies: Option<Vec<HeaderValue>>) -> Response<ResponseBody> {
+/// The auth host's pages a login may return to: its home, `/.sekisho/me`, and the CLI's pages
+/// under `/.sekisho/cli/` (authorize, device approval). Not the login, callback or logout
+/// endpoints, nor anything else. The path is the parser's, with dot segments resolved.
+fn is_auth_host_return_path(path: &str) -> bool {
+    path == "/" || path == "/.sekisho/me" || path.starts_with(crate::cli_login::PREFIX)
+}
+
+pub(crate) fn redirect(
+    location: &str,
+    set_cookies: Option<Vec<HeaderValue>>,
+) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::FOUND;
     let headers = response.headers_mut();
@@ -125,7 +149,7 @@ fn redirect(location: &str, set_cookies: Option<Vec<HeaderValue>>) -> Response<R
     response
 }
 
-fn login_error(
+pub(crate) fn login_error(
     ctx: &RequestCtx,
     status: StatusCode,
     message: &str,
@@ -137,7 +161,7 @@ fn login_error(
     )
 }
 
-fn login_again_url(identity: &IdentityRuntime, ctx: &RequestCtx, rd: &str) -> String {
+pub(crate) fn login_again_url(identity: &IdentityRuntime, ctx: &RequestCtx, rd: &str) -> String {
     let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
     format!("{}/.sekisho/login?rd={rd}", auth_origin(identity, ctx))
 }
@@ -486,7 +510,7 @@ fn cookie_session(
 }
 
 /// The session on this host, if any (revocations included).
-fn current_session(
+pub(crate) fn current_session(
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
     headers: &HeaderMap,
@@ -648,4 +672,73 @@ fn me(
         routes,
     });
     html(StatusCode::OK, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUTH: &str = "auth.example.com";
+
+    fn accepted(rd: &str) -> bool {
+        return_url(rd, AUTH, &|host| host == "app.example.com").is_some()
+    }
+
+    #[test]
+    fn return_urls_on_route_hosts_are_accepted_with_any_path() {
+        for rd in [
+            "https://app.example.com/",
+            "https://app.example.com:8443/page?x=1",
+            "https://APP.example.com/.sekisho/logout",
+        ] {
+            assert!(accepted(rd), "{rd}");
+        }
+    }
+
+    #[test]
+    fn on_the_auth_host_only_its_home_its_me_page_and_the_cli_pages_are_return_urls() {
+        for rd in [
+            "https://auth.example.com/",
+            "https://auth.example.com:8443/",
+            "https://auth.example.com/.sekisho/me",
+            "https://auth.example.com/.sekisho/cli/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A5%2Fcb",
+            "https://auth.example.com:8443/.sekisho/cli/device?user_code=BCDF-GHJK",
+        ] {
+            assert!(accepted(rd), "{rd}");
+        }
+        for rd in [
+            "https://auth.example.com/.sekisho/logout",
+            "https://auth.example.com/.sekisho/login?rd=https%3A%2F%2Fevil.example%2F",
+            "https://auth.example.com/.sekisho/callback?code=x&state=y",
+            "https://auth.example.com/.sekisho/backchannel-logout",
+            "https://auth.example.com/.well-known/sekisho/jwks.json",
+            "https://auth.example.com/.sekisho/cli",
+            "https://auth.example.com/.sekisho/client/x",
+            "https://auth.example.com/.sekisho/cli/../logout",
+            "https://auth.example.com/.sekisho/cli/%2e%2e/logout",
+            "https://auth.example.com/.sekisho/me/../logout",
+            "https://auth.example.com/anything",
+            "https://auth.example.com//.sekisho/cli/authorize",
+        ] {
+            assert!(!accepted(rd), "{rd}");
+        }
+    }
+
+    #[test]
+    fn other_hosts_schemes_and_credentials_are_refused() {
+        for rd in [
+            "https://evil.example/",
+            "http://app.example.com/",
+            "http://auth.example.com/.sekisho/cli/authorize",
+            "https://user@app.example.com/",
+            "https://user:pw@auth.example.com/.sekisho/cli/device",
+            "https://127.0.0.1/",
+            "//app.example.com/",
+            "/relative",
+            "javascript:alert(1)",
+            "",
+        ] {
+            assert!(!accepted(rd), "{rd}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The few HTML pages Sekisho shows people itself (access denied, login failed, choose a
-//! provider, who am I, signed out), and the JSON error body for clients that are not browsers.
+//! provider, who am I, signed out, the CLI's device approval), and the JSON error body for
+//! clients that are not browsers.
 //!
 //! Each page is one self-contained document: inline CSS, no script, no external assets, light
 //! and dark colours from `prefers-color-scheme`. Every dynamic value goes through [`escape`];
@@ -12,6 +13,12 @@ use std::fmt::Write as _;
 /// style applies.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
      img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The `Content-Security-Policy` for a page with a form ([`device_approval`]): as
+/// [`CONTENT_SECURITY_POLICY`], except that forms may post to this origin.
+pub const FORM_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
+     style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 /// The `Content-Type` of these pages.
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
@@ -41,6 +48,13 @@ table{width:100%;border-collapse:collapse;margin-top:.5rem;font-size:.95rem}\
 th,td{text-align:left;padding:.4rem .25rem;border-top:1px solid var(--line)}\
 th{color:var(--muted);font-weight:500}\
 .yes{color:var(--ok)}.no{color:var(--no)}\
+label{display:block;margin-top:1rem;color:var(--muted);font-size:.9rem}\
+input{width:100%;margin:.25rem 0 .75rem;padding:.6rem;border:1px solid var(--line);\
+border-radius:8px;background:var(--bg);color:var(--fg);\
+font:1.3rem ui-monospace,SFMono-Regular,Menlo,monospace;letter-spacing:.15em;text-align:center}\
+button.button{width:100%;background:none;color:var(--accent);font:inherit;font-weight:600;\
+cursor:pointer}\
+button.deny{color:var(--no)}\
 footer{margin-top:1.5rem;color:var(--muted);font-size:.8rem}";
 
 /// `text` with the five HTML-special characters replaced, safe in element content and in
@@ -233,6 +247,66 @@ shared computer.</p>",
     document("Signed out", &body)
 }
 
+/// What the device page shows: the person signed in, the code (when the link carried one) and
+/// a CSRF token for the form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DevicePage {
+    pub signed_in_as: String,
+    /// `XXXX-XXXX`, or empty for the person to type it.
+    pub user_code: String,
+    pub csrf: String,
+    /// Where the form posts (a path on this origin).
+    pub action: String,
+    /// A line above the form, e.g. that the code in the link is unknown.
+    pub notice: Option<String>,
+}
+
+/// The auth host's device page: approve or deny a `sekisho login` started elsewhere. Serve it
+/// with [`FORM_CONTENT_SECURITY_POLICY`].
+pub fn device_approval(page: &DevicePage) -> String {
+    let notice = page
+        .notice
+        .as_deref()
+        .map(|n| format!("<p class=\"no\">{}</p>", escape(n)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in the Sekisho command line</h1>\
+<p>A <code>sekisho login</code> asks to act as <strong>{who}</strong>.</p>\
+<p class=\"muted\">Approve only if you started it yourself and the code below is the one your \
+terminal shows. Anyone holding that terminal can then reach what you can.</p>\
+{notice}\
+<form method=\"post\" action=\"{action}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<label for=\"user_code\">Code</label>\
+<input id=\"user_code\" name=\"user_code\" value=\"{code}\" placeholder=\"XXXX-XXXX\" \
+autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" maxlength=\"16\" required>\
+<button class=\"button\" id=\"approve\" type=\"submit\" name=\"action\" value=\"approve\">Approve</button>\
+<button class=\"button deny\" id=\"deny\" type=\"submit\" name=\"action\" value=\"deny\">Deny</button>\
+</form>",
+        who = escape(&page.signed_in_as),
+        action = escape(safe_href(&page.action)),
+        csrf = escape(&page.csrf),
+        code = escape(&page.user_code),
+    );
+    document("Approve a sign-in", &body)
+}
+
+/// After the person approved or denied a device login.
+pub fn device_decided(approved: bool, signed_in_as: &str) -> String {
+    let body = if approved {
+        format!(
+            "<h1>Approved</h1><p>The command line is signed in as <strong>{}</strong>. \
+You can close this tab and go back to your terminal.</p>",
+            escape(signed_in_as)
+        )
+    } else {
+        "<h1>Denied</h1><p>Nothing was signed in. If you did not start this, someone may \
+have tried to get you to approve their sign-in: tell whoever runs this service.</p>"
+            .to_owned()
+    };
+    document(if approved { "Approved" } else { "Denied" }, &body)
+}
+
 /// The error body for clients that are not browsers (the CLI, scripts):
 /// `{"error": status_text, "message": message, "login_url": …}` (`login_url` only when given).
 pub fn json_error(status_text: &str, message: &str, login_url: Option<&str>) -> String {
@@ -403,6 +477,40 @@ mod tests {
         assert_self_contained(&page, &[back]);
         let page = signed_out(None);
         assert!(!page.contains("Sign in again"));
+        assert_self_contained(&page, &[]);
+    }
+
+    #[test]
+    fn the_device_page_shows_who_and_the_code_escaped_with_a_form_to_this_origin() {
+        let page = device_approval(&DevicePage {
+            signed_in_as: NASTY.into(),
+            user_code: "BCDF-\"><x".into(),
+            csrf: "tok\"en".into(),
+            action: "/.sekisho/cli/device/approve".into(),
+            notice: Some(NASTY.into()),
+        });
+        assert!(page.contains(NASTY_ESCAPED));
+        assert!(page.contains("value=\"BCDF-&quot;&gt;&lt;x\""));
+        assert!(page.contains("name=\"csrf\" value=\"tok&quot;en\""));
+        assert!(page.contains("action=\"/.sekisho/cli/device/approve\""));
+        assert!(page.contains("id=\"approve\"") && page.contains("id=\"deny\""));
+        assert_self_contained(&page, &[]);
+        let page = device_approval(&DevicePage {
+            action: "javascript:alert(1)".into(),
+            ..DevicePage::default()
+        });
+        assert!(!page.contains("javascript:"));
+        assert!(FORM_CONTENT_SECURITY_POLICY.contains("form-action 'self'"));
+        assert!(!FORM_CONTENT_SECURITY_POLICY.contains("script-src"));
+    }
+
+    #[test]
+    fn the_device_decision_pages_say_what_happened() {
+        let page = device_decided(true, NASTY);
+        assert!(page.contains("Approved") && page.contains(NASTY_ESCAPED));
+        assert_self_contained(&page, &[]);
+        let page = device_decided(false, NASTY);
+        assert!(page.contains("Denied") && !page.contains(NASTY_ESCAPED));
         assert_self_contained(&page, &[]);
     }
 

@@ -12,7 +12,9 @@ use http_body_util::Full;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use sekisho_wire::tunnel::{ErrorBody, StreamStatus, TunnelError};
-use sekisho_wire::{COPY_BUFFER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_STATUS_PATH};
+use sekisho_wire::{
+    COPY_BUFFER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_RENEW_PATH, TUNNEL_STATUS_PATH,
+};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::net::{Net, NetError, Origin, Upgrade};
@@ -136,14 +138,17 @@ where
         }
     };
     tokio::pin!(download);
-    tokio::select! {
+    let ended = tokio::select! {
         // The stream ended: nothing more can come, whatever input still has.
         done = &mut download => done.map(|()| Ended::Remote),
         sent = upload => {
             sent?;
-            download.await.map(|()| Ended::Both)
+            return download.await.map(|()| Ended::Both);
         }
-    }
+    };
+    // Close our side too (a clean TLS close), whatever input still holds.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), to_stream.shutdown()).await;
+    ended
 }
 
 /// Serves `listener`: every connection accepted gets a tunnel of its own to `host` (for tools
@@ -170,6 +175,31 @@ pub async fn serve_listener(
                 Err(error) => eprintln!("sekisho: no tunnel for {peer}: {error}"),
             }
         });
+    }
+}
+
+/// Presents `token` for the open stream `stream_id` (the proxy keeps it open under the new
+/// token, if it is for the same person).
+pub async fn renew(
+    net: &Net,
+    host: &Origin,
+    stream_id: &str,
+    token: &str,
+) -> Result<(), OpenError> {
+    let mut bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| OpenError::Unexpected(http::StatusCode::BAD_REQUEST))?;
+    bearer.set_sensitive(true);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(TUNNEL_RENEW_PATH)
+        .header(AUTHORIZATION, bearer)
+        .header(STREAM_HEADER, stream_id)
+        .body(Full::new(Bytes::new()))
+        .expect("a renewal is well formed");
+    let response = net.exchange(host, req).await?;
+    match response.status() {
+        http::StatusCode::NO_CONTENT => Ok(()),
+        status => Err(OpenError::Unexpected(status)),
     }
 }
 

@@ -7,7 +7,9 @@
 //! [`RECHECK_EVERY`] the token is verified again and the current policy asked again; the stream
 //! is cut when the token expires or is revoked, or the policy stops allowing it.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -16,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sekisho_wire::tunnel::{StreamStatus, TunnelError};
 use sekisho_wire::{COPY_BUFFER, STREAM_HEADER, TUNNEL_PROTOCOL};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::StreamId;
@@ -286,14 +288,20 @@ fn decide(route: &TunnelRoute, person: &Identity) -> Decision {
 }
 
 /// Copies both ways until either side closes or the stream's check says it must close.
-async fn relay<C, T>(shared: &Shared, mut client: C, mut target: T, stream: &Stream)
+async fn relay<C, T>(shared: &Shared, client: C, target: T, stream: &Stream)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    enum End {
+        Done,
+        Broke(std::io::Error),
+        Cut(TunnelError, &'static str),
+    }
     let metrics = &shared.metrics.tunnel;
     metrics.streams_open.inc();
-    let outcome = {
+    let (mut client, mut target) = (Counted::new(client), Counted::new(target));
+    let end = {
         let copy = tokio::io::copy_bidirectional_with_sizes(
             &mut client,
             &mut target,
@@ -305,41 +313,90 @@ where
         recheck.tick().await;
         loop {
             tokio::select! {
-                result = &mut copy => break result.map_err(|e| {
-                    (TunnelError::TargetUnreachable, format!("the stream broke: {e}"))
-                }),
+                result = &mut copy => break match result {
+                    Ok(_) => End::Done,
+                    // A client that went away without a TLS close_notify: ended all the same.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => End::Done,
+                    Err(e) => End::Broke(e),
+                },
                 _ = recheck.tick() => {
                     if let Some((error, why)) = stream.check().await {
-                        break Err((error, why.to_owned()));
+                        break End::Cut(error, why);
                     }
                 }
             }
         }
     };
     metrics.streams_open.dec();
-    match outcome {
-        Ok((to_target, to_client)) => {
-            for (direction, bytes) in [("to_target", to_target), ("to_client", to_client)] {
-                metrics
-                    .bytes
-                    .get_or_create(&DirectionLabels { direction })
-                    .inc_by(bytes);
-            }
+    let (to_target, to_client) = (client.read, target.read);
+    for (direction, bytes) in [("to_target", to_target), ("to_client", to_client)] {
+        metrics
+            .bytes
+            .get_or_create(&DirectionLabels { direction })
+            .inc_by(bytes);
+    }
+    let (host, user) = (&stream.host, &stream.user);
+    match end {
+        End::Done => {
             stream.close(None, "the connection ended".to_owned());
-            tracing::debug!(host = %stream.host, user = %stream.user, to_target, to_client, "tunnel closed");
+            tracing::debug!(%host, %user, to_target, to_client, "tunnel closed");
         }
-        Err((error, why)) => {
-            tracing::info!(
-                target: "sekisho::access",
-                host = %stream.host,
-                user = %stream.user,
-                reason = %why,
-                "tunnel cut"
+        End::Broke(error) => {
+            tracing::debug!(%host, %user, to_target, to_client, %error, "tunnel broke");
+            stream.close(
+                Some(TunnelError::TargetUnreachable),
+                format!("the stream broke: {error}"),
             );
-            stream.close(Some(error), why);
-            // A clean TLS close, so the client reads an end of stream and asks why.
-            let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
         }
+        End::Cut(error, why) => {
+            tracing::info!(target: "sekisho::access", %host, %user, reason = why, "tunnel cut");
+            stream.close(Some(error), why.to_owned());
+            // A clean TLS close, so the client reads an end of stream and asks why.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.inner.shutdown()).await;
+        }
+    }
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted<T> {
+    inner: T,
+    read: u64,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T) -> Self {
+        Self { inner, read: 0 }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

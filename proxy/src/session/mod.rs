@@ -14,13 +14,15 @@
 //!
 //! The associated data is `purpose || envelope version || key id || lowercase host`, where the
 //! purpose is `b"sekisho-session-v1\0"` for session cookies and `b"sekisho-handoff-v1\0"` for
-//! handoff codes. So a cookie sealed for one host fails authentication on every other host, and
+//! handoff codes (the login cookie and the CLI's codes, refresh tokens and CSRF tokens have
+//! labels of their own: see [`cli`]). So a cookie sealed for one host fails authentication on every other host, and
 //! a session cookie is never accepted as a handoff code nor the other way round. The host is
 //! given without a port (browsers send a host's cookies to all its ports).
 //!
 //! Nonces are 96 random bits per seal; with AES-GCM a key should seal well under 2³² values, so
 //! rotate the key file (see [`key`](SessionKeys::parse)) long before that.
 
+mod cli;
 mod cookie;
 mod handoff;
 mod key;
@@ -32,6 +34,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{Aad, NONCE_LEN, Nonce};
 
+pub use cli::{
+    CLI_CODE_TTL, CSRF_TTL, CliCode, CliRefresh, MAX_CODE_CHALLENGE, MAX_REDIRECT_URI, SealedText,
+};
 pub use cookie::{
     COOKIE_NAME, CookieError, clear_cookie, session_cookie, set_cookie, strip_session_cookies,
 };
@@ -54,7 +59,7 @@ const TAG_LEN: usize = 16;
 /// Bytes a sealed value adds to its plaintext.
 const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
 /// The longest purpose label.
-const PURPOSE_MAX: usize = 19;
+const PURPOSE_MAX: usize = 23;
 /// Room for the decoded bytes of the longest accepted text (base64 decoding needs up to 3 bytes
 /// of slack).
 const OPEN_BUFFER: usize = MAX_HANDOFF_CODE_LEN / 4 * 3 + 3;
@@ -125,6 +130,9 @@ enum Purpose {
     Session,
     Handoff,
     Login,
+    CliCode,
+    CliRefresh,
+    CliCsrf,
 }
 
 impl Purpose {
@@ -133,13 +141,20 @@ impl Purpose {
             Purpose::Session => b"sekisho-session-v1\0",
             Purpose::Handoff => b"sekisho-handoff-v1\0",
             Purpose::Login => b"sekisho-login-v1\0",
+            Purpose::CliCode => b"sekisho-cli-code-v1\0",
+            Purpose::CliRefresh => b"sekisho-cli-refresh-v1\0",
+            Purpose::CliCsrf => b"sekisho-cli-csrf-v1\0",
         }
     }
 
     fn max_text_len(self) -> usize {
         match self {
             Purpose::Session => MAX_COOKIE_VALUE_LEN,
-            Purpose::Handoff | Purpose::Login => MAX_HANDOFF_CODE_LEN,
+            Purpose::Handoff
+            | Purpose::Login
+            | Purpose::CliCode
+            | Purpose::CliRefresh
+            | Purpose::CliCsrf => MAX_HANDOFF_CODE_LEN,
         }
     }
 }

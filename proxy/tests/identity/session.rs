@@ -184,6 +184,27 @@ async fn open_redirects_in_the_login_endpoint_fail() -> anyhow::Result<()> {
             "rd={rd} led to a redirect towards evil: {reply}"
         );
     }
+    // On the auth host only its own pages (home, /.sekisho/me, the CLI's) are return URLs.
+    for path in [
+        "/.sekisho/logout",
+        "/.sekisho/callback?code=x&state=y",
+        "/.sekisho/cli/../logout",
+        "/elsewhere",
+    ] {
+        let rd = site.url(AUTH, path);
+        let reply = site
+            .get(&site.login_url(&rd), &refs(&navigation(&Jar::new())))
+            .await?;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "rd={rd} is refused: {reply}"
+        );
+    }
+    let started = site
+        .start_login(&site.url(AUTH, "/.sekisho/cli/device"))
+        .await?;
+    assert!(started.idp_url.starts_with(site.idp.issuer()));
     // The same endpoint with a configured host does start a login.
     let started = site.start_login(&site.url(APP, "/hello")).await?;
     assert!(started.idp_url.starts_with(site.idp.issuer()));
