@@ -404,6 +404,22 @@ impl Proxy {
         self.token(email, after, leeway)
     }
 
+    /// Ends the session that [`Proxy::user_token`]'s tokens for `email` belong to, the way a
+    /// logout or a back-channel logout does.
+    pub fn revoke(&self, email: &str) -> Result<()> {
+        let snapshot = self.running().shared().snapshot.load_full();
+        let identity = snapshot
+            .identity
+            .as_ref()
+            .context("the configuration has no identity section")?;
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 3600;
+        identity.state.revoke_session(session_of(email), until);
+        Ok(())
+    }
+
     fn token(&self, email: &str, lifetime: Duration, backdate_secs: u64) -> Result<String> {
         let snapshot = self.running().shared().snapshot.load_full();
         let identity = snapshot
@@ -416,8 +432,7 @@ impl Proxy {
             identity.auth_host.clone(),
         )
         .with_lifetime(lifetime);
-        let mut session = [0u8; 16];
-        session[..email.len().min(16)].copy_from_slice(&email.as_bytes()[..email.len().min(16)]);
+        let session = session_of(email);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
@@ -465,6 +480,14 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The session id of a test person's tokens: the first 16 bytes of the email, zero-padded.
+fn session_of(email: &str) -> [u8; 16] {
+    let mut session = [0u8; 16];
+    let n = email.len().min(16);
+    session[..n].copy_from_slice(&email.as_bytes()[..n]);
+    session
 }
 
 fn config_text(pki: &Pki, listen: SocketAddr, rest: &str) -> String {

@@ -574,6 +574,18 @@ fn a_policy_that_stops_allowing_the_person_cuts_the_tunnel_and_says_why() -> Res
 }
 
 #[test]
+fn a_tunnel_closes_when_the_session_behind_its_token_ends() -> Result<()> {
+    let site = Site::new()?;
+    let token = site.proxy.user_token(ALICE)?;
+    let (_, stderr) = cut_session(&site, &token, || site.proxy.revoke(ALICE))?;
+    ensure!(
+        stderr.contains("the proxy closed the tunnel: the login expired or was revoked"),
+        "ssh's stderr: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_tunnel_closes_when_its_token_expires() -> Result<()> {
     let site = Site::new()?;
     let token = site
