@@ -258,20 +258,11 @@ fn dev_session(
     lifetime: std::time::Duration,
 ) -> ExitCode {
     use sekisho_proxy::session::{SessionId, SessionKeys, SessionRecord, unix_now};
-    let Some(config) = config else {
-        eprintln!("sekisho-proxy: dev-session needs --config with identity.session_keys_file");
-        return ExitCode::from(2);
-    };
-    let keys_file = match Config::load(&config) {
-        Ok(config) => config.identity.and_then(|i| i.session_keys_file),
-        Err(error) => {
-            eprintln!("invalid: {}", error_chain(&error));
-            return ExitCode::from(3);
-        }
-    };
-    let Some(keys_file) = keys_file else {
-        eprintln!("sekisho-proxy: the configuration has no identity.session_keys_file");
-        return ExitCode::from(3);
+    let keys_file = match identity_file(config, "dev-session", "session_keys_file", |i| {
+        i.session_keys_file
+    }) {
+        Ok((_, file)) => file,
+        Err(code) => return code,
     };
     let sealed = SessionKeys::load(&keys_file)
         .map_err(|e| error_chain(&e))
@@ -290,11 +281,47 @@ fn dev_session(
                 host: host.to_ascii_lowercase(),
                 groups_trimmed: false,
             };
-            keys.seal(&record, &|_| true).map_err(|e| error_chain(&e))
+            keys.seal(&record, &|_| true)
+                .map(|sealed| sealed.value().to_owned())
+                .map_err(|e| error_chain(&e))
         });
-    match sealed {
-        Ok(sealed) => {
-            println!("{}", sealed.value());
+    print_or_fail(sealed)
+}
+
+/// The `identity:` section of the `--config` file and one of its key files, for the `dev-*`
+/// commands; the exit code (and a message) when there is none.
+fn identity_file(
+    config: Option<PathBuf>,
+    command: &str,
+    field: &str,
+    file: impl FnOnce(sekisho_proxy::config::IdentityConfig) -> Option<PathBuf>,
+) -> Result<(String, PathBuf), ExitCode> {
+    let Some(config) = config else {
+        eprintln!("sekisho-proxy: {command} needs --config with identity.{field}");
+        return Err(ExitCode::from(2));
+    };
+    let identity = match Config::load(&config) {
+        Ok(config) => config.identity,
+        Err(error) => {
+            eprintln!("invalid: {}", error_chain(&error));
+            return Err(ExitCode::from(3));
+        }
+    };
+    let found = identity.and_then(|i| {
+        let host = i.auth_host.to_ascii_lowercase();
+        file(i).map(|file| (host, file))
+    });
+    found.ok_or_else(|| {
+        eprintln!("sekisho-proxy: the configuration has no identity.{field}");
+        ExitCode::from(3)
+    })
+}
+
+/// Prints what a `dev-*` command made, or its error.
+fn print_or_fail(made: Result<String, String>) -> ExitCode {
+    match made {
+        Ok(text) => {
+            println!("{text}");
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -313,24 +340,13 @@ fn dev_token(
 ) -> ExitCode {
     use sekisho_identity::signing::{Identity, SigningKeys};
     use sekisho_identity::user_token::UserTokens;
-    let Some(config) = config else {
-        eprintln!("sekisho-proxy: dev-token needs --config with identity.signing_keys_file");
-        return ExitCode::from(2);
-    };
-    let identity = match Config::load(&config) {
-        Ok(config) => config.identity,
-        Err(error) => {
-            eprintln!("invalid: {}", error_chain(&error));
-            return ExitCode::from(3);
-        }
-    };
-    let Some((auth_host, keys_file)) = identity.and_then(|i| {
-        let host = i.auth_host.to_ascii_lowercase();
-        i.signing_keys_file.map(|file| (host, file))
-    }) else {
-        eprintln!("sekisho-proxy: the configuration has no identity.signing_keys_file");
-        return ExitCode::from(3);
-    };
+    let (auth_host, keys_file) =
+        match identity_file(config, "dev-token", "signing_keys_file", |i| {
+            i.signing_keys_file
+        }) {
+            Ok(found) => found,
+            Err(code) => return code,
+        };
     let issued = SigningKeys::load(&keys_file)
         .map_err(|e| error_chain(&e))
         .and_then(|keys| {
@@ -350,16 +366,8 @@ fn dev_token(
             };
             tokens
                 .issue(session, &identity, sekisho_proxy::session::unix_now())
+                .map(|issued| issued.token.expose().to_owned())
                 .map_err(|e| error_chain(&e))
         });
-    match issued {
-        Ok(issued) => {
-            println!("{}", issued.token.expose());
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("sekisho-proxy: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    print_or_fail(issued)
 }
