@@ -1,14 +1,16 @@
 //! The site every login test runs against: devidp, an echo upstream behind a `bearer: true`
-//! route, the proxy in-process with identity on a port chosen before start (devidp must know
-//! the callback URL first), a throwaway CA, and the built `sekisho` binary with its own config
-//! directory, run with `--ca` and `--connect-to` and `SEKISHO_BROWSER=none`, its stderr read
-//! line by line so a test can take the URL it prints to the browser.
+//! route, a TCP echo server behind a tunnel route (the proxy dials it), the proxy in-process
+//! with identity on a port chosen before start (devidp must know the callback URL first), a
+//! throwaway CA, and the built `sekisho` binary with its own config directory, run with `--ca`
+//! and `--connect-to` and `SEKISHO_BROWSER=none`, its stderr read line by line so a test can
+//! take the URL it prints to the browser.
 
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use sekisho_cli::net::{Net, Origin};
 use sekisho_testkit::{Browser, BrowserOptions, Idp, free_port, login_with_browser};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -30,7 +33,7 @@ pub(crate) const LIMIT: Duration = Duration::from_secs(30);
 
 pub(crate) const APP: &str = "app.sekisho.test";
 pub(crate) const AUTH: &str = "auth.sekisho.test";
-/// A host the proxy serves that the tunnel tests reach through a stand-in tunnel endpoint.
+/// The host of the proxy's tunnel route (to [`Site::echo`]); no HTTP route serves it.
 pub(crate) const SSH: &str = "ssh.sekisho.test";
 pub(crate) const ALICE: &str = "alice@uniqe.example";
 const PASSWORD: &str = "password";
@@ -41,15 +44,14 @@ pub(crate) struct Site {
     pub(crate) port: u16,
     pub(crate) idp: Idp,
     leaf_pem: String,
-    /// The leaf's certificate and key files (for every test host).
-    pub(crate) cert_file: PathBuf,
-    pub(crate) key_file: PathBuf,
     ca_file: PathBuf,
     /// The proxy's HTTPS address.
     pub(crate) proxy_addr: SocketAddr,
     /// `XDG_CONFIG_HOME` of the `sekisho` runs.
     pub(crate) config_home: PathBuf,
-    pub(crate) net: Net,
+    net: Net,
+    /// The target of the tunnel route for [`SSH`].
+    pub(crate) echo: TcpEcho,
     _upstream: EchoUpstream,
     running: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
@@ -85,6 +87,7 @@ impl Site {
         let key = file("site.key", &key_pem)?;
         let client_secret = file("client-secret", CLIENT_SECRET)?;
         let upstream = EchoUpstream::start().await?;
+        let echo = TcpEcho::start().await?;
         let config = format!(
             "listen:
   https: 127.0.0.1:{port}
@@ -115,13 +118,13 @@ hosts:
     default: app
     paths:
       - {{path: /api, type: Prefix, upstream: app, bearer: true}}
-  - host: {SSH}
-    policy: staff
-    default: app
+tunnels:
+  - {{host: {SSH}, policy: staff, target: '{echo}'}}
 ",
             cert = cert.display(),
             key = key.display(),
             upstream = upstream.addr,
+            echo = echo.addr,
             issuer = idp.issuer(),
             client_secret = client_secret.display(),
         );
@@ -144,12 +147,11 @@ hosts:
             port,
             idp,
             leaf_pem,
-            cert_file: cert,
-            key_file: key,
             ca_file,
             proxy_addr: running.https_addr,
             config_home,
             net,
+            echo,
             _upstream: upstream,
             running: Some(running),
             _dir: dir,
@@ -190,14 +192,14 @@ hosts:
         Ok(login.clone())
     }
 
-    /// `sekisho ARGS` as the tests run it, dialing `connect_to` for every host.
-    fn command(&self, args: &[&str], connect_to: SocketAddr) -> anyhow::Result<Command> {
+    /// `sekisho ARGS` as the tests run it, dialing the proxy for every host.
+    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut command = Command::new(binary()?);
         command
             .arg("--ca")
             .arg(&self.ca_file)
             .arg("--connect-to")
-            .arg(connect_to.to_string())
+            .arg(self.proxy_addr.to_string())
             .args(args)
             .env("XDG_CONFIG_HOME", &self.config_home)
             .env("SEKISHO_BROWSER", "none")
@@ -214,17 +216,16 @@ hosts:
 
     /// Starts `sekisho ARGS`; its stderr can be read line by line while it runs.
     pub(crate) fn spawn(&self, args: &[&str]) -> anyhow::Result<Run> {
-        self.spawn_via(self.proxy_addr, args, None)
+        self.spawn_with_input(args, None)
     }
 
-    /// Starts `sekisho ARGS` dialing `connect_to`, with `input` (then end of file) on its stdin.
-    pub(crate) fn spawn_via(
+    /// Starts `sekisho ARGS` with `input` (then end of file) on its stdin.
+    pub(crate) fn spawn_with_input(
         &self,
-        connect_to: SocketAddr,
         args: &[&str],
         input: Option<Vec<u8>>,
     ) -> anyhow::Result<Run> {
-        let mut command = self.command(args, connect_to)?;
+        let mut command = self.command(args)?;
         command.stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -564,6 +565,51 @@ async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
     }
     Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+/// A TCP server on 127.0.0.1:0 that sends back every byte it reads, and closes its side when
+/// the other side has closed its own.
+pub(crate) struct TcpEcho {
+    pub(crate) addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TcpEcho {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        // accept() is cancel-safe; the loop ends when the task is aborted on drop.
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.into_split();
+                    if tokio::io::copy(&mut read, &mut write).await.is_ok() {
+                        let _ = write.shutdown().await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    /// How many connections it has accepted (each one a tunnel the proxy opened).
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
 }
 
 /// The value of header `name` in an echoed answer.

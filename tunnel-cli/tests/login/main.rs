@@ -1,8 +1,7 @@
 //! End-to-end tests of `sekisho login` and its relatives with real parts: devidp (the
 //! project's OpenID provider under Node.js), headless Chromium, the proxy in-process on a
-//! loopback port, an echo upstream behind a `bearer: true` route, and the built `sekisho`
-//! binary (and, for `tunnel`, a stand-in for the tunnel endpoint the proxy does not have yet).
-//! One binary, so the parts are linked once.
+//! loopback port, an echo upstream behind a `bearer: true` route, a TCP echo server behind a
+//! tunnel route, and the built `sekisho` binary. One binary, so the parts are linked once.
 
 mod browser_flow;
 mod device_flow;
