@@ -412,20 +412,11 @@ fn exchange(stream: &mut Tls, head: &str) -> Result<String> {
 fn rogue_link(site: &Site) -> Result<Tls> {
     let key_pem = std::fs::read_to_string(site.keys.path().join("rogue.key"))?;
     let key = sekisho_wire::agent_auth::AgentKey::from_pem(&key_pem)?;
-    let mut stream = tls(site, PROXY_HOST)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let credential = key.credential(PROXY_HOST, "rogue", now)?;
-    let head = exchange(
-        &mut stream,
-        &format!(
-            "GET {} HTTP/1.1\r\nHost: {PROXY_HOST}\r\nConnection: upgrade\r\nUpgrade: {}\r\n{}: {credential}",
-            sekisho_wire::AGENT_CONNECT_PATH,
-            sekisho_wire::AGENT_PROTOCOL,
-            sekisho_wire::AGENT_AUTH_HEADER,
-        ),
-    )?;
+    let (stream, head) = agent_request(site, &credential.to_string())?;
     ensure!(
         head.starts_with("HTTP/1.1 101"),
         "rogue not admitted: {head}"
@@ -684,8 +675,9 @@ fn a_renewed_token_keeps_an_open_tunnel_open_and_only_its_owner_may_renew() -> R
     Ok(())
 }
 
-/// Sends an agent connect request with `credential` as its header; the answer's status line.
-fn agent_connect(site: &Site, credential: &str) -> Result<String> {
+/// Sends an agent connect request with `credential` as its header: the connection and the
+/// answer's head.
+fn agent_request(site: &Site, credential: &str) -> Result<(Tls, String)> {
     let mut stream = tls(site, PROXY_HOST)?;
     let head = exchange(
         &mut stream,
@@ -696,6 +688,12 @@ fn agent_connect(site: &Site, credential: &str) -> Result<String> {
             sekisho_wire::AGENT_AUTH_HEADER,
         ),
     )?;
+    Ok((stream, head))
+}
+
+/// The status line of an agent connect request with `credential`.
+fn agent_connect(site: &Site, credential: &str) -> Result<String> {
+    let (_, head) = agent_request(site, credential)?;
     Ok(head.lines().next().unwrap_or_default().to_owned())
 }
 
