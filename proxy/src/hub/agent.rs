@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -69,12 +69,7 @@ pub(crate) fn handle(
     conn.take_over(Takeover::Own(Box::new(move |io, shutdown| {
         Box::pin(serve(shared, name, key, peer, io, shutdown))
     })));
-    let mut response = Response::new(ResponseBody::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static(AGENT_PROTOCOL));
-    response
+    super::switching_protocols(AGENT_PROTOCOL)
 }
 
 type Refusal = (StatusCode, &'static str, String);

@@ -80,6 +80,22 @@ pub(crate) struct Link {
     draining: AtomicBool,
 }
 
+/// The `101` that hands a connection to the hub for `protocol`.
+fn switching_protocols(protocol: &'static str) -> Response<crate::body::ResponseBody> {
+    let mut response = Response::new(crate::body::ResponseBody::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static(protocol),
+    );
+    response
+}
+
 impl Hub {
     fn register(&self, link: Arc<Link>) {
         self.links.entry(link.agent.clone()).or_default().push(link);

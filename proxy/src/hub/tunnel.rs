@@ -47,22 +47,22 @@ pub(crate) async fn handle(
         Ok((target, stream)) => {
             let shared = shared.clone();
             let id = HeaderValue::from_str(&hex(&stream.id)).expect("hex is a valid header value");
+            // Marks the stream closed however the hand-off ends, even if it never runs (the
+            // client went away before the `101`), so the hub forgets it in time.
+            let accepted = Accepted(stream);
             conn.take_over(Takeover::Own(Box::new(move |client, _shutdown| {
                 Box::pin(async move {
+                    let stream = &accepted.0;
                     match target {
-                        Target::Direct(tcp) => relay(&shared, client, tcp, &stream).await,
+                        Target::Direct(tcp) => relay(&shared, client, tcp, stream).await,
                         Target::Agent(upgraded) => {
-                            relay(&shared, client, TokioIo::new(upgraded), &stream).await
+                            relay(&shared, client, TokioIo::new(upgraded), stream).await
                         }
                     }
                 })
             })));
-            let mut response = Response::new(ResponseBody::empty());
-            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let headers = response.headers_mut();
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
-            headers.insert(STREAM_HEADER, id);
+            let mut response = super::switching_protocols(TUNNEL_PROTOCOL);
+            response.headers_mut().insert(STREAM_HEADER, id);
             response
         }
         Err((error, detail)) => {
@@ -85,6 +85,17 @@ pub(crate) async fn handle(
             };
             let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
             json_error(status, error.code(), &message, login_url.as_deref())
+        }
+    }
+}
+
+/// An accepted stream, for as long as its relay may run.
+struct Accepted(Arc<Stream>);
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        if self.0.closed_since().is_none() {
+            self.0.close(None, "the connection ended".to_owned());
         }
     }
 }
