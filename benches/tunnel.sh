@@ -5,7 +5,7 @@
 # proxy's memory per idle agent connection, how many idle agent connections one proxy holds, and
 # memory per idle open tunnel stream.
 #
-#   benches/tunnel.sh            # full run, about 15 minutes, writes benches/RESULTS.md
+#   benches/tunnel.sh            # full run, 4 min on a quiet machine (plus waits for builds), writes benches/RESULTS.md
 #   benches/tunnel.sh --quick    # smoke test: 1 round, short runs, few agents and streams
 #
 # Options: --rounds N (3), --duration SECONDS (5), --pings N (20000), --agents N (1000),
