@@ -68,25 +68,13 @@ impl Pki {
     /// A CA and a leaf for `names`.
     pub fn new(names: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut ca = rcgen::CertificateParams::new(Vec::new())?;
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "Sekisho e2e CA");
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate()?;
-        let mut leaf =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        leaf.distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        let cert = leaf.signed_by(&key, &issuer)?;
+        let pki = sekisho_testkit::test_pki("Sekisho e2e CA", names)?;
         let ca_file = dir.path().join("ca.pem");
         let cert_file = dir.path().join("proxy.crt");
         let key_file = dir.path().join("proxy.key");
-        std::fs::write(&ca_file, ca_cert.pem())?;
-        std::fs::write(&cert_file, cert.pem())?;
-        std::fs::write(&key_file, key.serialize_pem())?;
+        std::fs::write(&ca_file, &pki.ca_pem)?;
+        std::fs::write(&cert_file, &pki.cert_pem)?;
+        std::fs::write(&key_file, &pki.key_pem)?;
         Ok(Self {
             dir,
             ca_file,

@@ -16,6 +16,40 @@ pub fn spki_sha256_base64(pem: &str) -> Result<String, Error> {
     Ok(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
 }
 
+/// A throwaway CA and one leaf certificate it signed, as PEM.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A CA named `ca_name` and a leaf for `names` (the first is also its common name).
+pub fn test_pki(ca_name: &str, names: &[&str]) -> Result<TestPki, Error> {
+    let fail = |error: rcgen::Error| Error::Certificate(error.to_string());
+    let ca_key = rcgen::KeyPair::generate().map_err(fail)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).map_err(fail)?;
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let mut leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .map_err(fail)?;
+    if let Some(first) = names.first() {
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, *first);
+    }
+    let cert = leaf.signed_by(&key, &issuer).map_err(fail)?;
+    Ok(TestPki {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use base64::Engine as _;

@@ -19,7 +19,7 @@ mod port;
 mod retry;
 
 pub use browser::{Browser, BrowserOptions, Cookie};
-pub use certificate::spki_sha256_base64;
+pub use certificate::{TestPki, spki_sha256_base64, test_pki};
 pub use error::Error;
 pub use idp::{Idp, IdpBuilder};
 pub use login::login_with_browser;

@@ -509,20 +509,8 @@ fn binary() -> anyhow::Result<&'static Path> {
 
 /// A CA, and a leaf for `names` signed by it: PEM (CA, leaf, leaf key).
 fn pki(names: &[&str]) -> anyhow::Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::new(Vec::new())?;
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "sekisho CLI test CA");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let mut leaf =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-    leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, names[0]);
-    let leaf_cert = leaf.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), leaf_cert.pem(), key.serialize_pem()))
+    let pki = sekisho_testkit::test_pki("sekisho CLI test CA", names)?;
+    Ok((pki.ca_pem, pki.cert_pem, pki.key_pem))
 }
 
 /// An HTTP upstream on 127.0.0.1:0 that answers with the request's headers, one
