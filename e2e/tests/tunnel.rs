@@ -305,7 +305,7 @@ fn with_two_agents_of_one_site_the_other_takes_over_when_one_dies() -> Result<()
     site.start_agent(&key)?;
     site.proxy
         .wait_for_links("nas", 2, Duration::from_secs(20))?;
-    // Both carry streams while both live.
+    // Streams keep working while both are connected.
     for _ in 0..4 {
         let output = run(&mut site.ssh("echo shared")?)?;
         ensure!(stdout(&output).trim() == "shared");

@@ -248,9 +248,6 @@ impl Hub {
         }
         Err(TunnelError::AgentOffline)
     }
-}
-
-impl Hub {
     /// Sends an HTTP request to `endpoint` (`http://host:port`, as the agent sees it) over one
     /// of the agent's links; the next link is tried when a link turns out to be gone.
     pub(crate) async fn send_http(
