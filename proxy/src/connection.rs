@@ -205,7 +205,12 @@ impl Readiness for TcpStream {
     }
 }
 
-impl Readiness for tokio_rustls::server::TlsStream<TcpStream> {
+/// A client's TLS stream. Boxed: rustls's connection state is over 1 KiB, and the connection
+/// task would otherwise carry it inline several times over (async state machines keep each
+/// moved copy), idle or not.
+pub(crate) type TlsClient = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+
+impl Readiness for TlsClient {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         self.get_ref().0.readable()
     }
@@ -220,7 +225,9 @@ pub(crate) async fn serve_plain(
     shutdown: watch::Receiver<bool>,
 ) {
     match sniff_h2c(&stream, limits.header_read_timeout).await {
-        Some(true) => serve_h2(shared, stream, state, limits, shutdown).await,
+        // HTTP/2's connection (2 KiB) lives out of line, so that the far more common HTTP/1.1
+        // connection's task does not keep room for it.
+        Some(true) => Box::pin(serve_h2(shared, stream, state, limits, shutdown)).await,
         Some(false) => serve_h1(shared, stream, state, limits, shutdown).await,
         None => {}
     }
@@ -229,13 +236,13 @@ pub(crate) async fn serve_plain(
 /// Serves a TLS connection by its ALPN choice.
 pub(crate) async fn serve_tls(
     shared: Arc<Shared>,
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    stream: TlsClient,
     state: ConnState,
     limits: &Limits,
     shutdown: watch::Receiver<bool>,
 ) {
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve_h2(shared, stream, state, limits, shutdown).await;
+        Box::pin(serve_h2(shared, stream, state, limits, shutdown)).await;
     } else {
         serve_h1(shared, stream, state, limits, shutdown).await;
     }

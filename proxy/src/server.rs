@@ -523,8 +523,13 @@ async fn serve_tcp(
     match kind {
         ListenerKind::Https => {
             let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.clone());
-            let handshake =
-                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+            // Boxed, like the TLS stream after it: the task of every connection, plain ones
+            // included, is as large as its largest state, and rustls's connection is 1 KiB.
+            let handshake = Box::pin(tokio::time::timeout(
+                limits.header_read_timeout,
+                acceptor.accept(stream),
+            ))
+            .await;
             let ok = matches!(handshake, Ok(Ok(_)));
             shared
                 .metrics
@@ -534,7 +539,7 @@ async fn serve_tcp(
             match handshake {
                 Ok(Ok(tls)) => {
                     let state = ConnState::new(peer, true, admission, tracker);
-                    connection::serve_tls(shared, tls, state, &limits, shutdown).await;
+                    connection::serve_tls(shared, Box::new(tls), state, &limits, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
