@@ -9,6 +9,12 @@ use sekisho_agent::config::{Config, Overrides, Proxy, ProxyUrl, Settings};
 use sekisho_agent::target::Target;
 use sekisho_agent::{Agent, error_chain};
 
+/// mimalloc instead of glibc's malloc: the relay's buffers come and go with every stream, and
+/// glibc handed them back to the kernel and faulted them in again (6–7 % of the agent's core
+/// at full throughput, benches/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sekisho's agent: dials out to Sekisho proxies over HTTPS and lets them reach the local
 /// services it allows (TCP targets such as ssh, and HTTP servers), with no inbound port.
 ///

@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -73,8 +74,9 @@ pub struct IdentityRuntime {
     pub jwks_json: bytes::Bytes,
     pub state: Arc<IdentityState>,
     /// Opened session cookies by value (sealed per host, so a value names one session on one
-    /// host), with their header values formatted.
-    sessions: DashMap<Box<str>, Arc<Who>>,
+    /// host), with their header values formatted. Only cookies that opened are inserted, so a
+    /// client cannot choose the keys; foldhash (seeded per process) instead of SipHash.
+    sessions: DashMap<Box<str>, Arc<Who>, foldhash::fast::RandomState>,
 }
 
 /// Cached session cookies at most; the cache starts over when full.
@@ -120,10 +122,13 @@ pub struct IdentityState {
     /// The CLI's device logins waiting for approval (`crate::cli_login`).
     pub device_grants: DeviceGrants,
     /// Session ids ended by logout, until the session would have expired anyway.
-    revoked_sessions: DashMap<[u8; 16], u64>,
+    revoked_sessions: DashMap<[u8; 16], u64, foldhash::fast::RandomState>,
     /// `issuer \0 subject` → Unix time: sessions issued up to then are over (back-channel
     /// logout of every session of a subject).
     revoked_subjects: DashMap<String, u64>,
+    /// Whether `revoked_subjects` has any entry (they are never removed): asked on every
+    /// request, where `DashMap::is_empty` would lock every shard.
+    any_subject_revoked: AtomicBool,
     /// The provider's session id (`sid`) → our session ids, for back-channel logout by `sid`.
     provider_sessions: DashMap<String, Vec<([u8; 16], u64)>>,
     /// Our session id → the ID token and its expiry, for `id_token_hint` at logout.
@@ -149,8 +154,9 @@ impl IdentityState {
         Self {
             replay: ReplayGuard::new(MAX_REMEMBERED),
             device_grants: DeviceGrants::new(MAX_DEVICE_GRANTS),
-            revoked_sessions: DashMap::new(),
+            revoked_sessions: DashMap::default(),
             revoked_subjects: DashMap::new(),
+            any_subject_revoked: AtomicBool::new(false),
             provider_sessions: DashMap::new(),
             id_tokens: DashMap::new(),
         }
@@ -169,6 +175,7 @@ impl IdentityState {
     pub fn revoke_subject(&self, issuer: &str, subject: &str) {
         self.revoked_subjects
             .insert(format!("{issuer}\0{subject}"), unix_now());
+        self.any_subject_revoked.store(true, Ordering::Release);
     }
 
     /// Ends the sessions that logged in with the provider session `sid`; false if none known.
@@ -194,7 +201,7 @@ impl IdentityState {
         if self.revoked_sessions.contains_key(id) {
             return true;
         }
-        if self.revoked_subjects.is_empty() {
+        if !self.any_subject_revoked.load(Ordering::Acquire) {
             return false;
         }
         self.revoked_subjects
@@ -343,7 +350,7 @@ impl IdentityRuntime {
             state: previous
                 .map(|p| p.state.clone())
                 .unwrap_or_else(|| Arc::new(IdentityState::new())),
-            sessions: DashMap::new(),
+            sessions: DashMap::default(),
         })))
     }
 
