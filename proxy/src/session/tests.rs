@@ -538,6 +538,21 @@ fn stripping_removes_only_our_cookies_and_empty_headers() {
 }
 
 #[test]
+fn a_lone_session_cookie_header_goes_whole_and_look_alikes_stay() {
+    for lone in ["__Host-sekisho=abc", " __Host-sekisho = abc "] {
+        let mut headers = cookie_headers(&[lone]);
+        strip_session_cookies(&mut headers);
+        assert!(headers.get(COOKIE).is_none(), "{lone:?} was kept");
+        assert_eq!(headers.get("x-other").unwrap(), "1");
+    }
+    for other in ["__Host-sekishoo=abc", "x__Host-sekisho=abc", "__Host-sekisho"] {
+        let mut headers = cookie_headers(&[other]);
+        strip_session_cookies(&mut headers);
+        assert_eq!(cookies_of(&headers), vec![other]);
+    }
+}
+
+#[test]
 fn stripping_leaves_headers_without_our_cookie_byte_for_byte() {
     let values = ["a=1;  b=2 ", "c=3; x__Host-sekisho=1; __Host-sekishoo=2"];
     let mut headers = cookie_headers(&values);
