@@ -9,7 +9,7 @@
 #
 # Each variant: the proxy under `valgrind --tool=callgrind`, 200 warm-up requests on one
 # keep-alive connection, counters zeroed, N (2000) more requests, counters dumped. Needs
-# valgrind and nginx (Debian: valgrind nginx-light). Ports 18701-18705 on 127.0.0.1.
+# valgrind and nginx (Debian: valgrind nginx-light). Ports 18701-18708 on 127.0.0.1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,7 +68,7 @@ policies:
   bench: {allow: [{group: staff}]}"
     fi
     cat >"$T/$1.yaml" <<EOF
-listen: {https: 127.0.0.1:$(($2 + 1)), http: 127.0.0.1:$2, http_mode: serve}
+listen: {https: 127.0.0.1:$(($2 + 1)), http: 127.0.0.1:$2, http_mode: serve, admin: 127.0.0.1:$(($2 + 2))}
 workers: 1
 access_log: false
 tls:
@@ -84,7 +84,7 @@ hosts:
 EOF
 }
 config auth-off 18702
-config auth-on 18704
+config auth-on 18706
 COOKIE=$("$SEKISHO" --config "$T/auth-on.yaml" dev-session --host localhost \
     --subject bench --email bench@example.com --group staff --lifetime 24h)
 
@@ -115,9 +115,9 @@ instructions() {
         sleep 0.5
     done
     python3 "$T/client.py" "$port" 200 "$cookie"
-    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
     python3 "$T/client.py" "$port" "$REQUESTS" "$cookie"
-    callgrind_control -d "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null 2>&1
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     local dump
@@ -126,7 +126,7 @@ instructions() {
 }
 
 off=$(instructions auth-off 18702 "")
-on=$(instructions auth-on 18704 "$COOKIE")
+on=$(instructions auth-on 18706 "$COOKIE")
 echo "sekisho-proxy: $("$SEKISHO" --version)"
 echo "instructions per request, auth off (public route):         $off"
 echo "instructions per request, auth on (valid session cookie):  $on"
