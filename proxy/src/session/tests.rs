@@ -545,7 +545,11 @@ fn a_lone_session_cookie_header_goes_whole_and_look_alikes_stay() {
         assert!(headers.get(COOKIE).is_none(), "{lone:?} was kept");
         assert_eq!(headers.get("x-other").unwrap(), "1");
     }
-    for other in ["__Host-sekishoo=abc", "x__Host-sekisho=abc", "__Host-sekisho"] {
+    for other in [
+        "__Host-sekishoo=abc",
+        "x__Host-sekisho=abc",
+        "__Host-sekisho",
+    ] {
         let mut headers = cookie_headers(&[other]);
         strip_session_cookies(&mut headers);
         assert_eq!(cookies_of(&headers), vec![other]);
