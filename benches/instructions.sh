@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What auth costs per request, counted rather than timed: user-space instructions that
 # sekisho-proxy executes per proxied request (callgrind), with the route public ("auth off")
-# and with a policy and a valid session cookie ("auth on"), and the difference. Instruction
-# counts repeat to ≈ 0.3 % from run to run, so they show changes far below the noise of
-# proxy.sh's CPU-µs (kernel time is not counted here; it is the same for both).
+# and with a policy and a valid session cookie ("auth on"), and the difference. On a quiet
+# machine instruction counts repeat to ≈ 0.3 % from run to run, so they show changes far below
+# the noise of proxy.sh's CPU-µs (kernel time is not counted here; it is the same for both).
+# With other work competing for the cores, more polls return Pending and counts rise (11 % seen).
 #
 #   benches/instructions.sh [--sekisho BINARY] [--requests N]
 #
