@@ -20,15 +20,4 @@ pub mod serve;
 pub mod target;
 
 pub use agent::{Agent, StartError};
-
-/// An error and its causes on one line: `outer: inner: innermost`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use sekisho_wire::error_chain;

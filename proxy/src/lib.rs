@@ -35,16 +35,5 @@ pub mod upstream;
 pub mod websocket;
 mod worker;
 
+pub use sekisho_wire::error_chain;
 pub use server::{Options, Running, StartError, start};
-
-/// An error and its causes on one line: `outer: inner: innermost`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -11,6 +11,19 @@ pub mod tunnel;
 
 use std::time::Duration;
 
+/// An error and its causes on one line: `outer: inner: innermost`. For log lines and messages
+/// of all three binaries.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Where an agent asks the proxy to turn its connection around (HTTP/1.1 `Upgrade`).
 pub const AGENT_CONNECT_PATH: &str = "/.sekisho/agent/connect";
 /// The `Upgrade` token of an agent connection.

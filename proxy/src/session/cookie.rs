@@ -73,9 +73,8 @@ fn crumbs(header: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// to an app host, which then goes away whole.
 fn only_ours(header: &[u8]) -> bool {
     memchr::memchr(b';', header).is_none()
-        && pairs(header)
-            .next()
-            .is_some_and(|(name, _)| name == COOKIE_NAME.as_bytes())
+        && memchr::memchr(b'=', header)
+            .is_some_and(|eq| trim(&header[..eq]) == COOKIE_NAME.as_bytes())
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
