@@ -6,7 +6,10 @@
 # the noise of proxy.sh's CPU-µs (kernel time is not counted here; it is the same for both).
 # With other work competing for the cores, more polls return Pending and counts rise (11 % seen).
 #
-#   benches/instructions.sh [--sekisho BINARY] [--requests N]
+#   benches/instructions.sh [--sekisho BINARY] [--requests N] [--keep DIR]
+#
+# --keep DIR copies the two callgrind dumps there (auth-off.out, auth-on.out), for
+# `callgrind_annotate --inclusive=yes DIR/auth-on.out` to show where the instructions go.
 #
 # Each variant: the proxy under `valgrind --tool=callgrind`, 200 warm-up requests on one
 # keep-alive connection, counters zeroed, N (2000) more requests, counters dumped. Needs
@@ -16,11 +19,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SEKISHO="$ROOT/target/release/sekisho-proxy"
 REQUESTS=2000
+KEEP=""
 while (($#)); do
     case "$1" in
         --sekisho) SEKISHO=$(realpath "$2"); shift ;;
         --requests) REQUESTS=$2; shift ;;
-        -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --keep) KEEP=$2; shift ;;
+        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -123,6 +128,7 @@ instructions() {
     wait "$pid" 2>/dev/null || true
     local dump
     dump=$(ls "$T/$name".*.1)
+    if [[ -n $KEEP ]]; then mkdir -p "$KEEP" && cp "$dump" "$KEEP/$name.out"; fi
     awk -v n="$REQUESTS" '/^summary:/ { printf "%.0f\n", $2 / n }' "$dump"
 }
 

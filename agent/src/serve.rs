@@ -3,6 +3,8 @@
 //!
 //! - `CONNECT host:port`: a byte stream to an allowed TCP target (`allow.tcp`);
 //! - a request for `http://host:port/...`: forwarded to an allowed HTTP target (`allow.http`);
+//! - an extended `CONNECT` (RFC 8441) for `http://host:port/...` with a `:protocol` (a
+//!   WebSocket, say): the HTTP/1.1 upgrade made with an allowed HTTP target, then a byte stream;
 //! - `POST` [`sekisho_wire::AGENT_DRAIN_PATH`]: the proxy is going away; the connection stops
 //!   taking streams and the agent dials a new one;
 //! - anything else: 404.
@@ -19,6 +21,7 @@ use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::ext::Protocol;
 use hyper::server::conn::http2;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -45,6 +48,7 @@ pub fn builder() -> http2::Builder<TokioExecutor> {
         .max_send_buf_size(h2::MAX_SEND_BUF)
         .max_concurrent_streams(h2::MAX_CONCURRENT_STREAMS)
         .max_header_list_size(h2::MAX_HEADER_LIST)
+        .enable_connect_protocol()
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     builder
@@ -80,6 +84,9 @@ impl Streams {
         mut req: Request<Incoming>,
     ) -> Response<ResponseBody> {
         if req.method() == Method::CONNECT {
+            if req.extensions().get::<Protocol>().is_some() {
+                return self.upgrade(req).await;
+            }
             return self.connect(req).await;
         }
         if req.method() == Method::POST && req.uri().path() == AGENT_DRAIN_PATH {
@@ -194,6 +201,104 @@ impl Streams {
                 refusal(TunnelError::TargetUnreachable, format!("{what} {target}\n"))
             }
         }
+    }
+}
+
+impl Streams {
+    /// An extended `CONNECT` for `http://host:port/path` with a `:protocol`: the same request
+    /// as an HTTP/1.1 `GET` with `Upgrade: <protocol>` to the target. When the target switches
+    /// protocols, the answer is `200` with the target's headers, and the two streams are
+    /// spliced in a task of their own; any other answer of the target is passed on as it is,
+    /// except a success that did not switch (`502`: the client asked for a byte stream).
+    async fn upgrade(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        let Some(target) = (req.uri().scheme() == Some(&Scheme::HTTP))
+            .then(|| req.uri().authority())
+            .flatten()
+            .map(|a| Target::new(a.host(), a.port_u16().unwrap_or(80)))
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "an extended CONNECT needs an http://host:port/ target\n".into(),
+            );
+        };
+        if !self.allow.allows_http(&target) {
+            tracing::info!(%target, "refused target {target} for an upgrade: not in allow.http");
+            return refusal(
+                TunnelError::TargetNotAllowed,
+                format!("target {target} is not in this agent's allow list (allow.http)\n"),
+            );
+        }
+        let Some(protocol) = req.extensions_mut().remove::<Protocol>() else {
+            return text(StatusCode::BAD_REQUEST, "no :protocol\n".into());
+        };
+        let Ok(protocol) = HeaderValue::from_str(protocol.as_str()) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "a :protocol that is no header value\n".into(),
+            );
+        };
+        let from_proxy = hyper::upgrade::on(&mut req);
+        remove_hop_by_hop(req.headers_mut());
+        *req.method_mut() = Method::GET;
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+        let mut response = match self.client.request(req).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(%target, error = %crate::error_chain(&error), "upgrading with {target} failed");
+                return refusal(
+                    TunnelError::TargetUnreachable,
+                    format!("no answer from {target}\n"),
+                );
+            }
+        };
+        match response.status() {
+            StatusCode::SWITCHING_PROTOCOLS => {}
+            status if status.is_success() => {
+                tracing::warn!(%target, %status, "{target} answered an upgrade without switching");
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{target} answered {status} instead of switching protocols\n"),
+                );
+            }
+            _ => {
+                let (mut parts, body) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                return Response::from_parts(parts, Either::Right(body));
+            }
+        }
+        let from_target = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (mut proxy, mut local) = match tokio::try_join!(from_proxy, from_target) {
+                Ok((proxy, local)) => (TokioIo::new(proxy), TokioIo::new(local)),
+                Err(error) => {
+                    tracing::debug!(%target, %error, "the upgraded stream ended before it opened");
+                    return;
+                }
+            };
+            tracing::debug!(%target, "upgraded stream open");
+            let copied = tokio::io::copy_bidirectional_with_sizes(
+                &mut proxy,
+                &mut local,
+                COPY_BUFFER,
+                COPY_BUFFER,
+            )
+            .await;
+            match copied {
+                Ok((to_target, from_target)) => {
+                    tracing::debug!(%target, to_target, from_target, "upgraded stream closed");
+                }
+                Err(error) => {
+                    tracing::debug!(%target, %error, "upgraded stream ended with an error")
+                }
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        parts.status = StatusCode::OK;
+        Response::from_parts(parts, Either::Left(Full::default()))
     }
 }
 

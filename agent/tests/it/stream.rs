@@ -1,6 +1,7 @@
 //! Streams the proxy opens on an agent connection.
 
 use http::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
 
 use crate::support::{
     Echo, HttpServer, RunningAgent, Setup, body_text, closed_port, empty, full, round_trip,
@@ -119,6 +120,37 @@ async fn an_http_request_for_a_server_that_is_not_allowed_or_down_is_refused() {
     assert!(body_text(response).await.contains("allow.http"));
     let response = conn.request(get(closed)).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn an_extended_connect_makes_the_upgrade_with_an_allowed_server_and_carries_bytes() {
+    let setup = Setup::new();
+    let server = HttpServer::start().await;
+    let tcp_only = closed_port().await;
+    let mut peer = setup.peer().await;
+    let _agent = RunningAgent::start(setup.settings(&peer, &[tcp_only], &[server.addr]));
+    let mut conn = peer.next_agent().await;
+
+    let response = conn.upgrade(server.addr, "/switch").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-served-by"], "local");
+    for hop in ["upgrade", "connection"] {
+        assert!(
+            !response.headers().contains_key(hop),
+            "{hop} reached the proxy"
+        );
+    }
+    let mut stream = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    round_trip(&mut stream, b"through the upgrade and back").await;
+
+    // A server that answers without switching gets no byte stream.
+    let response = conn.upgrade(server.addr, "/no-switch").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert!(body_text(response).await.contains("instead of switching"));
+    // Allowed for CONNECT is not allowed for an upgrade.
+    let response = conn.upgrade(tcp_only, "/switch").await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(body_text(response).await.contains("allow.http"));
 }
 
 #[tokio::test]

@@ -355,6 +355,18 @@ impl AgentConn {
         self.request(req).await
     }
 
+    /// An extended `CONNECT` (RFC 8441, `:protocol` `echo`) for `http://target/path`.
+    pub(crate) async fn upgrade(&mut self, target: SocketAddr, path: &str) -> Response<Incoming> {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("http://{target}{path}"))
+            .body(empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("echo"));
+        self.request(req).await
+    }
+
     /// A byte stream to `target`, which must be accepted.
     pub(crate) async fn tunnel(&mut self, target: SocketAddr) -> TokioIo<Upgraded> {
         let response = self.connect(target).await;
@@ -515,8 +527,28 @@ impl HttpServer {
     }
 }
 
+/// Answers `GET /switch` with `Upgrade` by switching to an echo of the bytes it then gets;
+/// otherwise with a text that describes the request.
 async fn serve_http(tcp: TcpStream) {
-    let service = service_fn(|req: Request<Incoming>| async move {
+    let service = service_fn(|mut req: Request<Incoming>| async move {
+        if let Some(protocol) = req.headers().get(header::UPGRADE).cloned()
+            && req.uri().path() == "/switch"
+        {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                }
+            });
+            return Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::UPGRADE, protocol)
+                .header(header::CONNECTION, "upgrade")
+                .header("x-served-by", "local")
+                .body(Full::default())
+                .unwrap());
+        }
         let text = if req.method() == Method::POST {
             let body = req.into_body().collect().await?.to_bytes();
             format!("read {} bytes", body.len())
@@ -549,6 +581,7 @@ async fn serve_http(tcp: TcpStream) {
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades()
         .await;
 }
 

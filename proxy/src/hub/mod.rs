@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
@@ -250,6 +250,11 @@ impl Hub {
     }
     /// Sends an HTTP request to `endpoint` (`http://host:port`, as the agent sees it) over one
     /// of the agent's links; the next link is tried when a link turns out to be gone.
+    ///
+    /// An upgrade request (a WebSocket, say) goes as an extended `CONNECT` (RFC 8441) whose
+    /// `:protocol` is the `Upgrade` token; the agent makes the HTTP/1.1 upgrade with the target
+    /// and answers `200` once the target switched. That answer comes back as the `101` the
+    /// client asked for, so the caller splices the two streams as for any upstream.
     pub(crate) async fn send_http(
         &self,
         agent: &str,
@@ -265,12 +270,18 @@ impl Hub {
         parts.uri = format!("{endpoint}{path}")
             .parse()
             .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?;
+        let upgrade = upgrade_protocol(&parts);
         // HTTP/2 to the agent: no connection-specific headers (the Host is kept, for the
         // upstream to see).
-        parts.headers.remove(http::header::CONNECTION);
-        parts.headers.remove(http::header::UPGRADE);
-        parts.headers.remove(http::header::TRANSFER_ENCODING);
+        parts.headers.remove(header::CONNECTION);
+        parts.headers.remove(header::UPGRADE);
+        parts.headers.remove(header::TRANSFER_ENCODING);
         parts.version = http::Version::HTTP_2;
+        if let Some(protocol) = &upgrade {
+            parts.method = Method::CONNECT;
+            let token = protocol.to_str().unwrap_or_default();
+            parts.extensions.insert(hyper::ext::Protocol::from(token));
+        }
         let mut req = Some(Request::from_parts(parts, body));
         for link in self.links_in_turn(agent) {
             let mut sender = link.sender.clone();
@@ -278,18 +289,62 @@ impl Hub {
                 continue;
             }
             let Some(request) = req.take() else { break };
-            return sender
+            let mut response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)));
+                .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?;
+            if let Some(protocol) = upgrade
+                && response.status() == StatusCode::OK
+            {
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                response.headers_mut().insert(header::UPGRADE, protocol);
+            }
+            return Ok(response);
         }
         Err(ProxyError::AgentOffline)
     }
 }
 
+/// The protocol a request asks to upgrade to (`Upgrade: websocket`), when it is an upgrade
+/// request: a `GET` whose `Connection` names `upgrade` ([`crate::proxy`] has already reduced
+/// `Connection` to exactly that on upgrade requests) and whose `Upgrade` is one token.
+fn upgrade_protocol(parts: &http::request::Parts) -> Option<http::HeaderValue> {
+    if parts.method != Method::GET
+        || parts.headers.get(header::CONNECTION).map(|v| v.as_bytes()) != Some(b"upgrade")
+    {
+        return None;
+    }
+    let protocol = parts.headers.get(header::UPGRADE)?;
+    let token = protocol.to_str().ok()?;
+    (!token.is_empty() && !token.contains([',', ' ', '\t'])).then(|| protocol.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts(method: Method, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut req = Request::builder().method(method);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn only_a_get_that_asks_for_one_protocol_goes_to_the_agent_as_an_extended_connect() {
+        let asks = [("connection", "upgrade"), ("upgrade", "websocket")];
+        assert_eq!(
+            upgrade_protocol(&parts(Method::GET, &asks)).as_ref(),
+            Some(&http::HeaderValue::from_static("websocket"))
+        );
+        assert!(upgrade_protocol(&parts(Method::POST, &asks)).is_none());
+        assert!(upgrade_protocol(&parts(Method::GET, &[("upgrade", "websocket")])).is_none());
+        let two = [("connection", "upgrade"), ("upgrade", "websocket, h2c")];
+        assert!(upgrade_protocol(&parts(Method::GET, &two)).is_none());
+        let empty = [("connection", "upgrade"), ("upgrade", "")];
+        assert!(upgrade_protocol(&parts(Method::GET, &empty)).is_none());
+    }
 
     #[test]
     fn a_nonce_is_accepted_once_within_its_window() {

@@ -197,8 +197,27 @@ async fn logout_ends_the_session_and_the_next_visit_asks_for_a_login_again() -> 
 async fn a_websocket_is_closed_when_its_session_is_logged_out() -> anyhow::Result<()> {
     let site = Site::start(SiteOptions::default()).await?;
     let browser = site.browser_login(ALICE).await?;
-    let ws_url = format!("wss://{APP}:{}/ws", site.port);
-    let answer = tokio::time::timeout(LIMIT, open_websocket(&browser, &ws_url)).await??;
+    websocket_echoes_until_logout(&browser, &format!("wss://{APP}:{}/ws", site.port)).await
+}
+
+#[tokio::test]
+async fn a_websocket_to_an_upstream_behind_an_agent_echoes_and_closes_on_logout()
+-> anyhow::Result<()> {
+    let site = Site::start(SiteOptions::default()).await?;
+    let _agent = site.start_agent().await?;
+    let browser = site.browser_login(ALICE).await?;
+    // A page of the host first, so the browser holds that host's session.
+    browser.goto(&site.url(NAS, "/page")).await?;
+    browser
+        .wait_for_url(|url| url.host_str() == Some(NAS), LIMIT)
+        .await?;
+    websocket_echoes_until_logout(&browser, &format!("wss://{NAS}:{}/ws", site.port)).await
+}
+
+/// Opens `ws_url` from the browser's page, checks that it echoes, logs the page's host out,
+/// and checks that the WebSocket is then closed with 1008 (policy violation).
+async fn websocket_echoes_until_logout(browser: &Browser, ws_url: &str) -> anyhow::Result<()> {
+    let answer = tokio::time::timeout(LIMIT, open_websocket(browser, ws_url)).await??;
     assert_eq!(
         answer, "message ping",
         "the WebSocket works while logged in"

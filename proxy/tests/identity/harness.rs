@@ -149,8 +149,9 @@ upstreams:
                 String::new()
             } else {
                 format!(
-                    "  viaagent: {{agent: nas, endpoints: ['http://{}']}}\n",
-                    app.addr
+                    "  viaagent: {{agent: nas, endpoints: ['http://{}']}}\n  \
+                     viaagent-ws: {{agent: nas, endpoints: ['http://{}']}}\n",
+                    app.addr, ws.addr
                 )
             },
         );
@@ -196,6 +197,8 @@ hosts:
   - host: {NAS}
     policy: staff
     default: viaagent
+    paths:
+      - {{path: /ws, type: Exact, upstream: viaagent-ws}}
   - host: {APP}
     policy: staff
     default: app
@@ -247,14 +250,15 @@ hosts:
         })
     }
 
-    /// Runs the agent `nas` (allowed to reach the echo upstream) in this process until the
+    /// Runs the agent `nas` (allowed to reach the echo and WebSocket upstreams) in this process until the
     /// handle is dropped, and waits until the proxy holds its link.
     pub(crate) async fn start_agent(&self) -> anyhow::Result<AgentHandle> {
         let yaml = format!(
-            "name: nas\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{AUTH}:{port}', address: '127.0.0.1:{port}'}}\nallow: {{http: ['{}']}}\n",
+            "name: nas\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{AUTH}:{port}', address: '127.0.0.1:{port}'}}\nallow: {{http: ['{}', '{}']}}\n",
             self.agent_key.display(),
             self.ca_file.display(),
             self.app.addr,
+            self.ws.addr,
             port = self.port,
         );
         let settings =
