@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Method};
@@ -47,9 +47,11 @@ struct Line<'a> {
     user: Option<&'a str>,
 }
 
+/// The background writer starts with the first line: its queue (tracing-appender's default
+/// of 128,000 lines, ≈ 4 MiB) costs nothing while the access log is off.
 pub struct AccessLog {
-    writer: NonBlocking,
-    _guard: WorkerGuard,
+    sink: Mutex<Option<Box<dyn Write + Send>>>,
+    writer: OnceLock<(NonBlocking, WorkerGuard)>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -62,14 +64,25 @@ impl AccessLog {
     /// Lines go to `sink` from a background thread; when it falls behind, lines are dropped
     /// rather than slowing requests down.
     pub fn new(sink: Box<dyn Write + Send>) -> Self {
-        // The background thread writes whatever has queued up, then flushes: under load, lines
-        // leave in batches of up to 64 KiB instead of one write(2) each.
-        let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
-        let (writer, guard) = tracing_appender::non_blocking(sink);
         Self {
-            writer,
-            _guard: guard,
+            sink: Mutex::new(Some(sink)),
+            writer: OnceLock::new(),
         }
+    }
+
+    fn writer(&self) -> &NonBlocking {
+        let (writer, _guard) = self.writer.get_or_init(|| {
+            let sink = self
+                .sink
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| Box::new(std::io::sink()));
+            // The background thread writes whatever has queued up, then flushes: under load,
+            // lines leave in batches of up to 64 KiB instead of one write(2) each.
+            tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, sink))
+        });
+        writer
     }
 
     pub fn write(&self, record: &AccessRecord) {
@@ -95,7 +108,7 @@ impl AccessLog {
             buf.clear();
             if serde_json::to_writer(&mut *buf, &line).is_ok() {
                 buf.push(b'\n');
-                let _ = self.writer.make_writer().write_all(buf);
+                let _ = self.writer().make_writer().write_all(buf);
             }
         });
     }
