@@ -94,10 +94,7 @@ impl Streams {
             drain.notify_one();
             return text(StatusCode::OK, "draining\n".into());
         }
-        if req.uri().scheme() == Some(&Scheme::HTTP)
-            && let Some(authority) = req.uri().authority()
-        {
-            let target = Target::new(authority.host(), authority.port_u16().unwrap_or(80));
+        if let Some(target) = http_target(req.uri()) {
             remove_hop_by_hop(req.headers_mut());
             return self.forward(target, req).await;
         }
@@ -124,7 +121,7 @@ impl Streams {
             );
         }
         let dialing = TcpStream::connect((target.host(), target.port()));
-        let mut tcp = match tokio::time::timeout(self.connect_timeout, dialing).await {
+        let tcp = match tokio::time::timeout(self.connect_timeout, dialing).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(error)) => {
                 tracing::warn!(%target, %error, "cannot connect to target {target}");
@@ -147,27 +144,11 @@ impl Streams {
         let _ = tcp.set_nodelay(true);
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
-            let stream = match upgrade.await {
-                Ok(stream) => stream,
+            match upgrade.await {
+                Ok(stream) => splice(&target, stream, tcp).await,
                 Err(error) => {
                     tracing::debug!(%target, %error, "the stream ended before the tunnel opened");
-                    return;
                 }
-            };
-            tracing::debug!(%target, "tunnel open");
-            let mut stream = TokioIo::new(stream);
-            let copied = tokio::io::copy_bidirectional_with_sizes(
-                &mut stream,
-                &mut tcp,
-                COPY_BUFFER,
-                COPY_BUFFER,
-            )
-            .await;
-            match copied {
-                Ok((to_target, from_target)) => {
-                    tracing::debug!(%target, to_target, from_target, "tunnel closed");
-                }
-                Err(error) => tracing::debug!(%target, %error, "tunnel ended with an error"),
             }
         });
         Response::new(Either::Left(Full::default()))
@@ -176,12 +157,8 @@ impl Streams {
     /// An HTTP request for an allowed target, forwarded over HTTP/1.1 with both bodies
     /// streamed as they come.
     async fn forward(&self, target: Target, mut req: Request<Incoming>) -> Response<ResponseBody> {
-        if !self.allow.allows_http(&target) {
-            tracing::info!(%target, "refused target {target} for a stream: not in allow.http");
-            return refusal(
-                TunnelError::TargetNotAllowed,
-                format!("target {target} is not in this agent's allow list (allow.http)\n"),
-            );
+        if let Some(refused) = self.refuse_http(&target) {
+            return refused;
         }
         // The local server speaks HTTP/1.1; the client refuses a request marked HTTP/2.
         *req.version_mut() = Version::HTTP_11;
@@ -202,31 +179,21 @@ impl Streams {
             }
         }
     }
-}
 
-impl Streams {
     /// An extended `CONNECT` for `http://host:port/path` with a `:protocol`: the same request
     /// as an HTTP/1.1 `GET` with `Upgrade: <protocol>` to the target. When the target switches
     /// protocols, the answer is `200` with the target's headers, and the two streams are
     /// spliced in a task of their own; any other answer of the target is passed on as it is,
     /// except a success that did not switch (`502`: the client asked for a byte stream).
     async fn upgrade(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
-        let Some(target) = (req.uri().scheme() == Some(&Scheme::HTTP))
-            .then(|| req.uri().authority())
-            .flatten()
-            .map(|a| Target::new(a.host(), a.port_u16().unwrap_or(80)))
-        else {
+        let Some(target) = http_target(req.uri()) else {
             return text(
                 StatusCode::BAD_REQUEST,
                 "an extended CONNECT needs an http://host:port/ target\n".into(),
             );
         };
-        if !self.allow.allows_http(&target) {
-            tracing::info!(%target, "refused target {target} for an upgrade: not in allow.http");
-            return refusal(
-                TunnelError::TargetNotAllowed,
-                format!("target {target} is not in this agent's allow list (allow.http)\n"),
-            );
+        if let Some(refused) = self.refuse_http(&target) {
+            return refused;
         }
         let Some(protocol) = req.extensions_mut().remove::<Protocol>() else {
             return text(StatusCode::BAD_REQUEST, "no :protocol\n".into());
@@ -271,27 +238,10 @@ impl Streams {
         }
         let from_target = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
-            let (mut proxy, mut local) = match tokio::try_join!(from_proxy, from_target) {
-                Ok((proxy, local)) => (TokioIo::new(proxy), TokioIo::new(local)),
+            match tokio::try_join!(from_proxy, from_target) {
+                Ok((proxy, local)) => splice(&target, proxy, TokioIo::new(local)).await,
                 Err(error) => {
                     tracing::debug!(%target, %error, "the upgraded stream ended before it opened");
-                    return;
-                }
-            };
-            tracing::debug!(%target, "upgraded stream open");
-            let copied = tokio::io::copy_bidirectional_with_sizes(
-                &mut proxy,
-                &mut local,
-                COPY_BUFFER,
-                COPY_BUFFER,
-            )
-            .await;
-            match copied {
-                Ok((to_target, from_target)) => {
-                    tracing::debug!(%target, to_target, from_target, "upgraded stream closed");
-                }
-                Err(error) => {
-                    tracing::debug!(%target, %error, "upgraded stream ended with an error")
                 }
             }
         });
@@ -299,6 +249,47 @@ impl Streams {
         remove_hop_by_hop(&mut parts.headers);
         parts.status = StatusCode::OK;
         Response::from_parts(parts, Either::Left(Full::default()))
+    }
+
+    /// The refusal for a target that is not in `allow.http`.
+    fn refuse_http(&self, target: &Target) -> Option<Response<ResponseBody>> {
+        if self.allow.allows_http(target) {
+            return None;
+        }
+        tracing::info!(%target, "refused target {target} for a stream: not in allow.http");
+        Some(refusal(
+            TunnelError::TargetNotAllowed,
+            format!("target {target} is not in this agent's allow list (allow.http)\n"),
+        ))
+    }
+}
+
+/// The target of an `http://host:port/...` URI.
+fn http_target(uri: &http::Uri) -> Option<Target> {
+    let authority = uri
+        .authority()
+        .filter(|_| uri.scheme() == Some(&Scheme::HTTP))?;
+    Some(Target::new(
+        authority.host(),
+        authority.port_u16().unwrap_or(80),
+    ))
+}
+
+/// Copies both ways between the proxy's stream and the local end until either closes.
+async fn splice<L>(target: &Target, stream: hyper::upgrade::Upgraded, mut local: L)
+where
+    L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tracing::debug!(%target, "stream open");
+    let mut stream = TokioIo::new(stream);
+    let copied =
+        tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, COPY_BUFFER, COPY_BUFFER)
+            .await;
+    match copied {
+        Ok((to_target, from_target)) => {
+            tracing::debug!(%target, to_target, from_target, "stream closed");
+        }
+        Err(error) => tracing::debug!(%target, %error, "stream ended with an error"),
     }
 }
 
