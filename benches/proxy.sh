@@ -127,14 +127,15 @@ tree_pids() {
     for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
 }
 
-# utime + stime of a process tree, in clock ticks.
+# utime + stime of a process tree, in clock ticks; with --sys, stime alone (kernel time).
 cpu_ticks() {
-    local total=0 p stat
+    local total=0 p stat sys_only=0
+    if [[ $1 == --sys ]]; then sys_only=1; shift; fi
     for p in $(tree_pids "$1"); do
         stat=$(cat /proc/"$p"/stat 2>/dev/null) || continue
         stat=${stat##*) }
         read -r -a f <<<"$stat"
-        total=$((total + f[11] + f[12]))
+        if ((sys_only)); then total=$((total + f[12])); else total=$((total + f[11] + f[12])); fi
     done
     echo "$total"
 }
@@ -391,7 +392,8 @@ saturate() {
     u=$(url "$case" "$peer")
     pid=${PID[$peer]:-}
     [[ $peer == direct ]] && pid=""
-    [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+    local sbefore safter
+    [[ -n $pid ]] && before=$(cpu_ticks "$pid") && sbefore=$(cpu_ticks --sys "$pid")
     local ubefore
     ubefore=$(cpu_ticks "${PID[upstream]}")
     local hdrs
@@ -399,14 +401,16 @@ saturate() {
     out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${hdrs[@]}" "$u")
     local uafter
     uafter=$(cpu_ticks "${PID[upstream]}")
-    [[ -n $pid ]] && after=$(cpu_ticks "$pid")
+    [[ -n $pid ]] && after=$(cpu_ticks "$pid") && safter=$(cpu_ticks --sys "$pid")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     errs=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(/,/,""); n+=$4+$6+$8+$10} END {print n+0}' <<<"$out")
     [[ -n $reqs && $reqs -gt 0 ]] || { log "wrk output for $peer $case:"; echo "$out" >&2; die "no requests"; }
-    local cpu=NA
+    local cpu=NA kcpu=NA
     if [[ -n $pid ]]; then
         cpu=$(awk -v a="$before" -v b="$after" -v n="$reqs" -v hz="$CLK_TCK" \
+            'BEGIN {printf "%.3f", (b - a) * 1e6 / hz / n}')
+        kcpu=$(awk -v a="$sbefore" -v b="$safter" -v n="$reqs" -v hz="$CLK_TCK" \
             'BEGIN {printf "%.3f", (b - a) * 1e6 / hz / n}')
     fi
     local ucpu
@@ -416,9 +420,9 @@ saturate() {
         lines=$(wc -l <"$T/sekisho-log.access.log")
         : >"$T/sekisho-log.access.log"
     fi
-    printf 'sat\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$case" "$peer" "$round" "$rps" "$reqs" "$cpu" "$errs" "$ucpu" "${lines:-NA}" >>"$T/results.tsv"
-    log "  sat  $case $peer: $rps req/s, proxy $cpu CPU-µs/req, upstream $ucpu, errors $errs${lines:+, log lines $lines}"
+    printf 'sat\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$case" "$peer" "$round" "$rps" "$reqs" "$cpu" "$errs" "$ucpu" "${lines:-NA}" "$kcpu" >>"$T/results.tsv"
+    log "  sat  $case $peer: $rps req/s, proxy $cpu CPU-µs/req ($kcpu in the kernel), upstream $ucpu, errors $errs${lines:+, log lines $lines}"
 }
 
 # Fixed rate: oha at RATE req/s with coordinated-omission correction; p50/p99.

@@ -6,6 +6,7 @@ the `generated` markers) and keeps whatever was written by hand around it.
 
 Records (tab-separated, one per run):
   sat  case peer round rps requests proxy_cpu_us_per_req errors upstream_cpu_us_per_req log_lines
+       [proxy_kernel_cpu_us_per_req]
   lat  case peer round rate achieved_rps p50_us p99_us errors
   mem  variant peer bytes_per_conn open errors alive_sampled rss_before_kib rss_after_kib
 """
@@ -46,6 +47,7 @@ def load(path):
             sat[(f[1], f[2])][int(f[3])] = {
                 "rps": float(f[4]), "requests": int(f[5]), "cpu": num(f[6]),
                 "errors": int(f[7]), "ucpu": num(f[8]), "log_lines": num(f[9]),
+                "kcpu": num(f[10]) if len(f) > 10 else None,
             }
         elif f[0] == "lat":
             lat[(f[1], f[2])][int(f[3])] = {
@@ -96,9 +98,9 @@ def tables(sat, lat, mem, machine):
             continue
         out.append(f"### {case}" + (" (TLS to the proxy; `direct` is plain HTTP)" if case.startswith("tls") else ""))
         out.append("")
-        out.append("| peer | req/s | ×nginx | ×HAProxy | proxy CPU-µs/req | ×nginx | ×HAProxy "
-                   "| p50 µs | p99 µs | p99 added over direct µs | errors |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("| peer | req/s | ×nginx | ×HAProxy | proxy CPU-µs/req | of which kernel | ×nginx "
+                   "| ×HAProxy | p50 µs | p99 µs | p99 added over direct µs | errors |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         lruns = {peer: lat.get((case, peer), {}) for peer in PEERS}
         direct_p99 = lruns.get("direct", {})
         for peer in PEERS:
@@ -113,6 +115,7 @@ def tables(sat, lat, mem, machine):
                 fmt_ratio(paired_ratio(runs, peer, "nginx", "rps")),
                 fmt_ratio(paired_ratio(runs, peer, "haproxy", "rps")),
                 spread([x["cpu"] for x in s.values()], "{:.2f}"),
+                spread([x["kcpu"] for x in s.values()], "{:.2f}"),
                 fmt_ratio(paired_ratio(runs, peer, "nginx", "cpu")) if peer != "direct" else "–",
                 fmt_ratio(paired_ratio(runs, peer, "haproxy", "cpu")) if peer != "direct" else "–",
                 spread([x["p50"] for x in l.values()], "{:.0f}"),
