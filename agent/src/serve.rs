@@ -84,8 +84,8 @@ impl Streams {
         mut req: Request<Incoming>,
     ) -> Response<ResponseBody> {
         if req.method() == Method::CONNECT {
-            if req.extensions().get::<Protocol>().is_some() {
-                return self.upgrade(req).await;
+            if let Some(protocol) = req.extensions_mut().remove::<Protocol>() {
+                return self.upgrade(protocol, req).await;
             }
             return self.connect(req).await;
         }
@@ -185,7 +185,11 @@ impl Streams {
     /// protocols, the answer is `200` with the target's headers, and the two streams are
     /// spliced in a task of their own; any other answer of the target is passed on as it is,
     /// except a success that did not switch (`502`: the client asked for a byte stream).
-    async fn upgrade(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn upgrade(
+        &self,
+        protocol: Protocol,
+        mut req: Request<Incoming>,
+    ) -> Response<ResponseBody> {
         let Some(target) = http_target(req.uri()) else {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -195,9 +199,6 @@ impl Streams {
         if let Some(refused) = self.refuse_http(&target) {
             return refused;
         }
-        let Some(protocol) = req.extensions_mut().remove::<Protocol>() else {
-            return text(StatusCode::BAD_REQUEST, "no :protocol\n".into());
-        };
         let Ok(protocol) = HeaderValue::from_str(protocol.as_str()) else {
             return text(
                 StatusCode::BAD_REQUEST,

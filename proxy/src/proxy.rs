@@ -635,7 +635,7 @@ pub(crate) fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
-fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && has_token(req.headers(), &header::CONNECTION, "upgrade")

@@ -261,6 +261,7 @@ impl Hub {
         endpoint: &str,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let upgrade = upgrade_protocol(&req);
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -270,7 +271,6 @@ impl Hub {
         parts.uri = format!("{endpoint}{path}")
             .parse()
             .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?;
-        let upgrade = upgrade_protocol(&parts);
         // HTTP/2 to the agent: no connection-specific headers (the Host is kept, for the
         // upstream to see).
         parts.headers.remove(header::CONNECTION);
@@ -305,16 +305,13 @@ impl Hub {
     }
 }
 
-/// The protocol a request asks to upgrade to (`Upgrade: websocket`), when it is an upgrade
-/// request: a `GET` whose `Connection` names `upgrade` ([`crate::proxy`] has already reduced
-/// `Connection` to exactly that on upgrade requests) and whose `Upgrade` is one token.
-fn upgrade_protocol(parts: &http::request::Parts) -> Option<http::HeaderValue> {
-    if parts.method != Method::GET
-        || parts.headers.get(header::CONNECTION).map(|v| v.as_bytes()) != Some(b"upgrade")
-    {
+/// The protocol an upgrade request ([`crate::proxy::is_upgrade_request`]) asks for, when it is
+/// a `GET` whose `Upgrade` is one token (`websocket`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<http::HeaderValue> {
+    if req.method() != Method::GET || !crate::proxy::is_upgrade_request(req) {
         return None;
     }
-    let protocol = parts.headers.get(header::UPGRADE)?;
+    let protocol = req.headers().get(header::UPGRADE)?;
     let token = protocol.to_str().ok()?;
     (!token.is_empty() && !token.contains([',', ' ', '\t'])).then(|| protocol.clone())
 }
@@ -323,27 +320,27 @@ fn upgrade_protocol(parts: &http::request::Parts) -> Option<http::HeaderValue> {
 mod tests {
     use super::*;
 
-    fn parts(method: Method, headers: &[(&str, &str)]) -> http::request::Parts {
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<()> {
         let mut req = Request::builder().method(method);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        req.body(()).unwrap().into_parts().0
+        req.body(()).unwrap()
     }
 
     #[test]
     fn only_a_get_that_asks_for_one_protocol_goes_to_the_agent_as_an_extended_connect() {
         let asks = [("connection", "upgrade"), ("upgrade", "websocket")];
         assert_eq!(
-            upgrade_protocol(&parts(Method::GET, &asks)).as_ref(),
+            upgrade_protocol(&request(Method::GET, &asks)).as_ref(),
             Some(&http::HeaderValue::from_static("websocket"))
         );
-        assert!(upgrade_protocol(&parts(Method::POST, &asks)).is_none());
-        assert!(upgrade_protocol(&parts(Method::GET, &[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_protocol(&request(Method::POST, &asks)).is_none());
+        assert!(upgrade_protocol(&request(Method::GET, &[("upgrade", "websocket")])).is_none());
         let two = [("connection", "upgrade"), ("upgrade", "websocket, h2c")];
-        assert!(upgrade_protocol(&parts(Method::GET, &two)).is_none());
+        assert!(upgrade_protocol(&request(Method::GET, &two)).is_none());
         let empty = [("connection", "upgrade"), ("upgrade", "")];
-        assert!(upgrade_protocol(&parts(Method::GET, &empty)).is_none());
+        assert!(upgrade_protocol(&request(Method::GET, &empty)).is_none());
     }
 
     #[test]

@@ -983,16 +983,7 @@ pub(crate) async fn open_websocket(browser: &Browser, url: &str) -> anyhow::Resu
 }
 
 /// An error and its sources, one line.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use sekisho_proxy::error_chain as chain;
 
 /// An in-process agent; stopped (and its thread joined) when dropped.
 pub(crate) struct AgentHandle {
