@@ -11,9 +11,10 @@ use sekisho_agent::{Agent, error_chain};
 
 /// mimalloc instead of glibc's malloc: the relay's buffers come and go with every stream, and
 /// glibc handed them back to the kernel and faulted them in again (6–7 % of the agent's core
-/// at full throughput, benches/RESULTS.md).
+/// at full throughput, benches/RESULTS.md). `main` has it give emptied pages back at once, so
+/// the buffers of closed streams stop counting against an idle agent (sekisho-alloc).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sekisho_alloc::Allocator = sekisho_alloc::Allocator;
 
 /// Sekisho's agent: dials out to Sekisho proxies over HTTPS and lets them reach the local
 /// services it allows (TCP targets such as ssh, and HTTP servers), with no inbound port.
@@ -103,6 +104,7 @@ fn parse_name(text: &str) -> Result<String, String> {
 const EXIT_INVALID: u8 = 3;
 
 fn main() -> ExitCode {
+    sekisho_alloc::return_empty_pages_at_once();
     let cli = Cli::parse();
     init_logging();
     match cli.command {

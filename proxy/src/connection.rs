@@ -537,16 +537,17 @@ impl<T> Rewind<T> {
 
     /// The socket, and what was read from it but not consumed: `consumed_ahead` (what hyper
     /// read and did not parse) comes before whatever of the prefix hyper never read.
+    ///
+    /// The bytes are copied out: `consumed_ahead` is a view into hyper's 8 KiB read buffer,
+    /// and holding even an empty view would keep that whole buffer alive while parked.
     fn into_parts(self, consumed_ahead: Bytes) -> (T, Bytes) {
-        let rest = match (consumed_ahead.is_empty(), self.prefix.is_empty()) {
-            (_, true) => consumed_ahead,
-            (true, false) => self.prefix,
-            (false, false) => {
-                let mut joined = BytesMut::with_capacity(consumed_ahead.len() + self.prefix.len());
-                joined.extend_from_slice(&consumed_ahead);
-                joined.extend_from_slice(&self.prefix);
-                joined.freeze()
-            }
+        let rest = if consumed_ahead.is_empty() && self.prefix.is_empty() {
+            Bytes::new()
+        } else {
+            let mut joined = BytesMut::with_capacity(consumed_ahead.len() + self.prefix.len());
+            joined.extend_from_slice(&consumed_ahead);
+            joined.extend_from_slice(&self.prefix);
+            joined.freeze()
         };
         (self.inner, rest)
     }
@@ -679,6 +680,25 @@ mod tests {
         let rewind = Rewind::new(Bytes::from_static(b"world"), ());
         let (_, rest) = rewind.into_parts(Bytes::from_static(b"hello "));
         assert_eq!(&rest[..], b"hello world");
+    }
+
+    #[test]
+    fn a_parked_connection_keeps_no_part_of_hypers_read_buffer() {
+        const FIRST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for next in [&b""[..], b"GET /next"] {
+            // hyper's read buffer: the parsed head is split off, and what it hands back on
+            // `into_parts` is the rest, empty or the start of the next request.
+            let mut read_buffer = BytesMut::with_capacity(8192);
+            read_buffer.extend_from_slice(FIRST);
+            read_buffer.extend_from_slice(next);
+            let head = read_buffer.split_to(FIRST.len()).freeze();
+            let (_, rest) = Rewind::new(Bytes::new(), ()).into_parts(read_buffer.freeze());
+            assert_eq!(&rest[..], next);
+            assert!(
+                head.is_unique(),
+                "the parked bytes still hold hyper's read buffer"
+            );
+        }
     }
 
     #[tokio::test]

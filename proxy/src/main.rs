@@ -8,12 +8,13 @@ use sekisho_proxy::config::Config;
 use sekisho_proxy::{Options, StartError, error_chain};
 
 /// mimalloc instead of glibc's malloc: per-thread free lists suit the one-runtime-per-worker
-/// design, and freed pages go back to the system, so the buffers of connections that went
-/// idle stop counting against the process. Built without transparent huge pages (`no_thp`):
-/// with them, a 2 MiB page stays resident as long as one small allocation lives in it, which
-/// made an idle keep-alive connection cost 21 KiB instead of 13 (benches/RESULTS.md).
+/// design. `main` has it give emptied pages back at once, so the buffers of connections that
+/// went idle stop counting against the process even when nothing else happens (sekisho-alloc).
+/// Built without transparent huge pages (`no_thp`): with them, a 2 MiB page stays resident as
+/// long as one small allocation lives in it, which made an idle keep-alive connection cost
+/// 21 KiB instead of 13 (benches/RESULTS.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sekisho_alloc::Allocator = sekisho_alloc::Allocator;
 
 /// Sekisho's TLS front door and reverse proxy.
 ///
@@ -107,6 +108,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    sekisho_alloc::return_empty_pages_at_once();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command.unwrap_or(Command::Serve) {
