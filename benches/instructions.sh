@@ -36,6 +36,11 @@ done
 
 T=$(mktemp -d /tmp/sekisho-instructions.XXXXXX)
 chmod 755 "$T"
+# The proxy watches the directories of its configuration and certificates and reloads on any
+# change there; callgrind_control's command files and the dumps go to $T, so those files live
+# apart in $C, and no reload lands in the counted requests.
+C="$T/conf"
+mkdir "$C"
 PIDS=()
 cleanup() {
     local p
@@ -56,10 +61,10 @@ EOF
 nginx -c "$T/upstream.conf" & PIDS+=($!)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -keyout "$T/tls.key" -out "$T/tls.crt" -subj /CN=localhost \
+    -keyout "$C/tls.key" -out "$C/tls.crt" -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,DNS:auth.localhost >/dev/null 2>&1
-"$SEKISHO" keys session "$T/session-keys" >/dev/null 2>&1
-"$SEKISHO" keys signing "$T/signing-keys.pem" >/dev/null 2>&1
+"$SEKISHO" keys session "$C/session-keys" >/dev/null 2>&1
+"$SEKISHO" keys signing "$C/signing-keys.pem" >/dev/null 2>&1
 
 # config NAME PORT: auth-off is a public route; auth-on asks the policy (same as proxy.sh).
 config() {
@@ -68,18 +73,18 @@ config() {
         access="policy: bench"
         identity="identity:
   auth_host: auth.localhost
-  session_keys_file: $T/session-keys
-  signing_keys_file: $T/signing-keys.pem
+  session_keys_file: $C/session-keys
+  signing_keys_file: $C/signing-keys.pem
 policies:
   bench: {allow: [{group: staff}]}"
     fi
-    cat >"$T/$1.yaml" <<EOF
+    cat >"$C/$1.yaml" <<EOF
 listen: {https: 127.0.0.1:$(($2 + 1)), http: 127.0.0.1:$2, http_mode: serve, admin: 127.0.0.1:$(($2 + 2))}
 workers: 1
 access_log: false
 tls:
   certificates:
-    - {cert: $T/tls.crt, key: $T/tls.key}
+    - {cert: $C/tls.crt, key: $C/tls.key}
 $identity
 upstreams:
   bench: {endpoints: ["http://127.0.0.1:18701"]}
@@ -91,7 +96,7 @@ EOF
 }
 config auth-off 18702
 config auth-on 18706
-COOKIE=$("$SEKISHO" --config "$T/auth-on.yaml" dev-session --host localhost \
+COOKIE=$("$SEKISHO" --config "$C/auth-on.yaml" dev-session --host localhost \
     --subject bench --email bench@example.com --group staff --lifetime 24h)
 
 cat >"$T/client.py" <<'EOF'
@@ -113,7 +118,7 @@ EOF
 instructions() {
     local name=$1 port=$2 cookie=$3
     valgrind --tool=callgrind --callgrind-out-file="$T/$name.%p" \
-        "$SEKISHO" --config "$T/$name.yaml" >"$T/$name.log" 2>&1 &
+        "$SEKISHO" --config "$C/$name.yaml" >"$T/$name.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 120); do

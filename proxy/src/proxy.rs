@@ -653,61 +653,71 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// fixed list and whatever `Connection` names. `Upgrade` survives on upgrade exchanges, and
 /// `TE: trailers` (which gRPC needs) survives on requests.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass over the names instead of a lookup each.
-    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names says which of these are present; only those are looked up.
+    let present = headers
+        .keys()
+        .fold(0, |present, name| present | hop_by_hop_bit(name));
+    if present == 0 && !upgrade {
         return;
     }
-    if let Some(connection) = headers.remove(header::CONNECTION) {
-        if let Ok(list) = connection.to_str() {
-            for token in list.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("upgrade") && upgrade {
-                    continue;
-                }
-                if !token.eq_ignore_ascii_case("te")
-                    && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                {
-                    headers.remove(name);
-                }
-            }
-        }
-        // Values of other Connection headers.
-        while let Some(more) = headers.remove(header::CONNECTION) {
-            drop(more);
+    if present & HOP_BY_HOP[0].0 != 0 {
+        // Every `Connection` header's tokens. `keep-alive` names a header the fixed list
+        // removes anyway, and `close` names none: neither needs a lookup.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|list| list.split(',').map(str::trim))
+            .filter(|token| {
+                !(token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("te")
+                    || (upgrade && token.eq_ignore_ascii_case("upgrade")))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
-    }
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
+    for (bit, name) in &HOP_BY_HOP {
+        let keep = match *bit {
+            TE_BIT => headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers")),
+            UPGRADE_BIT => upgrade,
+            _ => false,
+        };
+        if present & bit != 0 && !keep {
+            headers.remove(*name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::UPGRADE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+const TE_BIT: u16 = 1 << 1;
+const UPGRADE_BIT: u16 = 1 << 2;
+
+/// The headers that are always connection-level, each with its bit; `Connection` first.
+static HOP_BY_HOP: [(u16, &HeaderName); 9] = [
+    (1 << 0, &header::CONNECTION),
+    (TE_BIT, &header::TE),
+    (UPGRADE_BIT, &header::UPGRADE),
+    (1 << 3, &header::TRAILER),
+    (1 << 4, &header::TRANSFER_ENCODING),
+    (1 << 5, &header::PROXY_AUTHORIZATION),
+    (1 << 6, &header::PROXY_AUTHENTICATE),
+    (1 << 7, &KEEP_ALIVE),
+    (1 << 8, &PROXY_CONNECTION),
+];
+
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    HOP_BY_HOP
+        .iter()
+        .find(|(_, hop)| name == *hop)
+        .map_or(0, |(bit, _)| *bit)
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `X-Real-IP`. From a trusted proxy, the chain is
@@ -783,6 +793,19 @@ mod tests {
             ("proxy-authorization", "Basic Zm9v"),
             ("te", "gzip"),
             ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn headers_named_in_any_connection_header_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-second-hop, close"),
+            ("x-second-hop", "1"),
             ("x-kept", "yes"),
         ]);
         remove_hop_by_hop(&mut map, false);
