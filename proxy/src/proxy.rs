@@ -660,7 +660,7 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if present == 0 && !upgrade {
         return;
     }
-    if present & HOP_BY_HOP[0].0 != 0 {
+    if present & CONNECTION_BIT != 0 {
         // Every `Connection` header's tokens. `keep-alive` names a header the fixed list
         // removes anyway, and `close` names none: neither needs a lookup.
         let named: Vec<HeaderName> = headers
@@ -680,15 +680,19 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    for (bit, name) in &HOP_BY_HOP {
-        let keep = match *bit {
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        let bit = 1 << index;
+        if present & bit == 0 {
+            continue;
+        }
+        let keep = match bit {
             TE_BIT => headers
                 .get(header::TE)
                 .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers")),
             UPGRADE_BIT => upgrade,
             _ => false,
         };
-        if present & bit != 0 && !keep {
+        if !keep {
             headers.remove(*name);
         }
     }
@@ -697,27 +701,28 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The headers that are always connection-level. A message's set of them is a bit mask:
+/// bit `i` stands for `HOP_BY_HOP[i]`.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &header::TE,
+    &header::UPGRADE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+];
+const CONNECTION_BIT: u16 = 1 << 0;
 const TE_BIT: u16 = 1 << 1;
 const UPGRADE_BIT: u16 = 1 << 2;
-
-/// The headers that are always connection-level, each with its bit; `Connection` first.
-static HOP_BY_HOP: [(u16, &HeaderName); 9] = [
-    (1 << 0, &header::CONNECTION),
-    (TE_BIT, &header::TE),
-    (UPGRADE_BIT, &header::UPGRADE),
-    (1 << 3, &header::TRAILER),
-    (1 << 4, &header::TRANSFER_ENCODING),
-    (1 << 5, &header::PROXY_AUTHORIZATION),
-    (1 << 6, &header::PROXY_AUTHENTICATE),
-    (1 << 7, &KEEP_ALIVE),
-    (1 << 8, &PROXY_CONNECTION),
-];
 
 fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     HOP_BY_HOP
         .iter()
-        .find(|(_, hop)| name == *hop)
-        .map_or(0, |(bit, _)| *bit)
+        .position(|hop| name == *hop)
+        .map_or(0, |index| 1 << index)
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `X-Real-IP`. From a trusted proxy, the chain is
