@@ -17,7 +17,6 @@ use sekisho_identity::webhook::WebhookError;
 use crate::body::{RequestBody, ResponseBody};
 use crate::identity::IdentityRuntime;
 use crate::page;
-use crate::path::normalize_path;
 use crate::policy::{Decision, Identity, RouteAccess, claim_values};
 use crate::proxy::RequestCtx;
 use crate::session::{SessionRecord, session_cookie, set_cookie, unix_now};
@@ -131,22 +130,7 @@ pub(crate) async fn check(
         };
     }
     let identity = snapshot.identity.as_deref();
-    let path = match normalize_path(req.uri().path()) {
-        Ok(path) => path,
-        Err(error) => {
-            log_decision(
-                ctx,
-                route,
-                req.method(),
-                req.uri().path(),
-                None,
-                false,
-                "path",
-                &error.to_string(),
-            );
-            return Access::Respond(ctx.page(StatusCode::BAD_REQUEST, &error.to_string()));
-        }
-    };
+    let path = ctx.decided_path(req.uri().path());
     let now = unix_now();
 
     // Bearer tokens, where the route takes them: a bad one is refused outright, never
@@ -174,7 +158,7 @@ pub(crate) async fn check(
                     ctx,
                     route,
                     req.method(),
-                    &path,
+                    path,
                     None,
                     false,
                     "bearer",
@@ -195,7 +179,7 @@ pub(crate) async fn check(
     let mut decision = route.access.decide(
         who.as_ref().map(|w| &w.identity),
         req.method(),
-        &path,
+        path,
         req.headers(),
     );
     // A route may ask for a recent login, or a shorter idle time.
@@ -243,7 +227,7 @@ pub(crate) async fn check(
                 ctx,
                 route,
                 req.method(),
-                &path,
+                path,
                 user,
                 false,
                 &rule.to_string(),
@@ -256,7 +240,7 @@ pub(crate) async fn check(
                 ctx,
                 route,
                 req.method(),
-                &path,
+                path,
                 user,
                 false,
                 &rule.to_string(),

@@ -47,16 +47,22 @@ impl RequestBody {
     }
 }
 
+/// The client's request body failed (malformed chunked framing, or the client went away):
+/// the client's fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let polled = match &mut self.inner {
-            Source::Client(body) => Pin::new(body).poll_frame(cx),
+            Source::Client(body) => Pin::new(body).poll_frame(cx).map_err(ClientBodyError),
             Source::Buffered(bytes) => {
                 return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
             }

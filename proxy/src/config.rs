@@ -372,6 +372,13 @@ pub struct HostConfig {
     /// A shorter idle timeout than `identity.session_idle_timeout` for this host's routes.
     #[serde(default, with = "humantime_serde")]
     pub session_idle_timeout: Option<Duration>,
+    /// Let `%2F` through to the upstream instead of refusing the request (decided on the
+    /// decoded path; see `docs/paths.md`).
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
+    /// The `Upgrade` protocols passed to the upstream; `[websocket]` when absent.
+    #[serde(default)]
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -399,6 +406,12 @@ pub struct PathConfig {
     pub session_idle_timeout: Option<Duration>,
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// The host's `allow_encoded_slashes` for this route.
+    #[serde(default)]
+    pub allow_encoded_slashes: Option<bool>,
+    /// The host's `upgrades` for this route.
+    #[serde(default)]
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -450,6 +463,7 @@ impl Config {
             });
         }
         config.resolve_paths(base);
+        config.canonicalize_request_paths();
         Ok(config)
     }
 
@@ -486,6 +500,28 @@ impl Config {
             for path in &mut host.paths {
                 if let Some(webhook) = &mut path.webhook {
                     resolve(&mut webhook.secret_file);
+                }
+            }
+        }
+    }
+
+    /// Writes every route and policy path in the form requests are matched in (validation
+    /// has checked that each has one).
+    fn canonicalize_request_paths(&mut self) {
+        let canonical = |path: &mut String| {
+            if let Ok(normal) = crate::path::config_path(path) {
+                *path = normal;
+            }
+        };
+        for host in &mut self.hosts {
+            for path in &mut host.paths {
+                canonical(&mut path.path);
+            }
+        }
+        for policy in self.policies.values_mut() {
+            for rule in &mut policy.rules {
+                for path in &mut rule.paths {
+                    canonical(&mut path.path);
                 }
             }
         }
@@ -635,7 +671,9 @@ impl Config {
                 if let Err(message) = check_path(&path.path) {
                     problem(format!("{field}.path"), message);
                 }
-                if !seen_paths.insert((path.path.clone(), path.path_type)) {
+                let canonical =
+                    crate::path::config_path(&path.path).unwrap_or_else(|_| path.path.clone());
+                if !seen_paths.insert((canonical, path.path_type)) {
                     problem(
                         format!("{field}.path"),
                         format!("`{}` is listed twice for this host", path.path),
@@ -662,6 +700,16 @@ impl Config {
                 }
                 if let Some(message) = self.unknown_policy(path.policy.as_deref()) {
                     problem(format!("{field}.policy"), message);
+                }
+                for (k, token) in path.upgrades.iter().flatten().enumerate() {
+                    if let Err(message) = check_upgrade_token(token) {
+                        problem(format!("{field}.upgrades[{k}]"), message);
+                    }
+                }
+            }
+            for (k, token) in host.upgrades.iter().flatten().enumerate() {
+                if let Err(message) = check_upgrade_token(token) {
+                    problem(format!("{field}.upgrades[{k}]"), message);
                 }
             }
             if host.public && host.policy.is_some() {
@@ -773,21 +821,26 @@ pub(crate) fn check_host_pattern(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An `Upgrade` protocol name: an HTTP token (RFC 9110 §5.6.2), optionally `/version`.
+fn check_upgrade_token(token: &str) -> Result<(), String> {
+    let is_token = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let (name, version) = token.split_once('/').unwrap_or((token, "x"));
+    if is_token(name) && is_token(version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{token}` is not a protocol name (like `websocket`)"
+        ))
+    }
+}
+
 fn check_path(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') {
-        return Err(format!("`{path}` must start with '/'"));
-    }
-    if path.contains(['?', '#']) || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(format!(
-            "`{path}` may not contain '?', '#', spaces or controls"
-        ));
-    }
-    if path.split('/').any(|seg| seg == "." || seg == "..") || path.contains("//") {
-        return Err(format!(
-            "`{path}` must be normalised (no '.', '..' or '//')"
-        ));
-    }
-    Ok(())
+    crate::path::config_path(path).map(drop)
 }
 
 #[cfg(test)]

@@ -313,7 +313,8 @@ impl IdentityRuntime {
             .strip_headers
             .iter()
             .map(|name| {
-                HeaderName::from_bytes(name.as_bytes())
+                // Compared with `_` read as `-` (see `crate::header`).
+                HeaderName::from_bytes(name.replace('_', "-").as_bytes())
                     .map_err(|_| IdentityError::StripHeader(name.clone()))
             })
             .collect::<Result<_, _>>()?;

@@ -17,6 +17,7 @@ pub mod body;
 pub mod cli_login;
 pub mod config;
 pub mod connection;
+mod header;
 pub mod hub;
 pub mod identity;
 mod login;

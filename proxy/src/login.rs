@@ -100,19 +100,46 @@ pub(crate) fn param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q
         .map(|(_, v)| v.as_str())
 }
 
-/// A return URL is acceptable when it is `https` on a host some route serves, or one of the
-/// auth host's own pages a login returns to, without credentials: anything else would make
-/// the login an open redirect.
-fn check_return_url(snapshot: &Snapshot, identity: &IdentityRuntime, rd: &str) -> Option<Url> {
-    return_url(rd, &identity.auth_host, &|host| {
+/// A return URL is acceptable when it is `https` on a host some route serves, on the port this
+/// request came in on (every host is served on the same one), or one of the auth host's own
+/// pages a login returns to, without credentials, and with a path in its normal form (no
+/// `//`, `\\` or dot segments, which browsers and servers resolve differently): anything else
+/// would make the login an open redirect.
+fn check_return_url(
+    snapshot: &Snapshot,
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    rd: &str,
+) -> Option<Url> {
+    let port = ctx
+        .port_suffix()
+        .strip_prefix(':')
+        .and_then(|p| p.parse().ok());
+    return_url(rd, &identity.auth_host, port, &|host| {
         snapshot.routes.knows_host(host)
     })
 }
 
-/// [`check_return_url`] without the snapshot: `knows_host` says whether a route serves a host.
-fn return_url(rd: &str, auth_host: &str, knows_host: &dyn Fn(&str) -> bool) -> Option<Url> {
+/// [`check_return_url`] without the snapshot: `port` is the request's (none for 443), and
+/// `knows_host` says whether a route serves a host.
+fn return_url(
+    rd: &str,
+    auth_host: &str,
+    port: Option<u16>,
+    knows_host: &dyn Fn(&str) -> bool,
+) -> Option<Url> {
+    // The URL parser reads `\` as `/` in https URLs; a browser may not.
+    if rd.contains('\\') {
+        return None;
+    }
     let url = Url::parse(rd).ok()?;
     if url.scheme() != "https" || !url.username().is_empty() || url.password().is_some() {
+        return None;
+    }
+    if url.port() != port.filter(|&p| p != 443) {
+        return None;
+    }
+    if !crate::path::normalize_path(url.path()).is_ok_and(|normal| normal == url.path()) {
         return None;
     }
     let host = match url.host()? {
@@ -173,7 +200,7 @@ async fn login(
     req: &Request<Incoming>,
 ) -> Response<ResponseBody> {
     let query = query(req);
-    let Some(rd) = param(&query, "rd").and_then(|rd| check_return_url(snapshot, identity, rd))
+    let Some(rd) = param(&query, "rd").and_then(|rd| check_return_url(snapshot, identity, ctx, rd))
     else {
         return login_error(
             ctx,
@@ -414,7 +441,8 @@ async fn callback(
     let mut cookies = vec![clear_login_cookie()];
     cookies.extend(session_set_cookie(identity, &record, now));
     let rd_host = rd.host_str().unwrap_or_default().to_ascii_lowercase();
-    if rd_host == identity.auth_host || check_return_url(snapshot, identity, rd.as_str()).is_none()
+    if rd_host == identity.auth_host
+        || check_return_url(snapshot, identity, ctx, rd.as_str()).is_none()
     {
         return redirect(rd.as_str(), Some(cookies));
     }
@@ -680,18 +708,51 @@ mod tests {
 
     const AUTH: &str = "auth.example.com";
 
+    fn accepted_on(port: Option<u16>, rd: &str) -> bool {
+        return_url(rd, AUTH, port, &|host| host == "app.example.com").is_some()
+    }
+
     fn accepted(rd: &str) -> bool {
-        return_url(rd, AUTH, &|host| host == "app.example.com").is_some()
+        accepted_on(None, rd) || accepted_on(Some(8443), rd)
     }
 
     #[test]
-    fn return_urls_on_route_hosts_are_accepted_with_any_path() {
+    fn return_urls_on_route_hosts_are_accepted_with_any_normal_path() {
         for rd in [
             "https://app.example.com/",
             "https://app.example.com:8443/page?x=1",
             "https://APP.example.com/.sekisho/logout",
+            "https://app.example.com/caf%C3%A9;v=1/?q=a//b#x",
         ] {
             assert!(accepted(rd), "{rd}");
+        }
+    }
+
+    #[test]
+    fn return_urls_must_be_on_the_port_the_login_came_in_on() {
+        assert!(accepted_on(None, "https://app.example.com/"));
+        assert!(accepted_on(None, "https://app.example.com:443/"));
+        assert!(accepted_on(Some(443), "https://app.example.com/"));
+        assert!(accepted_on(Some(8443), "https://app.example.com:8443/x"));
+        assert!(!accepted_on(Some(8443), "https://app.example.com/x"));
+        assert!(!accepted_on(None, "https://app.example.com:8443/x"));
+        assert!(!accepted_on(Some(8443), "https://app.example.com:9443/x"));
+        assert!(!accepted_on(
+            Some(8443),
+            "https://auth.example.com:1/.sekisho/me"
+        ));
+    }
+
+    #[test]
+    fn return_paths_that_a_browser_could_read_as_another_host_are_refused() {
+        for rd in [
+            "https://app.example.com//evil.example/",
+            "https://app.example.com/\\evil.example/",
+            "https://app.example.com/\\\\evil.example/",
+            "https://app.example.com/a%2f%2fevil.example",
+            "https://app.example.com/x/..;/y",
+        ] {
+            assert!(!accepted(rd), "{rd}");
         }
     }
 

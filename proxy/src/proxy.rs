@@ -1,6 +1,7 @@
 //! The request pipeline. Each request passes named phases with one context:
 //!
-//! 1. `request_filter`: request id, host;
+//! 1. `request_filter`: request id, host, framing, and the one normal path every later phase
+//!    uses (see [`crate::path`]; targets that cannot be made unambiguous are a 400 here);
 //! 2. `route`: host and path to a route (404 for unknown hosts and paths);
 //! 3. (the access phase of the identity layer goes here, before an upstream is chosen);
 //! 4. `upstream_peer`: an endpoint of the route's upstream;
@@ -12,6 +13,7 @@
 //! Errors carry where they came from, and that decides the status: 4xx for what the client
 //! sent, 502/504 for what the upstream did, 503 when nothing can serve.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -27,10 +29,15 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::access::{self, Access, Who};
 use crate::access_log::AccessRecord;
-use crate::body::{Completion, RequestBody, ResponseBody};
+use crate::body::{ClientBodyError, Completion, RequestBody, ResponseBody};
 use crate::connection::ConnState;
+use crate::identity::IdentityRuntime;
 use crate::login;
 use crate::metrics::{self, Name, UpstreamErrorLabels};
+use crate::path::{
+    PathError, decode_slashes, normalize_path, normalize_path_keeping_encoded_slashes,
+    without_parameters,
+};
 use crate::route::normalize_host;
 use crate::server::Shared;
 use crate::snapshot::{Route, Snapshot};
@@ -44,6 +51,8 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Named only for an `h2c` upgrade (RFC 7540 §3.2.1), which never passes.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,6 +61,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ProxyError {
     #[error("the request has no valid host")]
     BadHost,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error(transparent)]
+    BadPath(#[from] PathError),
+    #[error("the request uses a transfer coding other than chunked")]
+    UnsupportedTransferCoding,
+    #[error("the request body is malformed or was cut short")]
+    ClientBody(#[source] BoxError),
     #[error("no site is served for this host")]
     UnknownHost,
     #[error("nothing is served at this path")]
@@ -83,7 +100,13 @@ pub enum ErrorSource {
 impl ProxyError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
-            Self::BadHost | Self::UnknownHost | Self::NoRoute => ErrorSource::Downstream,
+            Self::BadHost
+            | Self::BadRequest(_)
+            | Self::BadPath(_)
+            | Self::UnsupportedTransferCoding
+            | Self::ClientBody(_)
+            | Self::UnknownHost
+            | Self::NoRoute => ErrorSource::Downstream,
             Self::NoEndpoint => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }
@@ -91,7 +114,10 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::BadHost | Self::BadRequest(_) | Self::BadPath(_) | Self::ClientBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::UnknownHost | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoEndpoint | Self::AgentOffline => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnectTimeout(_) | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -111,7 +137,13 @@ impl ProxyError {
             Self::UnexpectedUpgrade => "unexpected_upgrade",
             Self::NoEndpoint => "no_endpoint",
             Self::AgentOffline => "agent_offline",
-            Self::BadHost | Self::UnknownHost | Self::NoRoute => "downstream",
+            Self::BadHost
+            | Self::BadRequest(_)
+            | Self::BadPath(_)
+            | Self::UnsupportedTransferCoding
+            | Self::ClientBody(_)
+            | Self::UnknownHost
+            | Self::NoRoute => "downstream",
         }
     }
 }
@@ -124,6 +156,11 @@ pub(crate) struct RequestCtx {
     pub(crate) host: String,
     /// As the client sent it, for `X-Forwarded-Host` and the upstream authority.
     raw_host: Option<HeaderValue>,
+    /// The path routing and access decide on, when it is not the request's (normal) path:
+    /// without path parameters, or with encoded slashes decoded.
+    decided_path: Option<Box<str>>,
+    /// The path keeps `%2F`: only a route that allows it may serve the request.
+    encoded_slashes: bool,
     route: Option<Arc<Route>>,
     endpoint: Option<Arc<str>>,
     /// Who the access phase identified, for the access log.
@@ -133,6 +170,12 @@ pub(crate) struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The path routing and every access check decide on, given the request's normal path
+    /// (after [`request_filter`], `req.uri().path()`).
+    pub(crate) fn decided_path<'a>(&'a self, normal_path: &'a str) -> &'a str {
+        self.decided_path.as_deref().unwrap_or(normal_path)
+    }
+
     /// `:PORT` when the client's `Host` names a port, for URLs back to this proxy.
     pub(crate) fn port_suffix(&self) -> &str {
         let raw = self
@@ -167,21 +210,26 @@ pub(crate) async fn handle(
         request_id: HeaderValue::from_static("-"),
         host: String::new(),
         raw_host: None,
+        decided_path: None,
+        encoded_slashes: false,
         route: None,
         endpoint: None,
         user: None,
         set_cookie: None,
     };
+    let mut req = req;
     let method = req.method().clone();
     let log = snapshot.access_log;
+    let received = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+
+    let filtered = request_filter(&mut ctx, &mut req);
+    // The path as forwarded (the raw one when it was refused).
     let path = if log {
         req.uri().path().to_owned()
     } else {
         String::new()
     };
-    let received = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
-
-    let outcome = match request_filter(&mut ctx, &req) {
+    let outcome = match filtered {
         Ok(()) => proxy(&shared, &snapshot, &conn, &mut ctx, req, received.clone()).await,
         Err(err) => Err(err),
     };
@@ -233,25 +281,24 @@ async fn proxy(
     req: Request<Incoming>,
     received: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // The tunnel hub's endpoints answer on every host, with or without login configured.
-    match req.uri().path() {
-        sekisho_wire::TUNNEL_PATH => {
+    // Phase 2a: what the proxy answers itself, on the path the request is decided on.
+    match own_endpoint(snapshot, ctx, req.uri().path())? {
+        OwnEndpoint::Tunnel => {
             return Ok(crate::hub::tunnel(shared, snapshot, conn, ctx, req).await);
         }
-        sekisho_wire::TUNNEL_RENEW_PATH => {
+        OwnEndpoint::TunnelRenew => {
             return Ok(crate::hub::tunnel_renew(shared, snapshot, ctx, &req).await);
         }
-        sekisho_wire::TUNNEL_STATUS_PATH => {
-            return Ok(crate::hub::tunnel_status(shared, &req));
-        }
-        sekisho_wire::AGENT_CONNECT_PATH => {
+        OwnEndpoint::TunnelStatus => return Ok(crate::hub::tunnel_status(shared, &req)),
+        OwnEndpoint::AgentConnect => {
             return Ok(crate::hub::agent_connect(shared, snapshot, conn, ctx, &req));
         }
-        _ => {}
+        OwnEndpoint::Identity(identity) => {
+            return Ok(login::handle(snapshot, identity, ctx, req).await);
+        }
+        OwnEndpoint::None => {}
     }
-    if let Some(identity) = snapshot.own_endpoint(&ctx.host, req.uri().path()) {
-        return Ok(login::handle(snapshot, identity, ctx, req).await);
-    }
+    // Phase 2b: the route.
     let route = route(snapshot, ctx, req.uri().path())?;
 
     let (mut parts, body) = req.into_parts();
@@ -273,17 +320,31 @@ async fn proxy(
     let upstream = &route.upstream;
     let endpoint = upstream_peer(upstream)?;
     ctx.endpoint = Some(endpoint.label.clone());
-    let wants_upgrade = is_upgrade_request(&upstream_req);
-    let upgrade_path = wants_upgrade
-        .then(|| crate::path::normalize_path(upstream_req.uri().path()).ok())
-        .flatten()
-        .map(|path| path.into_owned());
-    upstream_request_filter(&mut upstream_req, ctx, conn, snapshot, endpoint);
+    // Only a protocol the route lets through is asked for; any other `Upgrade` is dropped
+    // and the request goes on as an ordinary one.
+    let upgrade = requested_upgrade(&upstream_req, &route);
+    upstream_request_filter(
+        &mut upstream_req,
+        ctx,
+        conn,
+        snapshot,
+        endpoint,
+        upgrade.is_some(),
+    );
     set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_deref());
+    let decided_path = upgrade
+        .is_some()
+        .then(|| ctx.decided_path(upstream_req.uri().path()).to_owned());
 
     let mut response = forward(shared, upstream, endpoint, upstream_req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if client_upgrade.is_none() || !wants_upgrade {
+        let switched_as_asked = upgrade.as_ref().is_some_and(|asked| {
+            response
+                .headers()
+                .get(header::UPGRADE)
+                .is_some_and(|to| to.as_bytes().eq_ignore_ascii_case(asked.as_bytes()))
+        });
+        if client_upgrade.is_none() || !switched_as_asked {
             return Err(ProxyError::UnexpectedUpgrade);
         }
         // The connection splices the two once hyper has written the `101` (see
@@ -292,7 +353,7 @@ async fn proxy(
         // WebSocket is checked again while it stays open.
         let guard = who
             .and_then(|who| who.session.clone())
-            .zip(upgrade_path)
+            .zip(decided_path)
             .map(|(session, path)| crate::websocket::Guard {
                 shared: shared.clone(),
                 host: ctx.host.clone(),
@@ -304,15 +365,36 @@ async fn proxy(
     Ok(response.map(ResponseBody::upstream))
 }
 
-/// Phase 1: the request id and the host.
-fn request_filter(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), ProxyError> {
+/// Phase 1: the request id, the host, the framing and the one normal path.
+fn request_filter(ctx: &mut RequestCtx, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
     ctx.request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) if is_acceptable_request_id(id.as_bytes()) => id.clone(),
         _ => new_request_id(),
     };
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Host header",
+        ));
+    }
     let raw_host = match req.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+        Some(authority) => {
+            // HTTP/2 (RFC 9113 §8.3.1): `Host` and `:authority` must name one host. In an
+            // HTTP/1.1 absolute-form target the target wins, and `Host` is replaced upstream.
+            if req.version() == Version::HTTP_2
+                && host_header.is_some_and(|h| {
+                    !h.as_bytes()
+                        .eq_ignore_ascii_case(authority.as_str().as_bytes())
+                })
+            {
+                return Err(ProxyError::BadRequest(
+                    "the Host header and the request target name different hosts",
+                ));
+            }
+            HeaderValue::from_str(authority.as_str()).ok()
+        }
+        None => host_header.cloned(),
     }
     .ok_or(ProxyError::BadHost)?;
     let host = raw_host
@@ -322,17 +404,136 @@ fn request_filter(ctx: &mut RequestCtx, req: &Request<Incoming>) -> Result<(), P
         .ok_or(ProxyError::BadHost)?;
     ctx.host = host.into_owned();
     ctx.raw_host = Some(raw_host);
+    check_transfer_coding(req.headers())?;
+    normalize_request_path(ctx, req)
+}
+
+/// A request body is framed by `Content-Length` or by `Transfer-Encoding: chunked` alone. Any
+/// other coding (`gzip, chunked`, `identity, chunked`) is refused (RFC 9112 §6.1), never
+/// rewritten: a server behind that reads the codings differently would frame the body
+/// differently.
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(coding) = codings.next() else {
+        return Ok(());
+    };
+    if codings.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Transfer-Encoding header",
+        ));
+    }
+    if !coding
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"chunked")
+    {
+        return Err(ProxyError::UnsupportedTransferCoding);
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
     Ok(())
 }
 
-/// Phase 2: the route for host and path.
-fn route(snapshot: &Snapshot, ctx: &mut RequestCtx, path: &str) -> Result<Arc<Route>, ProxyError> {
-    let route = match snapshot.routes.find(&ctx.host, path) {
+/// Puts the request's normal path in its URI, for every later phase and the upstream, and
+/// records the path decisions are made on when it differs (see [`crate::path`]).
+fn normalize_request_path(
+    ctx: &mut RequestCtx,
+    req: &mut Request<Incoming>,
+) -> Result<(), ProxyError> {
+    let raw = req.uri().path();
+    let (normal, encoded_slashes) = match normalize_path(raw) {
+        Ok(normal) => (normal, false),
+        Err(PathError::EncodedSlash) => (normalize_path_keeping_encoded_slashes(raw)?, true),
+        Err(error) => return Err(error.into()),
+    };
+    ctx.decided_path = if encoded_slashes {
+        let decoded = decode_slashes(&normal)?;
+        Some(without_parameters(&decoded).into())
+    } else {
+        match without_parameters(&normal) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(decided) => Some(decided.into()),
+        }
+    };
+    ctx.encoded_slashes = encoded_slashes;
+    if let Cow::Owned(normal) = normal {
+        let uri = with_path(req.uri(), normal)?;
+        *req.uri_mut() = uri;
+    }
+    Ok(())
+}
+
+/// `uri` with another path and the same query.
+fn with_path(uri: &Uri, mut path: String) -> Result<Uri, ProxyError> {
+    if let Some(query) = uri.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::from_maybe_shared(path)
+            .map_err(|_| ProxyError::BadRequest("the request target is not valid"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("the request target is not valid"))
+}
+
+/// What the proxy answers itself rather than routing.
+enum OwnEndpoint<'s> {
+    Tunnel,
+    TunnelRenew,
+    TunnelStatus,
+    AgentConnect,
+    /// The auth host and `/.sekisho/` paths, when login is configured.
+    Identity(&'s IdentityRuntime),
+    None,
+}
+
+/// Phase 2a: the tunnel hub's endpoints (on every host, with or without login configured) and
+/// the identity layer's pages, found on the path the request is decided on.
+fn own_endpoint<'s>(
+    snapshot: &'s Snapshot,
+    ctx: &RequestCtx,
+    normal_path: &str,
+) -> Result<OwnEndpoint<'s>, ProxyError> {
+    let decided = ctx.decided_path(normal_path);
+    let own = match decided {
+        sekisho_wire::TUNNEL_PATH => OwnEndpoint::Tunnel,
+        sekisho_wire::TUNNEL_RENEW_PATH => OwnEndpoint::TunnelRenew,
+        sekisho_wire::TUNNEL_STATUS_PATH => OwnEndpoint::TunnelStatus,
+        sekisho_wire::AGENT_CONNECT_PATH => OwnEndpoint::AgentConnect,
+        _ => match snapshot.own_endpoint(&ctx.host, decided) {
+            Some(identity) => OwnEndpoint::Identity(identity),
+            None => OwnEndpoint::None,
+        },
+    };
+    // The proxy's own pages are never reached through an encoded slash.
+    if ctx.encoded_slashes && !matches!(own, OwnEndpoint::None) {
+        return Err(PathError::EncodedSlash.into());
+    }
+    Ok(own)
+}
+
+/// Phase 2b: the route for the host and the path the request is decided on.
+fn route(
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    normal_path: &str,
+) -> Result<Arc<Route>, ProxyError> {
+    let route = match snapshot
+        .routes
+        .find(&ctx.host, ctx.decided_path(normal_path))
+    {
         Some(route) => route.clone(),
         None if snapshot.routes.knows_host(&ctx.host) => return Err(ProxyError::NoRoute),
         None => return Err(ProxyError::UnknownHost),
     };
     ctx.route = Some(route.clone());
+    if ctx.encoded_slashes && !route.allow_encoded_slashes {
+        return Err(PathError::EncodedSlash.into());
+    }
     Ok(route)
 }
 
@@ -348,8 +549,8 @@ fn upstream_request_filter(
     conn: &ConnState,
     snapshot: &Snapshot,
     endpoint: &Endpoint,
+    upgrade: bool,
 ) {
-    let upgrade = is_upgrade_request(req);
     let headers = req.headers_mut();
     remove_hop_by_hop(headers, upgrade);
     set_forwarding_headers(
@@ -410,8 +611,8 @@ static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-emai
 static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
 
-/// Phase 5, identity part: whatever identity the client claimed goes, the proxy's cookies go,
-/// and a verified identity is set.
+/// Phase 5, identity part: whatever a gateway alone may say and the client claimed goes (see
+/// [`crate::header`]), the proxy's cookies go, and a verified identity is set.
 fn set_identity_headers(
     headers: &mut HeaderMap,
     snapshot: &Snapshot,
@@ -422,26 +623,7 @@ fn set_identity_headers(
         .identity
         .as_deref()
         .map_or(&[][..], |i| i.strip_headers.as_slice());
-    let claimed = |name: &HeaderName| {
-        let name = name.as_str();
-        name == "x-forwarded-user"
-            || name == "x-forwarded-email"
-            || name == "x-forwarded-groups"
-            || name.starts_with("x-sekisho-")
-    };
-    if headers
-        .keys()
-        .any(|name| claimed(name) || extra.contains(name))
-    {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| claimed(name) || extra.contains(name))
-            .cloned()
-            .collect();
-        for name in names {
-            headers.remove(&name);
-        }
-    }
+    crate::header::strip_gateway_claims(headers, extra);
     if headers.contains_key(header::COOKIE) {
         crate::session::strip_session_cookies(headers);
     }
@@ -520,6 +702,9 @@ async fn forward(
             return Ok(response);
         }
         Err(_) => ProxyError::UpstreamTimeout,
+        Ok(Err(err)) if caused_by_client_body(&err) => {
+            return Err(ProxyError::ClientBody(Box::new(err)));
+        }
         Ok(Err(err)) => err,
     };
     let down = matches!(
@@ -542,6 +727,18 @@ async fn forward(
             .inc();
     }
     Err(error)
+}
+
+/// Whether an exchange failed because the client's request body did.
+fn caused_by_client_body(err: &ProxyError) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(error) = source {
+        if error.is::<ClientBodyError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn classify_send_error(err: SendError) -> ProxyError {
@@ -641,6 +838,17 @@ pub(crate) fn is_upgrade_request<B>(req: &Request<B>) -> bool {
         && has_token(req.headers(), &header::CONNECTION, "upgrade")
 }
 
+/// The protocol an upgrade request asks for, when it names one and the route lets it through.
+fn requested_upgrade<B>(req: &Request<B>, route: &Route) -> Option<HeaderValue> {
+    if !is_upgrade_request(req) {
+        return None;
+    }
+    let mut values = req.headers().get_all(header::UPGRADE).iter();
+    let protocol = values.next()?;
+    let one = values.next().is_none() && !protocol.as_bytes().contains(&b',');
+    (one && route.allows_upgrade(protocol.as_bytes().trim_ascii())).then(|| protocol.clone())
+}
+
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value
@@ -703,7 +911,7 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// The headers that are always connection-level. A message's set of them is a bit mask:
 /// bit `i` stands for `HOP_BY_HOP[i]`.
-static HOP_BY_HOP: [&HeaderName; 9] = [
+static HOP_BY_HOP: [&HeaderName; 10] = [
     &header::CONNECTION,
     &header::TE,
     &header::UPGRADE,
@@ -713,6 +921,7 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::PROXY_AUTHENTICATE,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
+    &HTTP2_SETTINGS,
 ];
 const CONNECTION_BIT: u16 = 1 << 0;
 const TE_BIT: u16 = 1 << 1;

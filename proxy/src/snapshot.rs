@@ -82,6 +82,19 @@ pub struct Route {
     /// A session idle for longer must log in again on this route.
     pub session_idle_timeout: Option<Duration>,
     pub webhook: Option<RouteWebhook>,
+    /// `%2F` may reach the upstream (the route was found on the decoded path).
+    pub allow_encoded_slashes: bool,
+    /// The `Upgrade` protocols passed to the upstream, lowercase.
+    pub upgrades: Box<[Box<str>]>,
+}
+
+impl Route {
+    /// Whether an `Upgrade` to `protocol` may pass (protocol names compare case-insensitively).
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        self.upgrades
+            .iter()
+            .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(protocol))
+    }
 }
 
 /// A webhook route's signature check.
@@ -148,6 +161,21 @@ impl Snapshot {
                         .and_then(|p| p.session_idle_timeout)
                         .or(host.session_idle_timeout),
                     webhook,
+                    allow_encoded_slashes: path
+                        .and_then(|p| p.allow_encoded_slashes)
+                        .unwrap_or(host.allow_encoded_slashes),
+                    upgrades: path
+                        .and_then(|p| p.upgrades.as_ref())
+                        .or(host.upgrades.as_ref())
+                        .map_or_else(
+                            || Box::from([Box::from("websocket")]),
+                            |tokens| {
+                                tokens
+                                    .iter()
+                                    .map(|t| t.to_ascii_lowercase().into())
+                                    .collect()
+                            },
+                        ),
                 });
                 route_list.push(route.clone());
                 Ok::<_, SnapshotError>(route)
