@@ -8,15 +8,22 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*" >&2; }
 
 # chromium and chromium-driver: the real headless browser of testkit's end-to-end tests;
-# openssh-server and openssh-client: the real sshd and ssh/scp of the tunnel tests (e2e/).
+# openssh-server and openssh-client: the real sshd and ssh/scp of the tunnel tests (e2e/);
+# nginx-light: the real upstream the path-normalisation tests check the proxy against.
 need_packages=()
-for pkg in ca-certificates iproute2 procps chromium chromium-driver openssh-server openssh-client; do
+for pkg in ca-certificates iproute2 procps chromium chromium-driver openssh-server openssh-client nginx-light; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_packages+=("$pkg")
 done
 if [ ${#need_packages[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_packages[*]}"
+  # Keep the packages' init scripts from starting nginx and sshd as services.
+  policy=/usr/sbin/policy-rc.d created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
+  if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi
 fi
 
 if [ -x tests/kube/build.sh ]; then

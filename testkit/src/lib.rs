@@ -1,6 +1,7 @@
 //! Real parts for Sekisho's end-to-end identity tests: the project's dev OpenID provider
-//! ([`Idp`], `devidp/server.mjs` under Node.js) and a headless Chromium driven over WebDriver
-//! ([`Browser`], Debian's `chromium` and `chromium-driver`), plus the small helpers such tests
+//! ([`Idp`], `devidp/server.mjs` under Node.js), a headless Chromium driven over WebDriver
+//! ([`Browser`], Debian's `chromium` and `chromium-driver`) and an nginx upstream ([`Nginx`],
+//! Debian's `nginx-light`), plus the small helpers such tests
 //! need ([`free_port`], [`eventually`], [`spki_sha256_base64`], [`login_with_browser`]).
 //!
 //! Test-only: use it as a dev-dependency; nothing in a shipped binary may depend on it, and it
@@ -15,6 +16,7 @@ mod error;
 mod idp;
 mod log;
 mod login;
+mod nginx;
 mod port;
 mod retry;
 
@@ -23,6 +25,7 @@ pub use certificate::{TestPki, spki_sha256_base64, test_pki};
 pub use error::Error;
 pub use idp::{Idp, IdpBuilder};
 pub use login::login_with_browser;
+pub use nginx::{Nginx, Seen};
 pub use port::free_port;
 pub use retry::eventually;
 pub use url::Url;

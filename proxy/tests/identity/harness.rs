@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
-use sekisho_testkit::{Browser, BrowserOptions, Idp, Url, free_port, login_with_browser};
+use sekisho_testkit::{Browser, BrowserOptions, Idp, Nginx, Url, free_port, login_with_browser};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,6 +37,10 @@ pub(crate) const OTHER: &str = "other.sekisho.test";
 pub(crate) const AUTH: &str = "auth.sekisho.test";
 /// A host whose upstream (the echo upstream) is reached through the agent `nas`.
 pub(crate) const NAS: &str = "nas.sekisho.test";
+/// With [`SiteOptions::nginx`]: a host with every kind of route, all served by nginx.
+pub(crate) const GATE: &str = "gate.sekisho.test";
+/// With [`SiteOptions::nginx`]: a host whose routes reach nginx through the agent `nas`.
+pub(crate) const GATE_VIA_AGENT: &str = "gate-agent.sekisho.test";
 
 pub(crate) const ALICE: &str = "alice@uniqe.example";
 pub(crate) const CAROL: &str = "carol@elsewhere.example";
@@ -65,6 +69,9 @@ pub(crate) struct SiteOptions {
     /// devidp's `--backchannel-logout-uri` for client `sekisho`: where it sends logout tokens
     /// (the proxy's own auth host is out of its reach: no DNS, no test CA).
     pub(crate) backchannel_capture: Option<String>,
+    /// Start nginx with these files (path, contents) and serve [`GATE`] and
+    /// [`GATE_VIA_AGENT`] from it (see [`Site::start`] for their routes).
+    pub(crate) nginx: Option<Vec<(&'static str, &'static str)>>,
 }
 
 /// Everything a test talks to. Dropping it stops the proxy, the upstreams and devidp.
@@ -76,6 +83,8 @@ pub(crate) struct Site {
     pub(crate) leaf_pem: String,
     pub(crate) app: EchoUpstream,
     pub(crate) ws: WebSocketEcho,
+    /// With [`SiteOptions::nginx`].
+    pub(crate) nginx: Option<Nginx>,
     /// The proxy's assertion and user-token signing keys.
     pub(crate) signing_keys: PathBuf,
     /// The key of the agent `nas` (the proxy knows its public half), and the CA to trust.
@@ -110,7 +119,7 @@ impl Site {
         }
         let idp = idp.start().await.context("devidp starts")?;
         let pki = Pki::new();
-        let (leaf_pem, key_pem) = pki.leaf(&[APP, OTHER, AUTH, NAS]);
+        let (leaf_pem, key_pem) = pki.leaf(&[APP, OTHER, AUTH, NAS, GATE, GATE_VIA_AGENT]);
         let dir = tempfile::tempdir()?;
         let file = |name: &str, contents: &str| -> anyhow::Result<PathBuf> {
             let path = dir.path().join(name);
@@ -128,6 +137,10 @@ impl Site {
         let agent_key = file("nas.key", &agent_pem)?;
         let app = EchoUpstream::start().await?;
         let ws = WebSocketEcho::start().await?;
+        let nginx = match &options.nginx {
+            Some(files) => Some(Nginx::start(files).await.context("nginx starts")?),
+            None => None,
+        };
 
         let head = format!(
             "listen:
@@ -150,8 +163,10 @@ upstreams:
             } else {
                 format!(
                     "  viaagent: {{agent: nas, endpoints: ['http://{}']}}\n  \
-                     viaagent-ws: {{agent: nas, endpoints: ['http://{}']}}\n",
-                    app.addr, ws.addr
+                     viaagent-ws: {{agent: nas, endpoints: ['http://{}']}}\n{}",
+                    app.addr,
+                    ws.addr,
+                    nginx.as_ref().map_or_else(String::new, gate_upstreams),
                 )
             },
         );
@@ -191,6 +206,7 @@ upstreams:
 {bearer}policies:
   staff:
     allow: [{{group: staff}}]
+{admins}
 agents:
   nas: {{public_keys: ['{agent_public}']}}
 hosts:
@@ -213,7 +229,17 @@ hosts:
   - host: {OTHER}
     policy: staff
     default: app
-",
+{gate}",
+                admins = if nginx.is_some() {
+                    "  admins:\n    allow: [{group: admins}]\n"
+                } else {
+                    ""
+                },
+                gate = if nginx.is_some() {
+                    gate_hosts(&hook_secret)
+                } else {
+                    String::new()
+                },
                 issuer = idp.issuer(),
                 client_secret = client_secret.display(),
                 signing_keys = signing_keys.display(),
@@ -241,6 +267,7 @@ hosts:
             leaf_pem,
             app,
             ws,
+            nginx,
             signing_keys,
             agent_key,
             ca_file,
@@ -254,12 +281,16 @@ hosts:
     /// handle is dropped, and waits until the proxy holds its link.
     pub(crate) async fn start_agent(&self) -> anyhow::Result<AgentHandle> {
         let yaml = format!(
-            "name: nas\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{AUTH}:{port}', address: '127.0.0.1:{port}'}}\nallow: {{http: ['{}', '{}']}}\n",
+            "name: nas\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{AUTH}:{port}', address: '127.0.0.1:{port}'}}\nallow: {{http: ['{}', '{}'{nginx}]}}\n",
             self.agent_key.display(),
             self.ca_file.display(),
             self.app.addr,
             self.ws.addr,
             port = self.port,
+            nginx = self
+                .nginx
+                .as_ref()
+                .map_or_else(String::new, |nginx| format!(", '{}'", nginx.addr())),
         );
         let settings =
             sekisho_agent::config::Config::parse(&yaml, std::path::Path::new("nas.yaml"))?
@@ -319,6 +350,20 @@ hosts:
         self.client.send(method, url, headers, body.into()).await
     }
 
+    /// A GET of `target` exactly as written (no URL parser resolves or re-encodes it) on
+    /// `host`, over HTTP/2 or HTTP/1.1, on a new connection.
+    pub(crate) async fn get_target(
+        &self,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        http2: bool,
+    ) -> anyhow::Result<Reply> {
+        self.client
+            .send_target(host, self.port, target, headers, http2)
+            .await
+    }
+
     /// A GET through the proxy.
     pub(crate) async fn get(&self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
         self.send(Method::GET, url, headers, Bytes::new()).await
@@ -359,7 +404,12 @@ hosts:
     /// A login as `email` without a browser, the way a browser does it: the login endpoint,
     /// devidp's form, the callback, the handoff. Returns the app host's session cookie value.
     pub(crate) async fn login(&self, email: &str) -> anyhow::Result<String> {
-        let started = self.start_login(&self.url(APP, "/hello")).await?;
+        self.login_on(APP, email).await
+    }
+
+    /// [`Site::login`] on `host`: its session cookie value.
+    pub(crate) async fn login_on(&self, host: &str, email: &str) -> anyhow::Result<String> {
+        let started = self.start_login(&self.url(host, "/hello")).await?;
         let callback = Agent::default()
             .authorize(&self.idp, &started.idp_url, email)
             .await?;
@@ -372,8 +422,8 @@ hosts:
         );
         let handoff = reply.location()?;
         ensure!(
-            handoff.host_str() == Some(APP) && handoff.path() == "/.sekisho/handoff",
-            "the callback redirects to https://{APP}:PORT/.sekisho/handoff, not {handoff}"
+            handoff.host_str() == Some(host) && handoff.path() == "/.sekisho/handoff",
+            "the callback redirects to https://{host}:PORT/.sekisho/handoff, not {handoff}"
         );
         let reply = self
             .get(handoff.as_str(), &refs(&navigation(&Jar::new())))
@@ -499,6 +549,43 @@ pub(crate) fn refs<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a st
     headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// The hosts nginx serves (see [`SiteOptions::nginx`]): on [`GATE`], every kind of route
+/// (public `/public`, staff-only by default, admins-only `/admin`, bearer `/api`, the webhook
+/// `/hooks/github`, the WebSocket `/ws`); on [`GATE_VIA_AGENT`], public `/public` and
+/// staff-only by default, through the agent `nas`.
+fn gate_hosts(hook_secret: &std::path::Path) -> String {
+    format!(
+        "  - host: {GATE}
+    policy: staff
+    default: gate
+    paths:
+      - {{path: /public, upstream: gate, public: true}}
+      - {{path: /admin, upstream: gate, policy: admins}}
+      - {{path: /api, upstream: gate, bearer: true}}
+      - path: /hooks/github
+        type: Exact
+        upstream: gate
+        webhook: {{secret_file: '{hook_secret}'}}
+      - {{path: /ws, type: Exact, upstream: gate}}
+  - host: {GATE_VIA_AGENT}
+    policy: staff
+    default: gate-via-agent
+    paths:
+      - {{path: /public, upstream: gate-via-agent, public: true}}
+",
+        hook_secret = hook_secret.display(),
+    )
+}
+
+/// The upstreams of [`gate_hosts`]: nginx, directly and through the agent `nas`.
+fn gate_upstreams(nginx: &Nginx) -> String {
+    format!(
+        "  gate: {{endpoints: ['http://{addr}']}}\n  \
+         gate-via-agent: {{agent: nas, endpoints: ['http://{addr}']}}\n",
+        addr = nginx.addr()
+    )
+}
+
 /// An answer from the proxy or the IdP, read whole.
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -618,6 +705,7 @@ impl Jar {
 struct TlsClient {
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
+    config_h2: Arc<rustls::ClientConfig>,
 }
 
 impl TlsClient {
@@ -625,7 +713,50 @@ impl TlsClient {
         Self {
             addr,
             config: pki.client_config(&[b"http/1.1"]),
+            config_h2: pki.client_config(&[b"h2"]),
         }
+    }
+
+    async fn send_target(
+        &self,
+        host: &str,
+        port: u16,
+        target: &str,
+        headers: &[(&str, &str)],
+        http2: bool,
+    ) -> anyhow::Result<Reply> {
+        let mut request = if http2 {
+            Request::get(format!("https://{host}:{port}{target}"))
+        } else {
+            Request::get(target).header("host", format!("{host}:{port}"))
+        };
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(full(Bytes::new()))?;
+        let exchange = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            let config = if http2 { &self.config_h2 } else { &self.config };
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(ServerName::try_from(host.to_owned())?, tcp)
+                .await
+                .context("TLS handshake with the proxy")?;
+            let io = TokioIo::new(tls);
+            let response = if http2 {
+                let (mut sender, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(connection);
+                sender.send_request(request).await?
+            } else {
+                let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(connection);
+                sender.send_request(request).await?
+            };
+            Reply::read(response).await
+        };
+        timeout(LIMIT, exchange)
+            .await
+            .with_context(|| format!("an answer to {target} on {host} within {LIMIT:?}"))?
     }
 
     async fn send(

@@ -10,6 +10,7 @@ mod bearer;
 mod browser_login;
 mod harness;
 mod harness_check;
+mod path_tricks;
 mod session;
 #[path = "../it/support.rs"]
 mod support;
