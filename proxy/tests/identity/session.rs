@@ -167,8 +167,17 @@ async fn open_redirects_in_the_login_endpoint_fail() -> anyhow::Result<()> {
         "https://evil.example\\@app.sekisho.test/",
         "http://app.sekisho.test/",
         "/relative/path",
+    ]
+    .map(str::to_owned);
+    // On a served host, but read by a browser as another host, or on another port.
+    let on_the_site = [
+        site.url(APP, "//evil.example/"),
+        site.url(APP, "/\\evil.example/"),
+        site.url(APP, "/\\/evil.example/"),
+        format!("https://{APP}:1/"),
+        format!("https://{APP}/"),
     ];
-    for rd in hostile {
+    for rd in hostile.iter().chain(&on_the_site) {
         let reply = site
             .get(&site.login_url(rd), &refs(&navigation(&Jar::new())))
             .await?;
