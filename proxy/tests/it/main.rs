@@ -2,6 +2,7 @@
 
 mod forwarding;
 mod grpc;
+mod keys;
 mod lifecycle;
 mod reload;
 mod streaming;
