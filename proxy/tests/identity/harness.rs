@@ -359,12 +359,28 @@ hosts:
     /// A login as `email` without a browser, the way a browser does it: the login endpoint,
     /// devidp's form, the callback, the handoff. Returns the app host's session cookie value.
     pub(crate) async fn login(&self, email: &str) -> anyhow::Result<String> {
+        let callback = self.login_until_callback(email).await?;
+        self.finish_login(callback).await
+    }
+
+    /// The first half of [`Site::login`]: the login endpoint and devidp's form, up to the
+    /// redirect back to the callback, which is not followed yet (no session exists).
+    pub(crate) async fn login_until_callback(&self, email: &str) -> anyhow::Result<Callback> {
         let started = self.start_login(&self.url(APP, "/hello")).await?;
-        let callback = Agent::default()
+        let url = Agent::default()
             .authorize(&self.idp, &started.idp_url, email)
             .await?;
+        Ok(Callback {
+            url,
+            auth_cookies: started.auth_cookies,
+        })
+    }
+
+    /// The second half of [`Site::login`]: the callback (where the session begins) and the
+    /// handoff. Returns the app host's session cookie value.
+    pub(crate) async fn finish_login(&self, callback: Callback) -> anyhow::Result<String> {
         let reply = self
-            .get(&callback, &refs(&navigation(&started.auth_cookies)))
+            .get(&callback.url, &refs(&navigation(&callback.auth_cookies)))
             .await?;
         ensure!(
             reply.status == StatusCode::FOUND || reply.status == StatusCode::SEE_OTHER,
@@ -478,6 +494,14 @@ hosts:
 pub(crate) struct StartedLogin {
     /// The authorization request at the IdP the auth host redirected to.
     pub(crate) idp_url: String,
+    /// The auth host's cookies (the pending login).
+    pub(crate) auth_cookies: Jar,
+}
+
+/// A login that came back from the IdP to the auth host's callback, not yet followed.
+pub(crate) struct Callback {
+    /// `https://auth…/.sekisho/callback?code=…&state=…`.
+    pub(crate) url: String,
     /// The auth host's cookies (the pending login).
     pub(crate) auth_cookies: Jar,
 }
