@@ -175,11 +175,7 @@ impl TryFrom<RawProviderConfig> for ProviderConfig {
         }
         let mut hosted_domains = Vec::with_capacity(raw.hosted_domains.len());
         for domain in raw.hosted_domains {
-            let ok = !domain.is_empty()
-                && domain
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-            if !ok {
+            if !is_hosted_domain(&domain) {
                 return Err(ProviderConfigError::InvalidHostedDomain(domain));
             }
             hosted_domains.push(domain.to_ascii_lowercase());
@@ -201,6 +197,14 @@ impl TryFrom<RawProviderConfig> for ProviderConfig {
             max_clock_skew,
         })
     }
+}
+
+/// Whether `domain` can be a value of the `hd` claim: letters, digits, `-` and `.`.
+pub fn is_hosted_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 impl<'de> Deserialize<'de> for ProviderConfig {
