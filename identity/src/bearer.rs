@@ -39,6 +39,11 @@ pub struct BearerIssuerConfig {
     pub groups_claim: String,
     #[serde(default = "default_skew", with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// Allowed values of the `hd` claim (the account's hosted domain, compared without regard
+    /// to case); when set, a token without `hd` or with another one is refused. Empty allows
+    /// any, and none.
+    #[serde(default)]
+    pub hosted_domains: Vec<String>,
 }
 
 fn default_groups_claim() -> String {
@@ -68,6 +73,8 @@ pub struct BearerClaims {
 pub enum BearerSetupError {
     #[error("issuer {0:?} has no audiences")]
     NoAudiences(String),
+    #[error("hosted domain {0:?} is not a domain name")]
+    InvalidHostedDomain(String),
     #[error("issuer {0:?} is configured twice")]
     DuplicateIssuer(String),
     #[error("issuer {0:?} is not a valid URL")]
@@ -95,6 +102,12 @@ pub enum BearerError {
     Keys(#[source] JwksError),
     #[error("the token is not for any accepted audience")]
     WrongAudience,
+    #[error("the token has several audiences but no authorized party (azp)")]
+    MissingAuthorizedParty,
+    #[error("the token's authorized party (azp) is not an accepted audience")]
+    WrongAuthorizedParty,
+    #[error("the token's hosted domain (hd) is missing or not allowed")]
+    HostedDomainNotAllowed,
     #[error("the token has no exp")]
     MissingExpiry,
     #[error("the token has expired")]
@@ -160,6 +173,13 @@ impl BearerVerifier {
         for config in configs {
             if config.audiences.is_empty() {
                 return Err(BearerSetupError::NoAudiences(config.issuer));
+            }
+            if let Some(domain) = config
+                .hosted_domains
+                .iter()
+                .find(|domain| !crate::oidc::is_hosted_domain(domain))
+            {
+                return Err(BearerSetupError::InvalidHostedDomain(domain.clone()));
             }
             if issuers.iter().any(|i| i.config.issuer == config.issuer) {
                 return Err(BearerSetupError::DuplicateIssuer(config.issuer));
@@ -276,7 +296,7 @@ fn token_key(token: &str) -> [u8; 32] {
     digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
-/// The claim checks after the signature: `iss`, `aud`, `exp`, `nbf`, `iat`, `sub`.
+/// The claim checks after the signature: `iss`, `aud`, `azp`, `hd`, `exp`, `nbf`, `iat`, `sub`.
 fn check_claims(
     config: &BearerIssuerConfig,
     claims: Map<String, Value>,
@@ -285,13 +305,31 @@ fn check_claims(
     if claim::string(&claims, "iss").as_deref() != Some(config.issuer.as_str()) {
         return Err(BearerError::UnknownIssuer);
     }
-    let audiences = claim::audiences(&claims);
-    if !config
-        .audiences
-        .iter()
-        .any(|a| audiences.contains(&a.as_str()))
-    {
+    let mut audiences = claim::audiences(&claims);
+    let accepted = |aud: &str| config.audiences.iter().any(|a| a == aud);
+    if !audiences.iter().any(|aud| accepted(aud)) {
         return Err(BearerError::WrongAudience);
+    }
+    // A token for several parties must say which one it was issued to, and that one must be
+    // accepted here too (as OpenID Connect Core 3.1.3.7 asks of ID tokens).
+    audiences.sort_unstable();
+    audiences.dedup();
+    if audiences.len() > 1 {
+        let azp = claim::string(&claims, "azp").ok_or(BearerError::MissingAuthorizedParty)?;
+        if !accepted(&azp) {
+            return Err(BearerError::WrongAuthorizedParty);
+        }
+    }
+    if !config.hosted_domains.is_empty() {
+        let allowed = claim::string(&claims, "hd").is_some_and(|hd| {
+            config
+                .hosted_domains
+                .iter()
+                .any(|domain| domain.eq_ignore_ascii_case(&hd))
+        });
+        if !allowed {
+            return Err(BearerError::HostedDomainNotAllowed);
+        }
     }
     let skew = config.max_clock_skew.as_secs() as i64;
     let exp = jws::numeric_date(claims.get("exp")).ok_or(BearerError::MissingExpiry)?;
@@ -335,6 +373,7 @@ mod tests {
             jwks_uri: None,
             groups_claim: "roles".into(),
             max_clock_skew: Duration::from_secs(60),
+            hosted_domains: Vec::new(),
         }
     }
 
@@ -349,7 +388,7 @@ mod tests {
         let (verified, exp) = check_claims(
             &config(),
             claims(json!({
-                "iss": "https://id.example", "aud": ["other", "cli"], "sub": "u1",
+                "iss": "https://id.example", "aud": ["other", "cli"], "azp": "cli", "sub": "u1",
                 "exp": NOW + 100, "iat": NOW, "nbf": NOW,
                 "email": "u@example", "email_verified": "true", "roles": "admins",
             })),
@@ -408,6 +447,131 @@ mod tests {
         assert_eq!(verifier.cached_tokens(), 1);
     }
 
+    /// Tokens from issuer `https://id.example`, signed with a key made for the test, and a
+    /// verifier that knows the key under `config`.
+    struct Signed {
+        keys: crate::signing::SigningKeys,
+        verifier: BearerVerifier,
+    }
+
+    impl Signed {
+        fn new(config: BearerIssuerConfig) -> Self {
+            use openidconnect::core::CoreJsonWebKeySet;
+            struct Fixed(CoreJsonWebKeySet);
+            impl crate::jwks::FetchKeys for Fixed {
+                fn fetch(&self) -> crate::jwks::FetchFuture<'_> {
+                    Box::pin(async move { Ok(self.0.clone()) })
+                }
+            }
+            let keys = crate::signing::SigningKeys::generate().unwrap();
+            let jwks: CoreJsonWebKeySet = serde_json::from_str(&keys.jwks_json()).unwrap();
+            let jwks = JwksCache::with_fetcher(
+                Box::new(Fixed(jwks.clone())),
+                "test".into(),
+                Some(jwks),
+                DEFAULT_MIN_REFETCH_INTERVAL,
+            );
+            let verifier = BearerVerifier {
+                issuers: vec![Issuer { config, jwks }],
+                cache: DashMap::new(),
+                capacity: 10,
+            };
+            Self { keys, verifier }
+        }
+
+        /// Signs alice's claims for `https://id.example` with `extra` on top.
+        async fn verify(&self, extra: Value) -> Result<BearerClaims, BearerError> {
+            let now = jws::now_unix();
+            let mut claims = claims(json!({
+                "iss": "https://id.example", "aud": "sekisho", "sub": "alice",
+                "iat": now, "exp": now + 300,
+            }));
+            claims.extend(extra.as_object().unwrap().clone());
+            let token = self.keys.sign("JWT", &claims).unwrap();
+            self.verifier.verify(&token).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signed_token_for_several_audiences_needs_an_accepted_authorized_party() {
+        let signed = Signed::new(config());
+        // One audience: azp is not needed.
+        assert!(signed.verify(json!({})).await.is_ok());
+        let err = signed
+            .verify(json!({"aud": ["sekisho", "billing"]}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BearerError::MissingAuthorizedParty),
+            "{err:?}"
+        );
+        let err = signed
+            .verify(json!({"aud": ["sekisho", "billing"], "azp": "billing"}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BearerError::WrongAuthorizedParty), "{err:?}");
+        // azp may be any of the issuer's accepted audiences.
+        for azp in ["sekisho", "cli"] {
+            let got = signed
+                .verify(json!({"aud": ["sekisho", "billing"], "azp": azp}))
+                .await;
+            assert_eq!(
+                got.map(|c| c.subject).ok().as_deref(),
+                Some("alice"),
+                "{azp}"
+            );
+        }
+        // The same audience twice is one audience.
+        assert!(signed.verify(json!({"aud": ["cli", "cli"]})).await.is_ok());
+        // A refused token is not remembered as verified.
+        assert_eq!(signed.verifier.cached_tokens(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_signed_token_outside_the_issuers_hosted_domains_is_refused() {
+        let signed = Signed::new(BearerIssuerConfig {
+            hosted_domains: vec!["uniqe.example".into()],
+            ..config()
+        });
+        for hd in [
+            Value::Null,
+            json!("elsewhere.example"),
+            json!(["uniqe.example"]),
+        ] {
+            let extra = match &hd {
+                Value::Null => json!({}),
+                hd => json!({ "hd": hd }),
+            };
+            let err = signed.verify(extra).await.unwrap_err();
+            assert!(
+                matches!(err, BearerError::HostedDomainNotAllowed),
+                "hd {hd}: {err:?}"
+            );
+        }
+        for hd in ["uniqe.example", "Uniqe.Example"] {
+            assert!(signed.verify(json!({ "hd": hd })).await.is_ok(), "hd {hd}");
+        }
+        // An issuer without hosted domains takes any, and none.
+        let any = Signed::new(config());
+        assert!(any.verify(json!({})).await.is_ok());
+        assert!(any.verify(json!({"hd": "elsewhere.example"})).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_issuer_with_a_hosted_domain_that_is_no_domain_is_refused_at_setup() {
+        let http = crate::http::HttpClient::new(&crate::http::HttpClientConfig::default()).unwrap();
+        let config = BearerIssuerConfig {
+            jwks_uri: Some("https://id.example/jwks".parse().unwrap()),
+            hosted_domains: vec!["uniqe example".into()],
+            ..config()
+        };
+        let err = BearerVerifier::new(vec![config], &http).await.unwrap_err();
+        assert!(
+            matches!(&err, BearerSetupError::InvalidHostedDomain(d) if d == "uniqe example"),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn claims_outside_their_limits_are_refused() {
         let base =
@@ -425,6 +589,10 @@ mod tests {
             (with("iss", json!("https://id.example/")), "UnknownIssuer"),
             (with("aud", json!(["other"])), "WrongAudience"),
             (with("aud", Value::Null), "WrongAudience"),
+            (
+                with("aud", json!(["sekisho", "other"])),
+                "MissingAuthorizedParty",
+            ),
             (with("exp", Value::Null), "MissingExpiry"),
             (with("exp", json!(NOW - 61)), "Expired"),
             (with("nbf", json!(NOW + 61)), "NotYetValid"),

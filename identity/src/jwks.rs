@@ -30,7 +30,7 @@ pub enum JwksError {
     },
 }
 
-type FetchFuture<'a> =
+pub(crate) type FetchFuture<'a> =
     Pin<Box<dyn Future<Output = Result<CoreJsonWebKeySet, JwksError>> + Send + 'a>>;
 
 /// Where a key set comes from. A trait so that the rate limit can be tested without a server.

@@ -10,6 +10,7 @@
 //! - [`bearer`]: verifying JWT access tokens from configured issuers.
 //! - [`signing`]: Sekisho's own ES256 key ring and its JWKS; [`assertion`] (the identity header
 //!   upstreams get) and [`user_token`] (the CLI's short-lived tokens) are signed with it.
+//! - [`key_file`]: reading and atomically replacing key files (for adding a key on top).
 //! - [`webhook`]: GitHub webhook signatures.
 
 pub mod assertion;
@@ -18,6 +19,7 @@ mod claim;
 pub mod http;
 pub mod jwks;
 mod jws;
+pub mod key_file;
 pub mod oidc;
 pub mod signing;
 pub mod user_token;

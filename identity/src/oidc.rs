@@ -43,6 +43,9 @@ pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/back
 /// How old a logout token's `iat` may be.
 const LOGOUT_TOKEN_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
+/// The largest `max_clock_skew` a provider may set.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
 /// What kind of provider this is; `google` adds Google's rules.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -118,7 +121,7 @@ pub enum ProviderConfigError {
     EmptyGroupsClaim,
     #[error("hosted domain {0:?} is not a domain name")]
     InvalidHostedDomain(String),
-    #[error("max_clock_skew {0:?} is larger than 5 minutes")]
+    #[error("max_clock_skew {0:?} is larger than {MAX_CLOCK_SKEW:?}")]
     ClockSkewTooLarge(Duration),
 }
 
@@ -172,17 +175,13 @@ impl TryFrom<RawProviderConfig> for ProviderConfig {
         }
         let mut hosted_domains = Vec::with_capacity(raw.hosted_domains.len());
         for domain in raw.hosted_domains {
-            let ok = !domain.is_empty()
-                && domain
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-            if !ok {
+            if !is_hosted_domain(&domain) {
                 return Err(ProviderConfigError::InvalidHostedDomain(domain));
             }
             hosted_domains.push(domain.to_ascii_lowercase());
         }
         let max_clock_skew = raw.max_clock_skew.unwrap_or(Duration::from_secs(60));
-        if max_clock_skew > Duration::from_secs(300) {
+        if max_clock_skew > MAX_CLOCK_SKEW {
             return Err(ProviderConfigError::ClockSkewTooLarge(max_clock_skew));
         }
         Ok(Self {
@@ -198,6 +197,14 @@ impl TryFrom<RawProviderConfig> for ProviderConfig {
             max_clock_skew,
         })
     }
+}
+
+/// Whether `domain` can be a value of the `hd` claim: letters, digits, `-` and `.`.
+pub fn is_hosted_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 impl<'de> Deserialize<'de> for ProviderConfig {
@@ -299,6 +306,9 @@ pub struct LogoutToken {
     pub sid: Option<String>,
     /// The token's id, for a replay cache.
     pub jti: String,
+    /// Unix time from which this token can no longer verify, as too old or expired, whatever
+    /// `max_clock_skew` is configured to: a replay cache keeps `jti` until then.
+    pub replayable_until: u64,
 }
 
 /// Setting up a provider failed.
@@ -670,6 +680,9 @@ impl Provider {
     }
 
     /// Verifies a logout token from the provider (OpenID Connect Back-Channel Logout 1.0, 2.6).
+    ///
+    /// One-time use is the caller's job: keep [`LogoutToken::jti`] per issuer until
+    /// [`LogoutToken::replayable_until`] and refuse a token whose `jti` was seen.
     pub async fn verify_logout_token(&self, raw: &str) -> Result<LogoutToken, LogoutTokenError> {
         let unverified = Unverified::parse(raw).map_err(LogoutTokenError::Jws)?;
         let keys = self
@@ -680,44 +693,85 @@ impl Provider {
         let payload = unverified.verify(&keys).map_err(LogoutTokenError::Jws)?;
         let claims: Map<String, Value> =
             serde_json::from_slice(&payload).map_err(|_| LogoutTokenError::MalformedClaims)?;
-
-        if claim::string(&claims, "iss").as_deref() != Some(self.issuer.as_str()) {
-            return Err(LogoutTokenError::WrongIssuer);
-        }
-        if !claim::audiences(&claims).contains(&self.config.client_id.as_str()) {
-            return Err(LogoutTokenError::WrongAudience);
-        }
-        let now = jws::now_unix();
-        let skew = self.config.max_clock_skew.as_secs() as i64;
-        let iat = jws::numeric_date(claims.get("iat")).ok_or(LogoutTokenError::BadIssueTime)?;
-        if iat > now + skew || iat < now - skew - LOGOUT_TOKEN_MAX_AGE.as_secs() as i64 {
-            return Err(LogoutTokenError::BadIssueTime);
-        }
-        if let Some(exp) = claims.get("exp") {
-            let exp = jws::numeric_date(Some(exp)).ok_or(LogoutTokenError::Expired)?;
-            if now >= exp + skew {
-                return Err(LogoutTokenError::Expired);
-            }
-        }
-        let jti = claim::string(&claims, "jti").ok_or(LogoutTokenError::MissingJti)?;
-        let has_event = claims
-            .get("events")
-            .and_then(Value::as_object)
-            .and_then(|events| events.get(BACKCHANNEL_LOGOUT_EVENT))
-            .is_some_and(Value::is_object);
-        if !has_event {
-            return Err(LogoutTokenError::MissingEvent);
-        }
-        if claims.contains_key("nonce") {
-            return Err(LogoutTokenError::NonceForbidden);
-        }
-        let sub = claim::string(&claims, "sub");
-        let sid = claim::string(&claims, "sid");
-        if sub.is_none() && sid.is_none() {
-            return Err(LogoutTokenError::MissingSubjectAndSession);
-        }
-        Ok(LogoutToken { sub, sid, jti })
+        check_logout_claims(
+            &claims,
+            self.issuer.as_str(),
+            &self.config.client_id,
+            self.config.max_clock_skew,
+            jws::now_unix(),
+        )
     }
+}
+
+/// The `iss` a token claims, read without checking anything: only to pick the provider whose
+/// keys then verify it.
+pub fn unverified_issuer(raw: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = raw.split('.').nth(1)?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Map<String, Value> = serde_json::from_slice(&payload).ok()?;
+    claim::string(&claims, "iss")
+}
+
+/// The claim checks of a logout token after its signature (Back-Channel Logout 1.0, 2.6).
+fn check_logout_claims(
+    claims: &Map<String, Value>,
+    issuer: &str,
+    client_id: &str,
+    max_clock_skew: Duration,
+    now: i64,
+) -> Result<LogoutToken, LogoutTokenError> {
+    if claim::string(claims, "iss").as_deref() != Some(issuer) {
+        return Err(LogoutTokenError::WrongIssuer);
+    }
+    if !claim::audiences(claims).contains(&client_id) {
+        return Err(LogoutTokenError::WrongAudience);
+    }
+    let skew = max_clock_skew.as_secs() as i64;
+    let max_age = LOGOUT_TOKEN_MAX_AGE.as_secs() as i64;
+    let iat = jws::numeric_date(claims.get("iat")).ok_or(LogoutTokenError::BadIssueTime)?;
+    if iat > now + skew || iat < now - skew - max_age {
+        return Err(LogoutTokenError::BadIssueTime);
+    }
+    // Refused from here on as too old, whatever the skew (up to its maximum).
+    let mut too_old_from = iat
+        .saturating_add(max_age)
+        .saturating_add(MAX_CLOCK_SKEW.as_secs() as i64)
+        .saturating_add(1);
+    if let Some(exp) = claims.get("exp") {
+        let exp = jws::numeric_date(Some(exp)).ok_or(LogoutTokenError::Expired)?;
+        if now >= exp + skew {
+            return Err(LogoutTokenError::Expired);
+        }
+        too_old_from = too_old_from.min(exp.saturating_add(MAX_CLOCK_SKEW.as_secs() as i64));
+    }
+    let jti = claim::string(claims, "jti")
+        .filter(|jti| !jti.is_empty())
+        .ok_or(LogoutTokenError::MissingJti)?;
+    let has_event = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|events| events.get(BACKCHANNEL_LOGOUT_EVENT))
+        .is_some_and(Value::is_object);
+    if !has_event {
+        return Err(LogoutTokenError::MissingEvent);
+    }
+    if claims.contains_key("nonce") {
+        return Err(LogoutTokenError::NonceForbidden);
+    }
+    let sub = claim::string(claims, "sub");
+    let sid = claim::string(claims, "sid");
+    if sub.is_none() && sid.is_none() {
+        return Err(LogoutTokenError::MissingSubjectAndSession);
+    }
+    Ok(LogoutToken {
+        sub,
+        sid,
+        jti,
+        replayable_until: u64::try_from(too_old_from).unwrap_or(0),
+    })
 }
 
 fn unix_now() -> u64 {
@@ -730,6 +784,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(yaml: &str) -> Result<ProviderConfig, serde_yaml_ng::Error> {
         serde_yaml_ng::from_str(yaml)
@@ -798,6 +853,170 @@ mod tests {
             let err = parse(yaml).unwrap_err().to_string();
             assert!(err.contains(needle), "{yaml:?}: {err}");
         }
+    }
+
+    const NOW: i64 = 1_800_000_000;
+    const ISSUER: &str = "https://id.example";
+
+    fn logout_claims(change: impl FnOnce(&mut Map<String, Value>)) -> Map<String, Value> {
+        let mut claims = serde_json::json!({
+            "iss": ISSUER, "aud": "sekisho", "iat": NOW, "exp": NOW + 120, "jti": "j1",
+            "sub": "alice", "sid": "s1", "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        change(&mut claims);
+        claims
+    }
+
+    fn check(claims: &Map<String, Value>) -> Result<LogoutToken, LogoutTokenError> {
+        check_logout_claims(claims, ISSUER, "sekisho", Duration::from_secs(60), NOW)
+    }
+
+    #[test]
+    fn a_logout_token_names_its_jti_and_how_long_a_replay_would_verify() {
+        let token = check(&logout_claims(|_| {})).unwrap();
+        assert_eq!(token.jti, "j1");
+        assert_eq!(token.sub.as_deref(), Some("alice"));
+        assert_eq!(token.sid.as_deref(), Some("s1"));
+        // exp plus the largest skew any configuration may allow.
+        let until = (NOW + 120) as u64 + MAX_CLOCK_SKEW.as_secs();
+        assert_eq!(token.replayable_until, until);
+        let at = |now: i64, skew: u64| {
+            check_logout_claims(
+                &logout_claims(|_| {}),
+                ISSUER,
+                "sekisho",
+                Duration::from_secs(skew),
+                now,
+            )
+        };
+        assert!(at(until as i64 - 1, MAX_CLOCK_SKEW.as_secs()).is_ok());
+        assert!(matches!(
+            at(until as i64, MAX_CLOCK_SKEW.as_secs()),
+            Err(LogoutTokenError::Expired)
+        ));
+
+        // Without exp, the age limit on iat ends it.
+        let token = check(&logout_claims(|c| {
+            c.remove("exp");
+        }))
+        .unwrap();
+        let until = NOW as u64 + LOGOUT_TOKEN_MAX_AGE.as_secs() + MAX_CLOCK_SKEW.as_secs() + 1;
+        assert_eq!(token.replayable_until, until);
+        let without_exp = logout_claims(|c| {
+            c.remove("exp");
+        });
+        let at =
+            |now: i64| check_logout_claims(&without_exp, ISSUER, "sekisho", MAX_CLOCK_SKEW, now);
+        assert!(at(until as i64 - 1).is_ok());
+        assert!(matches!(
+            at(until as i64),
+            Err(LogoutTokenError::BadIssueTime)
+        ));
+    }
+
+    #[test]
+    fn a_logout_token_without_a_jti_is_refused() {
+        for jti in [Value::Null, json!(""), json!(7)] {
+            let claims = logout_claims(|c| {
+                if jti.is_null() {
+                    c.remove("jti");
+                } else {
+                    c.insert("jti".into(), jti.clone());
+                }
+            });
+            assert!(
+                matches!(check(&claims), Err(LogoutTokenError::MissingJti)),
+                "jti {jti}"
+            );
+        }
+    }
+
+    #[test]
+    fn logout_tokens_outside_the_rules_are_refused_with_the_reason() {
+        let cases: Vec<(Map<String, Value>, &str)> = vec![
+            (
+                logout_claims(|c| {
+                    c.insert("iss".into(), json!("https://id.example/"));
+                }),
+                "WrongIssuer",
+            ),
+            (
+                logout_claims(|c| {
+                    c.insert("aud".into(), json!(["other"]));
+                }),
+                "WrongAudience",
+            ),
+            (
+                logout_claims(|c| {
+                    c.insert("iat".into(), json!(NOW + 61));
+                }),
+                "BadIssueTime",
+            ),
+            (
+                logout_claims(|c| {
+                    c.insert("iat".into(), json!(NOW - 361));
+                }),
+                "BadIssueTime",
+            ),
+            (
+                logout_claims(|c| {
+                    c.insert("exp".into(), json!(NOW - 60));
+                }),
+                "Expired",
+            ),
+            (
+                logout_claims(|c| {
+                    c.remove("events");
+                }),
+                "MissingEvent",
+            ),
+            (
+                logout_claims(|c| {
+                    c.insert("nonce".into(), json!("n"));
+                }),
+                "NonceForbidden",
+            ),
+            (
+                logout_claims(|c| {
+                    c.remove("sub");
+                    c.remove("sid");
+                }),
+                "MissingSubjectAndSession",
+            ),
+        ];
+        for (claims, expected) in cases {
+            let err = check(&claims).unwrap_err();
+            assert_eq!(format!("{err:?}"), expected);
+        }
+        assert!(
+            check(&logout_claims(|c| {
+                c.remove("sid");
+            }))
+            .is_ok()
+        );
+        assert!(
+            check(&logout_claims(|c| {
+                c.remove("sub");
+            }))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_unverified_issuer_is_read_from_the_payload() {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"ES256"}"#),
+            b64(r#"{"iss":"https://id.example"}"#)
+        );
+        assert_eq!(unverified_issuer(&token).as_deref(), Some(ISSUER));
+        assert_eq!(unverified_issuer("not a token"), None);
+        assert_eq!(unverified_issuer(&format!("x.{}.y", b64("[]"))), None);
     }
 
     #[test]

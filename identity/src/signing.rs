@@ -155,6 +155,47 @@ pub fn write_new_key_file(path: &Path) -> Result<(), SigningKeyError> {
         .map_err(unwritable)
 }
 
+/// Puts a fresh key on top of the key file at `path` (creating it, 0600, when it does not
+/// exist) and returns the new key's id. Tokens are signed with the new key from the next load;
+/// the keys already in the file keep verifying.
+///
+/// Only a missing file starts a new ring. A file that cannot be read, or that holds anything
+/// but valid keys (or nothing but blank space), is an error and is left as it is: rewriting it
+/// with the new key alone would drop the old keys, and every token they signed with them.
+pub fn add_key_to_file(path: &Path) -> Result<String, SigningKeyError> {
+    let existing = crate::key_file::read_if_present(path)
+        .map_err(|source| SigningKeyError::KeyFileUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .unwrap_or_default();
+    let invalid = |source| SigningKeyError::KeyFileInvalid {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    match SigningKeys::from_pem(&existing) {
+        Ok(_) => {}
+        Err(SigningKeyError::NoKeys) if existing.iter().all(u8::is_ascii_whitespace) => {}
+        Err(error) => return Err(invalid(error)),
+    }
+    let pem = new_key_pem()?;
+    let mut contents = pem.expose().as_bytes().to_vec();
+    contents.extend_from_slice(&existing);
+    // What is written must load: checked before the file is touched.
+    let kid = SigningKeys::from_pem(&contents)
+        .map_err(invalid)?
+        .newest()
+        .kid()
+        .to_owned();
+    crate::key_file::replace(path, &[&contents]).map_err(|source| {
+        SigningKeyError::KeyFileUnwritable {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(kid)
+}
+
 fn pkcs8_pem(der: &[u8]) -> String {
     let body = STANDARD.encode(der);
     let mut pem = String::with_capacity(body.len() + body.len() / 64 + 64);
@@ -665,6 +706,73 @@ mod tests {
             write_new_key_file(&path),
             Err(SigningKeyError::KeyFileUnwritable { .. })
         ));
+    }
+
+    #[test]
+    fn a_new_key_goes_on_top_of_an_existing_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.pem");
+        // A missing file starts a new ring, private to its owner.
+        let first = add_key_to_file(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let second = add_key_to_file(&path).unwrap();
+        assert_ne!(first, second);
+        let kids: Vec<_> = SigningKeys::load(&path)
+            .unwrap()
+            .keys()
+            .iter()
+            .map(|key| key.kid().to_owned())
+            .collect();
+        assert_eq!(kids, [second, first]);
+    }
+
+    #[test]
+    fn an_empty_key_file_takes_a_first_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.pem");
+        std::fs::write(&path, "\n").unwrap();
+        let kid = add_key_to_file(&path).unwrap();
+        assert_eq!(SigningKeys::load(&path).unwrap().newest().kid(), kid);
+    }
+
+    #[test]
+    fn a_key_file_that_cannot_be_read_or_parsed_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not readable as a file (as with a permission error): never taken for "no keys yet".
+        let err = add_key_to_file(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, SigningKeyError::KeyFileUnreadable { .. }),
+            "{err:?}"
+        );
+
+        let broken_pem = "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n";
+        let mut key_then_broken_pem = new_key_pem().unwrap().expose().as_bytes().to_vec();
+        key_then_broken_pem.extend_from_slice(broken_pem.as_bytes());
+        let cases: [(&str, &[u8]); 4] = [
+            ("not-utf8", b"\xff\xfe\x00\x01 binary, no PEM\n"),
+            ("broken-pem", broken_pem.as_bytes()),
+            ("key-then-broken-pem", &key_then_broken_pem),
+            (
+                "sec1",
+                b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+            ),
+        ];
+        for (name, contents) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            let err = add_key_to_file(&path).unwrap_err();
+            assert!(
+                matches!(err, SigningKeyError::KeyFileInvalid { .. }),
+                "{name}: {err:?}"
+            );
+            assert!(err.to_string().contains(name), "{name}: {err}");
+            assert_eq!(std::fs::read(&path).unwrap(), contents, "{name}");
+        }
     }
 
     #[test]

@@ -757,6 +757,23 @@ impl Config {
                         });
                     }
                 }
+                for (i, issuer) in identity.bearer_issuers.iter().enumerate() {
+                    let field = format!("identity.bearer_issuers[{i}]");
+                    if issuer.audiences.is_empty() {
+                        problems.push(Problem {
+                            field: format!("{field}.audiences"),
+                            message: "name at least one audience (client id) to accept".into(),
+                        });
+                    }
+                    for (j, domain) in issuer.hosted_domains.iter().enumerate() {
+                        if !sekisho_identity::oidc::is_hosted_domain(domain) {
+                            problems.push(Problem {
+                                field: format!("{field}.hosted_domains[{j}]"),
+                                message: format!("`{domain}` is not a domain name"),
+                            });
+                        }
+                    }
+                }
                 if identity.session_idle_timeout.is_zero() || identity.session_lifetime.is_zero() {
                     problems.push(Problem {
                         field: "identity".into(),
@@ -994,6 +1011,20 @@ hosts:
                 "{auth}: {found:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_bearer_issuer_needs_an_audience_and_hosted_domains_that_are_domains() {
+        let text = format!(
+            "{MINIMAL}identity:\n  auth_host: auth.example.com\n  bearer_issuers:\n    - {{issuer: 'https://id.example.com', audiences: [api], hosted_domains: [uniqe.example]}}\n    - {{issuer: 'https://id.other.example', audiences: [], hosted_domains: [ok.example, 'not a domain']}}\n"
+        );
+        assert_eq!(
+            problems(&text),
+            [
+                "identity.bearer_issuers[1].audiences: name at least one audience (client id) to accept",
+                "identity.bearer_issuers[1].hosted_domains[1]: `not a domain` is not a domain name",
+            ]
+        );
     }
 
     #[test]

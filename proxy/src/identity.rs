@@ -27,7 +27,7 @@ use crate::access::Who;
 use crate::cli_login::DeviceGrants;
 use crate::config::{Config, IdentityConfig};
 use crate::policy::Subject;
-use crate::session::{ReplayGuard, SessionKeys, unix_now};
+use crate::session::{ReplayError, ReplayGuard, SessionKeys, unix_now};
 
 /// Why the identity runtime could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,11 @@ impl ProviderSlot {
     pub fn discovered(&self) -> Option<&Provider> {
         self.provider.get()
     }
+
+    /// The configured issuer (known before discovery).
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
 }
 
 /// State that survives configuration reloads.
@@ -121,11 +126,13 @@ pub struct IdentityState {
     pub replay: ReplayGuard,
     /// The CLI's device logins waiting for approval (`crate::cli_login`).
     pub device_grants: DeviceGrants,
+    /// Back-channel logout tokens already acted on, by a hash of `issuer \0 jti`, until they
+    /// could no longer verify (each works once).
+    logout_tokens: ReplayGuard,
     /// Session ids ended by logout, until the session would have expired anyway.
     revoked_sessions: DashMap<[u8; 16], u64, foldhash::fast::RandomState>,
-    /// `issuer \0 subject` → Unix time: sessions issued up to then are over (back-channel
-    /// logout of every session of a subject).
-    revoked_subjects: DashMap<String, u64>,
+    /// `issuer \0 subject` → the last back-channel logout of every session of that subject.
+    revoked_subjects: DashMap<String, SubjectRevocation>,
     /// Whether `revoked_subjects` has any entry (they are never removed): asked on every
     /// request, where `DashMap::is_empty` would lock every shard.
     any_subject_revoked: AtomicBool,
@@ -133,6 +140,28 @@ pub struct IdentityState {
     provider_sessions: DashMap<String, Vec<([u8; 16], u64)>>,
     /// Our session id → the ID token and its expiry, for `id_token_hint` at logout.
     id_tokens: DashMap<[u8; 16], (RawIdToken, u64)>,
+}
+
+/// A back-channel logout of every session of one subject: the sessions that began before it
+/// are over, the ones that began after it are not.
+///
+/// A session record carries its issue time in whole seconds, so the second of the logout alone
+/// cannot order it against a session issued in that same second. Sessions begin on this proxy
+/// (the login callback), so the proxy notes the ones that begin after the logout while the
+/// record's second is not yet past it ([`IdentityState::session_started`]); those stay good.
+/// Only logins within that second (or while the clock is behind it) are noted.
+#[derive(Debug)]
+struct SubjectRevocation {
+    /// Unix second of the logout: sessions issued up to and including it are over…
+    at: u64,
+    /// …except these, which began after the logout.
+    started_after: Vec<[u8; 16]>,
+}
+
+impl SubjectRevocation {
+    fn ends(&self, id: &[u8; 16], issued_at: u64) -> bool {
+        issued_at <= self.at && !self.started_after.contains(id)
+    }
 }
 
 impl std::fmt::Debug for IdentityState {
@@ -154,6 +183,7 @@ impl IdentityState {
         Self {
             replay: ReplayGuard::new(MAX_REMEMBERED),
             device_grants: DeviceGrants::new(MAX_DEVICE_GRANTS),
+            logout_tokens: ReplayGuard::new(MAX_REMEMBERED),
             revoked_sessions: DashMap::default(),
             revoked_subjects: DashMap::new(),
             any_subject_revoked: AtomicBool::new(false),
@@ -171,18 +201,62 @@ impl IdentityState {
         self.revoked_sessions.insert(id, expires_at);
     }
 
-    /// Ends every session of `subject` at `issuer` issued until now.
-    pub fn revoke_subject(&self, issuer: &str, subject: &str) {
+    /// Marks the back-channel logout token `jti` of `issuer` used until `until` (Unix
+    /// seconds; when the token can no longer verify). [`ReplayError::AlreadyUsed`] for a
+    /// replay; [`ReplayError::Full`] when too many tokens are remembered to take one more.
+    pub fn first_use_of_logout_token(
+        &self,
+        issuer: &str,
+        jti: &str,
+        until: u64,
+        now: u64,
+    ) -> Result<(), ReplayError> {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        hash.update(issuer.as_bytes());
+        hash.update(&[0]);
+        hash.update(jti.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&hash.finish().as_ref()[..16]);
+        self.logout_tokens.redeem_nonce(key, until, now)
+    }
+
+    /// Ends every session of `subject` at `issuer` that began before now (`now` is the Unix
+    /// time); sessions that begin later live.
+    pub fn revoke_subject(&self, issuer: &str, subject: &str, now: u64) {
         self.revoked_subjects
-            .insert(format!("{issuer}\0{subject}"), unix_now());
+            .entry(format!("{issuer}\0{subject}"))
+            .and_modify(|revocation| {
+                // A clock stepped back must not bring back what an earlier logout ended.
+                revocation.at = revocation.at.max(now);
+                revocation.started_after.clear();
+            })
+            .or_insert_with(|| SubjectRevocation {
+                at: now,
+                started_after: Vec::new(),
+            });
         self.any_subject_revoked.store(true, Ordering::Release);
     }
 
+    /// Notes a session that begins now, before its cookie is handed out, so that a logout of
+    /// its subject earlier in the same second does not end it.
+    pub fn session_started(&self, id: &[u8; 16], issuer: &str, subject: &str, issued_at: u64) {
+        // Once per login, so no fast path: the entry's lock orders this against the logout.
+        if let Some(mut revocation) = self
+            .revoked_subjects
+            .get_mut(&format!("{issuer}\0{subject}"))
+            && issued_at <= revocation.at
+        {
+            revocation.started_after.push(*id);
+        }
+    }
+
     /// Ends the sessions that logged in with the provider session `sid`; false if none known.
+    /// They stay listed (until they expire), so that a later logout naming the same `sid`
+    /// ends the same sessions rather than every session of the subject.
     pub fn revoke_provider_session(&self, issuer: &str, sid: &str) -> bool {
-        match self.provider_sessions.remove(&format!("{issuer}\0{sid}")) {
-            Some((_, sessions)) => {
-                for (id, expires_at) in sessions {
+        match self.provider_sessions.get(&format!("{issuer}\0{sid}")) {
+            Some(sessions) => {
+                for &(id, expires_at) in sessions.iter() {
                     self.revoke_session(id, expires_at);
                 }
                 true
@@ -206,7 +280,7 @@ impl IdentityState {
         }
         self.revoked_subjects
             .get(&format!("{issuer}\0{subject}"))
-            .is_some_and(|at| issued_at <= *at)
+            .is_some_and(|revocation| revocation.ends(id, issued_at))
     }
 
     /// Remembers what logout needs later: the provider's session id and the ID token.
@@ -425,4 +499,98 @@ fn policy_groups(config: &Config) -> HashSet<String> {
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "https://id.example";
+    const T: u64 = 1_800_000_000;
+
+    #[test]
+    fn a_subject_logout_ends_every_session_that_began_before_it_even_in_its_own_second() {
+        let state = IdentityState::new();
+        // Began before the logout: earlier seconds, and the logout's own second.
+        state.session_started(&[1; 16], ISSUER, "alice", T - 100);
+        state.session_started(&[2; 16], ISSUER, "alice", T);
+        state.revoke_subject(ISSUER, "alice", T);
+        assert!(state.is_revoked(&[1; 16], ISSUER, "alice", T - 100));
+        assert!(state.is_revoked(&[2; 16], ISSUER, "alice", T));
+        // Other subjects and issuers are not touched.
+        assert!(!state.is_revoked(&[3; 16], ISSUER, "bob", T));
+        assert!(!state.is_revoked(&[4; 16], "https://other.example", "alice", T));
+    }
+
+    #[test]
+    fn a_session_that_begins_after_a_subject_logout_in_the_same_second_lives() {
+        let state = IdentityState::new();
+        state.revoke_subject(ISSUER, "alice", T);
+        // The login completes within the same second: its record says T, like the logout.
+        state.session_started(&[5; 16], ISSUER, "alice", T);
+        assert!(!state.is_revoked(&[5; 16], ISSUER, "alice", T));
+        // In a later second, with nothing to note.
+        state.session_started(&[6; 16], ISSUER, "alice", T + 1);
+        assert!(!state.is_revoked(&[6; 16], ISSUER, "alice", T + 1));
+        // A cookie claiming second T that this proxy did not see begin is from before.
+        assert!(state.is_revoked(&[7; 16], ISSUER, "alice", T));
+    }
+
+    #[test]
+    fn a_later_logout_ends_the_sessions_an_earlier_one_let_live() {
+        let state = IdentityState::new();
+        state.revoke_subject(ISSUER, "alice", T);
+        state.session_started(&[5; 16], ISSUER, "alice", T);
+        state.session_started(&[6; 16], ISSUER, "alice", T + 1);
+        state.revoke_subject(ISSUER, "alice", T + 1);
+        assert!(state.is_revoked(&[5; 16], ISSUER, "alice", T));
+        assert!(state.is_revoked(&[6; 16], ISSUER, "alice", T + 1));
+        // With the clock stepped back, a logout still ends what the first one ended.
+        state.revoke_subject(ISSUER, "alice", T - 10);
+        assert!(state.is_revoked(&[6; 16], ISSUER, "alice", T + 1));
+        state.session_started(&[8; 16], ISSUER, "alice", T - 9);
+        assert!(!state.is_revoked(&[8; 16], ISSUER, "alice", T - 9));
+    }
+
+    #[test]
+    fn a_logout_token_jti_works_once_per_issuer_until_the_token_could_no_longer_verify() {
+        let state = IdentityState::new();
+        assert_eq!(
+            state.first_use_of_logout_token(ISSUER, "j1", T + 60, T),
+            Ok(())
+        );
+        assert_eq!(
+            state.first_use_of_logout_token(ISSUER, "j1", T + 60, T + 59),
+            Err(ReplayError::AlreadyUsed)
+        );
+        // The same jti from another issuer is another token; so is another jti.
+        assert_eq!(
+            state.first_use_of_logout_token("https://other.example", "j1", T + 60, T),
+            Ok(())
+        );
+        assert_eq!(
+            state.first_use_of_logout_token(ISSUER, "j2", T + 60, T),
+            Ok(())
+        );
+        // Issuer and jti are not simply joined.
+        assert_eq!(
+            state.first_use_of_logout_token("https://id.exampl", "e\0j1", T + 60, T),
+            Ok(())
+        );
+        // Forgotten only once the token is too old to verify anyway.
+        assert_eq!(state.logout_tokens.purge(T + 59), 0);
+        assert_eq!(state.logout_tokens.purge(T + 60), 4);
+    }
+
+    #[test]
+    fn a_second_logout_of_a_provider_session_ends_the_same_sessions_again() {
+        let state = IdentityState::new();
+        let token = RawIdToken::new("t".into());
+        state.remember_login([1; 16], ISSUER, Some("s1"), token, T + 3600);
+        assert!(state.revoke_provider_session(ISSUER, "s1"));
+        assert!(state.is_session_revoked(&[1; 16]));
+        // Still known: a second token for s1 need not fall back to the whole subject.
+        assert!(state.revoke_provider_session(ISSUER, "s1"));
+        assert!(!state.revoke_provider_session(ISSUER, "s2"));
+    }
 }

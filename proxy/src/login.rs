@@ -19,7 +19,9 @@ use crate::identity::IdentityRuntime;
 use crate::page;
 use crate::policy::Decision;
 use crate::proxy::RequestCtx;
-use crate::session::{SessionId, SessionRecord, clear_cookie, session_cookie, unix_now};
+use crate::session::{
+    ReplayError, SessionId, SessionRecord, clear_cookie, session_cookie, unix_now,
+};
 use crate::snapshot::Snapshot;
 
 const LOGIN_COOKIE: &str = "__Host-sekisho-login";
@@ -436,6 +438,11 @@ async fn callback(
         verified.id_token.clone(),
         expires_at,
     );
+    // Before any cookie of the session exists: a back-channel logout of this subject earlier
+    // in the same second must not end it.
+    identity
+        .state
+        .session_started(&id.0, &record.issuer, &record.subject, record.issued_at);
     tracing::info!(target: "sekisho::access", user = %record.email, subject = %record.subject, provider = %slot.name, "signed in");
 
     let mut cookies = vec![clear_login_cookie()];
@@ -628,20 +635,60 @@ async fn backchannel_logout(
             None,
         );
     };
-    for slot in &identity.providers {
-        let Ok(provider) = slot.get(identity.http()).await else {
-            continue;
+    // The token's own `iss` picks the provider whose keys then verify it, so that a refusal
+    // names the one reason that matters (and no other provider fetches keys for it).
+    let issuer = sekisho_identity::oidc::unverified_issuer(&token);
+    let slots = identity
+        .providers
+        .iter()
+        .filter(|slot| Some(slot.issuer()) == issuer.as_deref());
+    let mut candidates = 0;
+    for slot in slots {
+        candidates += 1;
+        let provider = match slot.get(identity.http()).await {
+            Ok(provider) => provider,
+            Err(error) => {
+                tracing::warn!(target: "sekisho::access", provider = %slot.name, error = %crate::error_chain(&error), "back-channel logout token not checked: the provider is not reachable");
+                continue;
+            }
         };
-        let Ok(logout) = provider.verify_logout_token(&token).await else {
-            continue;
+        let logout = match provider.verify_logout_token(&token).await {
+            Ok(logout) => logout,
+            Err(error) => {
+                tracing::info!(target: "sekisho::access", provider = %slot.name, reason = %crate::error_chain(&error), "back-channel logout token refused");
+                continue;
+            }
         };
         let issuer = &provider.config().issuer;
+        let now = unix_now();
+        match identity.state.first_use_of_logout_token(
+            issuer,
+            &logout.jti,
+            logout.replayable_until,
+            now,
+        ) {
+            Ok(()) => {}
+            Err(ReplayError::AlreadyUsed) => {
+                tracing::info!(target: "sekisho::access", provider = %slot.name, subject = logout.sub.as_deref().unwrap_or("-"), reason = "replay: this logout token (jti) was used before", "back-channel logout token refused");
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the logout token was already used",
+                    None,
+                );
+            }
+            // Only the provider can sign logout tokens, so this takes a flood of them. The logout
+            // still happens: a replay can only end sessions that began before it.
+            Err(ReplayError::Full) => {
+                tracing::warn!(provider = %slot.name, "too many logout tokens to remember: this one could be replayed");
+            }
+        }
         let by_sid = logout
             .sid
             .as_deref()
             .is_some_and(|sid| identity.state.revoke_provider_session(issuer, sid));
         if !by_sid && let Some(sub) = &logout.sub {
-            identity.state.revoke_subject(issuer, sub);
+            identity.state.revoke_subject(issuer, sub, now);
         }
         tracing::info!(target: "sekisho::access", provider = %slot.name, subject = logout.sub.as_deref().unwrap_or("-"), by_sid, "back-channel logout");
         let mut response = Response::new(ResponseBody::empty());
@@ -649,6 +696,13 @@ async fn backchannel_logout(
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return response;
+    }
+    if candidates == 0 {
+        let reason = match issuer {
+            Some(_) => "no configured provider has the token's issuer",
+            None => "the token is not a JWT with an issuer",
+        };
+        tracing::info!(target: "sekisho::access", reason, "back-channel logout token refused");
     }
     json_error(
         StatusCode::BAD_REQUEST,

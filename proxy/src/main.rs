@@ -52,7 +52,9 @@ enum Command {
     /// Create or rotate key files (identity.session_keys_file, identity.signing_keys_file).
     ///
     /// An existing file gets the new key on top: new cookies and assertions use it at the next
-    /// reload, and the old keys keep opening what they made until you delete them.
+    /// reload, and the old keys keep opening what they made until you delete them. A file that
+    /// cannot be read or holds anything but keys is left unchanged (exit 1 when it cannot be
+    /// read or written, 3 when its contents are invalid or all 256 session key ids are used).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Print a session cookie value sealed with the configuration's session keys (for tests
@@ -203,54 +205,48 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
 }
 
 fn add_key(command: KeysCommand) -> ExitCode {
-    let (file, result) = match command {
+    use sekisho_identity::signing::SigningKeyError;
+    use sekisho_proxy::session::KeyError;
+    // Exit 3 when the file's contents are the problem, 1 when reading, writing or the random
+    // source failed.
+    let (file, added) = match command {
         KeysCommand::Session { file } => {
-            let existing = std::fs::read_to_string(&file).unwrap_or_default();
-            let used: Vec<u8> = existing
-                .lines()
-                .filter_map(|l| l.split_once(':')?.0.trim().parse().ok())
-                .collect();
-            let id = (0..=u8::MAX).find(|id| !used.contains(id)).unwrap_or(0);
-            let line = sekisho_proxy::session::new_key_file_line(id).map_err(|e| e.to_string());
-            let result = line.and_then(|line| prepend(&file, &format!("{line}\n"), &existing));
-            (file, result)
+            let added = sekisho_proxy::session::add_key_to_file(&file);
+            let added = added
+                .map(|id| format!("session key id {id}"))
+                .map_err(|error| {
+                    let code = match error {
+                        KeyError::KeyFileInvalid { .. } | KeyError::NoFreeKeyId { .. } => 3,
+                        _ => 1,
+                    };
+                    (error_chain(&error), code)
+                });
+            (file, added)
         }
         KeysCommand::Signing { file } => {
-            let existing = std::fs::read_to_string(&file).unwrap_or_default();
-            let pem = sekisho_identity::signing::new_key_pem().map_err(|e| e.to_string());
-            let result = pem.and_then(|pem| prepend(&file, pem.expose(), &existing));
-            (file, result)
+            let added = sekisho_identity::signing::add_key_to_file(&file);
+            let added = added
+                .map(|kid| format!("signing key {kid}"))
+                .map_err(|error| {
+                    let code = match error {
+                        SigningKeyError::KeyFileInvalid { .. } => 3,
+                        _ => 1,
+                    };
+                    (error_chain(&error), code)
+                });
+            (file, added)
         }
     };
-    match result {
-        Ok(()) => {
-            eprintln!("added a new key on top of {}", file.display());
+    match added {
+        Ok(key) => {
+            eprintln!("added {key} on top of {}", file.display());
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("sekisho-proxy: cannot write {}: {error}", file.display());
-            ExitCode::FAILURE
+        Err((error, code)) => {
+            eprintln!("sekisho-proxy: {error}; the file is unchanged");
+            ExitCode::from(code)
         }
     }
-}
-
-/// Writes `first` followed by `rest` to `path` (mode 0600) through a temporary file and a rename.
-fn prepend(path: &std::path::Path, first: &str, rest: &str) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("new");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| e.to_string())?;
-    file.write_all(first.as_bytes())
-        .and_then(|()| file.write_all(rest.as_bytes()))
-        .and_then(|()| file.sync_all())
-        .map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 fn dev_session(

@@ -11,6 +11,7 @@ fn issuer_config(issuer: &str, audience: &str) -> BearerIssuerConfig {
         jwks_uri: None,
         groups_claim: "groups".into(),
         max_clock_skew: Duration::from_secs(60),
+        hosted_domains: Vec::new(),
     }
 }
 

@@ -54,6 +54,20 @@ pub enum KeyError {
     DuplicateKeyId { line: usize, id: u8 },
     #[error("the session key file lists no keys")]
     NoKeys,
+    #[error("the session key file is not UTF-8 text")]
+    NotUtf8,
+    #[error(
+        "{path}: all 256 key ids (0 to 255) are in use; remove the oldest keys (the last lines: \
+         a key can go once a newer one has sealed cookies for longer than the session lifetime), \
+         then add a key again"
+    )]
+    NoFreeKeyId { path: PathBuf },
+    #[error("{path}: cannot write the session key file")]
+    KeyFileUnwritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Random(#[from] RandomUnavailable),
 }
@@ -132,6 +146,48 @@ pub fn new_key_file_line(id: u8) -> Result<String, RandomUnavailable> {
     Ok(SessionKey::generate(id)?.key_file_line())
 }
 
+/// Puts a fresh key on top of the key file at `path` (creating it, 0600, when it does not
+/// exist) and returns its id: the lowest id the file does not use. New cookies are sealed with
+/// it from the next load; the keys already in the file keep opening cookies.
+///
+/// Only a missing file starts a new ring. A file that cannot be read or parsed is an error and
+/// is left as it is: rewriting it with the new key alone would end every session. So is a file
+/// that uses all 256 ids: a reused id would make the file invalid (ids are distinct).
+pub fn add_key_to_file(path: &Path) -> Result<u8, KeyError> {
+    let existing = sekisho_identity::key_file::read_if_present(path)
+        .map_err(|source| KeyError::KeyFileUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .unwrap_or_default();
+    let invalid = |source| KeyError::KeyFileInvalid {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    let existing = String::from_utf8(existing).map_err(|_| invalid(KeyError::NotUtf8))?;
+    let used: Vec<u8> = match SessionKeys::parse(&existing) {
+        Ok(keys) => keys.ids().collect(),
+        // Only blank and comment lines: nothing to keep but the comments, which stay.
+        Err(KeyError::NoKeys) => Vec::new(),
+        Err(error) => return Err(invalid(error)),
+    };
+    let id = (0..=u8::MAX)
+        .find(|id| !used.contains(id))
+        .ok_or_else(|| KeyError::NoFreeKeyId {
+            path: path.to_path_buf(),
+        })?;
+    let contents = format!("{}\n{existing}", new_key_file_line(id)?);
+    // What is written must load: checked before the file is touched.
+    SessionKeys::parse(&contents).map_err(invalid)?;
+    sekisho_identity::key_file::replace(path, &[contents.as_bytes()]).map_err(|source| {
+        KeyError::KeyFileUnwritable {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(id)
+}
+
 /// The key ring: the newest key seals, every key opens.
 pub struct SessionKeys {
     /// Newest first; never empty; ids are distinct.
@@ -181,14 +237,17 @@ impl SessionKeys {
 
     /// Reads and parses a key file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::KeyFileUnreadable {
+        let bytes = std::fs::read(path).map_err(|source| KeyError::KeyFileUnreadable {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|source| KeyError::KeyFileInvalid {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })
+        std::str::from_utf8(&bytes)
+            .map_err(|_| KeyError::NotUtf8)
+            .and_then(Self::parse)
+            .map_err(|source| KeyError::KeyFileInvalid {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })
     }
 
     /// Parses the text of a key file (format in the module documentation).
@@ -358,6 +417,100 @@ mod tests {
         assert_eq!(keys.newest().id(), 42);
         assert_eq!(keys.newest().key_file_line(), line);
         assert_ne!(new_key_file_line(42).unwrap(), line, "keys are random");
+    }
+
+    #[test]
+    fn a_new_key_goes_on_top_with_the_lowest_free_id_and_the_old_keys_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        // A missing file starts a new ring.
+        assert_eq!(add_key_to_file(&path).unwrap(), 0);
+        let first = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("# ring\n{first}2:{KEY_A}\n")).unwrap();
+        assert_eq!(add_key_to_file(&path).unwrap(), 1);
+        let keys = SessionKeys::load(&path).unwrap();
+        assert_eq!(keys.ids().collect::<Vec<_>>(), [1, 0, 2]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with(&format!(
+                "# ring\n{}\n2:{KEY_A}\n",
+                keys.get(0).unwrap().key_file_line()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_file_of_blank_and_comment_lines_takes_a_first_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "# session keys, newest first\n\n").unwrap();
+        assert_eq!(add_key_to_file(&path).unwrap(), 0);
+        assert_eq!(SessionKeys::load(&path).unwrap().newest().id(), 0);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("\n# session keys, newest first\n\n")
+        );
+    }
+
+    #[test]
+    fn a_key_file_that_cannot_be_read_or_parsed_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not readable as a file (as with a permission error): never taken for "no keys yet".
+        let err = add_key_to_file(dir.path()).unwrap_err();
+        assert!(matches!(err, KeyError::KeyFileUnreadable { .. }), "{err:?}");
+
+        let mut not_utf8 = format!("1:{KEY_A}\n").into_bytes();
+        not_utf8.extend_from_slice(b"2:\xff\xfe\n");
+        let short = format!("1:{KEY_A}\n2:AAAA\n");
+        let duplicate = format!("1:{KEY_A}\n1:{KEY_B}\n");
+        let cases: [(&str, &[u8], &str); 3] = [
+            ("not-utf8", &not_utf8, "NotUtf8"),
+            ("short", short.as_bytes(), "KeyTooShort"),
+            ("duplicate", duplicate.as_bytes(), "DuplicateKeyId"),
+        ];
+        for (name, contents, reason) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            let err = add_key_to_file(&path).unwrap_err();
+            let KeyError::KeyFileInvalid { source, .. } = &err else {
+                panic!("{name}: {err:?}")
+            };
+            assert!(format!("{source:?}").starts_with(reason), "{name}: {err:?}");
+            assert!(err.to_string().contains(name), "{name}: {err}");
+            assert_eq!(std::fs::read(&path).unwrap(), contents, "{name}");
+            // The proxy refuses the file for the same reason.
+            assert!(matches!(
+                SessionKeys::load(&path),
+                Err(KeyError::KeyFileInvalid { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_ring_using_all_256_ids_takes_no_new_key_and_says_how_to_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let full: String = (0..=u8::MAX)
+            .rev()
+            .map(|id| format!("{id}:{KEY_A}\n"))
+            .collect();
+        std::fs::write(&path, &full).unwrap();
+        let err = add_key_to_file(&path).unwrap_err();
+        assert!(matches!(err, KeyError::NoFreeKeyId { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("all 256 key ids") && message.contains("remove the oldest keys"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), full);
+
+        // With the oldest line removed its id is free again.
+        let pruned = full.rsplit_once(&format!("0:{KEY_A}\n")).unwrap().0;
+        std::fs::write(&path, pruned).unwrap();
+        assert_eq!(add_key_to_file(&path).unwrap(), 0);
+        assert_eq!(SessionKeys::load(&path).unwrap().ids().count(), 256);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Stateless browser sessions: a [`SessionRecord`] sealed with AES-256-GCM into a cookie that
 //! any replica holding the shared key file can open.
 //!
-//! This module is pure logic: it never touches the network, and reading the key file
-//! ([`SessionKeys::load`]) is its only I/O. It must not depend on the request pipeline; the
+//! This module is pure logic: it never touches the network, and the key file (reading it with
+//! [`SessionKeys::load`], adding a key with [`add_key_to_file`]) is its only I/O. It must not depend on the request pipeline; the
 //! pipeline calls it. Per-request work is one AEAD open (about a microsecond), no public-key
 //! crypto.
 //!
@@ -43,7 +43,10 @@ pub use cookie::{
 pub use handoff::{
     HANDOFF_TTL, HandoffCode, MAX_HANDOFF_CODE_LEN, ReplayError, ReplayGuard, SealedHandoff,
 };
-pub use key::{KEY_LEN, KeyError, RandomUnavailable, SessionKey, SessionKeys, new_key_file_line};
+pub use key::{
+    KEY_LEN, KeyError, RandomUnavailable, SessionKey, SessionKeys, add_key_to_file,
+    new_key_file_line,
+};
 pub use record::{EncodeError, SessionId, SessionRecord};
 
 use key::fill_random;

@@ -6,7 +6,7 @@ use http::StatusCode;
 use sekisho_testkit::Idp;
 
 use crate::harness::{
-    ALICE, APP, AUTH, LOOPBACK_CALLBACK, Reply, Site, SiteOptions, id_token, jwt_claims,
+    ALICE, APP, AUTH, CAROL, LOOPBACK_CALLBACK, Reply, Site, SiteOptions, id_token, jwt_claims,
 };
 use crate::support::echoed;
 
@@ -107,6 +107,50 @@ async fn bearer_tokens_on_the_api_route_are_verified() -> anyhow::Result<()> {
         "only alice's valid token reached the upstream: {:?}",
         site.app.seen()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bearer_issuer_with_hosted_domains_refuses_tokens_from_any_other_domain()
+-> anyhow::Result<()> {
+    // A second provider, trusted for bearer tokens of uniqe.example accounts only.
+    let workspace = Idp::builder()
+        .redirect_uri(LOOPBACK_CALLBACK)
+        .start()
+        .await?;
+    let site = Site::start(SiteOptions {
+        extra_bearer_issuers: vec![format!(
+            "{{issuer: '{}', audiences: [sekisho], hosted_domains: [Uniqe.Example]}}",
+            workspace.issuer()
+        )],
+        ..SiteOptions::default()
+    })
+    .await?;
+
+    let alice = id_token(&workspace, "sekisho", ALICE).await?;
+    assert_eq!(jwt_claims(&alice)?["hd"], "uniqe.example");
+    let reply = call(&site, "/api/things", &alice).await?;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "alice of uniqe.example: {reply}"
+    );
+
+    // Carol's account has no hosted domain: her token is refused before any policy looks at
+    // her (a policy refusal would be 403).
+    let carol = id_token(&workspace, "sekisho", CAROL).await?;
+    assert!(jwt_claims(&carol)?.get("hd").is_none());
+    let reply = call(&site, "/api/things", &carol).await?;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNAUTHORIZED,
+        "a token without hd from an issuer that requires one: {reply}"
+    );
+    // The site's own provider names no hosted domains: carol's token from it is verified, and
+    // then refused by the policy.
+    let carol = id_token(&site.idp, "sekisho", CAROL).await?;
+    let reply = call(&site, "/api/things", &carol).await?;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply}");
     Ok(())
 }
 

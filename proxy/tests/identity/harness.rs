@@ -408,19 +408,45 @@ hosts:
     }
 
     /// [`Site::login`] on `host`: its session cookie value.
-    pub(crate) async fn login_on(&self, host: &str, email: &str) -> anyhow::Result<String> {
+    pub(crate) async fn login_on(&self, host: &'static str, email: &str) -> anyhow::Result<String> {
+        let callback = self.login_until_callback_on(host, email).await?;
+        self.finish_login(callback).await
+    }
+
+    /// The first half of [`Site::login`]: the login endpoint and devidp's form, up to the
+    /// redirect back to the callback, which is not followed yet (no session exists).
+    pub(crate) async fn login_until_callback(&self, email: &str) -> anyhow::Result<Callback> {
+        self.login_until_callback_on(APP, email).await
+    }
+
+    async fn login_until_callback_on(
+        &self,
+        host: &'static str,
+        email: &str,
+    ) -> anyhow::Result<Callback> {
         let started = self.start_login(&self.url(host, "/hello")).await?;
-        let callback = Agent::default()
+        let url = Agent::default()
             .authorize(&self.idp, &started.idp_url, email)
             .await?;
+        Ok(Callback {
+            host,
+            url,
+            auth_cookies: started.auth_cookies,
+        })
+    }
+
+    /// The second half of [`Site::login`]: the callback (where the session begins) and the
+    /// handoff. Returns the app host's session cookie value.
+    pub(crate) async fn finish_login(&self, callback: Callback) -> anyhow::Result<String> {
         let reply = self
-            .get(&callback, &refs(&navigation(&started.auth_cookies)))
+            .get(&callback.url, &refs(&navigation(&callback.auth_cookies)))
             .await?;
         ensure!(
             reply.status == StatusCode::FOUND || reply.status == StatusCode::SEE_OTHER,
             "the callback redirects to the app host's handoff: {reply}"
         );
         let handoff = reply.location()?;
+        let host = callback.host;
         ensure!(
             handoff.host_str() == Some(host) && handoff.path() == "/.sekisho/handoff",
             "the callback redirects to https://{host}:PORT/.sekisho/handoff, not {handoff}"
@@ -528,6 +554,16 @@ hosts:
 pub(crate) struct StartedLogin {
     /// The authorization request at the IdP the auth host redirected to.
     pub(crate) idp_url: String,
+    /// The auth host's cookies (the pending login).
+    pub(crate) auth_cookies: Jar,
+}
+
+/// A login that came back from the IdP to the auth host's callback, not yet followed.
+pub(crate) struct Callback {
+    /// The host the login started on, where the handoff returns.
+    host: &'static str,
+    /// `https://auth…/.sekisho/callback?code=…&state=…`.
+    pub(crate) url: String,
     /// The auth host's cookies (the pending login).
     pub(crate) auth_cookies: Jar,
 }

@@ -3,6 +3,7 @@
 mod forwarding;
 mod grpc;
 mod hygiene;
+mod keys;
 mod lifecycle;
 mod reload;
 mod streaming;
