@@ -1,4 +1,5 @@
-//! Re-authorising open WebSockets.
+//! WebSockets: where their handshakes may come from ([`origin`]), and re-authorising them while
+//! they are open.
 //!
 //! A WebSocket outlives the request that opened it, so a session that ends (expiry, logout,
 //! back-channel logout) or a policy that stops allowing it must close it: the relay checks every
@@ -6,6 +7,8 @@
 //! status 1008 (policy violation) and ends both sides. To put the close frame between two of
 //! the upstream's frames rather than inside one, the upstream-to-client direction follows the
 //! frame boundaries (RFC 6455 §5.2 headers only; payloads pass through untouched).
+
+pub mod origin;
 
 use std::sync::Arc;
 use std::time::Duration;

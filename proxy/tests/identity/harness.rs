@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,6 +211,7 @@ hosts:
         webhook: {{secret_file: '{hook_secret}'}}
       - {{path: /api, type: Prefix, upstream: app, bearer: true}}
       - {{path: /ws, type: Exact, upstream: ws}}
+      - {{path: /ws-shared, type: Exact, upstream: ws, websocket_origins: ['https://{OTHER}:{port}']}}
   - host: {OTHER}
     policy: staff
     default: app
@@ -922,9 +924,11 @@ async fn echo(
         .expect("a valid response"))
 }
 
-/// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages.
+/// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages, and counts the
+/// connections it accepted.
 pub(crate) struct WebSocketEcho {
     pub(crate) addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -938,9 +942,12 @@ impl WebSocketEcho {
     async fn start() -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         // accept() is cancel-safe; the loop ends when the task is aborted on drop.
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                         return;
@@ -955,7 +962,16 @@ impl WebSocketEcho {
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    /// How many connections reached the echo so far.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

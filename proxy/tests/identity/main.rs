@@ -14,3 +14,4 @@ mod session;
 #[path = "../it/support.rs"]
 mod support;
 mod webhook;
+mod websocket;
