@@ -924,11 +924,12 @@ async fn echo(
         .expect("a valid response"))
 }
 
-/// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages, and counts the
-/// connections it accepted.
+/// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages, and records how
+/// many connections it accepted and the status of each close frame it received.
 pub(crate) struct WebSocketEcho {
     pub(crate) addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    closes: Arc<Mutex<Vec<u16>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -943,17 +944,24 @@ impl WebSocketEcho {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = connections.clone();
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let (accepted, closed) = (connections.clone(), closes.clone());
         // accept() is cancel-safe; the loop ends when the task is aborted on drop.
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
                 tokio::spawn(async move {
                     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                         return;
                     };
+                    // Reading on after a close frame sends tungstenite's answer to it.
                     while let Some(Ok(message)) = ws.next().await {
-                        if matches!(message, Message::Text(_) | Message::Binary(_))
+                        if let Message::Close(frame) = &message {
+                            // 1005: a close frame without a status.
+                            let code = frame.as_ref().map_or(1005, |frame| u16::from(frame.code));
+                            closed.lock().expect("not poisoned").push(code);
+                        } else if (message.is_text() || message.is_binary())
                             && ws.send(message).await.is_err()
                         {
                             return;
@@ -965,6 +973,7 @@ impl WebSocketEcho {
         Ok(Self {
             addr,
             connections,
+            closes,
             task,
         })
     }
@@ -973,18 +982,29 @@ impl WebSocketEcho {
     pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// The status of every close frame received so far, oldest first.
+    pub(crate) fn closes(&self) -> Vec<u16> {
+        self.closes.lock().expect("not poisoned").clone()
+    }
 }
 
 /// Opens `url` as a WebSocket in the page, sends `ping`, and returns what came back (or the
 /// close code). Keeps the socket in `window.sekishoSocket` and its close code, once closed, in
-/// `window.sekishoClose`.
+/// `window.sekishoClose` (and whether the closing handshake completed in
+/// `window.sekishoCloseClean`).
 pub(crate) async fn open_websocket(browser: &Browser, url: &str) -> anyhow::Result<String> {
     let script = format!(
         "return new Promise((resolve) => {{
             const ws = new WebSocket({url:?});
             window.sekishoSocket = ws;
             window.sekishoClose = null;
-            ws.onclose = (event) => {{ window.sekishoClose = event.code; resolve('closed ' + event.code); }};
+            window.sekishoCloseClean = null;
+            ws.onclose = (event) => {{
+                window.sekishoClose = event.code;
+                window.sekishoCloseClean = event.wasClean;
+                resolve('closed ' + event.code);
+            }};
             ws.onopen = () => ws.send('ping');
             ws.onmessage = (event) => resolve('message ' + event.data);
             setTimeout(() => resolve('timeout'), 10000);
