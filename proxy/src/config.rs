@@ -17,6 +17,7 @@ use sekisho_identity::oidc::ProviderConfig;
 use serde::Deserialize;
 
 use crate::policy::AccessPolicy;
+use crate::websocket::origin::Origin;
 
 /// The default configuration used when no `--config` is given: the local example.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../deploy/examples/local.yaml");
@@ -379,6 +380,9 @@ pub struct HostConfig {
     /// The `Upgrade` protocols passed to the upstream; `[websocket]` when absent.
     #[serde(default)]
     pub upgrades: Option<Vec<String>>,
+    /// Origins whose pages may open WebSockets on the host's routes, besides each route's own.
+    #[serde(default)]
+    pub websocket_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -412,6 +416,10 @@ pub struct PathConfig {
     /// The host's `upgrades` for this route.
     #[serde(default)]
     pub upgrades: Option<Vec<String>>,
+    /// Origins besides the route's own whose pages may open WebSockets here (bare origins:
+    /// `https://host[:port]`); the host's when absent. See [`crate::websocket::origin`].
+    #[serde(default)]
+    pub websocket_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -706,10 +714,20 @@ impl Config {
                         problem(format!("{field}.upgrades[{k}]"), message);
                     }
                 }
+                for (k, origin) in path.websocket_origins.iter().flatten().enumerate() {
+                    if let Err(error) = Origin::parse(origin) {
+                        problem(format!("{field}.websocket_origins[{k}]"), error.to_string());
+                    }
+                }
             }
             for (k, token) in host.upgrades.iter().flatten().enumerate() {
                 if let Err(message) = check_upgrade_token(token) {
                     problem(format!("{field}.upgrades[{k}]"), message);
+                }
+            }
+            for (k, origin) in host.websocket_origins.iter().enumerate() {
+                if let Err(error) = Origin::parse(origin) {
+                    problem(format!("{field}.websocket_origins[{k}]"), error.to_string());
                 }
             }
             if host.public && host.policy.is_some() {
@@ -1040,6 +1058,27 @@ hosts:
                 .any(|p| p.starts_with("hosts[0].paths[0].webhook: ")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn websocket_origins_must_be_bare_origins_and_errors_name_the_entry() {
+        let text = MINIMAL.replace(
+            "paths: [{path: /, upstream: app}]",
+            "websocket_origins: ['https://tools.example.com']\n    paths: [{path: /, upstream: app}, {path: /ws, upstream: app, websocket_origins: ['https://a.example:8443', 'https://b.example/app']}]",
+        );
+        let text = text.replace("['https://tools.example.com']", "['tools.example.com']");
+        assert_eq!(
+            problems(&text),
+            [
+                "hosts[0].paths[1].websocket_origins[1]: `https://b.example/app`: an origin has no path, query, fragment or user name, not even a final '/'",
+                "hosts[0].websocket_origins[0]: `tools.example.com` is not an origin: give scheme, host and optional port (https://host[:port])",
+            ]
+        );
+
+        let text = text
+            .replace("'https://b.example/app'", "'HTTPS://B.example'")
+            .replace("['tools.example.com']", "['https://tools.example.com']");
+        parse(&text).unwrap();
     }
 
     #[test]

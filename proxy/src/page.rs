@@ -1,6 +1,6 @@
-//! The few HTML pages Sekisho shows people itself (access denied, login failed, choose a
-//! provider, who am I, signed out, the CLI's device approval), and the JSON error body for
-//! clients that are not browsers.
+//! The few HTML pages Sekisho shows people itself (access denied, a WebSocket from another
+//! origin, login failed, choose a provider, who am I, signed out, the CLI's device approval),
+//! and the JSON error body for clients that are not browsers.
 //!
 //! Each page is one self-contained document: inline CSS, no script, no external assets, light
 //! and dark colours from `prefers-color-scheme`. Every dynamic value goes through [`escape`];
@@ -128,6 +128,21 @@ runs this service for access, and give them the request id below.</p>\
         who = escape(signed_in_as),
         route = escape(route),
         switch = link("button", logout_url, "Sign in as someone else"),
+        request_id = escape(request_id),
+    );
+    document("Not allowed", &body)
+}
+
+/// A page on another origin tried to open a WebSocket to a route (browsers do not show this to
+/// the script, but someone may open the handshake's URL by hand).
+pub fn cross_origin(origin: &str, route: &str, request_id: &str) -> String {
+    let body = format!(
+        "<h1>Not allowed from that page</h1>\
+<p>A page on <code>{origin}</code> tried to open a WebSocket to <code>{route}</code>. Only the \
+site itself, and the sites it names, may do that.</p>\
+<p class=\"muted\">Request id: <code>{request_id}</code></p>",
+        origin = escape(origin),
+        route = escape(route),
         request_id = escape(request_id),
     );
     document("Not allowed", &body)
@@ -389,6 +404,15 @@ mod tests {
         assert!(page.contains("req-&lt;1&gt;&amp;2"));
         assert!(page.contains("Sign in as someone else"));
         assert_self_contained(&page, &[logout]);
+    }
+
+    #[test]
+    fn the_cross_origin_page_shows_the_origin_route_and_request_id_escaped() {
+        let page = cross_origin(NASTY, "app.example.com/<ws>", "req-<1>&2");
+        assert!(page.contains(NASTY_ESCAPED));
+        assert!(page.contains("app.example.com/&lt;ws&gt;"));
+        assert!(page.contains("req-&lt;1&gt;&amp;2"));
+        assert_self_contained(&page, &[]);
     }
 
     #[test]

@@ -307,7 +307,12 @@ async fn proxy(
     let client_upgrade = std::mem::take(&mut parts.extensions).remove::<OnUpgrade>();
     let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, received));
 
-    // Phase 3: access.
+    // Phase 3: access. An upgrade first: a page on another origin may not open a WebSocket.
+    if let Some(refused) =
+        crate::websocket::origin::check(snapshot, conn, ctx, &route, &upstream_req)
+    {
+        return Ok(refused);
+    }
     let who = match access::check(snapshot, ctx, &route, &mut upstream_req).await {
         Access::Pass { who, set_cookie } => {
             ctx.user = who.as_ref().map(|w| w.user.clone());

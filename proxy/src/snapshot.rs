@@ -18,6 +18,7 @@ use crate::policy::RouteAccess;
 use crate::route::RouteTable;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
+use crate::websocket::origin::Origin;
 
 /// Why a snapshot could not be built from a valid configuration.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,8 @@ pub struct Route {
     pub allow_encoded_slashes: bool,
     /// The `Upgrade` protocols passed to the upstream, lowercase.
     pub upgrades: Box<[Box<str>]>,
+    /// Origins besides the route's own whose pages may open WebSockets on it.
+    pub websocket_origins: Vec<Origin>,
 }
 
 impl Route {
@@ -176,6 +179,7 @@ impl Snapshot {
                                     .collect()
                             },
                         ),
+                    websocket_origins: websocket_origins(host, path),
                 });
                 route_list.push(route.clone());
                 Ok::<_, SnapshotError>(route)
@@ -253,10 +257,64 @@ fn route_access(config: &Config, host: &HostConfig, path: Option<&PathConfig>) -
     )
 }
 
+/// The origins whose pages may open WebSockets on a route besides its own: the path's list, else
+/// the host's. Validation refused any that do not parse.
+fn websocket_origins(host: &HostConfig, path: Option<&PathConfig>) -> Vec<Origin> {
+    path.and_then(|p| p.websocket_origins.as_deref())
+        .unwrap_or(&host.websocket_origins)
+        .iter()
+        .filter_map(|origin| Origin::parse(origin).ok())
+        .collect()
+}
+
 /// A named policy's guard; no name, or an unknown one, lets no one through.
 fn policy_access(config: &Config, name: Option<&str>) -> RouteAccess {
     match name.and_then(|name| config.policies.get(name)) {
         Some(policy) => RouteAccess::Policy(Arc::new(policy.clone())),
         None => RouteAccess::DenyAll,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_route_takes_its_paths_websocket_origins_else_its_hosts() {
+        let config = Config::parse(
+            "
+listen: {https: '127.0.0.1:8443', admin: '127.0.0.1:9901'}
+upstreams:
+  app: {endpoints: ['http://127.0.0.1:3000']}
+hosts:
+  - host: app.example.com
+    default: app
+    websocket_origins: ['https://tools.example.com']
+    paths:
+      - {path: /a, upstream: app}
+      - {path: /b, upstream: app, websocket_origins: ['https://B.example:8443']}
+      - {path: /c, upstream: app, websocket_origins: []}
+",
+            Path::new("test.yaml"),
+            Path::new("/"),
+        )
+        .unwrap();
+        let host = &config.hosts[0];
+        let origin = |text: &str| Origin::parse(text).unwrap();
+        assert_eq!(
+            websocket_origins(host, None),
+            [origin("https://tools.example.com")]
+        );
+        assert_eq!(
+            websocket_origins(host, Some(&host.paths[0])),
+            [origin("https://tools.example.com")]
+        );
+        assert_eq!(
+            websocket_origins(host, Some(&host.paths[1])),
+            [origin("https://b.example:8443")]
+        );
+        assert_eq!(websocket_origins(host, Some(&host.paths[2])), []);
     }
 }

@@ -197,7 +197,7 @@ async fn logout_ends_the_session_and_the_next_visit_asks_for_a_login_again() -> 
 async fn a_websocket_is_closed_when_its_session_is_logged_out() -> anyhow::Result<()> {
     let site = Site::start(SiteOptions::default()).await?;
     let browser = site.browser_login(ALICE).await?;
-    websocket_echoes_until_logout(&browser, &format!("wss://{APP}:{}/ws", site.port)).await
+    websocket_echoes_until_logout(&site, &browser, &format!("wss://{APP}:{}/ws", site.port)).await
 }
 
 #[tokio::test]
@@ -211,12 +211,18 @@ async fn a_websocket_to_an_upstream_behind_an_agent_echoes_and_closes_on_logout(
     browser
         .wait_for_url(|url| url.host_str() == Some(NAS), LIMIT)
         .await?;
-    websocket_echoes_until_logout(&browser, &format!("wss://{NAS}:{}/ws", site.port)).await
+    websocket_echoes_until_logout(&site, &browser, &format!("wss://{NAS}:{}/ws", site.port)).await
 }
 
 /// Opens `ws_url` from the browser's page, checks that it echoes, logs the page's host out,
-/// and checks that the WebSocket is then closed with 1008 (policy violation).
-async fn websocket_echoes_until_logout(browser: &Browser, ws_url: &str) -> anyhow::Result<()> {
+/// and checks that the WebSocket is then closed with 1008 (policy violation) on both sides: the
+/// browser and the upstream each get a close frame, and the browser's closing handshake
+/// completes.
+async fn websocket_echoes_until_logout(
+    site: &Site,
+    browser: &Browser,
+    ws_url: &str,
+) -> anyhow::Result<()> {
     let answer = tokio::time::timeout(LIMIT, open_websocket(browser, ws_url)).await??;
     assert_eq!(
         answer, "message ping",
@@ -244,6 +250,25 @@ async fn websocket_echoes_until_logout(browser: &Browser, ws_url: &str) -> anyho
         code.as_u64(),
         Some(1008),
         "a logged-out WebSocket closes with 1008 (policy violation)"
+    );
+    assert_eq!(
+        browser.execute("return window.sekishoCloseClean;").await?,
+        serde_json::Value::Bool(true),
+        "the browser's closing handshake completed"
+    );
+    let closes = eventually(Duration::from_secs(10), || async {
+        let closes = site.ws.closes();
+        match closes.is_empty() {
+            true => Err("no close frame yet"),
+            false => Ok(closes),
+        }
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("the upstream got no close frame after logout: {error}"))?;
+    assert_eq!(
+        closes,
+        [1008],
+        "the upstream's WebSocket is closed with 1008 (policy violation), once"
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -226,6 +227,7 @@ hosts:
         webhook: {{secret_file: '{hook_secret}'}}
       - {{path: /api, type: Prefix, upstream: app, bearer: true}}
       - {{path: /ws, type: Exact, upstream: ws}}
+      - {{path: /ws-shared, type: Exact, upstream: ws, websocket_origins: ['https://{OTHER}:{port}']}}
   - host: {OTHER}
     policy: staff
     default: app
@@ -1089,9 +1091,12 @@ async fn echo(
         .expect("a valid response"))
 }
 
-/// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages.
+/// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages, and records how
+/// many connections it accepted and the status of each close frame it received.
 pub(crate) struct WebSocketEcho {
     pub(crate) addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    closes: Arc<Mutex<Vec<u16>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1105,15 +1110,25 @@ impl WebSocketEcho {
     async fn start() -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let (accepted, closed) = (connections.clone(), closes.clone());
         // accept() is cancel-safe; the loop ends when the task is aborted on drop.
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
                 tokio::spawn(async move {
                     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                         return;
                     };
+                    // Reading on after a close frame sends tungstenite's answer to it.
                     while let Some(Ok(message)) = ws.next().await {
-                        if matches!(message, Message::Text(_) | Message::Binary(_))
+                        if let Message::Close(frame) = &message {
+                            // 1005: a close frame without a status.
+                            let code = frame.as_ref().map_or(1005, |frame| u16::from(frame.code));
+                            closed.lock().expect("not poisoned").push(code);
+                        } else if (message.is_text() || message.is_binary())
                             && ws.send(message).await.is_err()
                         {
                             return;
@@ -1122,20 +1137,41 @@ impl WebSocketEcho {
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            connections,
+            closes,
+            task,
+        })
+    }
+
+    /// How many connections reached the echo so far.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The status of every close frame received so far, oldest first.
+    pub(crate) fn closes(&self) -> Vec<u16> {
+        self.closes.lock().expect("not poisoned").clone()
     }
 }
 
 /// Opens `url` as a WebSocket in the page, sends `ping`, and returns what came back (or the
 /// close code). Keeps the socket in `window.sekishoSocket` and its close code, once closed, in
-/// `window.sekishoClose`.
+/// `window.sekishoClose` (and whether the closing handshake completed in
+/// `window.sekishoCloseClean`).
 pub(crate) async fn open_websocket(browser: &Browser, url: &str) -> anyhow::Result<String> {
     let script = format!(
         "return new Promise((resolve) => {{
             const ws = new WebSocket({url:?});
             window.sekishoSocket = ws;
             window.sekishoClose = null;
-            ws.onclose = (event) => {{ window.sekishoClose = event.code; resolve('closed ' + event.code); }};
+            window.sekishoCloseClean = null;
+            ws.onclose = (event) => {{
+                window.sekishoClose = event.code;
+                window.sekishoCloseClean = event.wasClean;
+                resolve('closed ' + event.code);
+            }};
             ws.onopen = () => ws.send('ping');
             ws.onmessage = (event) => resolve('message ' + event.data);
             setTimeout(() => resolve('timeout'), 10000);

@@ -15,3 +15,4 @@ mod session;
 #[path = "../it/support.rs"]
 mod support;
 mod webhook;
+mod websocket;

@@ -1,7 +1,9 @@
-//! WebSocket upgrades through the TLS listener: messages both ways, a clean close, and a 502
-//! (not a hang) when the upstream is down.
+//! WebSocket upgrades through the TLS listener: messages both ways, a clean close, a 502 (not a
+//! hang) when the upstream is down, and a 403 for a handshake from a page on another origin.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, accept_async, client_async};
 
@@ -20,9 +23,11 @@ use crate::support::*;
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// An upstream that accepts a WebSocket on every connection and echoes its text and binary
-/// messages. For each session it reports whether the client closed it with a Close frame.
+/// messages. It counts the connections it accepted, and for each session reports whether the
+/// client closed it with a Close frame.
 struct EchoUpstream {
     addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
     sessions: mpsc::UnboundedReceiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -38,8 +43,11 @@ impl EchoUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (report, sessions) = mpsc::unbounded_channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let report = report.clone();
                 tokio::spawn(async move {
                     let Ok(mut ws) = accept_async(stream).await else {
@@ -66,6 +74,7 @@ impl EchoUpstream {
         });
         Self {
             addr,
+            connections,
             sessions,
             task,
         }
@@ -86,24 +95,35 @@ hosts:
     )
 }
 
-/// Opens `wss://ws.test{path}` through the proxy's TLS listener, over HTTP/1.1.
-async fn connect(
-    pki: &Pki,
-    proxy: SocketAddr,
-    path: &str,
-) -> Result<
+type Connected = Result<
     (
         WebSocketStream<TlsStream<TcpStream>>,
         tungstenite::handshake::client::Response,
     ),
     tungstenite::Error,
-> {
+>;
+
+/// Opens `wss://ws.test{path}` through the proxy's TLS listener, over HTTP/1.1.
+async fn connect(pki: &Pki, proxy: SocketAddr, path: &str) -> Connected {
+    connect_from(pki, proxy, path, None).await
+}
+
+/// As [`connect`], with `Origin: origin` when given, as a page's script would send it.
+async fn connect_from(pki: &Pki, proxy: SocketAddr, path: &str, origin: Option<&str>) -> Connected {
     let tcp = TcpStream::connect(proxy).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(pki.client_config(&[b"http/1.1"]))
         .connect(ServerName::try_from("ws.test").unwrap(), tcp)
         .await
         .expect("TLS handshake with the proxy");
-    client_async(format!("wss://ws.test{path}"), tls).await
+    let mut request = format!("wss://ws.test{path}")
+        .into_client_request()
+        .unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    client_async(request, tls).await
 }
 
 async fn next_message(ws: &mut WebSocketStream<TlsStream<TcpStream>>) -> Option<Message> {
@@ -237,4 +257,76 @@ async fn connect_plain_tls(config: std::sync::Arc<rustls::ClientConfig>, addr: S
     let _ = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("ws.test").unwrap(), tcp)
         .await;
+}
+
+/// A public host that lets pages on `https://tools.example` open WebSockets, except on
+/// `/own-only`.
+fn site_with_origins(pki: &Pki, endpoint: &str) -> String {
+    site(pki, endpoint).replace(
+        "    default: ws\n",
+        "    default: ws\n    websocket_origins: ['https://tools.example']\n    paths: [{path: /own-only, upstream: ws, websocket_origins: []}]\n",
+    )
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_from_another_origin_gets_403_and_never_reaches_the_upstream() {
+    let pki = Pki::new();
+    let echo = EchoUpstream::start().await;
+    let proxy = Proxy::start(&site_with_origins(&pki, &format!("http://{}", echo.addr)));
+
+    for (path, origin) in [
+        ("/echo", "https://evil.example"),
+        ("/echo", "null"),
+        ("/echo", "http://ws.test"),
+        ("/own-only", "https://tools.example"),
+    ] {
+        let outcome = timeout(LIMIT, connect_from(&pki, proxy.https(), path, Some(origin)))
+            .await
+            .expect("an answer within the limit");
+        match outcome {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(
+                    response.status(),
+                    StatusCode::FORBIDDEN,
+                    "{path} from {origin}"
+                );
+                assert!(response.headers().contains_key("x-request-id"));
+                let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(json["error"], "cross_origin", "{body}");
+            }
+            Err(other) => panic!("{path} from {origin}: expected an HTTP 403, got {other}"),
+            Ok(_) => panic!("{path} from {origin}: the upgrade succeeded"),
+        }
+    }
+    assert_eq!(
+        echo.connections.load(Ordering::SeqCst),
+        0,
+        "the upstream saw a handshake from another origin"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_from_the_sites_own_origin_a_listed_one_or_no_page_is_upgraded() {
+    let pki = Pki::new();
+    let echo = EchoUpstream::start().await;
+    let proxy = Proxy::start(&site_with_origins(&pki, &format!("http://{}", echo.addr)));
+
+    for (path, origin) in [
+        // The client's `Host` is `ws.test`, without a port.
+        ("/echo", Some("https://ws.test")),
+        ("/own-only", Some("https://WS.test:443")),
+        ("/echo", Some("https://tools.example")),
+        // No `Origin`: not a page (a CLI, a program).
+        ("/own-only", None),
+    ] {
+        let (mut ws, response) = timeout(LIMIT, connect_from(&pki, proxy.https(), path, origin))
+            .await
+            .expect("the upgrade completes within the limit")
+            .unwrap_or_else(|error| panic!("{path} from {origin:?}: {error}"));
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Some(Message::text("hello")));
+    }
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 4);
 }
