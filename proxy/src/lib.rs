@@ -10,31 +10,16 @@
 //! This crate must not depend on the agent or the CLI; Kubernetes watching feeds the same
 //! snapshot later.
 
-pub mod access;
-pub mod access_log;
-mod admin;
-pub mod body;
-pub mod cli_login;
+pub mod auth;
 pub mod config;
-pub mod connection;
-mod header;
+pub mod forward;
+pub mod frontdoor;
 pub mod hub;
-pub mod identity;
-mod login;
-pub mod metrics;
-pub mod page;
-pub mod path;
+pub mod observe;
 pub mod policy;
-pub mod proxy;
-mod reload;
-pub mod route;
-pub mod server;
-pub mod session;
-pub mod snapshot;
-pub mod tls;
-pub mod upstream;
-pub mod websocket;
-mod worker;
+pub mod request;
+pub mod respond;
+pub mod routing;
 
+pub use frontdoor::server::{Options, Running, StartError, start};
 pub use sekisho_wire::error_chain;
-pub use server::{Options, Running, StartError, start};

@@ -155,16 +155,16 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     };
     let mut ok = true;
     for files in &config.tls.certificates {
-        if let Err(error) = sekisho_proxy::tls::load_certificate(files) {
+        if let Err(error) = sekisho_proxy::frontdoor::tls::load_certificate(files) {
             eprintln!("invalid: {}", error_chain(&error));
             ok = false;
         }
     }
-    if let Err(error) = sekisho_proxy::snapshot::Snapshot::build(
+    if let Err(error) = sekisho_proxy::routing::snapshot::Snapshot::build(
         &config,
         None,
         1,
-        &sekisho_proxy::metrics::Metrics::default(),
+        &sekisho_proxy::observe::metrics::Metrics::default(),
     ) {
         eprintln!("invalid: {}", error_chain(&error));
         ok = false;
@@ -206,12 +206,12 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
 
 fn add_key(command: KeysCommand) -> ExitCode {
     use sekisho_identity::signing::SigningKeyError;
-    use sekisho_proxy::session::KeyError;
+    use sekisho_proxy::auth::session::KeyError;
     // Exit 3 when the file's contents are the problem, 1 when reading, writing or the random
     // source failed.
     let (file, added) = match command {
         KeysCommand::Session { file } => {
-            let added = sekisho_proxy::session::add_key_to_file(&file);
+            let added = sekisho_proxy::auth::session::add_key_to_file(&file);
             let added = added
                 .map(|id| format!("session key id {id}"))
                 .map_err(|error| {
@@ -257,7 +257,7 @@ fn dev_session(
     groups: Vec<String>,
     lifetime: std::time::Duration,
 ) -> ExitCode {
-    use sekisho_proxy::session::{SessionId, SessionKeys, SessionRecord, unix_now};
+    use sekisho_proxy::auth::session::{SessionId, SessionKeys, SessionRecord, unix_now};
     let keys_file = match identity_file(config, "dev-session", "session_keys_file", |i| {
         i.session_keys_file
     }) {
@@ -365,7 +365,7 @@ fn dev_token(
                 groups: &groups,
             };
             tokens
-                .issue(session, &identity, sekisho_proxy::session::unix_now())
+                .issue(session, &identity, sekisho_proxy::auth::session::unix_now())
                 .map(|issued| issued.token.expose().to_owned())
                 .map_err(|e| error_chain(&e))
         });

@@ -2,7 +2,7 @@
 //!
 //! A policy is configuration (`policies: {NAME: AccessPolicy}`) that routes reference by name,
 //! and a pure decision function over a verified [`Identity`], the request method, the path the
-//! request is decided on ([`crate::path::without_parameters`] of its normal form) and the
+//! request is decided on ([`crate::routing::path::without_parameters`] of its normal form) and the
 //! request headers. This module must not do I/O
 //! and must not know how an identity was established: login, sessions and tokens live elsewhere.
 //!
@@ -37,7 +37,7 @@ use http::{HeaderMap, Method, header};
 use serde::Deserialize;
 
 use crate::config::{PathType, Problem, is_name};
-use crate::path::prefix_matches;
+use crate::routing::path::prefix_matches;
 
 /// Who may pass, and optionally per method and path. See the module documentation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -248,7 +248,7 @@ const ROUTE_WITHOUT_POLICY: &str = "the route has no policy";
 
 impl AccessPolicy {
     /// Decides one request. `normalized_path` must be the form requests are decided on:
-    /// [`crate::path::without_parameters`] of [`crate::path::normalize_path`].
+    /// [`crate::routing::path::without_parameters`] of [`crate::routing::path::normalize_path`].
     pub fn decide(
         &self,
         identity: Option<&Identity>,
@@ -555,7 +555,7 @@ fn check_method(method: &str) -> Result<(), String> {
 }
 
 fn check_policy_path(path: &str) -> Result<(), String> {
-    crate::path::config_path(path).map(drop)
+    crate::routing::path::config_path(path).map(drop)
 }
 
 #[cfg(test)]

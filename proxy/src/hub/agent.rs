@@ -26,14 +26,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::MAX_CLOCK_SKEW_SECS;
-use crate::access::json_error;
-use crate::body::{RequestBody, ResponseBody};
-use crate::connection::{ClientIo, ConnState, Takeover};
-use crate::metrics::{AgentLabels, ReasonLabels};
-use crate::proxy::RequestCtx;
-use crate::server::{Shared, stopped};
-use crate::session::unix_now;
-use crate::snapshot::Snapshot;
+use crate::auth::access::json_error;
+use crate::auth::session::unix_now;
+use crate::forward::body::{RequestBody, ResponseBody};
+use crate::frontdoor::connection::{ClientIo, ConnState, Takeover};
+use crate::frontdoor::server::{Shared, stopped};
+use crate::observe::metrics::{AgentLabels, ReasonLabels};
+use crate::request::RequestCtx;
+use crate::routing::snapshot::Snapshot;
 
 /// Answers an agent's connect request: `101` and the connection handed to the hub, or a
 /// refusal that says why.

@@ -10,7 +10,7 @@
 //! who may pass and where the stream goes: a target the proxy dials itself, or a target behind
 //! an agent, reached with an HTTP/2 `CONNECT` on one of the agent's links ([`tunnel`]).
 //!
-//! The hub outlives configuration reloads (it lives in [`crate::server::Shared`]); after each
+//! The hub outlives configuration reloads (it lives in [`crate::frontdoor::server::Shared`]); after each
 //! reload [`Hub::prune`] cuts the links of agents, or keys, that the new configuration no
 //! longer has.
 
@@ -36,9 +36,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use agent::handle as agent_connect;
 pub(crate) use tunnel::{handle as tunnel, renew as tunnel_renew, status as tunnel_status};
 
-use crate::body::RequestBody;
-use crate::proxy::ProxyError;
-use crate::snapshot::Snapshot;
+use crate::forward::body::RequestBody;
+use crate::request::ProxyError;
+use crate::routing::snapshot::Snapshot;
 
 /// How far an agent's clock may be from the proxy's.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
@@ -81,8 +81,8 @@ pub(crate) struct Link {
 }
 
 /// The `101` that hands a connection to the hub for `protocol`.
-fn switching_protocols(protocol: &'static str) -> Response<crate::body::ResponseBody> {
-    let mut response = Response::new(crate::body::ResponseBody::empty());
+fn switching_protocols(protocol: &'static str) -> Response<crate::forward::body::ResponseBody> {
+    let mut response = Response::new(crate::forward::body::ResponseBody::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(
@@ -305,10 +305,10 @@ impl Hub {
     }
 }
 
-/// The protocol an upgrade request ([`crate::proxy::is_upgrade_request`]) asks for, when it is
+/// The protocol an upgrade request ([`crate::request::is_upgrade_request`]) asks for, when it is
 /// a `GET` whose `Upgrade` is one token (`websocket`).
 fn upgrade_protocol<B>(req: &Request<B>) -> Option<http::HeaderValue> {
-    if req.method() != Method::GET || !crate::proxy::is_upgrade_request(req) {
+    if req.method() != Method::GET || !crate::request::is_upgrade_request(req) {
         return None;
     }
     let protocol = req.headers().get(header::UPGRADE)?;

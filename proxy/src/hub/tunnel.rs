@@ -22,15 +22,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::StreamId;
-use crate::access::{auth_origin, bearer_identity, bearer_token, json_error, verify_bearer};
-use crate::body::ResponseBody;
-use crate::connection::{ConnState, Takeover};
-use crate::metrics::{DirectionLabels, ReasonLabels};
+use crate::auth::access::{auth_origin, bearer_identity, bearer_token, json_error, verify_bearer};
+use crate::auth::session::unix_now;
+use crate::forward::body::ResponseBody;
+use crate::frontdoor::connection::{ConnState, Takeover};
+use crate::frontdoor::server::Shared;
+use crate::observe::metrics::{DirectionLabels, ReasonLabels};
 use crate::policy::{Decision, Identity};
-use crate::proxy::RequestCtx;
-use crate::server::Shared;
-use crate::session::unix_now;
-use crate::snapshot::{Snapshot, TunnelRoute};
+use crate::request::RequestCtx;
+use crate::routing::snapshot::{Snapshot, TunnelRoute};
 
 /// How often an open tunnel's token and policy are checked again.
 pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(2);

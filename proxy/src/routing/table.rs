@@ -117,7 +117,7 @@ impl<T> PathRule<T> {
     fn matches(&self, path: &str) -> bool {
         match self.kind {
             PathType::Exact => path == &*self.path,
-            PathType::Prefix => crate::path::prefix_matches(&self.path, path),
+            PathType::Prefix => crate::routing::path::prefix_matches(&self.path, path),
         }
     }
 }

@@ -14,13 +14,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use sekisho_identity::webhook::WebhookError;
 
-use crate::body::{RequestBody, ResponseBody};
-use crate::identity::IdentityRuntime;
-use crate::page;
+use crate::auth::identity::IdentityRuntime;
+use crate::auth::session::{SessionRecord, session_cookie, set_cookie, unix_now};
+use crate::forward::body::{RequestBody, ResponseBody};
 use crate::policy::{Decision, Identity, RouteAccess, claim_values};
-use crate::proxy::RequestCtx;
-use crate::session::{SessionRecord, session_cookie, set_cookie, unix_now};
-use crate::snapshot::{Route, Snapshot};
+use crate::request::RequestCtx;
+use crate::respond::page;
+use crate::routing::snapshot::{Route, Snapshot};
 
 /// A verified identity, ready for policy and for the upstream's headers.
 ///
@@ -540,7 +540,7 @@ pub(crate) fn json_error(
 async fn check_webhook(
     ctx: &RequestCtx,
     route: &Route,
-    webhook: &crate::snapshot::RouteWebhook,
+    webhook: &crate::routing::snapshot::RouteWebhook,
     req: &mut Request<RequestBody>,
 ) -> Access {
     let signature = req

@@ -22,10 +22,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::access::who_from_record;
+use crate::auth::access::who_from_record;
+use crate::auth::session::{SessionRecord, unix_now};
+use crate::frontdoor::server::Shared;
 use crate::policy::Decision;
-use crate::server::Shared;
-use crate::session::{SessionRecord, unix_now};
 use frame::{FrameCursor, close_frame};
 
 /// How often an open WebSocket's session and policy are checked again.

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq as _;
 use url::Url;
 
-use crate::session::MAX_REDIRECT_URI;
+use crate::auth::session::MAX_REDIRECT_URI;
 
 /// The longest `state` accepted.
 pub(crate) const MAX_STATE: usize = 128;

@@ -11,10 +11,10 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::server::Shared;
-use crate::snapshot::Snapshot;
-use crate::tls::{self, CertTable};
+use crate::frontdoor::server::Shared;
+use crate::frontdoor::tls::{self, CertTable};
+use crate::observe::metrics::Metrics;
+use crate::routing::snapshot::Snapshot;
 
 pub(crate) struct Reloader {
     shared: Arc<Shared>,
@@ -68,7 +68,7 @@ impl Reloader {
                     while self.changes.try_recv().is_ok() {}
                 }
                 Some(()) = reload_now.recv() => {}
-                _ = crate::server::stopped(&mut stop) => break,
+                _ = crate::frontdoor::server::stopped(&mut stop) => break,
             }
             self.reload();
             self.update_watches();

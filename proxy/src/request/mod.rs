@@ -1,14 +1,14 @@
 //! The request pipeline. Each request passes named phases with one context:
 //!
 //! 1. `request_filter`: request id, host, framing, and the one normal path every later phase
-//!    uses (see [`crate::path`]; targets that cannot be made unambiguous are a 400 here);
+//!    uses (see [`crate::routing::path`]; targets that cannot be made unambiguous are a 400 here);
 //! 2. `route`: host and path to a route (404 for unknown hosts and paths);
 //! 3. (the access phase of the identity layer goes here, before an upstream is chosen);
 //! 4. `upstream_peer`: an endpoint of the route's upstream;
 //! 5. `upstream_request_filter`: hop-by-hop and forwarding headers, the upstream URI;
 //! 6. `forward`: the exchange, under the response-header timeout;
 //! 7. `response_filter`: hop-by-hop headers off, request id on;
-//! 8. logging, when the response body is done (see [`crate::body`]).
+//! 8. logging, when the response body is done (see [`crate::forward::body`]).
 //!
 //! Errors carry where they came from, and that decides the status: 4xx for what the client
 //! sent, 502/504 for what the upstream did, 503 when nothing can serve.
@@ -27,21 +27,21 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use crate::access::{self, Access, Who};
-use crate::access_log::AccessRecord;
-use crate::body::{ClientBodyError, Completion, RequestBody, ResponseBody};
-use crate::connection::ConnState;
-use crate::identity::IdentityRuntime;
-use crate::login;
-use crate::metrics::{self, Name, UpstreamErrorLabels};
-use crate::path::{
+use crate::auth::access::{self, Access, Who};
+use crate::auth::identity::IdentityRuntime;
+use crate::auth::login;
+use crate::forward::body::{ClientBodyError, Completion, RequestBody, ResponseBody};
+use crate::forward::upstream::{ConnectError, Endpoint, SendError, Upstream};
+use crate::frontdoor::connection::ConnState;
+use crate::frontdoor::server::Shared;
+use crate::observe::access_log::AccessRecord;
+use crate::observe::metrics::{self, Name, UpstreamErrorLabels};
+use crate::routing::path::{
     PathError, decode_slashes, normalize_path, normalize_path_keeping_encoded_slashes,
     without_parameters,
 };
-use crate::route::normalize_host;
-use crate::server::Shared;
-use crate::snapshot::{Route, Snapshot};
-use crate::upstream::{ConnectError, Endpoint, SendError, Upstream};
+use crate::routing::snapshot::{Route, Snapshot};
+use crate::routing::table::normalize_host;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -309,7 +309,7 @@ async fn proxy(
 
     // Phase 3: access. An upgrade first: a page on another origin may not open a WebSocket.
     if let Some(refused) =
-        crate::websocket::origin::check(snapshot, conn, ctx, &route, &upstream_req)
+        crate::forward::websocket::origin::check(snapshot, conn, ctx, &route, &upstream_req)
     {
         return Ok(refused);
     }
@@ -353,13 +353,13 @@ async fn proxy(
             return Err(ProxyError::UnexpectedUpgrade);
         }
         // The connection splices the two once hyper has written the `101` (see
-        // [`crate::connection`]); the relay keeps the connection's admission and joins the
+        // [`crate::frontdoor::connection`]); the relay keeps the connection's admission and joins the
         // worker's connection tasks, so shutdown grants it the grace period. A signed-in
         // WebSocket is checked again while it stays open.
         let guard = who
             .and_then(|who| who.session.clone())
             .zip(decided_path)
-            .map(|(session, path)| crate::websocket::Guard {
+            .map(|(session, path)| crate::forward::websocket::Guard {
                 shared: shared.clone(),
                 host: ctx.host.clone(),
                 path,
@@ -443,7 +443,7 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
 }
 
 /// Puts the request's normal path in its URI, for every later phase and the upstream, and
-/// records the path decisions are made on when it differs (see [`crate::path`]).
+/// records the path decisions are made on when it differs (see [`crate::routing::path`]).
 fn normalize_request_path(
     ctx: &mut RequestCtx,
     req: &mut Request<Incoming>,
@@ -617,7 +617,7 @@ static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-gro
 static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
 
 /// Phase 5, identity part: whatever a gateway alone may say and the client claimed goes (see
-/// [`crate::header`]), the proxy's cookies go, and a verified identity is set.
+/// [`crate::forward::header`]), the proxy's cookies go, and a verified identity is set.
 fn set_identity_headers(
     headers: &mut HeaderMap,
     snapshot: &Snapshot,
@@ -628,9 +628,9 @@ fn set_identity_headers(
         .identity
         .as_deref()
         .map_or(&[][..], |i| i.strip_headers.as_slice());
-    crate::header::strip_gateway_claims(headers, extra);
+    crate::forward::header::strip_gateway_claims(headers, extra);
     if headers.contains_key(header::COOKIE) {
-        crate::session::strip_session_cookies(headers);
+        crate::auth::session::strip_session_cookies(headers);
     }
     let (Some(who), Some(identity)) = (who, snapshot.identity.as_deref()) else {
         return;
@@ -647,7 +647,7 @@ fn set_identity_headers(
             headers.insert(name.clone(), value.clone());
         }
     }
-    let now = crate::session::unix_now();
+    let now = crate::auth::session::unix_now();
     if let Some(value) = who.cached_assertion(&ctx.host, now) {
         headers.insert(X_SEKISHO_ASSERTION.clone(), value);
         return;

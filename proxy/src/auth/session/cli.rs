@@ -1,5 +1,5 @@
 //! What the `sekisho` CLI's login carries between the proxy's endpoints (see
-//! `crate::cli_login`), sealed like cookies but each with a purpose of its own in the associated
+//! `crate::auth::cli_login`), sealed like cookies but each with a purpose of its own in the associated
 //! data, so none of them opens as a cookie, a handoff code or one of the others:
 //!
 //! - the one-time **authorization code** (`sekisho-cli-code-v1`), 60 s, which the auth host

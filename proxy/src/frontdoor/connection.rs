@@ -39,10 +39,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::body::ResponseBody;
 use crate::config::Limits;
-use crate::server::{Shared, stopped};
-use crate::websocket::Guard;
+use crate::forward::body::ResponseBody;
+use crate::forward::websocket::Guard;
+use crate::frontdoor::server::{Shared, stopped};
 
 /// How long an HTTP/1.1 connection stays quiet before it gives its buffers back.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
@@ -286,9 +286,9 @@ fn service(
         let state = state.clone();
         async move {
             Ok::<_, Infallible>(if redirect {
-                crate::server::redirect_to_https(&shared, &req)
+                crate::frontdoor::server::redirect_to_https(&shared, &req)
             } else {
-                crate::proxy::handle(shared, state, req).await
+                crate::request::handle(shared, state, req).await
             })
         }
     })
@@ -515,7 +515,7 @@ async fn splice_upgraded<IO>(
     };
     let mut upstream = TokioIo::new(upstream);
     if let Some(guard) = guard {
-        crate::websocket::relay(client, upstream, guard).await;
+        crate::forward::websocket::relay(client, upstream, guard).await;
         return;
     }
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {

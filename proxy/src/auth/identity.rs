@@ -4,8 +4,8 @@
 //! CLI's device logins in flight).
 //!
 //! Built with the snapshot; an unchanged `identity:` section keeps the previous runtime, and its
-//! state always carries over. This module does no request handling: see [`crate::access`] for
-//! the access phase and [`crate::login`] for the `/.sekisho/` endpoints.
+//! state always carries over. This module does no request handling: see [`crate::auth::access`] for
+//! the access phase and [`crate::auth::login`] for the `/.sekisho/` endpoints.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -23,11 +23,11 @@ use sekisho_identity::signing::SigningKeys;
 use sekisho_identity::user_token::UserTokens;
 use tokio::sync::OnceCell;
 
-use crate::access::Who;
-use crate::cli_login::DeviceGrants;
+use crate::auth::access::Who;
+use crate::auth::cli_login::DeviceGrants;
+use crate::auth::session::{ReplayError, ReplayGuard, SessionKeys, unix_now};
 use crate::config::{Config, IdentityConfig};
 use crate::policy::Subject;
-use crate::session::{ReplayError, ReplayGuard, SessionKeys, unix_now};
 
 /// Why the identity runtime could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +36,10 @@ pub enum IdentityError {
     SessionKeys {
         path: PathBuf,
         #[source]
-        source: crate::session::KeyError,
+        source: crate::auth::session::KeyError,
     },
     #[error("cannot generate session keys")]
-    GenerateSessionKeys(#[source] crate::session::KeyError),
+    GenerateSessionKeys(#[source] crate::auth::session::KeyError),
     #[error("cannot load the signing keys from {path}")]
     SigningKeys {
         path: PathBuf,
@@ -124,7 +124,7 @@ impl ProviderSlot {
 /// State that survives configuration reloads.
 pub struct IdentityState {
     pub replay: ReplayGuard,
-    /// The CLI's device logins waiting for approval (`crate::cli_login`).
+    /// The CLI's device logins waiting for approval (`crate::auth::cli_login`).
     pub device_grants: DeviceGrants,
     /// Back-channel logout tokens already acted on, by a hash of `issuer \0 jti`, until they
     /// could no longer verify (each works once).
@@ -387,7 +387,7 @@ impl IdentityRuntime {
             .strip_headers
             .iter()
             .map(|name| {
-                // Compared with `_` read as `-` (see `crate::header`).
+                // Compared with `_` read as `-` (see `crate::forward::header`).
                 HeaderName::from_bytes(name.replace('_', "-").as_bytes())
                     .map_err(|_| IdentityError::StripHeader(name.clone()))
             })

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::access_log::AccessRecord;
-use crate::connection::InFlight;
-use crate::server::Shared;
+use crate::frontdoor::connection::InFlight;
+use crate::frontdoor::server::Shared;
+use crate::observe::access_log::AccessRecord;
 
 /// A client's request body on its way upstream.
 pub struct RequestBody {

@@ -15,12 +15,12 @@ use std::net::Ipv6Addr;
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 
-use crate::access::{html, json_error};
-use crate::body::ResponseBody;
-use crate::connection::ConnState;
-use crate::page;
-use crate::proxy::RequestCtx;
-use crate::snapshot::{Route, Snapshot};
+use crate::auth::access::{html, json_error};
+use crate::forward::body::ResponseBody;
+use crate::frontdoor::connection::ConnState;
+use crate::request::RequestCtx;
+use crate::respond::page;
+use crate::routing::snapshot::{Route, Snapshot};
 
 /// A web origin (RFC 6454 §4): scheme, host and port, as a browser's `Origin` header writes it
 /// (`https://tools.example.com`, `http://127.0.0.1:8080`). Hosts are kept lowercase, the
@@ -199,7 +199,7 @@ pub(crate) fn check<B>(
     route: &Route,
     req: &Request<B>,
 ) -> Option<Response<ResponseBody>> {
-    if !crate::proxy::is_upgrade_request(req) {
+    if !crate::request::is_upgrade_request(req) {
         return None;
     }
     let headers = req.headers();

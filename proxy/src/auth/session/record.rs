@@ -332,7 +332,7 @@ pub(super) mod tests {
 
     use super::*;
 
-    pub(in crate::session) fn sample(host: &str, groups: usize) -> SessionRecord {
+    pub(in crate::auth::session) fn sample(host: &str, groups: usize) -> SessionRecord {
         SessionRecord {
             id: SessionId([7; 16]),
             subject: "110169484474386276334".to_owned(),

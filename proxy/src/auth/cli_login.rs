@@ -1,5 +1,5 @@
 //! The proxy as the authorization server of the `sekisho` CLI: the endpoints under
-//! `/.sekisho/cli/`, dispatched from [`crate::login`]. The person logs in through the proxy's
+//! `/.sekisho/cli/`, dispatched from [`crate::auth::login`]. The person logs in through the proxy's
 //! ordinary browser login on the auth host; these endpoints turn that session into short-lived
 //! Sekisho user tokens plus a refresh token for the CLI. See `docs/identity.md` for the flows.
 //!
@@ -30,14 +30,14 @@ use sekisho_identity::signing::Identity;
 use serde_json::json;
 use url::Url;
 
-use crate::access::{auth_origin, html};
-use crate::body::ResponseBody;
-use crate::identity::IdentityRuntime;
-use crate::login::{current_session, login_again_url, login_error, param, query, redirect};
-use crate::page;
-use crate::proxy::RequestCtx;
-use crate::session::{ReplayError, SessionRecord, unix_now};
-use crate::snapshot::Snapshot;
+use crate::auth::access::{auth_origin, html};
+use crate::auth::identity::IdentityRuntime;
+use crate::auth::login::{current_session, login_again_url, login_error, param, query, redirect};
+use crate::auth::session::{ReplayError, SessionRecord, unix_now};
+use crate::forward::body::ResponseBody;
+use crate::request::RequestCtx;
+use crate::respond::page;
+use crate::routing::snapshot::Snapshot;
 
 pub use device::DeviceGrants;
 use device::{DEVICE_CODE_TTL, Poll, UserCode};
@@ -124,7 +124,7 @@ fn config(
     let mut body = json!({"auth_origin": auth_origin(identity, ctx)});
     let query = query(req);
     if let Some(host) = param(&query, "host") {
-        let host = crate::route::normalize_host(host);
+        let host = crate::routing::table::normalize_host(host);
         let serves = host.is_some_and(|h| {
             h == identity.auth_host
                 || snapshot.routes.knows_host(&h)

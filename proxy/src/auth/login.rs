@@ -1,6 +1,6 @@
 //! The endpoints the proxy answers itself: `/.sekisho/*` on every host, and the auth host
 //! (login, callback, back-channel logout, the JWKS of identity assertions). The CLI's endpoints
-//! under `/.sekisho/cli/` are in [`crate::cli_login`]. See `docs/identity.md` for the flow.
+//! under `/.sekisho/cli/` are in [`crate::auth::cli_login`]. See `docs/identity.md` for the flow.
 
 use std::time::Duration;
 
@@ -13,16 +13,16 @@ use sekisho_identity::oidc::PendingLogin;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::access::{auth_origin, html, json_error, session_set_cookie, who_from_record};
-use crate::body::ResponseBody;
-use crate::identity::IdentityRuntime;
-use crate::page;
-use crate::policy::Decision;
-use crate::proxy::RequestCtx;
-use crate::session::{
+use crate::auth::access::{auth_origin, html, json_error, session_set_cookie, who_from_record};
+use crate::auth::identity::IdentityRuntime;
+use crate::auth::session::{
     ReplayError, SessionId, SessionRecord, clear_cookie, session_cookie, unix_now,
 };
-use crate::snapshot::Snapshot;
+use crate::forward::body::ResponseBody;
+use crate::policy::Decision;
+use crate::request::RequestCtx;
+use crate::respond::page;
+use crate::routing::snapshot::Snapshot;
 
 const LOGIN_COOKIE: &str = "__Host-sekisho-login";
 /// How long a login may take at the provider.
@@ -51,8 +51,8 @@ pub(crate) async fn handle(
     let on_auth_host = ctx.host == identity.auth_host;
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    if path.starts_with(crate::cli_login::PREFIX) {
-        return crate::cli_login::handle(snapshot, identity, ctx, req).await;
+    if path.starts_with(crate::auth::cli_login::PREFIX) {
+        return crate::auth::cli_login::handle(snapshot, identity, ctx, req).await;
     }
     match (path, on_auth_host) {
         ("/.sekisho/login", true) if get => login(snapshot, identity, ctx, &req).await,
@@ -141,7 +141,7 @@ fn return_url(
     if url.port() != port.filter(|&p| p != 443) {
         return None;
     }
-    if !crate::path::normalize_path(url.path()).is_ok_and(|normal| normal == url.path()) {
+    if !crate::routing::path::normalize_path(url.path()).is_ok_and(|normal| normal == url.path()) {
         return None;
     }
     let host = match url.host()? {
@@ -158,7 +158,7 @@ fn return_url(
 /// under `/.sekisho/cli/` (authorize, device approval). Not the login, callback or logout
 /// endpoints, nor anything else. The path is the parser's, with dot segments resolved.
 fn is_auth_host_return_path(path: &str) -> bool {
-    path == "/" || path == "/.sekisho/me" || path.starts_with(crate::cli_login::PREFIX)
+    path == "/" || path == "/.sekisho/me" || path.starts_with(crate::auth::cli_login::PREFIX)
 }
 
 pub(crate) fn redirect(

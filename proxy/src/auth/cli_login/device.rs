@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use ring::rand::{SecureRandom as _, SystemRandom};
 
-use crate::session::SessionRecord;
+use crate::auth::session::SessionRecord;
 
 /// How long a device grant may wait for its approval.
 pub(crate) const DEVICE_CODE_TTL: Duration = Duration::from_secs(600);
@@ -326,7 +326,7 @@ impl DeviceGrants {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionId;
+    use crate::auth::session::SessionId;
 
     const NOW: u64 = 1_800_000_000_000;
 

@@ -11,14 +11,14 @@ use std::time::Duration;
 use sekisho_identity::webhook::WebhookSecret;
 use sekisho_wire::agent_auth::AgentPublicKey;
 
+use crate::auth::identity::{IdentityError, IdentityRuntime};
 use crate::config::{Config, HostConfig, Limits, PathConfig};
-use crate::identity::{IdentityError, IdentityRuntime};
-use crate::metrics::{Metrics, Name, RouteMetrics};
+use crate::forward::upstream::Upstream;
+use crate::forward::websocket::origin::Origin;
+use crate::frontdoor::tls::TlsError;
+use crate::observe::metrics::{Metrics, Name, RouteMetrics};
 use crate::policy::RouteAccess;
-use crate::route::RouteTable;
-use crate::tls::TlsError;
-use crate::upstream::Upstream;
-use crate::websocket::origin::Origin;
+use crate::routing::table::RouteTable;
 
 /// Why a snapshot could not be built from a valid configuration.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +234,7 @@ impl Snapshot {
     pub fn own_endpoint(&self, host: &str, path: &str) -> Option<&IdentityRuntime> {
         self.identity
             .as_deref()
-            .filter(|identity| crate::login::is_own(identity, host, path))
+            .filter(|identity| crate::auth::login::is_own(identity, host, path))
     }
 
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {

@@ -23,17 +23,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::access_log::AccessLog;
-use crate::body::ResponseBody;
 use crate::config::{Config, ConfigError, HttpMode};
-use crate::connection::{self, Admission, ConnState};
-use crate::metrics::{ListenerLabels, Metrics, Name, RouteMetrics};
-use crate::proxy::{new_request_id, status_page};
-use crate::reload::{self, Reloader};
-use crate::route::normalize_host;
-use crate::snapshot::Snapshot;
-use crate::tls::{self, CertStore, TlsError};
-use crate::{admin, worker};
+use crate::forward::body::ResponseBody;
+use crate::frontdoor::connection::{self, Admission, ConnState};
+use crate::frontdoor::reload::{self, Reloader};
+use crate::frontdoor::tls::{self, CertStore, TlsError};
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{ListenerLabels, Metrics, Name, RouteMetrics};
+use crate::request::{new_request_id, status_page};
+use crate::routing::snapshot::Snapshot;
+use crate::routing::table::normalize_host;
+use crate::{frontdoor::admin, frontdoor::worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,7 +42,7 @@ pub enum StartError {
     #[error("TLS setup failed")]
     Tls(#[from] TlsError),
     #[error("cannot set up the configuration's routes")]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] crate::routing::snapshot::SnapshotError),
     #[error("none of the configured certificates could be loaded")]
     NoCertificate,
     #[error("cannot listen on {addr}")]

@@ -34,10 +34,10 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
 use crate::config::{Ejection, UpstreamConfig, UpstreamProtocol};
-use crate::tls::{self, TlsError};
-use crate::worker;
+use crate::forward::body::RequestBody;
+use crate::frontdoor::tls::{self, TlsError};
+use crate::frontdoor::worker;
 
 pub type HttpClient = Client<Connector, RequestBody>;
 

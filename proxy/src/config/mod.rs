@@ -16,11 +16,11 @@ use sekisho_identity::bearer::BearerIssuerConfig;
 use sekisho_identity::oidc::ProviderConfig;
 use serde::Deserialize;
 
+use crate::forward::websocket::origin::Origin;
 use crate::policy::AccessPolicy;
-use crate::websocket::origin::Origin;
 
 /// The default configuration used when no `--config` is given: the local example.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../deploy/examples/local.yaml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../deploy/examples/local.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -417,7 +417,7 @@ pub struct PathConfig {
     #[serde(default)]
     pub upgrades: Option<Vec<String>>,
     /// Origins besides the route's own whose pages may open WebSockets here (bare origins:
-    /// `https://host[:port]`); the host's when absent. See [`crate::websocket::origin`].
+    /// `https://host[:port]`); the host's when absent. See [`crate::forward::websocket::origin`].
     #[serde(default)]
     pub websocket_origins: Option<Vec<String>>,
 }
@@ -517,7 +517,7 @@ impl Config {
     /// has checked that each has one).
     fn canonicalize_request_paths(&mut self) {
         let canonical = |path: &mut String| {
-            if let Ok(normal) = crate::path::config_path(path) {
+            if let Ok(normal) = crate::routing::path::config_path(path) {
                 *path = normal;
             }
         };
@@ -679,8 +679,8 @@ impl Config {
                 if let Err(message) = check_path(&path.path) {
                     problem(format!("{field}.path"), message);
                 }
-                let canonical =
-                    crate::path::config_path(&path.path).unwrap_or_else(|_| path.path.clone());
+                let canonical = crate::routing::path::config_path(&path.path)
+                    .unwrap_or_else(|_| path.path.clone());
                 if !seen_paths.insert((canonical, path.path_type)) {
                     problem(
                         format!("{field}.path"),
@@ -875,7 +875,7 @@ fn check_upgrade_token(token: &str) -> Result<(), String> {
 }
 
 fn check_path(path: &str) -> Result<(), String> {
-    crate::path::config_path(path).map(drop)
+    crate::routing::path::config_path(path).map(drop)
 }
 
 #[cfg(test)]

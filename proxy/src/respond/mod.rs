@@ -1,0 +1,3 @@
+//! What the proxy answers itself.
+
+pub mod page;
