@@ -36,8 +36,9 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, header};
 use serde::Deserialize;
 
-use crate::config::{PathType, Problem, is_name};
+use crate::config::problem::{Problem, is_name};
 use crate::routing::path::prefix_matches;
+use crate::routing::table::PathType;
 
 /// Who may pass, and optionally per method and path. See the module documentation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

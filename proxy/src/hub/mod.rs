@@ -15,7 +15,7 @@
 //! longer has.
 
 mod agent;
-pub mod config;
+
 mod tunnel;
 
 use std::collections::HashMap;

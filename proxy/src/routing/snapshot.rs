@@ -12,9 +12,9 @@ use sekisho_identity::webhook::WebhookSecret;
 use sekisho_wire::agent_auth::AgentPublicKey;
 
 use crate::auth::identity::{IdentityError, IdentityRuntime};
+use crate::config::origin::Origin;
 use crate::config::{Config, HostConfig, Limits, PathConfig};
 use crate::forward::upstream::Upstream;
-use crate::forward::websocket::origin::Origin;
 use crate::frontdoor::tls::TlsError;
 use crate::observe::metrics::{Metrics, Name, RouteMetrics};
 use crate::policy::RouteAccess;
@@ -213,7 +213,7 @@ impl Snapshot {
         let agents = config
             .agents
             .iter()
-            .map(|(name, agent)| (name.clone(), crate::hub::config::public_keys(agent)))
+            .map(|(name, agent)| (name.clone(), agent.public_keys()))
             .collect();
 
         Ok(Self {

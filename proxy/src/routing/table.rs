@@ -9,7 +9,16 @@
 
 use std::collections::HashMap;
 
-use crate::config::PathType;
+use serde::Deserialize;
+
+/// Kubernetes Ingress `pathType`: `Prefix` (element-wise) or `Exact`. `ImplementationSpecific`
+/// has no meaning of its own here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+pub enum PathType {
+    #[default]
+    Prefix,
+    Exact,
+}
 
 #[derive(Debug)]
 pub struct RouteTable<T> {

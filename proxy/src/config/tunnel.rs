@@ -17,7 +17,7 @@ use std::time::Duration;
 use sekisho_wire::agent_auth::AgentPublicKey;
 use serde::Deserialize;
 
-use crate::config::{Config, Problem, check_host_pattern};
+use super::problem::{Names, Problems, check_host_pattern};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,17 +46,18 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// The keys of an agent entry, parsed (the configuration was validated, so all parse).
-pub fn public_keys(agent: &AgentConfig) -> Vec<AgentPublicKey> {
-    agent
-        .public_keys
-        .iter()
-        .filter_map(|k| k.parse().ok())
-        .collect()
+impl AgentConfig {
+    /// The agent's keys, parsed (the configuration was validated, so all parse).
+    pub fn public_keys(&self) -> Vec<AgentPublicKey> {
+        self.public_keys
+            .iter()
+            .filter_map(|k| k.parse().ok())
+            .collect()
+    }
 }
 
 /// Whether `target` is `host:port` with a port above zero.
-pub fn check_target(target: &str) -> Result<(), String> {
+pub(crate) fn check_target(target: &str) -> Result<(), String> {
     let bad = || format!("`{target}` is not host:port");
     let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
     let host = host
@@ -69,19 +70,16 @@ pub fn check_target(target: &str) -> Result<(), String> {
     }
 }
 
-/// Every problem of the two sections.
-pub fn validate(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    validate_agents(&config.agents, &mut problems);
+pub(crate) fn validate_tunnels(
+    tunnels: &[TunnelConfig],
+    names: &Names<'_>,
+    problems: &mut Problems,
+) {
     let mut hosts = HashSet::new();
-    for (i, tunnel) in config.tunnels.iter().enumerate() {
+    for (i, tunnel) in tunnels.iter().enumerate() {
         let field = format!("tunnels[{i}]");
-        let mut problem = |name: &str, message: String| {
-            problems.push(Problem {
-                field: format!("{field}{name}"),
-                message,
-            })
-        };
+        let mut problem =
+            |name: &str, message: String| problems.add(format!("{field}{name}"), message);
         match check_host_pattern(&tunnel.host) {
             Err(message) => problem(".host", message),
             Ok(()) if tunnel.host.starts_with("*.") => {
@@ -96,15 +94,15 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             problem(".target", message);
         }
         if let Some(agent) = &tunnel.agent
-            && !config.agents.contains_key(agent)
+            && !names.agents.contains(agent.as_str())
         {
             problem(".agent", format!("no agent named `{agent}` under `agents`"));
         }
         match &tunnel.policy {
-            Some(name) if !config.policies.contains_key(name) => {
+            Some(name) if !names.policies.contains(name.as_str()) => {
                 problem(".policy", format!("no policy named `{name}`"))
             }
-            Some(_) if config.identity.is_none() => problem(
+            Some(_) if !names.identity => problem(
                 ".policy",
                 "tunnels need the `identity` section: their users log in with `sekisho login`"
                     .into(),
@@ -115,31 +113,26 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             problem(".connect_timeout", "must be longer than zero".into());
         }
     }
-    problems
 }
 
-fn validate_agents(agents: &BTreeMap<String, AgentConfig>, problems: &mut Vec<Problem>) {
+pub(crate) fn validate_agents(agents: &BTreeMap<String, AgentConfig>, problems: &mut Problems) {
     for (name, agent) in agents {
         let field = format!("agents.{name}");
         if !sekisho_wire::is_name(name) {
-            problems.push(Problem {
-                field: field.clone(),
-                message: "agent names are 1 to 63 lowercase letters, digits, '-', '_' and '.'"
-                    .into(),
-            });
+            problems.add(
+                field.clone(),
+                "agent names are 1 to 63 lowercase letters, digits, '-', '_' and '.'",
+            );
         }
         if agent.public_keys.is_empty() {
-            problems.push(Problem {
-                field: format!("{field}.public_keys"),
-                message: "needs at least one key (sekisho-agent init prints it)".into(),
-            });
+            problems.add(
+                format!("{field}.public_keys"),
+                "needs at least one key (sekisho-agent init prints it)",
+            );
         }
         for (i, key) in agent.public_keys.iter().enumerate() {
             if let Err(error) = key.parse::<AgentPublicKey>() {
-                problems.push(Problem {
-                    field: format!("{field}.public_keys[{i}]"),
-                    message: error.to_string(),
-                });
+                problems.add(format!("{field}.public_keys[{i}]"), error.to_string());
             }
         }
     }
@@ -150,6 +143,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::{Config, Problem};
 
     const KEY: &str = "ed25519:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
@@ -186,7 +180,7 @@ hosts:
             "  app: {endpoints: ['http://127.0.0.1:3000']}\n  nas-web: {agent: nas, endpoints: ['http://127.0.0.1:8080']}",
         );
         let config = Config::parse(&text, Path::new("t.yaml"), Path::new("/")).unwrap();
-        assert_eq!(public_keys(&config.agents["nas"]).len(), 1);
+        assert_eq!(config.agents["nas"].public_keys().len(), 1);
         assert_eq!(config.tunnels[0].agent.as_deref(), Some("nas"));
         assert_eq!(config.tunnels[1].connect_timeout, Duration::from_secs(2));
         assert_eq!(config.upstreams["nas-web"].agent.as_deref(), Some("nas"));
