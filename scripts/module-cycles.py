@@ -5,10 +5,11 @@ Usage: scripts/module-cycles.py [CRATE_SRC_DIR ...]   (default: every workspace 
 
 A module is a file: `src/lib.rs` or `src/main.rs` is the crate root, `src/a.rs` and
 `src/a/mod.rs` are `a`, `src/a/b.rs` is `a::b`. Every path a file names that starts with
-`crate::`, `super::` or `self::` (in `use` lines, with `{…}` groups expanded, and in code) is
-resolved to the longest known module it starts with, and counts as an edge from the file's
-module to that one. A path into a module's own descendants is not an edge (a parent declares
-its children), nor is a path to the module itself. `#[cfg(test)]` blocks and test files
+`crate::`, `super::` or `self::` (in `use` lines, with `{…}` groups expanded, and in code), or
+in a `use` line with the name of one of the module's children, is resolved to the longest
+known module it starts with, and counts as an edge from the file's module to that one: a
+parent that re-exports a child depends on it. Declaring a child (`mod a;`) is not an edge, nor
+is a path to the module itself. `#[cfg(test)]` blocks and test files
 (`tests.rs`) are left out: a test may reach across layers. Cycles are strongly connected
 components of more than one module; each is printed with the edges that close it, and the
 script exits 1.
@@ -137,11 +138,19 @@ def check(src: Path) -> list[list[tuple]]:
             target = resolve(path, here, f.name == "mod.rs", modules)
             if target is None or target == here:
                 continue
-            if target[: len(here)] == here and len(target) > len(here):
-                continue  # a child of this module
-            if here[: len(target)] == target and target == ():
-                continue  # the crate root (lib.rs re-exports)
+            if target == ():
+                continue  # the crate root (lib.rs only declares and re-exports)
             edges[here].add(target)
+        # `use child::…` in a module that has that child.
+        for m in re.finditer(r"\buse\s+([^;]+);", text):
+            tree = m.group(1).strip()
+            first = re.split(r"::|\s|\{", tree, maxsplit=1)[0]
+            if here + (first,) in modules:
+                for path in expand_groups("self::" + tree if "{" in tree else ""):
+                    pass
+                target = resolve("self::" + re.sub(r"::\{.*", "", tree, flags=re.S), here, True, modules)
+                if target not in (None, here):
+                    edges[here].add(target)
     return sccs(edges), edges
 
 

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod request;
 pub mod respond;
 pub mod routing;
+pub mod state;
 
 pub use frontdoor::server::{Options, Running, StartError, start};
 pub use sekisho_wire::error_chain;

@@ -16,9 +16,10 @@ use sekisho_identity::webhook::WebhookError;
 
 use crate::auth::identity::IdentityRuntime;
 use crate::auth::session::{SessionRecord, session_cookie, set_cookie, unix_now};
-use crate::forward::body::{RequestBody, ResponseBody};
+use crate::forward::body::RequestBody;
 use crate::policy::{Decision, Identity, RouteAccess, claim_values};
-use crate::request::RequestCtx;
+use crate::request::context::RequestCtx;
+use crate::respond::body::ResponseBody;
 use crate::respond::page;
 use crate::routing::snapshot::{Route, Snapshot};
 

@@ -34,8 +34,8 @@ use crate::auth::access::{auth_origin, html};
 use crate::auth::identity::IdentityRuntime;
 use crate::auth::login::{current_session, login_again_url, login_error, param, query, redirect};
 use crate::auth::session::{ReplayError, SessionRecord, unix_now};
-use crate::forward::body::ResponseBody;
-use crate::request::RequestCtx;
+use crate::request::context::RequestCtx;
+use crate::respond::body::ResponseBody;
 use crate::respond::page;
 use crate::routing::snapshot::Snapshot;
 

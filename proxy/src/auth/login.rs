@@ -18,9 +18,9 @@ use crate::auth::identity::IdentityRuntime;
 use crate::auth::session::{
     ReplayError, SessionId, SessionRecord, clear_cookie, session_cookie, unix_now,
 };
-use crate::forward::body::ResponseBody;
 use crate::policy::Decision;
-use crate::request::RequestCtx;
+use crate::request::context::RequestCtx;
+use crate::respond::body::ResponseBody;
 use crate::respond::page;
 use crate::routing::snapshot::Snapshot;
 

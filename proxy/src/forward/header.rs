@@ -1,5 +1,7 @@
-//! Request headers a client may not pass on: claims that only a gateway may make.
+//! Headers on their way through the proxy: what describes one connection (hop-by-hop), where a
+//! request came from (forwarding headers), upgrades, and claims that only a gateway may make.
 //!
+//! **Claims.**
 //! An upstream behind Sekisho trusts what the proxy tells it: who the user is, where the
 //! request came from, which URL and method were asked for. A client that sends one of those
 //! headers itself is claiming what only the gate may say, so every such header is removed before
@@ -12,7 +14,10 @@
 //! `X-Forwarded-User` and `X_Forwarded_User` into `HTTP_X_FORWARDED_USER`. This module is pure
 //! header logic: it must not depend on the rest of the proxy.
 
-use http::header::{HeaderMap, HeaderName};
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
 
 /// Whole names (lowercase, with `-`) that only a gateway may send.
 const EXACT: &[&str] = &[
@@ -124,6 +129,155 @@ fn is_claim_name(name: &str) -> bool {
         return false;
     }
     EXACT.contains(&name) || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Named only for an `h2c` upgrade (RFC 7540 §3.2.1), which never passes.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+pub(crate) fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && has_token(req.headers(), &header::CONNECTION, "upgrade")
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1): the
+/// fixed list and whatever `Connection` names. `Upgrade` survives on upgrade exchanges, and
+/// `TE: trailers` (which gRPC needs) survives on requests.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // One pass over the names says which of these are present; only those are looked up.
+    let present = headers
+        .keys()
+        .fold(0, |present, name| present | hop_by_hop_bit(name));
+    if present == 0 && !upgrade {
+        return;
+    }
+    if present & CONNECTION_BIT != 0 {
+        // Every `Connection` header's tokens. `keep-alive` names a header the fixed list
+        // removes anyway, and `close` names none: neither needs a lookup.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|list| list.split(',').map(str::trim))
+            .filter(|token| {
+                !(token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("te")
+                    || (upgrade && token.eq_ignore_ascii_case("upgrade")))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        let bit = 1 << index;
+        if present & bit == 0 {
+            continue;
+        }
+        let keep = match bit {
+            TE_BIT => headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers")),
+            UPGRADE_BIT => upgrade,
+            _ => false,
+        };
+        if !keep {
+            headers.remove(*name);
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The headers that are always connection-level. A message's set of them is a bit mask:
+/// bit `i` stands for `HOP_BY_HOP[i]`.
+static HOP_BY_HOP: [&HeaderName; 10] = [
+    &header::CONNECTION,
+    &header::TE,
+    &header::UPGRADE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &HTTP2_SETTINGS,
+];
+const CONNECTION_BIT: u16 = 1 << 0;
+const TE_BIT: u16 = 1 << 1;
+const UPGRADE_BIT: u16 = 1 << 2;
+
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    HOP_BY_HOP
+        .iter()
+        .position(|hop| name == *hop)
+        .map_or(0, |index| 1 << index)
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `X-Real-IP`. From a trusted proxy, the chain is
+/// extended and its proto and host kept; from anyone else, whatever the client claimed is
+/// replaced (and `Forwarded` dropped).
+pub(crate) fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_header: &HeaderValue,
+    trusted: bool,
+    tls: bool,
+    raw_host: Option<&HeaderValue>,
+) {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    if trusted {
+        let chain = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let value = if chain.is_empty() {
+            peer_header.clone()
+        } else {
+            HeaderValue::from_str(&format!("{chain}, {peer}")).unwrap_or(peer_header.clone())
+        };
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = raw_host
+        {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        if !headers.contains_key(&X_REAL_IP) {
+            headers.insert(X_REAL_IP.clone(), peer_header.clone());
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer_header.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        match raw_host {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        headers.insert(X_REAL_IP.clone(), peer_header.clone());
+        headers.remove(&FORWARDED);
+    }
 }
 
 #[cfg(test)]
@@ -254,5 +408,108 @@ mod tests {
         let mut sorted = names;
         sorted.sort();
         assert_eq!(strip(&names, &[]), sorted);
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn headers_named_in_any_connection_header_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-second-hop, close"),
+            ("x-second-hop", "1"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_and_upgrades_survive() {
+        let mut map = headers(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map["te"], "trailers");
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_forge_forwarding_headers() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let host = HeaderValue::from_static("app.test");
+        set_forwarding_headers(
+            &mut map,
+            peer,
+            &HeaderValue::from_static("192.0.2.7"),
+            false,
+            true,
+            Some(&host),
+        );
+        assert_eq!(map["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-forwarded-host"], "app.test");
+        assert_eq!(map["x-real-ip"], "192.0.2.7");
+        assert!(!map.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        set_forwarding_headers(
+            &mut map,
+            peer,
+            &HeaderValue::from_static("10.0.0.9"),
+            true,
+            false,
+            None,
+        );
+        assert_eq!(
+            map["x-forwarded-for"],
+            "198.51.100.1, 198.51.100.2, 10.0.0.9"
+        );
+        assert_eq!(map["x-forwarded-proto"], "https");
     }
 }

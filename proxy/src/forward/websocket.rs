@@ -18,14 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::auth::access::who_from_record;
 use crate::auth::session::{SessionRecord, unix_now};
-use crate::frontdoor::server::Shared;
 use crate::policy::Decision;
+use crate::state::{ClientIo, Shared};
 use frame::{FrameCursor, close_frame};
 
 /// How often an open WebSocket's session and policy are checked again.
@@ -301,6 +303,30 @@ async fn shut_down<C: AsyncWrite + Unpin, U: AsyncWrite + Unpin>(client: &mut C,
         tokio::join!(client.shutdown(), upstream.shutdown())
     })
     .await;
+}
+
+/// Copies bytes both ways between the client and an upgraded upstream connection (WebSocket and
+/// other HTTP/1.1 upgrades) until either side closes.
+pub(crate) async fn splice_upgraded(
+    mut client: ClientIo,
+    upstream: OnUpgrade,
+    guard: Option<Guard>,
+) {
+    let upstream = match upstream.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "upstream upgrade did not complete");
+            return;
+        }
+    };
+    let mut upstream = TokioIo::new(upstream);
+    if let Some(guard) = guard {
+        relay(client, upstream, guard).await;
+        return;
+    }
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::forward::body::ResponseBody;
-use crate::frontdoor::server::Shared;
 use crate::observe::metrics::CertificateLabels;
+use crate::respond::body::ResponseBody;
+use crate::state::Shared;
 
 /// Serves until `stop` turns true. Cancel-safe: the accept loop only awaits `accept`.
 pub(crate) async fn serve(
@@ -25,7 +25,7 @@ pub(crate) async fn serve(
 ) {
     loop {
         let (stream, _) = tokio::select! {
-            _ = crate::frontdoor::server::stopped(&mut stop) => break,
+            _ = crate::state::stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {

@@ -18,181 +18,31 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::Request;
-use http::header::HeaderValue;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{HttpService, service_fn};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, watch};
-use tokio_util::task::TaskTracker;
+use tokio::sync::watch;
 
 use crate::config::Limits;
-use crate::forward::body::ResponseBody;
-use crate::forward::websocket::Guard;
-use crate::frontdoor::server::{Shared, stopped};
+use crate::respond::body::ResponseBody;
+use crate::state::{ConnState, Shared, stopped};
 
 /// How long an HTTP/1.1 connection stays quiet before it gives its buffers back.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The HTTP/2 connection preface, which an h2c client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// One client connection, as the request pipeline sees it.
-#[derive(Debug)]
-pub struct ConnState {
-    pub peer: SocketAddr,
-    /// The peer's IP, formatted once for the forwarding headers.
-    pub peer_ip_header: HeaderValue,
-    pub tls: bool,
-    /// The worker's connection tasks: an upgraded connection's relay joins them, so shutdown
-    /// waits for it like for any other connection.
-    pub(crate) tracker: TaskTracker,
-    active: AtomicBool,
-    /// A write to the client is waiting for the socket: hyper may hold unsent bytes.
-    write_blocked: AtomicBool,
-    /// Bytes of a request arrived that hyper has not handed to the pipeline yet.
-    partial: AtomicBool,
-    inflight: AtomicUsize,
-    /// What takes the socket over once the `101` on its way to the client is written.
-    upgrade: Mutex<Option<Takeover>>,
-    /// Held as long as anything uses the connection, including an upgrade's relay task.
-    _admission: Admission,
-}
-
-/// One request in flight on a connection; see [`ConnState::request_started`].
-#[derive(Debug)]
-pub struct InFlight(Arc<ConnState>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.0.active.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A client connection's place under the connection limit and in the open-connections gauge.
-#[derive(Debug)]
-pub(crate) struct Admission {
-    #[allow(
-        dead_code,
-        reason = "held for its Drop: the connection's place under the limit"
-    )]
-    pub(crate) permit: OwnedSemaphorePermit,
-    pub(crate) open: Gauge,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.open.dec();
-    }
-}
-
-impl ConnState {
-    pub(crate) fn new(
-        peer: SocketAddr,
-        tls: bool,
-        admission: Admission,
-        tracker: TaskTracker,
-    ) -> Self {
-        Self {
-            peer,
-            peer_ip_header: HeaderValue::from_str(&peer.ip().to_string())
-                .expect("an IP address is a valid header value"),
-            tls,
-            tracker,
-            active: AtomicBool::new(true),
-            write_blocked: AtomicBool::new(false),
-            partial: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            upgrade: Mutex::new(None),
-            _admission: admission,
-        }
-    }
-
-    /// Counts a request as in flight until the returned guard is dropped, whether the request
-    /// completes or its future is dropped (client gone, HTTP/2 stream reset).
-    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        self.active.store(true, Ordering::Relaxed);
-        self.partial.store(false, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// Whether hyper can be taken off the connection without losing anything: no write waits
-    /// on the client, and no request is half read (parking then would restart the header-read
-    /// timeout, which a slow client could use to hold the connection forever).
-    fn can_park(&self) -> bool {
-        !self.write_blocked.load(Ordering::Relaxed) && !self.partial.load(Ordering::Relaxed)
-    }
-
-    /// Hands the upstream's side of an HTTP/1.1 upgrade to the connection, which splices it to
-    /// the client once the `101` is written.
-    /// `guard`, when set, re-authorises a WebSocket while it is open.
-    pub(crate) fn upgrade_to(&self, upstream: OnUpgrade, guard: Option<Guard>) {
-        self.take_over(Takeover::Upstream(upstream, Box::new(guard)));
-    }
-
-    /// Says what takes the socket over once the `101` the pipeline answers with is written.
-    pub(crate) fn take_over(&self, takeover: Takeover) {
-        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(takeover);
-    }
-
-    fn take_upgrade(&self) -> Option<Takeover> {
-        self.upgrade
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-
-    /// True when nothing happened since the previous call and no request is in flight.
-    fn idle_since_last_check(&self) -> bool {
-        let was_active = self.active.swap(false, Ordering::Relaxed);
-        !was_active && self.inflight.load(Ordering::Relaxed) == 0
-    }
-}
-
-/// A client socket after a `101`, with whatever hyper had read ahead in front.
-pub(crate) type ClientIo = Box<dyn ClientStream>;
-
-pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
-
-/// The proxy's own handler of an upgraded connection: it gets the socket and the worker's
-/// shutdown flag, and the connection counts as open until it returns.
-pub(crate) type OwnHandler = Box<
-    dyn FnOnce(ClientIo, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send,
->;
-
-/// What takes a client socket over after an HTTP/1.1 `101`.
-pub(crate) enum Takeover {
-    /// Spliced to the upstream's upgraded connection (WebSocket and other upgrades).
-    Upstream(OnUpgrade, Box<Option<Guard>>),
-    /// Served by the proxy itself (agent connections, tunnels).
-    Own(OwnHandler),
-}
-
-impl std::fmt::Debug for Takeover {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Upstream(..) => f.write_str("Takeover::Upstream"),
-            Self::Own(_) => f.write_str("Takeover::Own"),
-        }
-    }
-}
 
 /// A socket that can wait for incoming bytes without reading them.
 pub(crate) trait Readiness {
@@ -288,7 +138,7 @@ fn service(
             Ok::<_, Infallible>(if redirect {
                 crate::frontdoor::server::redirect_to_https(&shared, &req)
             } else {
-                crate::request::handle(shared, state, req).await
+                crate::request::pipeline::serve_request(shared, state, req).await
             })
         }
     })
@@ -454,21 +304,13 @@ where
                     let (client, read_ahead) =
                         parts.io.into_inner().inner.into_parts(parts.read_buf);
                     let client = Rewind::new(read_ahead, client);
-                    match takeover {
-                        Takeover::Upstream(upstream, guard) => {
-                            let relay = splice_upgraded(client, upstream, *guard, state.clone());
-                            state.tracker.spawn(relay);
-                        }
-                        Takeover::Own(handler) => {
-                            let served = handler(Box::new(client), shutdown.clone());
-                            // The connection stays admitted while its handler runs.
-                            let held = state.clone();
-                            state.tracker.spawn(async move {
-                                served.await;
-                                drop(held);
-                            });
-                        }
-                    }
+                    let served = takeover(Box::new(client), shutdown.clone());
+                    // The connection stays admitted while its new owner runs.
+                    let held = state.clone();
+                    state.tracker.spawn(async move {
+                        served.await;
+                        drop(held);
+                    });
                 }
                 return Run::Closed;
             }
@@ -493,33 +335,6 @@ where
                 Pin::new(&mut *conn).graceful_shutdown();
             }
         }
-    }
-}
-
-/// Copies bytes both ways between the client and an upgraded upstream connection (WebSocket and
-/// other HTTP/1.1 upgrades) until either side closes.
-async fn splice_upgraded<IO>(
-    mut client: IO,
-    upstream: OnUpgrade,
-    guard: Option<Guard>,
-    _conn: Arc<ConnState>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let upstream = match upstream.await {
-        Ok(upgraded) => upgraded,
-        Err(error) => {
-            tracing::debug!(%error, "upstream upgrade did not complete");
-            return;
-        }
-    };
-    let mut upstream = TokioIo::new(upstream);
-    if let Some(guard) = guard {
-        crate::forward::websocket::relay(client, upstream, guard).await;
-        return;
-    }
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
     }
 }
 

@@ -11,10 +11,10 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::frontdoor::server::Shared;
 use crate::frontdoor::tls::{self, CertTable};
 use crate::observe::metrics::Metrics;
 use crate::routing::snapshot::Snapshot;
+use crate::state::Shared;
 
 pub(crate) struct Reloader {
     shared: Arc<Shared>,
@@ -68,7 +68,7 @@ impl Reloader {
                     while self.changes.try_recv().is_ok() {}
                 }
                 Some(()) = reload_now.recv() => {}
-                _ = crate::frontdoor::server::stopped(&mut stop) => break,
+                _ = crate::state::stopped(&mut stop) => break,
             }
             self.reload();
             self.update_watches();

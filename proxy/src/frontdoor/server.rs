@@ -18,21 +18,21 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError, HttpMode};
-use crate::forward::body::ResponseBody;
-use crate::frontdoor::connection::{self, Admission, ConnState};
+use crate::config::{Config, ConfigError};
+use crate::frontdoor::connection;
 use crate::frontdoor::reload::{self, Reloader};
 use crate::frontdoor::tls::{self, CertStore, TlsError};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{ListenerLabels, Metrics, Name, RouteMetrics};
-use crate::request::{new_request_id, status_page};
+use crate::respond::body::ResponseBody;
+use crate::respond::{new_request_id, status_page};
 use crate::routing::snapshot::Snapshot;
 use crate::routing::table::normalize_host;
+use crate::state::{Admission, ConnState, Shared, stopped};
 use crate::{frontdoor::admin, frontdoor::worker};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,35 +53,6 @@ pub enum StartError {
     },
     #[error("cannot start a runtime thread")]
     Runtime(#[source] io::Error),
-}
-
-/// State shared by every worker and the control thread.
-#[derive(Debug)]
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub certs: Arc<CertStore>,
-    pub tls: Arc<ServerConfig>,
-    pub metrics: Metrics,
-    pub access_log: AccessLog,
-    /// Metrics for requests that matched no route.
-    pub unrouted: RouteMetrics,
-    /// Connected agents; outlives reloads.
-    pub hub: crate::hub::Hub,
-    connections: Arc<Semaphore>,
-    draining: AtomicBool,
-    redirect_port: u16,
-    http_mode: HttpMode,
-}
-
-impl Shared {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Whether the plain-HTTP listener only redirects to HTTPS.
-    pub(crate) fn redirects_plain_http(&self) -> bool {
-        self.http_mode == HttpMode::Redirect
-    }
 }
 
 /// How the server is started.
@@ -163,11 +134,6 @@ impl ListenerKind {
     }
 }
 
-/// Resolves once the flag turns true (or its sender is gone).
-pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|stopped| *stopped).await;
-}
-
 /// Loads the configuration and certificates, binds every listener and starts the threads.
 pub fn start(options: Options) -> Result<Running, StartError> {
     let config = match &options.config_path {
@@ -226,9 +192,11 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         tls: tls::server_config(certs.clone())?,
         certs,
         metrics,
-        access_log: AccessLog::new(options.access_log.unwrap_or_else(|| Box::new(io::stdout()))),
+        access_log: Arc::new(AccessLog::new(
+            options.access_log.unwrap_or_else(|| Box::new(io::stdout())),
+        )),
         unrouted,
-        hub: crate::hub::Hub::default(),
+        hub: crate::hub::registry::Hub::default(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         draining: AtomicBool::new(false),
         redirect_port: config.listen.redirect_port.unwrap_or(https_addr.port()),

@@ -25,19 +25,20 @@ use sekisho_wire::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::MAX_CLOCK_SKEW_SECS;
+use super::registry::{MAX_CLOCK_SKEW_SECS, switching_protocols};
 use crate::auth::access::json_error;
 use crate::auth::session::unix_now;
-use crate::forward::body::{RequestBody, ResponseBody};
-use crate::frontdoor::connection::{ClientIo, ConnState, Takeover};
-use crate::frontdoor::server::{Shared, stopped};
+use crate::forward::body::RequestBody;
 use crate::observe::metrics::{AgentLabels, ReasonLabels};
-use crate::request::RequestCtx;
+use crate::request::context::RequestCtx;
+use crate::respond::body::ResponseBody;
 use crate::routing::snapshot::Snapshot;
+use crate::state::{ClientIo, ConnState};
+use crate::state::{Shared, stopped};
 
 /// Answers an agent's connect request: `101` and the connection handed to the hub, or a
 /// refusal that says why.
-pub(crate) fn handle(
+pub(crate) fn accept_agent(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     conn: &ConnState,
@@ -66,10 +67,10 @@ pub(crate) fn handle(
     };
     let shared = shared.clone();
     let peer = conn.peer;
-    conn.take_over(Takeover::Own(Box::new(move |io, shutdown| {
+    conn.take_over(Box::new(move |io, shutdown| {
         Box::pin(serve(shared, name, key, peer, io, shutdown))
-    })));
-    super::switching_protocols(AGENT_PROTOCOL)
+    }));
+    switching_protocols(AGENT_PROTOCOL)
 }
 
 type Refusal = (StatusCode, &'static str, String);

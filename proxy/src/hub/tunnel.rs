@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -21,22 +21,22 @@ use sekisho_wire::{COPY_BUFFER, STREAM_HEADER, TUNNEL_PROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::StreamId;
+use super::stream::{Stream, StreamId, lock};
 use crate::auth::access::{auth_origin, bearer_identity, bearer_token, json_error, verify_bearer};
 use crate::auth::session::unix_now;
-use crate::forward::body::ResponseBody;
-use crate::frontdoor::connection::{ConnState, Takeover};
-use crate::frontdoor::server::Shared;
 use crate::observe::metrics::{DirectionLabels, ReasonLabels};
 use crate::policy::{Decision, Identity};
-use crate::request::RequestCtx;
+use crate::request::context::RequestCtx;
+use crate::respond::body::ResponseBody;
 use crate::routing::snapshot::{Snapshot, TunnelRoute};
+use crate::state::ConnState;
+use crate::state::Shared;
 
 /// How often an open tunnel's token and policy are checked again.
 pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Answers a tunnel request.
-pub(crate) async fn handle(
+pub(crate) async fn open_tunnel(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     conn: &ConnState,
@@ -50,7 +50,7 @@ pub(crate) async fn handle(
             // Marks the stream closed however the hand-off ends, even if it never runs (the
             // client went away before the `101`), so the hub forgets it in time.
             let accepted = Accepted(stream);
-            conn.take_over(Takeover::Own(Box::new(move |client, _shutdown| {
+            conn.take_over(Box::new(move |client, _shutdown| {
                 Box::pin(async move {
                     let stream = &accepted.0;
                     match target {
@@ -60,8 +60,8 @@ pub(crate) async fn handle(
                         }
                     }
                 })
-            })));
-            let mut response = super::switching_protocols(TUNNEL_PROTOCOL);
+            }));
+            let mut response = super::registry::switching_protocols(TUNNEL_PROTOCOL);
             response.headers_mut().insert(STREAM_HEADER, id);
             response
         }
@@ -106,77 +106,29 @@ enum Target {
     Agent(hyper::upgrade::Upgraded),
 }
 
-/// An accepted tunnel: what it was allowed by, to ask again while it is open, and once it has
-/// closed, why.
-pub(crate) struct Stream {
-    pub(super) id: StreamId,
-    shared: Arc<Shared>,
-    host: String,
-    user: Arc<str>,
-    /// Who the token was for: a renewal must be for the same person.
-    issuer: String,
-    subject: String,
-    /// The newest token the client presented (the first, or one from a renewal).
-    token: Mutex<String>,
-    closed: Mutex<Option<Closed>>,
-}
-
-impl std::fmt::Debug for Stream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream")
-            .field("host", &self.host)
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
-
-struct Closed {
-    at: Instant,
-    error: Option<TunnelError>,
-    reason: String,
-}
-
-impl Stream {
-    pub(super) fn closed_since(&self) -> Option<Instant> {
-        lock(&self.closed).as_ref().map(|c| c.at)
-    }
-
-    fn close(&self, error: Option<TunnelError>, reason: String) {
-        *lock(&self.closed) = Some(Closed {
-            at: Instant::now(),
-            error,
-            reason,
-        });
-    }
-
-    /// `None` while the tunnel may stay open; else why it must close.
-    async fn check(&self) -> Option<(TunnelError, &'static str)> {
-        let snapshot = self.shared.snapshot.load_full();
-        let Some(route) = snapshot.tunnels.get(&self.host) else {
-            return Some((TunnelError::UnknownHost, "the tunnel route was removed"));
-        };
-        let Some(identity) = snapshot.identity.as_deref() else {
-            return Some((TunnelError::NotLoggedIn, "login is no longer configured"));
-        };
-        let token = lock(&self.token).clone();
-        let person = match verify_bearer(identity, &token, unix_now()).await {
-            Ok(claims) => bearer_identity(claims),
-            Err(_) => {
-                return Some((
-                    TunnelError::NotLoggedIn,
-                    "the login expired or was revoked (run `sekisho login`)",
-                ));
-            }
-        };
-        match decide(route, &person) {
-            Decision::Allow { .. } => None,
-            _ => Some((TunnelError::Denied, "the policy no longer allows you here")),
+/// `None` while the tunnel may stay open; else why it must close.
+async fn still_allowed(shared: &Shared, stream: &Stream) -> Option<(TunnelError, &'static str)> {
+    let snapshot = shared.snapshot.load_full();
+    let Some(route) = snapshot.tunnels.get(&stream.host) else {
+        return Some((TunnelError::UnknownHost, "the tunnel route was removed"));
+    };
+    let Some(identity) = snapshot.identity.as_deref() else {
+        return Some((TunnelError::NotLoggedIn, "login is no longer configured"));
+    };
+    let token = lock(&stream.token).clone();
+    let person = match verify_bearer(identity, &token, unix_now()).await {
+        Ok(claims) => bearer_identity(claims),
+        Err(_) => {
+            return Some((
+                TunnelError::NotLoggedIn,
+                "the login expired or was revoked (run `sekisho login`)",
+            ));
         }
+    };
+    match decide(route, &person) {
+        Decision::Allow { .. } => None,
+        _ => Some((TunnelError::Denied, "the policy no longer allows you here")),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -280,7 +232,6 @@ async fn open(
     })?;
     let stream = Arc::new(Stream {
         id,
-        shared: shared.clone(),
         host: route.host.clone(),
         user,
         issuer,
@@ -331,7 +282,7 @@ where
                     Err(e) => End::Broke(e),
                 },
                 _ = recheck.tick() => {
-                    if let Some((error, why)) = stream.check().await {
+                    if let Some((error, why)) = still_allowed(&shared, stream).await {
                         break End::Cut(error, why);
                     }
                 }

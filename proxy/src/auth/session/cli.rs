@@ -12,16 +12,18 @@
 //!   Plaintext: `u8 version || 16-byte session id || u64 expires_at`.
 //!
 //! All three are sealed for the auth host (the session record's `host`). One-time use of a code
-//! is the [`ReplayGuard`](super::ReplayGuard)'s job, revocation the caller's.
+//! is the [`ReplayGuard`](super::handoff::ReplayGuard)'s job, revocation the caller's.
 
 use std::fmt;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq as _;
 
+use super::envelope::{HEADER_LEN, OPEN_BUFFER, Purpose, SealError, SessionError, TAG_LEN};
+use super::key::SessionKeys;
 use super::key::fill_random;
 use super::record::{self, Reader};
-use super::{Purpose, SealError, SessionError, SessionId, SessionKeys, SessionRecord};
+use super::record::{SessionId, SessionRecord};
 
 /// How long an authorization code may be redeemed.
 pub const CLI_CODE_TTL: Duration = Duration::from_secs(60);
@@ -121,7 +123,7 @@ impl SessionKeys {
     /// Opens an authorization code on `host` at `now`: [`SessionError::Expired`] once the code
     /// or its session has expired, and otherwise the errors of [`SessionKeys::open`].
     pub fn open_cli_code(&self, code: &str, host: &str, now: u64) -> Result<CliCode, SessionError> {
-        let mut buf = [0u8; super::OPEN_BUFFER];
+        let mut buf = [0u8; OPEN_BUFFER];
         let plaintext = self.open_bytes(Purpose::CliCode, code, host, &mut buf)?;
         let malformed = |_| SessionError::Malformed;
         let mut r = Reader::new(plaintext);
@@ -178,7 +180,7 @@ impl SessionKeys {
         host: &str,
         now: u64,
     ) -> Result<CliRefresh, SessionError> {
-        let mut buf = [0u8; super::OPEN_BUFFER];
+        let mut buf = [0u8; OPEN_BUFFER];
         let plaintext = self.open_bytes(Purpose::CliRefresh, token, host, &mut buf)?;
         let malformed = |_| SessionError::Malformed;
         let mut r = Reader::new(plaintext);
@@ -199,8 +201,8 @@ impl SessionKeys {
     /// A CSRF token for forms shown to the session `id` on `host`, good for [`CSRF_TTL`].
     pub fn seal_csrf(&self, id: &SessionId, host: &str, now: u64) -> Result<SealedText, SealError> {
         let expires_at = now.saturating_add(CSRF_TTL.as_secs());
-        let start = super::HEADER_LEN + ring::aead::NONCE_LEN;
-        let mut buf = Vec::with_capacity(start + 25 + super::TAG_LEN);
+        let start = HEADER_LEN + ring::aead::NONCE_LEN;
+        let mut buf = Vec::with_capacity(start + 25 + TAG_LEN);
         buf.resize(start, 0);
         buf.push(CSRF_VERSION);
         buf.extend_from_slice(&id.0);
@@ -212,7 +214,7 @@ impl SessionKeys {
     /// Whether `token` is a current CSRF token of the session `id` on `host` (the session ids
     /// are compared in constant time).
     pub fn check_csrf(&self, token: &str, host: &str, id: &SessionId, now: u64) -> bool {
-        let mut buf = [0u8; super::OPEN_BUFFER];
+        let mut buf = [0u8; OPEN_BUFFER];
         let Ok(plaintext) = self.open_bytes(Purpose::CliCsrf, token, host, &mut buf) else {
             return false;
         };
@@ -281,7 +283,7 @@ mod tests {
             Purpose::CliCsrf,
         ] {
             assert!(
-                purpose.label().len() <= super::super::PURPOSE_MAX,
+                purpose.label().len() <= super::super::envelope::PURPOSE_MAX,
                 "{purpose:?}"
             );
             assert_eq!(purpose.label().last(), Some(&0));

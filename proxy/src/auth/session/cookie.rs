@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 
-use super::SealedSession;
+use super::envelope::SealedSession;
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "__Host-sekisho";

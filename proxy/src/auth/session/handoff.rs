@@ -16,15 +16,16 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use super::envelope::{OPEN_BUFFER, Purpose, SealError, SessionError};
+use super::key::SessionKeys;
 use super::key::fill_random;
+use super::record::SessionRecord;
 use super::record::{self, Reader};
-use super::{Purpose, SealError, SessionError, SessionKeys, SessionRecord};
 
 /// How long a handoff code may be redeemed.
 pub const HANDOFF_TTL: Duration = Duration::from_secs(60);
 
-/// The longest handoff code this module produces or accepts (it travels in a URL).
-pub const MAX_HANDOFF_CODE_LEN: usize = 4096;
+pub use super::envelope::MAX_HANDOFF_CODE_LEN;
 
 const HANDOFF_VERSION: u8 = 1;
 const MAX_RETURN_PATH: usize = 2048;
@@ -105,7 +106,7 @@ impl SessionKeys {
         host: &str,
         now: u64,
     ) -> Result<HandoffCode, SessionError> {
-        let mut buf = [0u8; super::OPEN_BUFFER];
+        let mut buf = [0u8; OPEN_BUFFER];
         let plaintext = self.open_bytes(Purpose::Handoff, code, host, &mut buf)?;
         let malformed = |_| SessionError::Malformed;
         let mut r = Reader::new(plaintext);

@@ -7,8 +7,12 @@ use http::header::{COOKIE, HeaderMap, HeaderValue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::envelope::{ENVELOPE_VERSION, HEADER_LEN, OPEN_BUFFER, Purpose};
 use super::record::tests::sample;
 use super::*;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::aead::NONCE_LEN;
 
 const HOST: &str = "app.example.com";
 const IDLE: Duration = Duration::from_secs(3600);

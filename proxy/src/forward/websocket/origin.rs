@@ -14,11 +14,11 @@ use http::{Request, Response, StatusCode};
 
 use crate::auth::access::{html, json_error};
 use crate::config::origin::Origin;
-use crate::forward::body::ResponseBody;
-use crate::frontdoor::connection::ConnState;
-use crate::request::RequestCtx;
+use crate::request::context::RequestCtx;
+use crate::respond::body::ResponseBody;
 use crate::respond::page;
 use crate::routing::snapshot::{Route, Snapshot};
+use crate::state::ConnState;
 
 /// What the `Origin` of an upgrade request says about it.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub(crate) fn check<B>(
     route: &Route,
     req: &Request<B>,
 ) -> Option<Response<ResponseBody>> {
-    if !crate::request::is_upgrade_request(req) {
+    if !crate::forward::header::is_upgrade_request(req) {
         return None;
     }
     let headers = req.headers();

@@ -1,0 +1,364 @@
+//! The hub's registry: every live agent link by agent name, the credential nonces seen, and
+//! the tunnel streams open or lately closed. It lives in [`crate::state::Shared`] and outlives
+//! configuration reloads; the endpoints ([`super::agent`], [`super::tunnel`]) fill it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use sekisho_wire::agent_auth::AgentPublicKey;
+use sekisho_wire::tunnel::TunnelError;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::body::RequestBody;
+use crate::request::error::ProxyError;
+use crate::routing::snapshot::Snapshot;
+
+use super::stream::{Stream, StreamId};
+
+/// How far an agent's clock may be from the proxy's.
+pub(crate) const MAX_CLOCK_SKEW_SECS: u64 = 60;
+/// Nonces remembered at most; past this, expired ones are dropped, and if none are, new agent
+/// connections are refused until some expire (a flood cannot grow memory without bound).
+const MAX_NONCES: usize = 100_000;
+
+/// The live agent connections, by agent name.
+#[derive(Debug, Default)]
+pub struct Hub {
+    links: DashMap<String, Vec<Arc<Link>>>,
+    turn: AtomicUsize,
+    next_id: AtomicU64,
+    /// Credential nonces seen, with the Unix second after which they may be forgotten.
+    nonces: Mutex<HashMap<[u8; 16], u64>>,
+    /// Open tunnel streams, and for a while those that closed (so the client can ask why).
+    streams: DashMap<StreamId, Arc<Stream>>,
+}
+
+/// How long a closed stream's reason is kept.
+const CLOSED_STREAM_KEPT: Duration = Duration::from_secs(60);
+/// Closed streams kept at most; past this the oldest reasons go first.
+const MAX_CLOSED_STREAMS: usize = 4096;
+
+/// One live, turned-around connection of an agent.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) id: u64,
+    pub(crate) agent: String,
+    /// The key it proved itself with: removing the key from the configuration cuts it.
+    pub(crate) key: AgentPublicKey,
+    pub(crate) sender: SendRequest<RequestBody>,
+    /// Cancelled to cut the connection (agent or key removed).
+    pub(crate) cancel: CancellationToken,
+    /// Being drained: no new streams.
+    pub(crate) draining: AtomicBool,
+}
+
+/// The `101` that hands a connection to the hub for `protocol`.
+pub(crate) fn switching_protocols(
+    protocol: &'static str,
+) -> Response<crate::respond::body::ResponseBody> {
+    let mut response = Response::new(crate::respond::body::ResponseBody::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static(protocol),
+    );
+    response
+}
+
+impl Hub {
+    pub(crate) fn register(&self, link: Arc<Link>) {
+        self.links.entry(link.agent.clone()).or_default().push(link);
+    }
+
+    pub(crate) fn unregister(&self, link: &Link) {
+        if let dashmap::Entry::Occupied(mut entry) = self.links.entry(link.agent.clone()) {
+            entry.get_mut().retain(|l| l.id != link.id);
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+    }
+
+    pub(crate) fn new_link(
+        &self,
+        agent: &str,
+        key: AgentPublicKey,
+        sender: SendRequest<RequestBody>,
+        cancel: CancellationToken,
+    ) -> Link {
+        Link {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            agent: agent.to_owned(),
+            key,
+            sender,
+            cancel,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// How many links the agent has.
+    pub fn connected(&self, agent: &str) -> usize {
+        self.links.get(agent).map_or(0, |links| links.len())
+    }
+
+    /// The agent's usable links, starting at the next in turn.
+    fn links_in_turn(&self, agent: &str) -> Vec<Arc<Link>> {
+        let Some(links) = self.links.get(agent) else {
+            return Vec::new();
+        };
+        let usable: Vec<Arc<Link>> = links
+            .iter()
+            .filter(|l| !l.draining.load(Ordering::Relaxed) && !l.sender.is_closed())
+            .cloned()
+            .collect();
+        drop(links);
+        if usable.is_empty() {
+            return usable;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % usable.len();
+        let mut ordered = usable;
+        ordered.rotate_left(start);
+        ordered
+    }
+
+    /// Cuts the links whose agent, or whose key, the snapshot no longer has.
+    pub fn prune(&self, snapshot: &Snapshot) {
+        for links in self.links.iter() {
+            for link in links.iter() {
+                let kept = snapshot
+                    .agents
+                    .get(&link.agent)
+                    .is_some_and(|keys| keys.contains(&link.key));
+                if !kept {
+                    link.cancel.cancel();
+                }
+            }
+        }
+    }
+
+    /// Remembers a credential's nonce; false when it was seen before (a replay) or when too
+    /// many are remembered to take another.
+    pub(crate) fn remember_nonce(&self, nonce: [u8; 16], now: u64) -> bool {
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        if nonces.len() >= MAX_NONCES {
+            nonces.retain(|_, until| *until >= now);
+            if nonces.len() >= MAX_NONCES {
+                return false;
+            }
+        }
+        // Seen within the window in which its timestamp is acceptable: a replay.
+        if nonces.get(&nonce).is_some_and(|until| *until >= now) {
+            return false;
+        }
+        nonces.insert(nonce, now + 2 * MAX_CLOCK_SKEW_SECS);
+        true
+    }
+
+    pub(crate) fn add_stream(&self, stream: Arc<Stream>) {
+        if self.streams.len() >= MAX_CLOSED_STREAMS {
+            self.streams.retain(|_, s| {
+                s.closed_since()
+                    .is_none_or(|at| at.elapsed() < CLOSED_STREAM_KEPT)
+            });
+        }
+        self.streams.insert(stream.id, stream);
+    }
+
+    pub(crate) fn stream(&self, id: &StreamId) -> Option<Arc<Stream>> {
+        let stream = self.streams.get(id)?.clone();
+        if stream
+            .closed_since()
+            .is_some_and(|at| at.elapsed() >= CLOSED_STREAM_KEPT)
+        {
+            self.streams.remove(id);
+            return None;
+        }
+        Some(stream)
+    }
+
+    /// Opens a byte stream to `target` through one of the agent's links: an HTTP/2 `CONNECT`,
+    /// tried on the next link when a link turns out to be gone.
+    pub(crate) async fn open_stream(
+        &self,
+        agent: &str,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<Upgraded, TunnelError> {
+        let links = self.links_in_turn(agent);
+        if links.is_empty() {
+            return Err(TunnelError::AgentOffline);
+        }
+        for link in links {
+            let req = Request::builder()
+                .method(Method::CONNECT)
+                .uri(target)
+                .body(RequestBody::buffered(Bytes::new()))
+                .map_err(|_| TunnelError::BadRequest)?;
+            let mut sender = link.sender.clone();
+            // The agent dials within its own connect timeout; allow it a little longer.
+            let answer =
+                tokio::time::timeout(timeout + Duration::from_secs(1), sender.send_request(req))
+                    .await;
+            let mut response = match answer {
+                Err(_) => return Err(TunnelError::TargetTimeout),
+                Ok(Err(error)) => {
+                    tracing::debug!(agent, link = link.id, %error, "agent link failed; trying the next");
+                    continue;
+                }
+                Ok(Ok(response)) => response,
+            };
+            if response.status() != StatusCode::OK {
+                return Err(TunnelError::from_agent_status(response.status().as_u16()));
+            }
+            return hyper::upgrade::on(&mut response).await.map_err(|error| {
+                tracing::debug!(agent, %error, "agent stream did not open");
+                TunnelError::TargetUnreachable
+            });
+        }
+        Err(TunnelError::AgentOffline)
+    }
+    /// Sends an HTTP request to `endpoint` (`http://host:port`, as the agent sees it) over one
+    /// of the agent's links; the next link is tried when a link turns out to be gone.
+    ///
+    /// An upgrade request (a WebSocket, say) goes as an extended `CONNECT` (RFC 8441) whose
+    /// `:protocol` is the `Upgrade` token; the agent makes the HTTP/1.1 upgrade with the target
+    /// and answers `200` once the target switched. That answer comes back as the `101` the
+    /// client asked for, so the caller splices the two streams as for any upstream.
+    pub(crate) async fn send_http(
+        &self,
+        agent: &str,
+        endpoint: &str,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let upgrade = upgrade_protocol(&req);
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = format!("{endpoint}{path}")
+            .parse()
+            .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?;
+        // HTTP/2 to the agent: no connection-specific headers (the Host is kept, for the
+        // upstream to see).
+        parts.headers.remove(header::CONNECTION);
+        parts.headers.remove(header::UPGRADE);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.version = http::Version::HTTP_2;
+        if let Some(protocol) = &upgrade {
+            parts.method = Method::CONNECT;
+            let token = protocol.to_str().unwrap_or_default();
+            parts.extensions.insert(hyper::ext::Protocol::from(token));
+        }
+        let mut req = Some(Request::from_parts(parts, body));
+        for link in self.links_in_turn(agent) {
+            let mut sender = link.sender.clone();
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            let Some(request) = req.take() else { break };
+            let mut response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?;
+            if let Some(protocol) = upgrade
+                && response.status() == StatusCode::OK
+            {
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                response.headers_mut().insert(header::UPGRADE, protocol);
+            }
+            return Ok(response);
+        }
+        Err(ProxyError::AgentOffline)
+    }
+}
+
+/// The protocol an upgrade request ([`crate::forward::header::is_upgrade_request`]) asks for, when it is
+/// a `GET` whose `Upgrade` is one token (`websocket`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<http::HeaderValue> {
+    if req.method() != Method::GET || !crate::forward::header::is_upgrade_request(req) {
+        return None;
+    }
+    let protocol = req.headers().get(header::UPGRADE)?;
+    let token = protocol.to_str().ok()?;
+    (!token.is_empty() && !token.contains([',', ' ', '\t'])).then(|| protocol.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder().method(method);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_a_get_that_asks_for_one_protocol_goes_to_the_agent_as_an_extended_connect() {
+        let asks = [("connection", "upgrade"), ("upgrade", "websocket")];
+        assert_eq!(
+            upgrade_protocol(&request(Method::GET, &asks)).as_ref(),
+            Some(&http::HeaderValue::from_static("websocket"))
+        );
+        assert!(upgrade_protocol(&request(Method::POST, &asks)).is_none());
+        assert!(upgrade_protocol(&request(Method::GET, &[("upgrade", "websocket")])).is_none());
+        let two = [("connection", "upgrade"), ("upgrade", "websocket, h2c")];
+        assert!(upgrade_protocol(&request(Method::GET, &two)).is_none());
+        let empty = [("connection", "upgrade"), ("upgrade", "")];
+        assert!(upgrade_protocol(&request(Method::GET, &empty)).is_none());
+    }
+
+    #[test]
+    fn a_nonce_is_accepted_once_within_its_window() {
+        let hub = Hub::default();
+        assert!(hub.remember_nonce([1; 16], 1000));
+        assert!(!hub.remember_nonce([1; 16], 1000 + MAX_CLOCK_SKEW_SECS));
+        assert!(hub.remember_nonce([2; 16], 1000));
+    }
+
+    #[test]
+    fn a_full_nonce_store_forgets_expired_nonces_first() {
+        let hub = Hub::default();
+        {
+            let mut nonces = hub.nonces.lock().unwrap();
+            for i in 0..MAX_NONCES as u32 {
+                let mut nonce = [0u8; 16];
+                nonce[..4].copy_from_slice(&i.to_le_bytes());
+                nonces.insert(nonce, 10);
+            }
+        }
+        assert!(hub.remember_nonce([9; 16], 11));
+        assert_eq!(hub.nonces.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_nonce_store_of_live_nonces_refuses_more() {
+        let hub = Hub::default();
+        {
+            let mut nonces = hub.nonces.lock().unwrap();
+            for i in 0..MAX_NONCES as u32 {
+                let mut nonce = [0u8; 16];
+                nonce[..4].copy_from_slice(&i.to_le_bytes());
+                nonces.insert(nonce, 1000);
+            }
+        }
+        assert!(!hub.remember_nonce([9; 16], 11));
+    }
+}

@@ -1,0 +1,628 @@
+//! The request pipeline. Each request passes named phases with one context
+//! ([`RequestCtx`]):
+//!
+//! 1. `request_filter`: request id, host, framing, and the one normal path every later phase
+//!    uses (see [`crate::routing::path`]; targets that cannot be made unambiguous are a 400 here);
+//! 2. `own_endpoint`: what the proxy answers itself (the tunnel hub, login and CLI pages);
+//! 3. `route`: host and path to a route (404 for unknown hosts and paths);
+//! 4. `access`: who is asking and may they pass ([`crate::auth::access`]);
+//! 5. `upstream_peer`: an endpoint of the route's upstream;
+//! 6. `upstream_request_filter`: hop-by-hop and forwarding headers, identity headers, the
+//!    upstream URI;
+//! 7. `forward`: the exchange, under the response-header timeout;
+//! 8. `response_filter`: hop-by-hop headers off, request id on;
+//! 9. logging, when the response body is done (see [`crate::respond::body`]).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::context::RequestCtx;
+use super::error::{
+    ErrorSource, ProxyError, caused_by_client_body, classify_send_error, error_response,
+};
+use crate::auth::access::{self, Access, Who};
+use crate::auth::identity::IdentityRuntime;
+use crate::auth::login;
+use crate::forward::body::RequestBody;
+use crate::forward::header::{is_upgrade_request, remove_hop_by_hop, set_forwarding_headers};
+use crate::forward::upstream::{Endpoint, Upstream};
+use crate::observe::access_log::AccessRecord;
+use crate::observe::metrics::{self, Name, UpstreamErrorLabels};
+use crate::respond::body::{Completion, ResponseBody};
+use crate::respond::{X_REQUEST_ID, is_acceptable_request_id, new_request_id};
+use crate::routing::path::{
+    PathError, decode_slashes, normalize_path, normalize_path_keeping_encoded_slashes,
+    without_parameters,
+};
+use crate::routing::snapshot::{Route, Snapshot};
+use crate::routing::table::normalize_host;
+use crate::state::{ConnState, Shared};
+
+/// Serves one request on a listener that proxies.
+pub(crate) async fn serve_request(
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let in_flight = conn.request_started();
+    let snapshot = shared.snapshot.load_full();
+    let mut ctx = RequestCtx::new();
+    let mut req = req;
+    let method = req.method().clone();
+    let log = snapshot.access_log;
+    let received = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+
+    let filtered = request_filter(&mut ctx, &mut req);
+    // The path as forwarded (the raw one when it was refused).
+    let path = if log {
+        req.uri().path().to_owned()
+    } else {
+        String::new()
+    };
+    let outcome = match filtered {
+        Ok(()) => proxy(&shared, &snapshot, &conn, &mut ctx, req, received.clone()).await,
+        Err(err) => Err(err),
+    };
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(err) => {
+            report_error(&shared, &ctx, &err);
+            error_response(&err, &ctx.request_id)
+        }
+    };
+    response_filter(&mut response, &ctx);
+
+    let status = response.status().as_u16();
+    let elapsed = ctx.start.elapsed().as_secs_f64();
+    match &ctx.route {
+        Some(route) => route.metrics.record(&method, status, elapsed),
+        None => shared.unrouted.record(&method, status, elapsed),
+    }
+
+    let completion = Completion {
+        access_log: shared.access_log.clone(),
+        in_flight,
+        log,
+        received,
+        record: AccessRecord {
+            start: ctx.start,
+            request_id: ctx.request_id,
+            client: conn.peer.ip(),
+            host: ctx.host,
+            route: ctx.route.map(|r| r.name.0.clone()),
+            method,
+            path,
+            status,
+            upstream: ctx.endpoint,
+            user: ctx.user,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+        },
+    };
+    response.map(|body| body.with_completion(completion))
+}
+
+async fn proxy(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    conn: &Arc<ConnState>,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+    received: Option<Arc<AtomicU64>>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // Phase 2a: what the proxy answers itself, on the path the request is decided on.
+    match own_endpoint(snapshot, ctx, req.uri().path())? {
+        OwnEndpoint::Tunnel => {
+            return Ok(crate::hub::tunnel::open_tunnel(shared, snapshot, conn, ctx, req).await);
+        }
+        OwnEndpoint::TunnelRenew => {
+            return Ok(crate::hub::tunnel::renew(shared, snapshot, ctx, &req).await);
+        }
+        OwnEndpoint::TunnelStatus => return Ok(crate::hub::tunnel::status(shared, &req)),
+        OwnEndpoint::AgentConnect => {
+            return Ok(crate::hub::agent::accept_agent(
+                shared, snapshot, conn, ctx, &req,
+            ));
+        }
+        OwnEndpoint::Identity(identity) => {
+            return Ok(login::handle(snapshot, identity, ctx, req).await);
+        }
+        OwnEndpoint::None => {}
+    }
+    // Phase 2b: the route.
+    let route = route(snapshot, ctx, req.uri().path())?;
+
+    let (mut parts, body) = req.into_parts();
+    // Nothing the server layer attached is meant for the upstream, except the upgrade handle
+    // this layer keeps for itself.
+    let client_upgrade = std::mem::take(&mut parts.extensions).remove::<OnUpgrade>();
+    let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, received));
+
+    // Phase 3: access. An upgrade first: a page on another origin may not open a WebSocket.
+    if let Some(refused) =
+        crate::forward::websocket::origin::check(snapshot, conn, ctx, &route, &upstream_req)
+    {
+        return Ok(refused);
+    }
+    let who = match access::check(snapshot, ctx, &route, &mut upstream_req).await {
+        Access::Pass { who, set_cookie } => {
+            ctx.user = who.as_ref().map(|w| w.user.clone());
+            ctx.set_cookie = set_cookie;
+            who
+        }
+        Access::Respond(response) => return Ok(response),
+    };
+
+    let upstream = &route.upstream;
+    let endpoint = upstream_peer(upstream)?;
+    ctx.endpoint = Some(endpoint.label.clone());
+    // Only a protocol the route lets through is asked for; any other `Upgrade` is dropped
+    // and the request goes on as an ordinary one.
+    let upgrade = requested_upgrade(&upstream_req, &route);
+    upstream_request_filter(
+        &mut upstream_req,
+        ctx,
+        conn,
+        snapshot,
+        endpoint,
+        upgrade.is_some(),
+    );
+    set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_deref());
+    let decided_path = upgrade
+        .is_some()
+        .then(|| ctx.decided_path(upstream_req.uri().path()).to_owned());
+
+    let mut response = forward(shared, upstream, endpoint, upstream_req).await?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let switched_as_asked = upgrade.as_ref().is_some_and(|asked| {
+            response
+                .headers()
+                .get(header::UPGRADE)
+                .is_some_and(|to| to.as_bytes().eq_ignore_ascii_case(asked.as_bytes()))
+        });
+        if client_upgrade.is_none() || !switched_as_asked {
+            return Err(ProxyError::UnexpectedUpgrade);
+        }
+        // The connection hands its socket over once hyper has written the `101` (see
+        // [`crate::frontdoor::connection`]); the splice keeps the connection's admission and
+        // joins the worker's connection tasks, so shutdown grants it the grace period. A
+        // signed-in WebSocket is checked again while it stays open.
+        let guard = who
+            .and_then(|who| who.session.clone())
+            .zip(decided_path)
+            .map(|(session, path)| crate::forward::websocket::Guard {
+                shared: shared.clone(),
+                host: ctx.host.clone(),
+                path,
+                session,
+            });
+        let upstream = hyper::upgrade::on(&mut response);
+        conn.take_over(Box::new(move |client, _shutdown| {
+            Box::pin(crate::forward::websocket::splice_upgraded(
+                client, upstream, guard,
+            ))
+        }));
+    }
+    Ok(response.map(ResponseBody::upstream))
+}
+
+/// Phase 1: the request id, the host, the framing and the one normal path.
+fn request_filter(ctx: &mut RequestCtx, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    ctx.request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) if is_acceptable_request_id(id.as_bytes()) => id.clone(),
+        _ => new_request_id(),
+    };
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Host header",
+        ));
+    }
+    let raw_host = match req.uri().authority() {
+        Some(authority) => {
+            // HTTP/2 (RFC 9113 §8.3.1): `Host` and `:authority` must name one host. In an
+            // HTTP/1.1 absolute-form target the target wins, and `Host` is replaced upstream.
+            if req.version() == Version::HTTP_2
+                && host_header.is_some_and(|h| {
+                    !h.as_bytes()
+                        .eq_ignore_ascii_case(authority.as_str().as_bytes())
+                })
+            {
+                return Err(ProxyError::BadRequest(
+                    "the Host header and the request target name different hosts",
+                ));
+            }
+            HeaderValue::from_str(authority.as_str()).ok()
+        }
+        None => host_header.cloned(),
+    }
+    .ok_or(ProxyError::BadHost)?;
+    let host = raw_host
+        .to_str()
+        .ok()
+        .and_then(normalize_host)
+        .ok_or(ProxyError::BadHost)?;
+    ctx.host = host.into_owned();
+    ctx.raw_host = Some(raw_host);
+    check_transfer_coding(req.headers())?;
+    normalize_request_path(ctx, req)
+}
+
+/// A request body is framed by `Content-Length` or by `Transfer-Encoding: chunked` alone. Any
+/// other coding (`gzip, chunked`, `identity, chunked`) is refused (RFC 9112 §6.1), never
+/// rewritten: a server behind that reads the codings differently would frame the body
+/// differently.
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(coding) = codings.next() else {
+        return Ok(());
+    };
+    if codings.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Transfer-Encoding header",
+        ));
+    }
+    if !coding
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"chunked")
+    {
+        return Err(ProxyError::UnsupportedTransferCoding);
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(())
+}
+
+/// Puts the request's normal path in its URI, for every later phase and the upstream, and
+/// records the path decisions are made on when it differs (see [`crate::routing::path`]).
+fn normalize_request_path(
+    ctx: &mut RequestCtx,
+    req: &mut Request<Incoming>,
+) -> Result<(), ProxyError> {
+    let raw = req.uri().path();
+    let (normal, encoded_slashes) = match normalize_path(raw) {
+        Ok(normal) => (normal, false),
+        Err(PathError::EncodedSlash) => (normalize_path_keeping_encoded_slashes(raw)?, true),
+        Err(error) => return Err(error.into()),
+    };
+    ctx.decided_path = if encoded_slashes {
+        let decoded = decode_slashes(&normal)?;
+        Some(without_parameters(&decoded).into())
+    } else {
+        match without_parameters(&normal) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(decided) => Some(decided.into()),
+        }
+    };
+    ctx.encoded_slashes = encoded_slashes;
+    if let Cow::Owned(normal) = normal {
+        let uri = with_path(req.uri(), normal)?;
+        *req.uri_mut() = uri;
+    }
+    Ok(())
+}
+
+/// `uri` with another path and the same query.
+fn with_path(uri: &Uri, mut path: String) -> Result<Uri, ProxyError> {
+    if let Some(query) = uri.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::from_maybe_shared(path)
+            .map_err(|_| ProxyError::BadRequest("the request target is not valid"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("the request target is not valid"))
+}
+
+/// What the proxy answers itself rather than routing.
+enum OwnEndpoint<'s> {
+    Tunnel,
+    TunnelRenew,
+    TunnelStatus,
+    AgentConnect,
+    /// The auth host and `/.sekisho/` paths, when login is configured.
+    Identity(&'s IdentityRuntime),
+    None,
+}
+
+/// Phase 2a: the tunnel hub's endpoints (on every host, with or without login configured) and
+/// the identity layer's pages, found on the path the request is decided on.
+fn own_endpoint<'s>(
+    snapshot: &'s Snapshot,
+    ctx: &RequestCtx,
+    normal_path: &str,
+) -> Result<OwnEndpoint<'s>, ProxyError> {
+    let decided = ctx.decided_path(normal_path);
+    let own = match decided {
+        sekisho_wire::TUNNEL_PATH => OwnEndpoint::Tunnel,
+        sekisho_wire::TUNNEL_RENEW_PATH => OwnEndpoint::TunnelRenew,
+        sekisho_wire::TUNNEL_STATUS_PATH => OwnEndpoint::TunnelStatus,
+        sekisho_wire::AGENT_CONNECT_PATH => OwnEndpoint::AgentConnect,
+        _ => match snapshot.own_endpoint(&ctx.host, decided) {
+            Some(identity) => OwnEndpoint::Identity(identity),
+            None => OwnEndpoint::None,
+        },
+    };
+    // The proxy's own pages are never reached through an encoded slash.
+    if ctx.encoded_slashes && !matches!(own, OwnEndpoint::None) {
+        return Err(PathError::EncodedSlash.into());
+    }
+    Ok(own)
+}
+
+/// Phase 2b: the route for the host and the path the request is decided on.
+fn route(
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    normal_path: &str,
+) -> Result<Arc<Route>, ProxyError> {
+    let route = match snapshot
+        .routes
+        .find(&ctx.host, ctx.decided_path(normal_path))
+    {
+        Some(route) => route.clone(),
+        None if snapshot.routes.knows_host(&ctx.host) => return Err(ProxyError::NoRoute),
+        None => return Err(ProxyError::UnknownHost),
+    };
+    ctx.route = Some(route.clone());
+    if ctx.encoded_slashes && !route.allow_encoded_slashes {
+        return Err(PathError::EncodedSlash.into());
+    }
+    Ok(route)
+}
+
+/// Phase 4: an endpoint of the upstream.
+fn upstream_peer(upstream: &Upstream) -> Result<&Endpoint, ProxyError> {
+    upstream.pick().ok_or(ProxyError::NoEndpoint)
+}
+
+/// Phase 5: what the upstream sees.
+fn upstream_request_filter(
+    req: &mut Request<RequestBody>,
+    ctx: &RequestCtx,
+    conn: &ConnState,
+    snapshot: &Snapshot,
+    endpoint: &Endpoint,
+    upgrade: bool,
+) {
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers, upgrade);
+    set_forwarding_headers(
+        headers,
+        conn.peer.ip(),
+        &conn.peer_ip_header,
+        snapshot.is_trusted_proxy(conn.peer.ip()),
+        conn.tls,
+        ctx.raw_host.as_ref(),
+    );
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+    if endpoint.speaks_http1_only() {
+        // Origin-form request target, and in `Host` the host the request was routed by (HTTP/2
+        // clients send it as `:authority`; an absolute-form URI's authority beats `Host`).
+        if let Some(host) = &ctx.raw_host {
+            headers.insert(header::HOST, host.clone());
+        }
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path_and_query);
+        }
+    } else {
+        // The connector dials the endpoint; the URI keeps the client's host as the authority so
+        // HTTP/2 upstreams see the right `:authority` and HTTP/1.1 ones the right `Host`.
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let authority = ctx
+            .raw_host
+            .as_ref()
+            .and_then(|h| Authority::from_maybe_shared(Bytes::copy_from_slice(h.as_bytes())).ok());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if endpoint.scheme == Scheme::HTTPS {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        parts.authority = authority;
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    // HTTP/2 from the client, HTTP/1.1 or HTTP/2 to the upstream: the client library picks the
+    // wire version from the connection.
+    *req.version_mut() = Version::HTTP_11;
+}
+
+static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
+
+/// Phase 5, identity part: whatever a gateway alone may say and the client claimed goes (see
+/// [`crate::forward::header`]), the proxy's cookies go, and a verified identity is set.
+fn set_identity_headers(
+    headers: &mut HeaderMap,
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    who: Option<&Who>,
+) {
+    let extra = snapshot
+        .identity
+        .as_deref()
+        .map_or(&[][..], |i| i.strip_headers.as_slice());
+    crate::forward::header::strip_gateway_claims(headers, extra);
+    if headers.contains_key(header::COOKIE) {
+        crate::auth::session::strip_session_cookies(headers);
+    }
+    let (Some(who), Some(identity)) = (who, snapshot.identity.as_deref()) else {
+        return;
+    };
+    headers.remove(header::AUTHORIZATION);
+    // Room for the four headers below at once, rather than growing the map on the way.
+    headers.reserve(4);
+    for (name, value) in [
+        (&X_FORWARDED_USER, &who.headers.user),
+        (&X_FORWARDED_EMAIL, &who.headers.email),
+        (&X_FORWARDED_GROUPS, &who.headers.groups),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    let now = crate::auth::session::unix_now();
+    if let Some(value) = who.cached_assertion(&ctx.host, now) {
+        headers.insert(X_SEKISHO_ASSERTION.clone(), value);
+        return;
+    }
+    let signer_identity = sekisho_identity::signing::Identity {
+        subject: &who.identity.subject,
+        email: who.email(),
+        groups: &who.identity.groups,
+    };
+    match identity
+        .assertions
+        .assertion(who.session_id, &ctx.host, &signer_identity, now)
+    {
+        Ok(token) => {
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from_owner(ArcStrBytes(token)))
+            {
+                who.remember_assertion(&ctx.host, value.clone(), now + ASSERTION_REUSE_SECS);
+                headers.insert(X_SEKISHO_ASSERTION.clone(), value);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot sign an identity assertion")
+        }
+    }
+}
+
+/// How long a session reuses its assertion header value before asking the issuer again (which
+/// re-signs well before expiry).
+const ASSERTION_REUSE_SECS: u64 = 30;
+
+/// A shared token as the bytes of a header value, without copying it.
+struct ArcStrBytes(Arc<str>);
+
+impl AsRef<[u8]> for ArcStrBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Phase 6: the exchange with the upstream, bounded by the response-header timeout.
+async fn forward(
+    shared: &Shared,
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    req: Request<RequestBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let exchange = async {
+        match upstream.config.agent.as_deref() {
+            Some(agent) => shared.hub.send_http(agent, &endpoint.label, req).await,
+            None => endpoint.send(req).await.map_err(classify_send_error),
+        }
+    };
+    let result = tokio::time::timeout(upstream.config.response_header_timeout, exchange).await;
+    let error = match result {
+        Ok(Ok(response)) => {
+            upstream.report(endpoint, true);
+            return Ok(response);
+        }
+        Err(_) => ProxyError::UpstreamTimeout,
+        Ok(Err(err)) if caused_by_client_body(&err) => {
+            return Err(ProxyError::ClientBody(Box::new(err)));
+        }
+        Ok(Err(err)) => err,
+    };
+    let down = matches!(
+        error,
+        ProxyError::UpstreamConnect(_) | ProxyError::UpstreamConnectTimeout(_)
+    );
+    if down && upstream.report(endpoint, false) {
+        tracing::warn!(
+            upstream = %upstream.name,
+            endpoint = %endpoint.label,
+            "endpoint ejected after consecutive connection failures"
+        );
+        shared
+            .metrics
+            .endpoint_ejections
+            .get_or_create(&metrics::EndpointLabels {
+                upstream: Name(upstream.name.clone()),
+                endpoint: Name(endpoint.label.clone()),
+            })
+            .inc();
+    }
+    Err(error)
+}
+
+/// Phase 7: what the client sees.
+fn response_filter<B>(response: &mut Response<B>, ctx: &RequestCtx) {
+    let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    remove_hop_by_hop(headers, upgrade);
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if let Some(cookie) = &ctx.set_cookie {
+        headers.append(header::SET_COOKIE, cookie.clone());
+    }
+}
+
+fn report_error(shared: &Shared, ctx: &RequestCtx, err: &ProxyError) {
+    if err.source_kind() == ErrorSource::Downstream {
+        return;
+    }
+    let upstream = ctx
+        .route
+        .as_ref()
+        .map_or_else(|| Arc::from(""), |r| r.upstream.name.clone());
+    shared
+        .metrics
+        .upstream_errors
+        .get_or_create(&UpstreamErrorLabels {
+            upstream: Name(upstream.clone()),
+            kind: err.metric_label(),
+        })
+        .inc();
+    tracing::warn!(
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        %upstream,
+        endpoint = ctx.endpoint.as_deref().unwrap_or("-"),
+        error = %crate::error_chain(err),
+        "upstream request failed"
+    );
+}
+
+/// The protocol an upgrade request asks for, when it names one and the route lets it through.
+fn requested_upgrade<B>(req: &Request<B>, route: &Route) -> Option<HeaderValue> {
+    if !is_upgrade_request(req) {
+        return None;
+    }
+    let mut values = req.headers().get_all(header::UPGRADE).iter();
+    let protocol = values.next()?;
+    let one = values.next().is_none() && !protocol.as_bytes().contains(&b',');
+    (one && route.allows_upgrade(protocol.as_bytes().trim_ascii())).then(|| protocol.clone())
+}
