@@ -6,7 +6,7 @@
 //! An anonymous request that a login could let through is sent to the login (browsers) or gets
 //! 401 with JSON (everything else); a refused one gets the 403 page.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -14,91 +14,17 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use sekisho_identity::webhook::WebhookError;
 
+use crate::auth::endpoint::auth_origin;
 use crate::auth::identity::IdentityRuntime;
 use crate::auth::session::{SessionRecord, session_cookie, set_cookie, unix_now};
+use crate::auth::who::{Who, bearer_identity, who_from_record};
 use crate::forward::body::RequestBody;
-use crate::policy::{Decision, Identity, RouteAccess, claim_values};
+use crate::policy::{Decision, RouteAccess};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
 use crate::respond::page;
+use crate::respond::{html, json_error};
 use crate::routing::snapshot::{Route, Snapshot};
-
-/// A verified identity, ready for policy and for the upstream's headers.
-///
-/// Built once per session cookie and cached (see [`IdentityRuntime::cached_session`]), so a
-/// request with a known cookie opens nothing, decodes nothing and formats no header values.
-#[derive(Debug)]
-pub struct Who {
-    /// The session id (a hash of the token for bearer tokens): the assertion cache's key.
-    pub session_id: [u8; 16],
-    pub identity: Identity,
-    /// The email, or the subject: the name in logs.
-    pub user: Arc<str>,
-    /// The session this identity came from (none for bearer tokens).
-    pub session: Option<SessionRecord>,
-    /// `X-Forwarded-User`, `-Email`, `-Groups`, formatted once.
-    pub headers: IdentityHeaders,
-    /// The refreshed cookie for the current minute, so it is sealed once per minute at most.
-    refreshed: Mutex<Option<(u64, HeaderValue)>>,
-    /// The last assertion header: audience, value, reuse it until (Unix seconds).
-    assertion: Mutex<Option<(Box<str>, HeaderValue, u64)>>,
-}
-
-#[derive(Debug)]
-pub struct IdentityHeaders {
-    pub user: Option<HeaderValue>,
-    pub email: Option<HeaderValue>,
-    pub groups: Option<HeaderValue>,
-}
-
-impl Who {
-    fn new(session_id: [u8; 16], identity: Identity, session: Option<SessionRecord>) -> Self {
-        let email = identity.verified_email().unwrap_or("");
-        let user: Arc<str> = Arc::from(if email.is_empty() {
-            identity.subject.as_str()
-        } else {
-            email
-        });
-        let value = |text: &str| {
-            (!text.is_empty())
-                .then(|| HeaderValue::from_str(text).ok())
-                .flatten()
-        };
-        let headers = IdentityHeaders {
-            user: value(&identity.subject),
-            email: value(email),
-            groups: value(&identity.groups.join(",")),
-        };
-        Self {
-            session_id,
-            identity,
-            user,
-            session,
-            headers,
-            refreshed: Mutex::new(None),
-            assertion: Mutex::new(None),
-        }
-    }
-
-    /// The assertion header for `audience` made for this identity before, while still fresh.
-    pub fn cached_assertion(&self, audience: &str, now: u64) -> Option<HeaderValue> {
-        let cached = self.assertion.lock().unwrap_or_else(|e| e.into_inner());
-        match &*cached {
-            Some((aud, value, until)) if &**aud == audience && now < *until => Some(value.clone()),
-            _ => None,
-        }
-    }
-
-    pub fn remember_assertion(&self, audience: &str, value: HeaderValue, until: u64) {
-        *self.assertion.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((audience.into(), value, until));
-    }
-
-    /// The verified email, or `""`.
-    pub fn email(&self) -> &str {
-        self.identity.verified_email().unwrap_or("")
-    }
-}
 
 #[allow(
     clippy::large_enum_variant,
@@ -252,26 +178,6 @@ pub(crate) async fn check(
     }
 }
 
-/// What policy sees of a verified bearer token.
-pub(crate) fn bearer_identity(claims: sekisho_identity::bearer::BearerClaims) -> Identity {
-    Identity {
-        hosted_domain: claims
-            .claims
-            .get("hd")
-            .and_then(|hd| hd.as_str())
-            .map(str::to_owned),
-        claims: claims
-            .claims
-            .iter()
-            .map(|(name, value)| (name.clone(), claim_values(value)))
-            .collect(),
-        subject: claims.subject,
-        email: claims.email,
-        email_verified: claims.email_verified,
-        groups: claims.groups,
-    }
-}
-
 /// A bearer token's claims: Sekisho's own user token (signed with the assertion keys, its
 /// session not revoked), else a JWT from a configured issuer.
 pub(crate) async fn verify_bearer(
@@ -376,17 +282,32 @@ fn from_session(
     (Some(who), cookie)
 }
 
-pub(crate) fn who_from_record(record: SessionRecord) -> Who {
-    let identity = Identity {
-        subject: record.subject.clone(),
-        email: (!record.email.is_empty()).then(|| record.email.clone()),
-        // Sessions keep an email only when the provider verified it.
-        email_verified: !record.email.is_empty(),
-        hosted_domain: None,
-        groups: record.groups.clone(),
-        claims: Default::default(),
-    };
-    Who::new(record.id.0, identity, Some(record))
+pub(crate) fn cookie_session(
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Option<SessionRecord> {
+    let value = session_cookie(headers).ok()??;
+    identity
+        .session_keys
+        .open(value, &ctx.host, unix_now(), identity.idle_timeout())
+        .ok()
+}
+
+/// The session on this host, if any (revocations included).
+pub(crate) fn current_session(
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Option<SessionRecord> {
+    let record = cookie_session(identity, ctx, headers)?;
+    (!identity.state.is_revoked(
+        &record.id.0,
+        &record.issuer,
+        &record.subject,
+        record.issued_at,
+    ))
+    .then_some(record)
 }
 
 /// The `Set-Cookie` for `record` on its host, valid until the session expires.
@@ -444,11 +365,6 @@ fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
     }
 }
 
-/// `https://AUTH_HOST[:PORT]`, with the port of the request's `Host`.
-pub(crate) fn auth_origin(identity: &IdentityRuntime, ctx: &RequestCtx) -> String {
-    format!("https://{}{}", identity.auth_host, ctx.port_suffix())
-}
-
 /// The login URL for coming back to this request.
 fn login_url(identity: &IdentityRuntime, ctx: &RequestCtx, req: &Request<RequestBody>) -> String {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -497,45 +413,6 @@ fn denied(ctx: &RequestCtx, route: &Route, user: Option<&str>) -> Response<Respo
         "/.sekisho/logout",
     );
     html(StatusCode::FORBIDDEN, body)
-}
-
-pub(crate) fn html(status: StatusCode, body: String) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(page::CONTENT_TYPE),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    response
-}
-
-pub(crate) fn json_error(
-    status: StatusCode,
-    error: &str,
-    message: &str,
-    login_url: Option<&str>,
-) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(page::json_error(
-        error, message, login_url,
-    )));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
 }
 
 async fn check_webhook(

@@ -15,7 +15,7 @@
 //! Every issued or refused token is logged once at `info` (target `sekisho::access`) with the
 //! user, the flow and the reason; never a token, code or verifier.
 
-mod device;
+pub(crate) mod device;
 mod form;
 mod pkce;
 
@@ -30,28 +30,27 @@ use sekisho_identity::signing::Identity;
 use serde_json::json;
 use url::Url;
 
-use crate::auth::access::{auth_origin, html};
+use crate::auth::access::current_session;
+use crate::auth::endpoint::{auth_origin, login_again_url, login_error};
 use crate::auth::identity::IdentityRuntime;
-use crate::auth::login::{current_session, login_again_url, login_error, param, query, redirect};
 use crate::auth::session::{ReplayError, SessionRecord, unix_now};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
 use crate::respond::page;
+use crate::respond::{html, param, query, redirect};
 use crate::routing::snapshot::Snapshot;
 
-pub use device::DeviceGrants;
 use device::{DEVICE_CODE_TTL, Poll, UserCode};
 use form::Form;
 
 /// Every CLI endpoint is under this path.
-pub(crate) const PREFIX: &str = "/.sekisho/cli/";
 const DEVICE_PATH: &str = "/.sekisho/cli/device";
 const APPROVE_PATH: &str = "/.sekisho/cli/device/approve";
 /// The grant type of the device flow (RFC 8628 §3.4).
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-/// Answers a request for a path under [`PREFIX`].
-pub(crate) async fn handle(
+/// Answers a request for a path under [`CLI_PREFIX`].
+pub(crate) async fn serve_cli_endpoint(
     snapshot: &Snapshot,
     identity: &IdentityRuntime,
     ctx: &RequestCtx,

@@ -23,9 +23,9 @@ use sekisho_identity::signing::SigningKeys;
 use sekisho_identity::user_token::UserTokens;
 use tokio::sync::OnceCell;
 
-use crate::auth::access::Who;
-use crate::auth::cli_login::DeviceGrants;
+use crate::auth::cli_login::device::DeviceGrants;
 use crate::auth::session::{ReplayError, ReplayGuard, SessionKeys, unix_now};
+use crate::auth::who::Who;
 use crate::config::{Config, IdentityConfig};
 use crate::policy::Subject;
 

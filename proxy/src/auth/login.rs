@@ -13,15 +13,16 @@ use sekisho_identity::oidc::PendingLogin;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::auth::access::{auth_origin, html, json_error, session_set_cookie, who_from_record};
+use crate::auth::access::{cookie_session, current_session, session_set_cookie};
+use crate::auth::endpoint::{CLI_PREFIX, auth_origin, login_again_url, login_error};
 use crate::auth::identity::IdentityRuntime;
-use crate::auth::session::{
-    ReplayError, SessionId, SessionRecord, clear_cookie, session_cookie, unix_now,
-};
+use crate::auth::session::{ReplayError, SessionId, SessionRecord, clear_cookie, unix_now};
+use crate::auth::who::who_from_record;
 use crate::policy::Decision;
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
 use crate::respond::page;
+use crate::respond::{html, json_error, param, query, redirect};
 use crate::routing::snapshot::Snapshot;
 
 const LOGIN_COOKIE: &str = "__Host-sekisho-login";
@@ -36,13 +37,8 @@ struct LoginState {
     rd: String,
 }
 
-/// Whether the proxy answers this request itself.
-pub(crate) fn is_own(identity: &IdentityRuntime, host: &str, path: &str) -> bool {
-    host == identity.auth_host || path.starts_with("/.sekisho/")
-}
-
-/// Answers a request for the auth host or a `/.sekisho/` path.
-pub(crate) async fn handle(
+/// Answers a request for the auth host or a `/.sekisho/` path (other than the CLI's).
+pub(crate) async fn serve_identity_page(
     snapshot: &Snapshot,
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
@@ -51,9 +47,6 @@ pub(crate) async fn handle(
     let on_auth_host = ctx.host == identity.auth_host;
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    if path.starts_with(crate::auth::cli_login::PREFIX) {
-        return crate::auth::cli_login::handle(snapshot, identity, ctx, req).await;
-    }
     match (path, on_auth_host) {
         ("/.sekisho/login", true) if get => login(snapshot, identity, ctx, &req).await,
         ("/.sekisho/callback", true) if get => callback(snapshot, identity, ctx, &req).await,
@@ -82,24 +75,6 @@ pub(crate) async fn handle(
         },
         _ => ctx.page(StatusCode::NOT_FOUND, "nothing is served at this path"),
     }
-}
-
-pub(crate) fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.uri()
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub(crate) fn param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
-    query
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// A return URL is acceptable when it is `https` on a host some route serves, on the port this
@@ -158,41 +133,7 @@ fn return_url(
 /// under `/.sekisho/cli/` (authorize, device approval). Not the login, callback or logout
 /// endpoints, nor anything else. The path is the parser's, with dot segments resolved.
 fn is_auth_host_return_path(path: &str) -> bool {
-    path == "/" || path == "/.sekisho/me" || path.starts_with(crate::auth::cli_login::PREFIX)
-}
-
-pub(crate) fn redirect(
-    location: &str,
-    set_cookies: Option<Vec<HeaderValue>>,
-) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::empty());
-    *response.status_mut() = StatusCode::FOUND;
-    let headers = response.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(location) {
-        headers.insert(header::LOCATION, location);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for cookie in set_cookies.into_iter().flatten() {
-        headers.append(header::SET_COOKIE, cookie);
-    }
-    response
-}
-
-pub(crate) fn login_error(
-    ctx: &RequestCtx,
-    status: StatusCode,
-    message: &str,
-    retry: &str,
-) -> Response<ResponseBody> {
-    html(
-        status,
-        page::login_error(message, retry, ctx.request_id.to_str().unwrap_or("-")),
-    )
-}
-
-pub(crate) fn login_again_url(identity: &IdentityRuntime, ctx: &RequestCtx, rd: &str) -> String {
-    let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
-    format!("{}/.sekisho/login?rd={rd}", auth_origin(identity, ctx))
+    path == "/" || path == "/.sekisho/me" || path.starts_with(CLI_PREFIX)
 }
 
 async fn login(
@@ -532,34 +473,6 @@ fn handoff(
 }
 
 /// The session this host's cookie holds, revoked or not.
-fn cookie_session(
-    identity: &IdentityRuntime,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-) -> Option<SessionRecord> {
-    let value = session_cookie(headers).ok()??;
-    identity
-        .session_keys
-        .open(value, &ctx.host, unix_now(), identity.idle_timeout())
-        .ok()
-}
-
-/// The session on this host, if any (revocations included).
-pub(crate) fn current_session(
-    identity: &IdentityRuntime,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-) -> Option<SessionRecord> {
-    let record = cookie_session(identity, ctx, headers)?;
-    (!identity.state.is_revoked(
-        &record.id.0,
-        &record.issuer,
-        &record.subject,
-        record.issued_at,
-    ))
-    .then_some(record)
-}
-
 async fn logout(
     identity: &IdentityRuntime,
     ctx: &RequestCtx,

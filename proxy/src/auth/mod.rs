@@ -2,6 +2,8 @@
 
 pub mod access;
 pub mod cli_login;
+pub(crate) mod endpoint;
 pub mod identity;
 pub mod login;
 pub mod session;
+pub(crate) mod who;

@@ -24,10 +24,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::auth::access::who_from_record;
 use crate::auth::session::{SessionRecord, unix_now};
+use crate::auth::who::who_from_record;
 use crate::policy::Decision;
-use crate::state::{ClientIo, Shared};
+use crate::state::Shared;
+use crate::state::client::ClientIo;
 use frame::{FrameCursor, close_frame};
 
 /// How often an open WebSocket's session and policy are checked again.

@@ -36,7 +36,8 @@ use tokio::sync::watch;
 
 use crate::config::Limits;
 use crate::respond::body::ResponseBody;
-use crate::state::{ConnState, Shared, stopped};
+use crate::state::client::ConnState;
+use crate::state::{Shared, stopped};
 
 /// How long an HTTP/1.1 connection stays quiet before it gives its buffers back.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
@@ -136,7 +137,7 @@ fn service(
         let state = state.clone();
         async move {
             Ok::<_, Infallible>(if redirect {
-                crate::frontdoor::server::redirect_to_https(&shared, &req)
+                crate::request::pipeline::redirect_to_https(&shared, &req)
             } else {
                 crate::request::pipeline::serve_request(shared, state, req).await
             })

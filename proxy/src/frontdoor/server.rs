@@ -15,9 +15,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
@@ -28,11 +25,9 @@ use crate::frontdoor::reload::{self, Reloader};
 use crate::frontdoor::tls::{self, CertStore, TlsError};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{ListenerLabels, Metrics, Name, RouteMetrics};
-use crate::respond::body::ResponseBody;
-use crate::respond::{new_request_id, status_page};
 use crate::routing::snapshot::Snapshot;
-use crate::routing::table::normalize_host;
-use crate::state::{Admission, ConnState, Shared, stopped};
+use crate::state::client::{Admission, ConnState};
+use crate::state::{Shared, stopped};
 use crate::{frontdoor::admin, frontdoor::worker};
 
 #[derive(Debug, thiserror::Error)]
@@ -518,39 +513,4 @@ async fn serve_tcp(
             connection::serve_plain(shared, stream, state, &limits, shutdown).await;
         }
     }
-}
-
-/// The plain-HTTP listener's answer in redirect mode: the same URL over HTTPS, for known hosts.
-pub(crate) fn redirect_to_https(
-    shared: &Shared,
-    req: &Request<Incoming>,
-) -> Response<ResponseBody> {
-    let request_id = new_request_id();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(normalize_host);
-    let Some(host) = host.filter(|h| shared.snapshot.load().routes.knows_host(h)) else {
-        return status_page(
-            StatusCode::NOT_FOUND,
-            "no site is served for this host",
-            &request_id,
-        );
-    };
-    let port = match shared.redirect_port {
-        443 => String::new(),
-        port => format!(":{port}"),
-    };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{host}{port}{path}");
-    let mut response = status_page(
-        StatusCode::PERMANENT_REDIRECT,
-        "this site is served over HTTPS",
-        &request_id,
-    );
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
 }

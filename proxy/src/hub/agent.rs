@@ -26,14 +26,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::registry::{MAX_CLOCK_SKEW_SECS, switching_protocols};
-use crate::auth::access::json_error;
 use crate::auth::session::unix_now;
 use crate::forward::body::RequestBody;
 use crate::observe::metrics::{AgentLabels, ReasonLabels};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
+use crate::respond::json_error;
 use crate::routing::snapshot::Snapshot;
-use crate::state::{ClientIo, ConnState};
+use crate::state::client::{ClientIo, ConnState};
 use crate::state::{Shared, stopped};
 
 /// Answers an agent's connect request: `101` and the connection handed to the hub, or a

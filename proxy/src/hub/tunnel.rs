@@ -22,15 +22,18 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::stream::{Stream, StreamId, lock};
-use crate::auth::access::{auth_origin, bearer_identity, bearer_token, json_error, verify_bearer};
+use crate::auth::access::{bearer_token, verify_bearer};
+use crate::auth::endpoint::auth_origin;
 use crate::auth::session::unix_now;
+use crate::auth::who::bearer_identity;
 use crate::observe::metrics::{DirectionLabels, ReasonLabels};
 use crate::policy::{Decision, Identity};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
+use crate::respond::json_error;
 use crate::routing::snapshot::{Snapshot, TunnelRoute};
-use crate::state::ConnState;
 use crate::state::Shared;
+use crate::state::client::ConnState;
 
 /// How often an open tunnel's token and policy are checked again.
 pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(2);

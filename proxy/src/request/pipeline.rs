@@ -29,23 +29,26 @@ use super::context::RequestCtx;
 use super::error::{
     ErrorSource, ProxyError, caused_by_client_body, classify_send_error, error_response,
 };
-use crate::auth::access::{self, Access, Who};
+use crate::auth::access::{self, Access};
+use crate::auth::endpoint::CLI_PREFIX;
 use crate::auth::identity::IdentityRuntime;
-use crate::auth::login;
+use crate::auth::who::Who;
+use crate::auth::{cli_login, login};
 use crate::forward::body::RequestBody;
 use crate::forward::header::{is_upgrade_request, remove_hop_by_hop, set_forwarding_headers};
 use crate::forward::upstream::{Endpoint, Upstream};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{self, Name, UpstreamErrorLabels};
 use crate::respond::body::{Completion, ResponseBody};
-use crate::respond::{X_REQUEST_ID, is_acceptable_request_id, new_request_id};
+use crate::respond::{X_REQUEST_ID, is_acceptable_request_id, new_request_id, status_page};
 use crate::routing::path::{
     PathError, decode_slashes, normalize_path, normalize_path_keeping_encoded_slashes,
     without_parameters,
 };
 use crate::routing::snapshot::{Route, Snapshot};
 use crate::routing::table::normalize_host;
-use crate::state::{ConnState, Shared};
+use crate::state::Shared;
+use crate::state::client::ConnState;
 
 /// Serves one request on a listener that proxies.
 pub(crate) async fn serve_request(
@@ -134,8 +137,11 @@ async fn proxy(
                 shared, snapshot, conn, ctx, &req,
             ));
         }
+        OwnEndpoint::CliLogin(identity) => {
+            return Ok(cli_login::serve_cli_endpoint(snapshot, identity, ctx, req).await);
+        }
         OwnEndpoint::Identity(identity) => {
-            return Ok(login::handle(snapshot, identity, ctx, req).await);
+            return Ok(login::serve_identity_page(snapshot, identity, ctx, req).await);
         }
         OwnEndpoint::None => {}
     }
@@ -337,7 +343,9 @@ enum OwnEndpoint<'s> {
     TunnelRenew,
     TunnelStatus,
     AgentConnect,
-    /// The auth host and `/.sekisho/` paths, when login is configured.
+    /// The CLI's OAuth endpoints, when login is configured.
+    CliLogin(&'s IdentityRuntime),
+    /// The auth host and other `/.sekisho/` paths, when login is configured.
     Identity(&'s IdentityRuntime),
     None,
 }
@@ -356,6 +364,7 @@ fn own_endpoint<'s>(
         sekisho_wire::TUNNEL_STATUS_PATH => OwnEndpoint::TunnelStatus,
         sekisho_wire::AGENT_CONNECT_PATH => OwnEndpoint::AgentConnect,
         _ => match snapshot.own_endpoint(&ctx.host, decided) {
+            Some(identity) if decided.starts_with(CLI_PREFIX) => OwnEndpoint::CliLogin(identity),
             Some(identity) => OwnEndpoint::Identity(identity),
             None => OwnEndpoint::None,
         },
@@ -625,4 +634,39 @@ fn requested_upgrade<B>(req: &Request<B>, route: &Route) -> Option<HeaderValue> 
     let protocol = values.next()?;
     let one = values.next().is_none() && !protocol.as_bytes().contains(&b',');
     (one && route.allows_upgrade(protocol.as_bytes().trim_ascii())).then(|| protocol.clone())
+}
+
+/// The plain-HTTP listener's answer in redirect mode: the same URL over HTTPS, for known hosts.
+pub(crate) fn redirect_to_https(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let request_id = new_request_id();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(normalize_host);
+    let Some(host) = host.filter(|h| shared.snapshot.load().routes.knows_host(h)) else {
+        return status_page(
+            StatusCode::NOT_FOUND,
+            "no site is served for this host",
+            &request_id,
+        );
+    };
+    let port = match shared.redirect_port {
+        443 => String::new(),
+        port => format!(":{port}"),
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{path}");
+    let mut response = status_page(
+        StatusCode::PERMANENT_REDIRECT,
+        "this site is served over HTTPS",
+        &request_id,
+    );
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::observe::access_log::{AccessLog, AccessRecord};
-use crate::state::InFlight;
+use crate::state::client::InFlight;
 
 /// What the proxy sends back: an upstream's body, or one the proxy made itself.
 pub struct ResponseBody {

@@ -6,7 +6,7 @@ pub mod body;
 pub mod page;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 use body::ResponseBody;
 
@@ -52,6 +52,80 @@ pub(crate) fn new_request_id() -> HeaderValue {
         out[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+}
+
+pub(crate) fn html(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(page::CONTENT_TYPE),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    response
+}
+
+pub(crate) fn json_error(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    login_url: Option<&str>,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(page::json_error(
+        error, message, login_url,
+    )));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+pub(crate) fn query<B>(req: &Request<B>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+pub(crate) fn redirect(
+    location: &str,
+    set_cookies: Option<Vec<HeaderValue>>,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::FOUND;
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for cookie in set_cookies.into_iter().flatten() {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 #[cfg(test)]

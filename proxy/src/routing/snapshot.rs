@@ -35,6 +35,9 @@ pub enum SnapshotError {
     },
 }
 
+/// Every path under this prefix is the proxy's own, on every host (never an upstream's).
+pub(crate) const OWN_PREFIX: &str = "/.sekisho/";
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub routes: RouteTable<Arc<Route>>,
@@ -234,7 +237,7 @@ impl Snapshot {
     pub fn own_endpoint(&self, host: &str, path: &str) -> Option<&IdentityRuntime> {
         self.identity
             .as_deref()
-            .filter(|identity| crate::auth::login::is_own(identity, host, path))
+            .filter(|identity| host == identity.auth_host || path.starts_with(OWN_PREFIX))
     }
 
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {

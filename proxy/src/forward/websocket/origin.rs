@@ -12,13 +12,13 @@
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 
-use crate::auth::access::{html, json_error};
 use crate::config::origin::Origin;
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
 use crate::respond::page;
+use crate::respond::{html, json_error};
 use crate::routing::snapshot::{Route, Snapshot};
-use crate::state::ConnState;
+use crate::state::client::ConnState;
 
 /// What the `Origin` of an upgrade request says about it.
 #[derive(Debug, PartialEq, Eq)]
