@@ -146,8 +146,6 @@ def check(src: Path) -> list[list[tuple]]:
             tree = m.group(1).strip()
             first = re.split(r"::|\s|\{", tree, maxsplit=1)[0]
             if here + (first,) in modules:
-                for path in expand_groups("self::" + tree if "{" in tree else ""):
-                    pass
                 target = resolve("self::" + re.sub(r"::\{.*", "", tree, flags=re.S), here, True, modules)
                 if target not in (None, here):
                     edges[here].add(target)

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::grant::unix_now;
 use crate::grant::{AuthServer, GrantError, Tokens};
-use crate::login::{LoginError, unix_now};
 
 /// The longest a device login is waited for, whatever the proxy says.
 const MAX_WAIT: Duration = Duration::from_secs(30 * 60);
@@ -25,7 +25,7 @@ pub(crate) enum Next {
     /// Poll again after an interval grown by 5 s.
     SlowDown,
     /// Stop with this error.
-    Stop(LoginError),
+    Stop(DeviceError),
 }
 
 /// What a poll's refusal means for the loop.
@@ -33,15 +33,26 @@ pub(crate) fn next(error: GrantError) -> Next {
     match error.oauth_error() {
         Some("authorization_pending") => Next::Wait,
         Some("slow_down") => Next::SlowDown,
-        Some("access_denied") => Next::Stop(LoginError::Denied),
-        Some("expired_token") => Next::Stop(LoginError::Expired),
-        _ => Next::Stop(LoginError::Grant(error)),
+        Some("access_denied") => Next::Stop(DeviceError::Denied),
+        Some("expired_token") => Next::Stop(DeviceError::Expired),
+        _ => Next::Stop(DeviceError::Grant(error)),
     }
 }
 
 /// Runs the device flow against the auth host `server`.
-pub async fn run(server: AuthServer<'_>) -> Result<Tokens, LoginError> {
-    let start = server.start_device().await.map_err(LoginError::Grant)?;
+/// Why a device login ended without tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("the sign-in was denied")]
+    Denied,
+    #[error("the sign-in was not approved in time")]
+    Expired,
+    #[error("the proxy did not complete the login")]
+    Grant(#[source] GrantError),
+}
+
+pub async fn run(server: AuthServer<'_>) -> Result<Tokens, DeviceError> {
+    let start = server.start_device().await.map_err(DeviceError::Grant)?;
     let wait = Duration::from_secs(start.expires_in).min(MAX_WAIT);
     let mut interval = start.interval.clamp(MIN_INTERVAL, MAX_INTERVAL);
     eprintln!(
@@ -62,7 +73,7 @@ pub async fn run(server: AuthServer<'_>) -> Result<Tokens, LoginError> {
     loop {
         let pause = Duration::from_secs(interval) + MARGIN;
         if tokio::time::Instant::now() + pause >= deadline {
-            return Err(LoginError::Expired);
+            return Err(DeviceError::Expired);
         }
         tokio::time::sleep(pause).await;
         match server.poll_device(&start.device_code, unix_now()).await {
@@ -95,15 +106,15 @@ mod tests {
         assert!(matches!(next(refused("slow_down")), Next::SlowDown));
         assert!(matches!(
             next(refused("access_denied")),
-            Next::Stop(LoginError::Denied)
+            Next::Stop(DeviceError::Denied)
         ));
         assert!(matches!(
             next(refused("expired_token")),
-            Next::Stop(LoginError::Expired)
+            Next::Stop(DeviceError::Expired)
         ));
         assert!(matches!(
             next(refused("invalid_grant")),
-            Next::Stop(LoginError::Grant(_))
+            Next::Stop(DeviceError::Grant(_))
         ));
     }
 }

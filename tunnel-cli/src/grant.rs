@@ -3,6 +3,8 @@
 //! refresh token, device code), the device start and the revocation. Answers follow RFC 6749
 //! §5: a token answer, or `{"error", "error_description"}`.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -315,4 +317,11 @@ impl AuthServer<'_> {
             Err(self.refusal(REVOKE_PATH, &response))
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -7,7 +7,7 @@
 //! with a one-time code (redeemed with PKCE), or in any browser with the device flow. Access
 //! tokens are refreshed when they expire within a minute.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,20 +15,14 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::browser::{self, Env, Flow};
 use crate::cache::Cache;
-use crate::grant::{self, AUTHORIZE_PATH, AuthServer, GrantError, Tokens};
+use crate::device::DeviceError;
+use crate::grant::{self, AUTHORIZE_PATH, AuthServer, GrantError, Tokens, unix_now};
 use crate::loopback::{self, Loopback, LoopbackError};
 use crate::net::{Net, NetError, Origin};
 use crate::secret::Secret;
 
 /// An access token that expires sooner than this is refreshed first.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -50,6 +44,16 @@ pub enum LoginError {
     Grant(#[source] GrantError),
     #[error("the operating system's random number generator failed")]
     Random,
+}
+
+impl From<DeviceError> for LoginError {
+    fn from(error: DeviceError) -> Self {
+        match error {
+            DeviceError::Denied => Self::Denied,
+            DeviceError::Expired => Self::Expired,
+            DeviceError::Grant(error) => Self::Grant(error),
+        }
+    }
 }
 
 impl LoginError {
@@ -131,7 +135,7 @@ fn authorize_url(auth: &Origin, redirect_uri: &str, state: &Secret, challenge: &
 pub async fn run(net: &Net, auth: &Origin, flow: Flow, env: Env<'_>) -> Result<Tokens, LoginError> {
     let server = AuthServer { net, origin: auth };
     match flow {
-        Flow::Device => crate::device::run(server).await,
+        Flow::Device => Ok(crate::device::run(server).await?),
         Flow::Browser { open } => {
             let loopback = Loopback::bind().await?;
             let redirect_uri = loopback.redirect_uri();
