@@ -395,31 +395,23 @@ impl Proxy {
     /// Ends the session that [`Proxy::user_token`]'s tokens for `email` belong to, the way a
     /// logout or a back-channel logout does.
     pub fn revoke(&self, email: &str) -> Result<()> {
-        let snapshot = self.running().shared().snapshot.load_full();
-        let identity = snapshot
-            .identity
-            .as_ref()
-            .context("the configuration has no identity section")?;
         let until = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
             + 3600;
-        identity.state.revoke_session(session_of(email), until);
+        ensure!(
+            self.running().revoke_session(session_of(email), until),
+            "the configuration has no identity section"
+        );
         Ok(())
     }
 
     fn token(&self, email: &str, lifetime: Duration, backdate_secs: u64) -> Result<String> {
-        let snapshot = self.running().shared().snapshot.load_full();
-        let identity = snapshot
-            .identity
-            .as_ref()
-            .context("the configuration has no identity section")?;
-        let tokens = sekisho_identity::user_token::UserTokens::new(
-            identity.signing_keys.clone(),
-            format!("https://{}", identity.auth_host),
-            identity.auth_host.clone(),
-        )
-        .with_lifetime(lifetime);
+        let tokens = self
+            .running()
+            .user_tokens()
+            .context("the configuration has no identity section")?
+            .with_lifetime(lifetime);
         let session = session_of(email);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -450,7 +442,7 @@ impl Proxy {
 
     /// How many links the agent `name` has now.
     pub fn agent_links(&self, name: &str) -> usize {
-        self.running().shared().hub.connected(name)
+        self.running().agent_links(name)
     }
 
     /// Waits until the agent `name` has `count` links.

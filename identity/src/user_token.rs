@@ -91,6 +91,7 @@ pub enum IssueError {
 }
 
 /// Issues and verifies user tokens for one proxy.
+#[derive(Clone)]
 pub struct UserTokens {
     keys: Arc<SigningKeys>,
     issuer: String,

@@ -1,26 +1,62 @@
-//! `sekisho-proxy`: Sekisho's TLS front door and L7 reverse proxy.
+//! `sekisho-proxy`: Sekisho's TLS front door, L7 reverse proxy, OpenID Connect relying party,
+//! policy engine and tunnel hub.
 //!
-//! A request's life: a worker accepts the connection ([`server`]), rustls picks a certificate by
-//! SNI ([`tls`]), hyper parses the request, and the pipeline in [`proxy`] routes it by host and
-//! path ([`route`]) through the current [`snapshot`] to an upstream endpoint ([`upstream`]),
-//! streaming bodies both ways ([`body`]). Configuration and certificates reload without a
-//! restart ([`reload`]); metrics and health live on a separate admin listener ([`admin`]).
-//! Agents dial in and `sekisho tunnel` streams go through them in the tunnel [`hub`].
+//! The crate is layered; each folder's module comment says what it owns and what it may use,
+//! and no module imports another in a cycle (`scripts/module-cycles.py` checks it in CI):
 //!
-//! This crate must not depend on the agent or the CLI; Kubernetes watching feeds the same
-//! snapshot later.
+//! - [`frontdoor`](crate::frontdoor): listeners, worker threads, client connections, TLS, the
+//!   admin listener and reloads. It calls the pipeline.
+//! - `request`: one request's context, errors and the pipeline of named phases.
+//! - `auth` (who is asking and may they pass), `hub` (agents and tunnels), `forward`
+//!   (upstreams, request bodies, headers, WebSockets): the phases.
+//! - `respond`: what the proxy answers itself. `state`: what requests share.
+//! - `routing` (the one normal path, the route table, the snapshot), `policy`, `config`,
+//!   `observe` (metrics, the access log): data and pure decisions at the bottom.
+//!
+//! The public surface is what the binary, the tests and the operator need: [`start`] and
+//! [`Running`], configuration checks ([`Config`], [`check_config`]) and key files
+//! ([`add_session_key`]). This crate must not depend on the agent or the CLI; Kubernetes
+//! watching feeds the same snapshot later.
 
-pub mod auth;
-pub mod config;
-pub mod forward;
-pub mod frontdoor;
-pub mod hub;
-pub mod observe;
-pub mod policy;
-pub mod request;
-pub mod respond;
-pub mod routing;
-pub mod state;
+mod auth;
+mod config;
+mod forward;
+mod frontdoor;
+mod hub;
+mod observe;
+mod policy;
+mod request;
+mod respond;
+mod routing;
+mod state;
 
+use std::path::Path;
+
+pub use auth::session::{
+    KeyError, SessionId, SessionKeys, SessionRecord, add_key_to_file as add_session_key, unix_now,
+};
+pub use config::{Config, ConfigError, IdentityConfig, Problem};
 pub use frontdoor::server::{Options, Running, StartError, start};
 pub use sekisho_wire::error_chain;
+
+/// Checks a configuration file as start-up would, without serving: the file, the certificates
+/// and keys it names, and everything its routes need. Every problem found, each as a message
+/// with its cause chain.
+pub fn check_config(file: &Path) -> Result<Config, Vec<String>> {
+    let config = Config::load(file).map_err(|error| vec![error_chain(&error)])?;
+    let mut problems = Vec::new();
+    for files in &config.tls.certificates {
+        if let Err(error) = frontdoor::tls::load_certificate(files) {
+            problems.push(error_chain(&error));
+        }
+    }
+    let metrics = observe::metrics::Metrics::default();
+    if let Err(error) = routing::snapshot::Snapshot::build(&config, None, 1, &metrics) {
+        problems.push(error_chain(&error));
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sekisho_proxy::config::Config;
+use sekisho_proxy::Config;
 use sekisho_proxy::{Options, StartError, error_chain};
 
 /// mimalloc instead of glibc's malloc: per-thread free lists suit the one-runtime-per-worker
@@ -146,40 +146,24 @@ fn init_logging(format: LogFormat) {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    let config = match Config::load(file) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("invalid: {}", error_chain(&error));
-            return ExitCode::from(3);
+    match sekisho_proxy::check_config(file) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} hosts, {} upstreams, {} certificates)",
+                file.display(),
+                config.hosts.len(),
+                config.upstreams.len(),
+                config.tls.certificates.len()
+            );
+            ExitCode::SUCCESS
         }
-    };
-    let mut ok = true;
-    for files in &config.tls.certificates {
-        if let Err(error) = sekisho_proxy::frontdoor::tls::load_certificate(files) {
-            eprintln!("invalid: {}", error_chain(&error));
-            ok = false;
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("invalid: {problem}");
+            }
+            ExitCode::from(3)
         }
     }
-    if let Err(error) = sekisho_proxy::routing::snapshot::Snapshot::build(
-        &config,
-        None,
-        1,
-        &sekisho_proxy::observe::metrics::Metrics::default(),
-    ) {
-        eprintln!("invalid: {}", error_chain(&error));
-        ok = false;
-    }
-    if !ok {
-        return ExitCode::from(3);
-    }
-    println!(
-        "{}: ok ({} hosts, {} upstreams, {} certificates)",
-        file.display(),
-        config.hosts.len(),
-        config.upstreams.len(),
-        config.tls.certificates.len()
-    );
-    ExitCode::SUCCESS
 }
 
 fn serve(config_path: Option<PathBuf>) -> ExitCode {
@@ -206,12 +190,12 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
 
 fn add_key(command: KeysCommand) -> ExitCode {
     use sekisho_identity::signing::SigningKeyError;
-    use sekisho_proxy::auth::session::KeyError;
+    use sekisho_proxy::KeyError;
     // Exit 3 when the file's contents are the problem, 1 when reading, writing or the random
     // source failed.
     let (file, added) = match command {
         KeysCommand::Session { file } => {
-            let added = sekisho_proxy::auth::session::add_key_to_file(&file);
+            let added = sekisho_proxy::add_session_key(&file);
             let added = added
                 .map(|id| format!("session key id {id}"))
                 .map_err(|error| {
@@ -257,7 +241,7 @@ fn dev_session(
     groups: Vec<String>,
     lifetime: std::time::Duration,
 ) -> ExitCode {
-    use sekisho_proxy::auth::session::{SessionId, SessionKeys, SessionRecord, unix_now};
+    use sekisho_proxy::{SessionId, SessionKeys, SessionRecord, unix_now};
     let keys_file = match identity_file(config, "dev-session", "session_keys_file", |i| {
         i.session_keys_file
     }) {
@@ -294,7 +278,7 @@ fn identity_file(
     config: Option<PathBuf>,
     command: &str,
     field: &str,
-    file: impl FnOnce(sekisho_proxy::config::IdentityConfig) -> Option<PathBuf>,
+    file: impl FnOnce(sekisho_proxy::IdentityConfig) -> Option<PathBuf>,
 ) -> Result<(String, PathBuf), ExitCode> {
     let Some(config) = config else {
         eprintln!("sekisho-proxy: {command} needs --config with identity.{field}");
@@ -365,7 +349,7 @@ fn dev_token(
                 groups: &groups,
             };
             tokens
-                .issue(session, &identity, sekisho_proxy::auth::session::unix_now())
+                .issue(session, &identity, sekisho_proxy::unix_now())
                 .map(|issued| issued.token.expose().to_owned())
                 .map_err(|e| error_chain(&e))
         });

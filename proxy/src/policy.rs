@@ -168,7 +168,7 @@ impl Identity {
 /// The strings a policy can match in a JSON claim: a string as itself, a boolean or number as its
 /// JSON text, an array as its elements of those kinds; `null`, objects and nested arrays give
 /// nothing.
-pub fn claim_values(value: &serde_json::Value) -> Vec<String> {
+pub(crate) fn claim_values(value: &serde_json::Value) -> Vec<String> {
     use serde_json::Value;
     fn scalar(value: &Value) -> Option<String> {
         match value {
@@ -323,7 +323,7 @@ impl AccessPolicy {
 }
 
 /// Checks a `policies:` map: names and every policy.
-pub fn validate_policies(policies: &BTreeMap<String, AccessPolicy>) -> Vec<Problem> {
+pub(crate) fn validate_policies(policies: &BTreeMap<String, AccessPolicy>) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (name, policy) in policies {
         let field = format!("policies.{name}");
@@ -441,7 +441,7 @@ impl PolicyPath {
 
 /// How a route is guarded: `public: true`, a named policy, or (with neither) no one passes.
 #[derive(Debug, Clone)]
-pub enum RouteAccess {
+pub(crate) enum RouteAccess {
     Public,
     Policy(Arc<AccessPolicy>),
     DenyAll,
@@ -449,7 +449,7 @@ pub enum RouteAccess {
 
 impl RouteAccess {
     /// Decides one request on a route; the same contract as [`AccessPolicy::decide`].
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         identity: Option<&Identity>,
         method: &Method,

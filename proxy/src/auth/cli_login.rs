@@ -47,7 +47,7 @@ use form::Form;
 const DEVICE_PATH: &str = "/.sekisho/cli/device";
 const APPROVE_PATH: &str = "/.sekisho/cli/device/approve";
 /// The grant type of the device flow (RFC 8628 §3.4).
-pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+pub(crate) const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// Answers a request for a path under [`CLI_PREFIX`].
 pub(crate) async fn serve_cli_endpoint(

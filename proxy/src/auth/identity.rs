@@ -55,7 +55,7 @@ pub enum IdentityError {
 }
 
 /// Everything login, sessions and tokens need at run time.
-pub struct IdentityRuntime {
+pub(crate) struct IdentityRuntime {
     pub config: IdentityConfig,
     /// Lowercase.
     pub auth_host: String,
@@ -92,7 +92,7 @@ impl std::fmt::Debug for IdentityRuntime {
 }
 
 /// One configured OpenID provider, discovered when first needed.
-pub struct ProviderSlot {
+pub(crate) struct ProviderSlot {
     pub name: String,
     pub display_name: String,
     config: sekisho_identity::oidc::ProviderConfig,
@@ -101,7 +101,7 @@ pub struct ProviderSlot {
 
 impl ProviderSlot {
     /// The discovered provider; discovery runs on the first call and again after a failure.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         http: &HttpClient,
     ) -> Result<&Provider, sekisho_identity::oidc::DiscoveryError> {
@@ -111,18 +111,18 @@ impl ProviderSlot {
     }
 
     /// The provider if discovery already succeeded.
-    pub fn discovered(&self) -> Option<&Provider> {
+    pub(crate) fn discovered(&self) -> Option<&Provider> {
         self.provider.get()
     }
 
     /// The configured issuer (known before discovery).
-    pub fn issuer(&self) -> &str {
+    pub(crate) fn issuer(&self) -> &str {
         &self.config.issuer
     }
 }
 
 /// State that survives configuration reloads.
-pub struct IdentityState {
+pub(crate) struct IdentityState {
     pub replay: ReplayGuard,
     /// The CLI's device logins waiting for approval (`crate::auth::cli_login`).
     pub device_grants: DeviceGrants,
@@ -193,7 +193,7 @@ impl IdentityState {
     }
 
     /// Ends a session on this proxy until `expires_at`.
-    pub fn revoke_session(&self, id: [u8; 16], expires_at: u64) {
+    pub(crate) fn revoke_session(&self, id: [u8; 16], expires_at: u64) {
         let now = unix_now();
         if self.revoked_sessions.len() >= MAX_REMEMBERED {
             self.revoked_sessions.retain(|_, until| *until > now);
@@ -204,7 +204,7 @@ impl IdentityState {
     /// Marks the back-channel logout token `jti` of `issuer` used until `until` (Unix
     /// seconds; when the token can no longer verify). [`ReplayError::AlreadyUsed`] for a
     /// replay; [`ReplayError::Full`] when too many tokens are remembered to take one more.
-    pub fn first_use_of_logout_token(
+    pub(crate) fn first_use_of_logout_token(
         &self,
         issuer: &str,
         jti: &str,
@@ -222,7 +222,7 @@ impl IdentityState {
 
     /// Ends every session of `subject` at `issuer` that began before now (`now` is the Unix
     /// time); sessions that begin later live.
-    pub fn revoke_subject(&self, issuer: &str, subject: &str, now: u64) {
+    pub(crate) fn revoke_subject(&self, issuer: &str, subject: &str, now: u64) {
         self.revoked_subjects
             .entry(format!("{issuer}\0{subject}"))
             .and_modify(|revocation| {
@@ -239,7 +239,13 @@ impl IdentityState {
 
     /// Notes a session that begins now, before its cookie is handed out, so that a logout of
     /// its subject earlier in the same second does not end it.
-    pub fn session_started(&self, id: &[u8; 16], issuer: &str, subject: &str, issued_at: u64) {
+    pub(crate) fn session_started(
+        &self,
+        id: &[u8; 16],
+        issuer: &str,
+        subject: &str,
+        issued_at: u64,
+    ) {
         // Once per login, so no fast path: the entry's lock orders this against the logout.
         if let Some(mut revocation) = self
             .revoked_subjects
@@ -253,7 +259,7 @@ impl IdentityState {
     /// Ends the sessions that logged in with the provider session `sid`; false if none known.
     /// They stay listed (until they expire), so that a later logout naming the same `sid`
     /// ends the same sessions rather than every session of the subject.
-    pub fn revoke_provider_session(&self, issuer: &str, sid: &str) -> bool {
+    pub(crate) fn revoke_provider_session(&self, issuer: &str, sid: &str) -> bool {
         match self.provider_sessions.get(&format!("{issuer}\0{sid}")) {
             Some(sessions) => {
                 for &(id, expires_at) in sessions.iter() {
@@ -266,12 +272,18 @@ impl IdentityState {
     }
 
     /// Whether logout ended the session `id`.
-    pub fn is_session_revoked(&self, id: &[u8; 16]) -> bool {
+    pub(crate) fn is_session_revoked(&self, id: &[u8; 16]) -> bool {
         self.revoked_sessions.contains_key(id)
     }
 
     /// Whether a session is still good as far as revocations go.
-    pub fn is_revoked(&self, id: &[u8; 16], issuer: &str, subject: &str, issued_at: u64) -> bool {
+    pub(crate) fn is_revoked(
+        &self,
+        id: &[u8; 16],
+        issuer: &str,
+        subject: &str,
+        issued_at: u64,
+    ) -> bool {
         if self.revoked_sessions.contains_key(id) {
             return true;
         }
@@ -284,7 +296,7 @@ impl IdentityState {
     }
 
     /// Remembers what logout needs later: the provider's session id and the ID token.
-    pub fn remember_login(
+    pub(crate) fn remember_login(
         &self,
         id: [u8; 16],
         issuer: &str,
@@ -317,14 +329,14 @@ impl IdentityState {
 
     /// Takes the ID token a session logged in with, if this proxy still has it (for the
     /// provider's logout, once).
-    pub fn take_id_token(&self, id: &[u8; 16]) -> Option<RawIdToken> {
+    pub(crate) fn take_id_token(&self, id: &[u8; 16]) -> Option<RawIdToken> {
         self.id_tokens.remove(id).map(|(_, entry)| entry.0)
     }
 }
 
 impl IdentityRuntime {
     /// Builds the runtime for `config`, reusing `previous` where nothing changed.
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         previous: Option<&Arc<IdentityRuntime>>,
     ) -> Result<Option<Arc<IdentityRuntime>>, IdentityError> {
@@ -429,13 +441,13 @@ impl IdentityRuntime {
         })))
     }
 
-    pub fn http(&self) -> &HttpClient {
+    pub(crate) fn http(&self) -> &HttpClient {
         &self.http
     }
 
     /// The bearer verifier, set up (discovery) on first use; `None` when no issuer is
     /// configured or setup failed (logged; tried again on the next token).
-    pub async fn bearer(&self) -> Option<&BearerVerifier> {
+    pub(crate) async fn bearer(&self) -> Option<&BearerVerifier> {
         if self.config.bearer_issuers.is_empty() {
             return None;
         }
@@ -469,20 +481,20 @@ impl IdentityRuntime {
     }
 
     /// The slot of provider `name`.
-    pub fn provider(&self, name: &str) -> Option<&ProviderSlot> {
+    pub(crate) fn provider(&self, name: &str) -> Option<&ProviderSlot> {
         self.providers.iter().find(|p| p.name == name)
     }
 
     /// Whether a policy names `group`: such groups are kept when a cookie must be trimmed.
-    pub fn group_needed(&self, group: &str) -> bool {
+    pub(crate) fn group_needed(&self, group: &str) -> bool {
         self.policy_groups.contains(group)
     }
 
-    pub fn session_lifetime(&self) -> Duration {
+    pub(crate) fn session_lifetime(&self) -> Duration {
         self.config.session_lifetime
     }
 
-    pub fn idle_timeout(&self) -> Duration {
+    pub(crate) fn idle_timeout(&self) -> Duration {
         self.config.session_idle_timeout
     }
 }

@@ -22,19 +22,19 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use host::{HostConfig, PathConfig, WebhookConfig};
+pub(crate) use host::{HostConfig, PathConfig};
 pub use identity::IdentityConfig;
-pub use listen::{HttpMode, Limits, Listen};
+pub(crate) use listen::{HttpMode, Limits, Listen};
 pub use problem::Problem;
 use problem::{Names, Problems};
-pub use tls::{CertificateFiles, Tls};
-pub use tunnel::{AgentConfig, TunnelConfig};
-pub use upstream::{Ejection, Endpoint, UpstreamConfig, UpstreamProtocol, UpstreamTls};
+pub(crate) use tls::{CertificateFiles, Tls};
+pub(crate) use tunnel::{AgentConfig, TunnelConfig};
+pub(crate) use upstream::{Ejection, UpstreamConfig, UpstreamProtocol, UpstreamTls};
 
 use crate::policy::AccessPolicy;
 
 /// The default configuration used when no `--config` is given: the local example.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../../deploy/examples/local.yaml");
+pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../../../deploy/examples/local.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -232,6 +232,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::problem::check_host_pattern;
+    use super::upstream::Endpoint;
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -9,7 +9,7 @@ use std::net::Ipv6Addr;
 /// (`https://tools.example.com`, `http://127.0.0.1:8080`). Hosts are kept lowercase, the
 /// default port of the scheme explicit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     https: bool,
     host: Box<str>,
     port: u16,
@@ -17,7 +17,7 @@ pub struct Origin {
 
 /// Why a text is not a bare origin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OriginError {
+pub(crate) enum OriginError {
     #[error("`{0}` is not an origin: give scheme, host and optional port (https://host[:port])")]
     NotAnOrigin(String),
     #[error("`{0}`: the scheme must be https or http")]
@@ -31,7 +31,7 @@ pub enum OriginError {
 }
 
 impl Origin {
-    pub fn parse(text: &str) -> Result<Self, OriginError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, OriginError> {
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| OriginError::NotAnOrigin(text.to_owned()))?;

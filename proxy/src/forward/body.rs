@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 /// A client's request body on its way upstream.
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: Source,
     received: Option<Arc<AtomicU64>>,
 }
@@ -24,7 +24,7 @@ enum Source {
 
 impl RequestBody {
     /// Wraps a body; `received` counts its bytes (none for bodies known to be empty).
-    pub fn new(inner: Incoming, received: Option<Arc<AtomicU64>>) -> Self {
+    pub(crate) fn new(inner: Incoming, received: Option<Arc<AtomicU64>>) -> Self {
         Self {
             inner: Source::Client(inner),
             received,
@@ -32,7 +32,7 @@ impl RequestBody {
     }
 
     /// A body already read in full.
-    pub fn buffered(bytes: Bytes) -> Self {
+    pub(crate) fn buffered(bytes: Bytes) -> Self {
         Self {
             inner: Source::Buffered((!bytes.is_empty()).then_some(bytes)),
             received: None,
@@ -44,7 +44,7 @@ impl RequestBody {
 /// the client's fault, not the upstream's.
 #[derive(Debug, thiserror::Error)]
 #[error("the client's request body failed")]
-pub struct ClientBodyError(#[source] hyper::Error);
+pub(crate) struct ClientBodyError(#[source] hyper::Error);
 
 impl Body for RequestBody {
     type Data = Bytes;

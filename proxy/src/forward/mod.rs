@@ -1,6 +1,6 @@
 //! Talking to upstreams: endpoints and pools, bodies, headers, WebSockets.
 
-pub mod body;
+pub(crate) mod body;
 pub(crate) mod header;
-pub mod upstream;
-pub mod websocket;
+pub(crate) mod upstream;
+pub(crate) mod websocket;

@@ -39,11 +39,11 @@ use crate::forward::body::RequestBody;
 use crate::frontdoor::tls::{self, TlsError};
 use crate::frontdoor::worker;
 
-pub type HttpClient = Client<Connector, RequestBody>;
+pub(crate) type HttpClient = Client<Connector, RequestBody>;
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connecting to {address} timed out")]
     Timeout { address: String },
     #[error("connecting to {address} failed")]
@@ -62,7 +62,7 @@ pub enum ConnectError {
 
 /// Why an exchange with an upstream failed before a response head arrived.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("the HTTP/1.1 handshake with the upstream failed")]
@@ -75,7 +75,7 @@ pub enum SendError {
 
 impl SendError {
     /// The connection could not be made (as opposed to failing once made).
-    pub fn connect_error(&self) -> Option<&ConnectError> {
+    pub(crate) fn connect_error(&self) -> Option<&ConnectError> {
         match self {
             Self::Connect(err) => Some(err),
             Self::Client(err) => {
@@ -93,7 +93,7 @@ impl SendError {
     }
 
     /// True when no connection could be made.
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Handshake(_) => true,
             Self::Client(err) => err.is_connect(),
@@ -103,7 +103,7 @@ impl SendError {
 }
 
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub name: Arc<str>,
     /// The configuration it was built from, so an unchanged upstream survives a reload with its
     /// connection pools.
@@ -114,7 +114,7 @@ pub struct Upstream {
 }
 
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `scheme://host:port`, for logs and metrics.
     pub label: Arc<str>,
     pub scheme: Scheme,
@@ -133,12 +133,15 @@ enum Pools {
 impl Endpoint {
     /// True when requests go out over this crate's HTTP/1.1 pool, which sends them as they are:
     /// origin-form URI and a `Host` header (hyper-util's client derives both from the URI).
-    pub fn speaks_http1_only(&self) -> bool {
+    pub(crate) fn speaks_http1_only(&self) -> bool {
         matches!(self.pools, Pools::Http1(_))
     }
 
     /// Sends a request over the calling worker's pool and waits for the response head.
-    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
+    pub(crate) async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
         match &self.pools {
             Pools::Http1(pools) => pools[worker::current() % pools.len()].send(req).await,
             Pools::Client(clients) => {
@@ -150,7 +153,11 @@ impl Endpoint {
 }
 
 impl Upstream {
-    pub fn build(name: &str, config: &UpstreamConfig, workers: usize) -> Result<Self, TlsError> {
+    pub(crate) fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        workers: usize,
+    ) -> Result<Self, TlsError> {
         let alpn: &[&[u8]] = match config.protocol {
             UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
             UpstreamProtocol::Http1 => &[b"http/1.1"],
@@ -224,7 +231,7 @@ impl Upstream {
 
     /// The next endpoint in rotation, skipping ejected ones. When every endpoint is ejected, the
     /// one whose ejection ends first is used anyway: better a likely failure than none at all.
-    pub fn pick(&self) -> Option<&Endpoint> {
+    pub(crate) fn pick(&self) -> Option<&Endpoint> {
         let count = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut now = None;
@@ -247,7 +254,7 @@ impl Upstream {
     }
 
     /// Records the outcome of using an endpoint. Returns true when this failure ejected it.
-    pub fn report(&self, endpoint: &Endpoint, healthy: bool) -> bool {
+    pub(crate) fn report(&self, endpoint: &Endpoint, healthy: bool) -> bool {
         if healthy {
             if endpoint.consecutive_failures.load(Ordering::Relaxed) != 0
                 || endpoint.ejected_until.load(Ordering::Relaxed) != 0
@@ -276,7 +283,8 @@ impl Upstream {
         false
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
+    #[cfg(test)]
+    pub(crate) fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
     }
 
@@ -313,7 +321,7 @@ const MAX_POOLED_PER_WORKER: usize = 256;
 /// pool belongs to one worker's single-threaded runtime, and the lock is held only while
 /// scanning, never across an `await`.
 #[derive(Debug)]
-pub struct Http1Pool {
+pub(crate) struct Http1Pool {
     connector: Connector,
     senders: Mutex<Vec<http1::SendRequest<RequestBody>>>,
 }
@@ -443,7 +451,7 @@ impl Target {
 
 /// Dials one endpoint, ignoring the request URI.
 #[derive(Debug, Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     target: Arc<Target>,
 }
 
@@ -463,7 +471,7 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 /// A connection to an upstream.
-pub enum UpstreamIo {
+pub(crate) enum UpstreamIo {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }

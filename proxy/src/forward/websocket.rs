@@ -11,7 +11,7 @@
 //! frames rather than inside one.
 
 mod frame;
-pub mod origin;
+pub(crate) mod origin;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use crate::state::client::ClientIo;
 use frame::{FrameCursor, close_frame};
 
 /// How often an open WebSocket's session and policy are checked again.
-pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How long to wait for the frames in flight to end before cutting a connection without a close
 /// frame.
@@ -52,7 +52,7 @@ const BUFFER: usize = 16 * 1024;
 
 /// What a WebSocket was allowed by, to ask again later.
 #[derive(Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     pub shared: Arc<Shared>,
     pub host: String,
     pub path: String,
@@ -61,7 +61,7 @@ pub struct Guard {
 
 impl Guard {
     /// Whether the session is still current and the route's policy still lets it through.
-    pub fn still_allowed(&self) -> bool {
+    pub(crate) fn still_allowed(&self) -> bool {
         let snapshot = self.shared.snapshot.load();
         let Some(identity) = snapshot.identity.as_deref() else {
             return false;
@@ -113,7 +113,7 @@ impl Guard {
 }
 
 /// Relays a WebSocket both ways until either side closes or `guard` stops allowing it.
-pub async fn relay<C, U>(client: C, upstream: U, guard: Guard)
+pub(crate) async fn relay<C, U>(client: C, upstream: U, guard: Guard)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,

@@ -40,7 +40,7 @@ use crate::state::client::ConnState;
 use crate::state::{Shared, stopped};
 
 /// How long an HTTP/1.1 connection stays quiet before it gives its buffers back.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The HTTP/2 connection preface, which an h2c client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -91,8 +91,30 @@ impl Running {
         let _ = self.shutdown.send(true);
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// How many links the agent `name` has to this process.
+    pub fn agent_links(&self, name: &str) -> usize {
+        self.shared.hub.connected(name)
+    }
+
+    /// Ends the session `id` on this process, as a logout does, and remembers that until
+    /// `until` (Unix seconds). False when no login is configured.
+    pub fn revoke_session(&self, id: [u8; 16], until: u64) -> bool {
+        let snapshot = self.shared.snapshot.load();
+        let Some(identity) = snapshot.identity.as_deref() else {
+            return false;
+        };
+        identity.state.revoke_session(id, until);
+        true
+    }
+
+    /// The issuer of the user tokens this process accepts (what `sekisho login` obtains),
+    /// when login is configured.
+    pub fn user_tokens(&self) -> Option<sekisho_identity::user_token::UserTokens> {
+        let snapshot = self.shared.snapshot.load();
+        snapshot
+            .identity
+            .as_deref()
+            .map(|identity| identity.user_tokens.clone())
     }
 
     /// Blocks until every worker has stopped.

@@ -49,7 +49,7 @@ pub enum TlsError {
 }
 
 /// The crypto provider used for every TLS configuration in the process.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -58,7 +58,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// A certificate ready to serve, with what the proxy reports about it.
 #[derive(Debug, Clone)]
-pub struct LoadedCert {
+pub(crate) struct LoadedCert {
     /// Where it came from; `None` for the generated development certificate.
     pub files: Option<CertificateFiles>,
     /// DNS names from the certificate (may include `*.` wildcards).
@@ -70,13 +70,13 @@ pub struct LoadedCert {
 
 impl LoadedCert {
     /// A short label for logs and metrics: the first name.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         self.names.first().map_or("", String::as_str)
     }
 }
 
 /// Reads a PEM certificate chain and private key, and checks that they belong together.
-pub fn load_certificate(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
+pub(crate) fn load_certificate(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
     let read_err = |path: &PathBuf| {
         let path = path.clone();
         move |source| TlsError::ReadPem { path, source }
@@ -148,7 +148,7 @@ fn names_and_expiry(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), Stri
 
 /// The certificates in force, indexed by name.
 #[derive(Debug, Default)]
-pub struct CertTable {
+pub(crate) struct CertTable {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     /// Served when the client sends no SNI or a name nothing covers.
@@ -158,7 +158,7 @@ pub struct CertTable {
 
 impl CertTable {
     /// Indexes certificates; when two cover the same name, the one listed first wins.
-    pub fn new(entries: Vec<LoadedCert>) -> Self {
+    pub(crate) fn new(entries: Vec<LoadedCert>) -> Self {
         let mut table = Self {
             fallback: entries.first().map(|e| e.key.clone()),
             ..Self::default()
@@ -176,7 +176,7 @@ impl CertTable {
         table
     }
 
-    pub fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub(crate) fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = server_name else {
             return self.fallback.clone();
         };
@@ -194,22 +194,22 @@ impl CertTable {
 
 /// The rustls certificate resolver, swapped as a whole on reload.
 #[derive(Debug, Default)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     table: ArcSwap<CertTable>,
 }
 
 impl CertStore {
-    pub fn new(table: CertTable) -> Self {
+    pub(crate) fn new(table: CertTable) -> Self {
         Self {
             table: ArcSwap::from_pointee(table),
         }
     }
 
-    pub fn replace(&self, table: CertTable) {
+    pub(crate) fn replace(&self, table: CertTable) {
         self.table.store(Arc::new(table));
     }
 
-    pub fn table(&self) -> Arc<CertTable> {
+    pub(crate) fn table(&self) -> Arc<CertTable> {
         self.table.load_full()
     }
 }
@@ -221,7 +221,7 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// The server configuration shared by every TLS connection.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
@@ -233,13 +233,13 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
 }
 
 /// A development CA and a `localhost` certificate it signed, generated in memory.
-pub struct DevCertificate {
+pub(crate) struct DevCertificate {
     pub cert: LoadedCert,
     /// The CA certificate, PEM, for `curl --cacert` or a browser's trust store.
     pub ca_pem: String,
 }
 
-pub fn dev_certificate() -> Result<DevCertificate, TlsError> {
+pub(crate) fn dev_certificate() -> Result<DevCertificate, TlsError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::new())?;
@@ -292,7 +292,10 @@ fn system_roots() -> Arc<RootCertStore> {
 }
 
 /// A client configuration for one upstream. `alpn` lists the protocols to offer.
-pub fn client_config(tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(
+    tls: &UpstreamTls,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mut config = if tls.dangerous_skip_verify {

@@ -31,7 +31,7 @@ const MAX_NONCES: usize = 100_000;
 
 /// The live agent connections, by agent name.
 #[derive(Debug, Default)]
-pub struct Hub {
+pub(crate) struct Hub {
     links: DashMap<String, Vec<Arc<Link>>>,
     turn: AtomicUsize,
     next_id: AtomicU64,
@@ -110,7 +110,7 @@ impl Hub {
     }
 
     /// How many links the agent has.
-    pub fn connected(&self, agent: &str) -> usize {
+    pub(crate) fn connected(&self, agent: &str) -> usize {
         self.links.get(agent).map_or(0, |links| links.len())
     }
 
@@ -135,7 +135,7 @@ impl Hub {
     }
 
     /// Cuts the links whose agent, or whose key, the snapshot no longer has.
-    pub fn prune(&self, snapshot: &Snapshot) {
+    pub(crate) fn prune(&self, snapshot: &Snapshot) {
         for links in self.links.iter() {
             for link in links.iter() {
                 let kept = snapshot

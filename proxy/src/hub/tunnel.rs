@@ -285,7 +285,7 @@ where
                     Err(e) => End::Broke(e),
                 },
                 _ = recheck.tick() => {
-                    if let Some((error, why)) = still_allowed(&shared, stream).await {
+                    if let Some((error, why)) = still_allowed(shared, stream).await {
                         break End::Cut(error, why);
                     }
                 }

@@ -13,7 +13,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// What is known about a request by the time its response is done.
 #[derive(Debug, Clone)]
-pub struct AccessRecord {
+pub(crate) struct AccessRecord {
     pub start: Instant,
     pub request_id: HeaderValue,
     pub client: IpAddr,
@@ -49,7 +49,7 @@ struct Line<'a> {
 
 /// The background writer starts with the first line: its queue (tracing-appender's default
 /// of 128,000 lines, ≈ 4 MiB) costs nothing while the access log is off.
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     sink: Mutex<Option<Box<dyn Write + Send>>>,
     writer: OnceLock<(NonBlocking, WorkerGuard)>,
 }
@@ -63,7 +63,7 @@ impl std::fmt::Debug for AccessLog {
 impl AccessLog {
     /// Lines go to `sink` from a background thread; when it falls behind, lines are dropped
     /// rather than slowing requests down.
-    pub fn new(sink: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn new(sink: Box<dyn Write + Send>) -> Self {
         Self {
             sink: Mutex::new(Some(sink)),
             writer: OnceLock::new(),
@@ -85,7 +85,7 @@ impl AccessLog {
         writer
     }
 
-    pub fn write(&self, record: &AccessRecord) {
+    pub(crate) fn write(&self, record: &AccessRecord) {
         thread_local! {
             static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
         }

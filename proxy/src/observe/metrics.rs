@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 /// A label value shared with the routing snapshot, so recording a metric allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Name(pub Arc<str>);
+pub(crate) struct Name(pub Arc<str>);
 
 impl EncodeLabelValue for Name {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -24,64 +24,64 @@ impl EncodeLabelValue for Name {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub route: Name,
     pub method: &'static str,
     pub status: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     pub route: Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct UpstreamErrorLabels {
+pub(crate) struct UpstreamErrorLabels {
     pub upstream: Name,
     pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct EndpointLabels {
+pub(crate) struct EndpointLabels {
     pub upstream: Name,
     pub endpoint: Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ListenerLabels {
+pub(crate) struct ListenerLabels {
     pub listener: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(crate) struct ResultLabels {
     pub result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct CertificateLabels {
+pub(crate) struct CertificateLabels {
     pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct AgentLabels {
+pub(crate) struct AgentLabels {
     /// A configured agent's name (only agents that proved themselves are counted by name).
     pub agent: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct DirectionLabels {
+pub(crate) struct DirectionLabels {
     /// `to_target` or `to_client`.
     pub direction: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
 
 /// The tunnel hub's metrics.
 #[derive(Debug, Default)]
-pub struct TunnelMetrics {
+pub(crate) struct TunnelMetrics {
     pub agents_connected: Family<AgentLabels, Gauge>,
     pub agent_connections: Family<AgentLabels, Counter>,
     pub agent_refusals: Family<ReasonLabels, Counter>,
@@ -125,7 +125,7 @@ impl TunnelMetrics {
     }
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub tunnel: TunnelMetrics,
     pub requests: Family<RequestLabels, Counter>,
@@ -224,14 +224,14 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The registry in the OpenMetrics text format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
 
-    pub fn result(ok: bool) -> ResultLabels {
+    pub(crate) fn result(ok: bool) -> ResultLabels {
         ResultLabels {
             result: if ok { "success" } else { "failure" },
         }
@@ -240,7 +240,7 @@ impl Metrics {
 
 /// One route's request metrics, resolved when the snapshot is built so that recording a
 /// request costs a few atomic operations instead of label hashing and map lookups.
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     name: Name,
     duration: Histogram,
     /// By method label and status class, created on first use so that only combinations that
@@ -258,7 +258,7 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn new(metrics: &Metrics, name: Name) -> Self {
+    pub(crate) fn new(metrics: &Metrics, name: Name) -> Self {
         let duration = metrics
             .request_duration
             .get_or_create(&RouteLabels {
@@ -274,7 +274,7 @@ impl RouteMetrics {
     }
 
     /// Counts a request and observes the time to its response head.
-    pub fn record(&self, method: &http::Method, status: u16, seconds: f64) {
+    pub(crate) fn record(&self, method: &http::Method, status: u16, seconds: f64) {
         self.duration.observe(seconds);
         let m = method_index(method);
         let s = usize::from(status.clamp(100, 599) / 100 - 1);
@@ -313,7 +313,8 @@ fn method_index(method: &http::Method) -> usize {
 }
 
 /// A bounded label for an HTTP method.
-pub fn method_label(method: &http::Method) -> &'static str {
+#[cfg(test)]
+fn method_label(method: &http::Method) -> &'static str {
     METHODS[method_index(method)]
 }
 

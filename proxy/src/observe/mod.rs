@@ -1,4 +1,4 @@
 //! What the proxy tells an operator: metrics and the access log.
 
-pub mod access_log;
-pub mod metrics;
+pub(crate) mod access_log;
+pub(crate) mod metrics;

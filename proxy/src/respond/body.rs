@@ -18,7 +18,7 @@ use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::state::client::InFlight;
 
 /// What the proxy sends back: an upstream's body, or one the proxy made itself.
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     kind: Kind,
     sent: u64,
     completion: Option<Box<Completion>>,
@@ -30,7 +30,7 @@ enum Kind {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> Self {
+    pub(crate) fn upstream(body: Incoming) -> Self {
         Self {
             kind: Kind::Upstream(body),
             sent: 0,
@@ -38,7 +38,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         Self {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
@@ -47,11 +47,11 @@ impl ResponseBody {
         }
     }
 
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self::full(Bytes::new())
     }
 
-    pub fn with_completion(mut self, completion: Completion) -> Self {
+    pub(crate) fn with_completion(mut self, completion: Completion) -> Self {
         self.completion = Some(Box::new(completion));
         self
     }
@@ -102,9 +102,13 @@ impl Drop for ResponseBody {
 }
 
 /// Everything the logging phase needs once the response is done.
-pub struct Completion {
+pub(crate) struct Completion {
     pub access_log: Arc<AccessLog>,
     /// Ends the request's in-flight count when the response is done.
+    #[allow(
+        dead_code,
+        reason = "held for its Drop: the request counts as in flight"
+    )]
     pub in_flight: InFlight,
     pub log: bool,
     pub record: AccessRecord,

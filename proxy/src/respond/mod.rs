@@ -2,8 +2,8 @@
 //! errors, redirects, request ids. Every built-in endpoint and every phase that answers early
 //! uses these; they depend only on the response body type and the page templates.
 
-pub mod body;
-pub mod page;
+pub(crate) mod body;
+pub(crate) mod page;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};

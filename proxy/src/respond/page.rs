@@ -11,17 +11,17 @@ use std::fmt::Write as _;
 
 /// The `Content-Security-Policy` for these pages: nothing loads, nothing runs, only the inline
 /// style applies.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
      img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The `Content-Security-Policy` for a page with a form ([`device_approval`]): as
 /// [`CONTENT_SECURITY_POLICY`], except that forms may post to this origin.
-pub const FORM_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
+pub(crate) const FORM_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
      style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
 
 /// The `Content-Type` of these pages.
-pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 
 const STYLE: &str = "\
 :root{color-scheme:light dark;--bg:#f6f7f9;--card:#fff;--fg:#1d2330;--muted:#5b6474;\
@@ -59,7 +59,7 @@ footer{margin-top:1.5rem;color:var(--muted);font-size:.8rem}";
 
 /// `text` with the five HTML-special characters replaced, safe in element content and in
 /// quoted attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     for c in text.chars() {
         match c {
@@ -76,7 +76,7 @@ pub fn escape(text: &str) -> String {
 
 /// `url` if it is an `http`/`https` URL or a relative one, else `#`: an `href` must never run
 /// code (`javascript:`, `data:`, …). The result still needs [`escape`].
-pub fn safe_href(url: &str) -> &str {
+pub(crate) fn safe_href(url: &str) -> &str {
     let scheme_end = url.find([':', '/', '?', '#']);
     match scheme_end {
         Some(i) if url.as_bytes()[i] == b':' => {
@@ -116,7 +116,12 @@ fn document(title: &str, body: &str) -> String {
 }
 
 /// Signed in, but the route's policy does not let this identity through.
-pub fn denied(signed_in_as: &str, route: &str, request_id: &str, logout_url: &str) -> String {
+pub(crate) fn denied(
+    signed_in_as: &str,
+    route: &str,
+    request_id: &str,
+    logout_url: &str,
+) -> String {
     let body = format!(
         "<h1>Not allowed here</h1>\
 <p>You are signed in as <strong>{who}</strong>, but that account may not use \
@@ -135,7 +140,7 @@ runs this service for access, and give them the request id below.</p>\
 
 /// A page on another origin tried to open a WebSocket to a route (browsers do not show this to
 /// the script, but someone may open the handshake's URL by hand).
-pub fn cross_origin(origin: &str, route: &str, request_id: &str) -> String {
+pub(crate) fn cross_origin(origin: &str, route: &str, request_id: &str) -> String {
     let body = format!(
         "<h1>Not allowed from that page</h1>\
 <p>A page on <code>{origin}</code> tried to open a WebSocket to <code>{route}</code>. Only the \
@@ -149,7 +154,7 @@ site itself, and the sites it names, may do that.</p>\
 }
 
 /// The login did not complete (the IdP refused, the state expired, …).
-pub fn login_error(message: &str, retry_url: &str, request_id: &str) -> String {
+pub(crate) fn login_error(message: &str, retry_url: &str, request_id: &str) -> String {
     let body = format!(
         "<h1>Sign-in failed</h1>\
 <p>{message}</p>\
@@ -163,7 +168,7 @@ pub fn login_error(message: &str, retry_url: &str, request_id: &str) -> String {
 }
 
 /// The login page when several identity providers are configured: `(display name, login URL)`.
-pub fn choose_provider(providers: &[(&str, &str)]) -> String {
+pub(crate) fn choose_provider(providers: &[(&str, &str)]) -> String {
     let mut body = String::from("<h1>Sign in</h1><p>Choose how to sign in:</p>");
     for (name, url) in providers {
         body.push_str(&link("button", url, name));
@@ -176,7 +181,7 @@ pub fn choose_provider(providers: &[(&str, &str)]) -> String {
 
 /// One route on the `/.sekisho/me` page and whether the viewer may use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteAccess {
+pub(crate) struct RouteAccess {
     pub host: String,
     pub path: String,
     pub allowed: bool,
@@ -184,7 +189,7 @@ pub struct RouteAccess {
 
 /// What `/.sekisho/me` shows about the viewer's session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MePage {
+pub(crate) struct MePage {
     pub email: String,
     pub subject: String,
     pub issuer: String,
@@ -197,7 +202,7 @@ pub struct MePage {
 }
 
 /// `/.sekisho/me`: who the viewer is to Sekisho and where they may go.
-pub fn me(page: &MePage) -> String {
+pub(crate) fn me(page: &MePage) -> String {
     let mut body = String::from("<h1>Your Sekisho session</h1><dl>");
     let email = if page.email.is_empty() {
         "(none given)"
@@ -250,7 +255,7 @@ pub fn me(page: &MePage) -> String {
 }
 
 /// After logout; `return_url` offers signing in again.
-pub fn signed_out(return_url: Option<&str>) -> String {
+pub(crate) fn signed_out(return_url: Option<&str>) -> String {
     let mut body = String::from(
         "<h1>Signed out</h1><p>You are signed out of Sekisho on this browser.</p>\
 <p class=\"muted\">Your identity provider may still remember you; sign out there too on a \
@@ -265,7 +270,7 @@ shared computer.</p>",
 /// What the device page shows: the person signed in, the code (when the link carried one) and
 /// a CSRF token for the form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DevicePage {
+pub(crate) struct DevicePage {
     pub signed_in_as: String,
     /// `XXXX-XXXX`, or empty for the person to type it.
     pub user_code: String,
@@ -278,7 +283,7 @@ pub struct DevicePage {
 
 /// The auth host's device page: approve or deny a `sekisho login` started elsewhere. Serve it
 /// with [`FORM_CONTENT_SECURITY_POLICY`].
-pub fn device_approval(page: &DevicePage) -> String {
+pub(crate) fn device_approval(page: &DevicePage) -> String {
     let notice = page
         .notice
         .as_deref()
@@ -307,7 +312,7 @@ autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" maxlengt
 }
 
 /// After the person approved or denied a device login.
-pub fn device_decided(approved: bool, signed_in_as: &str) -> String {
+pub(crate) fn device_decided(approved: bool, signed_in_as: &str) -> String {
     let body = if approved {
         format!(
             "<h1>Approved</h1><p>The command line is signed in as <strong>{}</strong>. \
@@ -324,7 +329,7 @@ have tried to get you to approve their sign-in: tell whoever runs this service.<
 
 /// The error body for clients that are not browsers (the CLI, scripts):
 /// `{"error": status_text, "message": message, "login_url": …}` (`login_url` only when given).
-pub fn json_error(status_text: &str, message: &str, login_url: Option<&str>) -> String {
+pub(crate) fn json_error(status_text: &str, message: &str, login_url: Option<&str>) -> String {
     let mut body = serde_json::json!({
         "error": status_text,
         "message": message,

@@ -1,5 +1,5 @@
 //! Where a request goes: its one normal path, the route table and the snapshot.
 
-pub mod path;
-pub mod snapshot;
-pub mod table;
+pub(crate) mod path;
+pub(crate) mod snapshot;
+pub(crate) mod table;

@@ -41,7 +41,7 @@ use std::borrow::Cow;
 
 /// Why a request path was refused. Each message can be shown on a 400 page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
+pub(crate) enum PathError {
     #[error("the request path must start with '/'")]
     NotAbsolute,
     #[error("the request path contains a control character or a backslash")]
@@ -69,13 +69,13 @@ pub enum PathError {
 /// Normalises a request path (see the module documentation for the rules).
 ///
 /// Returns the input borrowed when it is already normal, and an owned string otherwise.
-pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     normalize(raw, Slashes::Refuse)
 }
 
 /// [`normalize_path`] for a route that lets encoded slashes through: `%2F` is kept as an escape
 /// (uppercase) instead of refused. Such a route decides on [`decode_slashes`] of the result.
-pub fn normalize_path_keeping_encoded_slashes(raw: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize_path_keeping_encoded_slashes(raw: &str) -> Result<Cow<'_, str>, PathError> {
     normalize(raw, Slashes::Keep)
 }
 
@@ -83,7 +83,7 @@ pub fn normalize_path_keeping_encoded_slashes(raw: &str) -> Result<Cow<'_, str>,
 /// `/`. Refused ([`PathError::EncodedSlash`]) when that makes an empty, `.` or `..` segment or
 /// a segment whose name before `;` is one of those, since then the two readings could be
 /// different resources.
-pub fn decode_slashes(normal: &str) -> Result<String, PathError> {
+pub(crate) fn decode_slashes(normal: &str) -> Result<String, PathError> {
     let decoded = normal.replace("%2F", "/");
     let mut segments = decoded[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
@@ -98,7 +98,7 @@ pub fn decode_slashes(normal: &str) -> Result<String, PathError> {
 
 /// The form a normal path is routed and decided on: without its path parameters (each
 /// segment's `;` and what follows it). Borrowed when there are none.
-pub fn without_parameters(normal: &str) -> Cow<'_, str> {
+pub(crate) fn without_parameters(normal: &str) -> Cow<'_, str> {
     if memchr::memchr(b';', normal.as_bytes()).is_none() {
         return Cow::Borrowed(normal);
     }
@@ -112,7 +112,7 @@ pub fn without_parameters(normal: &str) -> Cow<'_, str> {
 
 /// A path written in the configuration (a route's or a policy rule's), in the canonical form
 /// requests are matched in. The message of an error says what to write instead.
-pub fn config_path(path: &str) -> Result<String, String> {
+pub(crate) fn config_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
         return Err(format!("`{path}` must start with '/'"));
     }
@@ -137,7 +137,7 @@ pub fn config_path(path: &str) -> Result<String, String> {
 /// `/foo` matches `/foo`, `/foo/` and `/foo/bar` but not `/foobar`; `/` matches every path; a
 /// trailing slash on the prefix is ignored. Both are expected to be normalised. Routing and
 /// policies share this one rule.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
 }

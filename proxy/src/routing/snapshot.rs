@@ -39,7 +39,7 @@ pub enum SnapshotError {
 pub(crate) const OWN_PREFIX: &str = "/.sekisho/";
 
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub routes: RouteTable<Arc<Route>>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub limits: Limits,
@@ -57,7 +57,7 @@ pub struct Snapshot {
 
 /// Where `sekisho tunnel HOST` goes, and who may open it.
 #[derive(Debug)]
-pub struct TunnelRoute {
+pub(crate) struct TunnelRoute {
     /// The host, lowercase: the name in logs.
     pub host: String,
     /// `host:port`.
@@ -69,7 +69,7 @@ pub struct TunnelRoute {
 }
 
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// `host/path` (or `host/*` for a host's default): the name in logs and metrics.
     pub name: Name,
     /// The host pattern and path as configured.
@@ -96,7 +96,7 @@ pub struct Route {
 
 impl Route {
     /// Whether an `Upgrade` to `protocol` may pass (protocol names compare case-insensitively).
-    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+    pub(crate) fn allows_upgrade(&self, protocol: &[u8]) -> bool {
         self.upgrades
             .iter()
             .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(protocol))
@@ -105,7 +105,7 @@ impl Route {
 
 /// A webhook route's signature check.
 #[derive(Debug)]
-pub struct RouteWebhook {
+pub(crate) struct RouteWebhook {
     pub secret: WebhookSecret,
     pub max_body: u64,
 }
@@ -113,7 +113,7 @@ pub struct RouteWebhook {
 impl Snapshot {
     /// Builds a snapshot. Upstreams whose configuration did not change are taken over from
     /// `previous` with their connection pools.
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         previous: Option<&Snapshot>,
         workers: usize,
@@ -234,13 +234,13 @@ impl Snapshot {
 
     /// The identity runtime and whether the proxy answers this request itself (auth host,
     /// `/.sekisho/` paths).
-    pub fn own_endpoint(&self, host: &str, path: &str) -> Option<&IdentityRuntime> {
+    pub(crate) fn own_endpoint(&self, host: &str, path: &str) -> Option<&IdentityRuntime> {
         self.identity
             .as_deref()
             .filter(|identity| host == identity.auth_host || path.starts_with(OWN_PREFIX))
     }
 
-    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 }

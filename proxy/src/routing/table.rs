@@ -21,7 +21,7 @@ pub enum PathType {
 }
 
 #[derive(Debug)]
-pub struct RouteTable<T> {
+pub(crate) struct RouteTable<T> {
     exact: HashMap<Box<str>, HostRoutes<T>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, HostRoutes<T>>,
@@ -53,7 +53,7 @@ impl<T> Default for RouteTable<T> {
 
 impl<T> RouteTable<T> {
     /// Adds a host. Hosts must be unique; a later entry for the same host replaces the earlier.
-    pub fn insert_host(
+    pub(crate) fn insert_host(
         &mut self,
         host: &str,
         paths: impl IntoIterator<Item = (String, PathType, T)>,
@@ -86,17 +86,13 @@ impl<T> RouteTable<T> {
         };
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty()
-    }
-
     /// Whether any rule covers this host (exactly or by wildcard).
-    pub fn knows_host(&self, host: &str) -> bool {
+    pub(crate) fn knows_host(&self, host: &str) -> bool {
         self.host_routes(host).is_some()
     }
 
     /// Finds the target for a normalised host (lowercase, no port) and an absolute path.
-    pub fn find(&self, host: &str, path: &str) -> Option<&T> {
+    pub(crate) fn find(&self, host: &str, path: &str) -> Option<&T> {
         let routes = self.host_routes(host)?;
         routes
             .paths
@@ -133,7 +129,7 @@ impl<T> PathRule<T> {
 
 /// Lowercases a request's host and strips its port and a trailing dot. Returns `None` for
 /// hosts no route could ever match (empty, or with characters outside a DNS name / IP literal).
-pub fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+pub(crate) fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     let host = if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop the port.
         let end = rest.find(']')?;

@@ -37,7 +37,7 @@ pub(crate) struct ConnState {
 
 /// One request in flight on a connection; see [`ConnState::request_started`].
 #[derive(Debug)]
-pub struct InFlight(Arc<ConnState>);
+pub(crate) struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -21,7 +21,7 @@ use crate::routing::snapshot::Snapshot;
 
 /// State shared by every worker and the control thread.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub certs: Arc<CertStore>,
     pub tls: Arc<ServerConfig>,
@@ -40,7 +40,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 

@@ -308,21 +308,13 @@ hosts:
                 let _ = stopped.await;
             }));
         });
-        let shared = self
-            .running
-            .as_ref()
-            .expect("the proxy runs")
-            .shared()
-            .clone();
-        sekisho_testkit::eventually(LIMIT, || {
-            let shared = shared.clone();
-            async move {
-                ensure!(
-                    shared.hub.connected("nas") == 1,
-                    "the agent is not connected yet"
-                );
-                Ok(())
-            }
+        let running = self.running.as_ref().expect("the proxy runs");
+        sekisho_testkit::eventually(LIMIT, || async move {
+            ensure!(
+                running.agent_links("nas") == 1,
+                "the agent is not connected yet"
+            );
+            Ok(())
         })
         .await?;
         Ok(AgentHandle {

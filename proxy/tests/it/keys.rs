@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use sekisho_identity::signing::SigningKeys;
-use sekisho_proxy::auth::session::SessionKeys;
+use sekisho_proxy::SessionKeys;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sekisho-proxy");
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";

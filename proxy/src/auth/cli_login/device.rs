@@ -160,7 +160,7 @@ struct Grant {
 }
 
 /// The device grants in flight on this proxy.
-pub struct DeviceGrants {
+pub(crate) struct DeviceGrants {
     /// SHA-256 of the device code → the grant.
     grants: DashMap<[u8; 32], Grant>,
     /// User code → SHA-256 of the device code.
@@ -191,7 +191,7 @@ fn millis(duration: Duration) -> u64 {
 
 impl DeviceGrants {
     /// Room for about `capacity` grants at a time.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             grants: DashMap::new(),
             by_user_code: DashMap::new(),

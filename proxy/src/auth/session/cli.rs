@@ -26,13 +26,13 @@ use super::record::{self, Reader};
 use super::record::{SessionId, SessionRecord};
 
 /// How long an authorization code may be redeemed.
-pub const CLI_CODE_TTL: Duration = Duration::from_secs(60);
+pub(crate) const CLI_CODE_TTL: Duration = Duration::from_secs(60);
 /// How long the device page's CSRF token is good for (the page's lifetime in a browser tab).
-pub const CSRF_TTL: Duration = Duration::from_secs(600);
+pub(crate) const CSRF_TTL: Duration = Duration::from_secs(600);
 /// The longest redirect URI a code carries.
-pub const MAX_REDIRECT_URI: usize = 512;
+pub(crate) const MAX_REDIRECT_URI: usize = 512;
 /// The longest PKCE code challenge (RFC 7636 allows 43 to 128 characters).
-pub const MAX_CODE_CHALLENGE: usize = 128;
+pub(crate) const MAX_CODE_CHALLENGE: usize = 128;
 
 const CODE_VERSION: u8 = 1;
 const REFRESH_VERSION: u8 = 1;

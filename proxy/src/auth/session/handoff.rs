@@ -23,9 +23,7 @@ use super::record::SessionRecord;
 use super::record::{self, Reader};
 
 /// How long a handoff code may be redeemed.
-pub const HANDOFF_TTL: Duration = Duration::from_secs(60);
-
-pub use super::envelope::MAX_HANDOFF_CODE_LEN;
+pub(crate) const HANDOFF_TTL: Duration = Duration::from_secs(60);
 
 const HANDOFF_VERSION: u8 = 1;
 const MAX_RETURN_PATH: usize = 2048;
@@ -46,7 +44,7 @@ pub struct HandoffCode {
 /// A sealed handoff code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedHandoff {
-    /// base64url, at most [`MAX_HANDOFF_CODE_LEN`] bytes.
+    /// base64url, at most [`MAX_HANDOFF_CODE_LEN`](super::envelope::MAX_HANDOFF_CODE_LEN) bytes.
     pub code: String,
     /// Groups left out to make the code fit (see [`SessionKeys::seal`]).
     pub dropped_groups: usize,
@@ -136,7 +134,7 @@ impl SessionKeys {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ReplayError {
+pub(crate) enum ReplayError {
     #[error("the handoff code was already used")]
     AlreadyUsed,
     #[error("too many handoff codes are in flight to remember another")]
@@ -150,7 +148,7 @@ pub enum ReplayError {
 /// size is bounded: when full, expired entries are purged, and if it is still full the code is
 /// refused (fail closed). The caller also runs [`ReplayGuard::purge`] periodically.
 #[derive(Debug)]
-pub struct ReplayGuard {
+pub(crate) struct ReplayGuard {
     seen: DashMap<[u8; 16], u64>,
     capacity: usize,
 }
@@ -158,7 +156,7 @@ pub struct ReplayGuard {
 impl ReplayGuard {
     /// A guard that remembers about `capacity` codes at a time (concurrent redeems may overshoot
     /// it by the number of threads).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             seen: DashMap::new(),
             capacity,
@@ -166,12 +164,12 @@ impl ReplayGuard {
     }
 
     /// Marks `code` used; fails when it was used before or the guard is full.
-    pub fn redeem(&self, code: &HandoffCode, now: u64) -> Result<(), ReplayError> {
+    pub(crate) fn redeem(&self, code: &HandoffCode, now: u64) -> Result<(), ReplayError> {
         self.redeem_nonce(code.nonce, code.expires_at, now)
     }
 
     /// Marks a nonce used until `expires_at`.
-    pub fn redeem_nonce(
+    pub(crate) fn redeem_nonce(
         &self,
         nonce: [u8; 16],
         expires_at: u64,
@@ -193,17 +191,19 @@ impl ReplayGuard {
     }
 
     /// Forgets nonces whose codes have expired (they can no longer be opened); returns how many.
-    pub fn purge(&self, now: u64) -> usize {
+    pub(crate) fn purge(&self, now: u64) -> usize {
         let before = self.seen.len();
         self.seen.retain(|_, expires_at| *expires_at > now);
         before.saturating_sub(self.seen.len())
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
 }

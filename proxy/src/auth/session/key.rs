@@ -24,7 +24,7 @@ use ring::aead::{AES_256_GCM, LessSafeKey, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Bytes in one session key (AES-256).
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -142,7 +142,7 @@ impl SessionKey {
 }
 
 /// A fresh key-file line for `id`, for the operator's "add a session key" command.
-pub fn new_key_file_line(id: u8) -> Result<String, RandomUnavailable> {
+pub(crate) fn new_key_file_line(id: u8) -> Result<String, RandomUnavailable> {
     Ok(SessionKey::generate(id)?.key_file_line())
 }
 

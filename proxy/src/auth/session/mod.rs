@@ -29,21 +29,12 @@ mod handoff;
 mod key;
 mod record;
 
-pub use cli::{
-    CLI_CODE_TTL, CSRF_TTL, CliCode, CliRefresh, MAX_CODE_CHALLENGE, MAX_REDIRECT_URI, SealedText,
-};
-pub use cookie::{
-    COOKIE_NAME, CookieError, clear_cookie, session_cookie, set_cookie, strip_session_cookies,
-};
-pub use envelope::{MAX_COOKIE_VALUE_LEN, SealError, SealedSession, SessionError, unix_now};
-pub use handoff::{
-    HANDOFF_TTL, HandoffCode, MAX_HANDOFF_CODE_LEN, ReplayError, ReplayGuard, SealedHandoff,
-};
-pub use key::{
-    KEY_LEN, KeyError, RandomUnavailable, SessionKey, SessionKeys, add_key_to_file,
-    new_key_file_line,
-};
-pub use record::{EncodeError, SessionId, SessionRecord};
+pub(crate) use cli::MAX_REDIRECT_URI;
+pub(crate) use cookie::{clear_cookie, session_cookie, set_cookie, strip_session_cookies};
+pub use envelope::unix_now;
+pub(crate) use handoff::{ReplayError, ReplayGuard};
+pub use key::{KeyError, SessionKeys, add_key_to_file};
+pub use record::{SessionId, SessionRecord};
 
 #[cfg(test)]
 mod tests;

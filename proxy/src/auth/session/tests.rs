@@ -7,7 +7,12 @@ use http::header::{COOKIE, HeaderMap, HeaderValue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::cookie::CookieError;
 use super::envelope::{ENVELOPE_VERSION, HEADER_LEN, OPEN_BUFFER, Purpose};
+use super::envelope::{MAX_COOKIE_VALUE_LEN, SealError, SessionError};
+use super::handoff::HANDOFF_TTL;
+use super::key::{SessionKey, new_key_file_line};
+use super::record::EncodeError;
 use super::record::tests::sample;
 use super::*;
 use base64::Engine as _;
