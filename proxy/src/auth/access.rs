@@ -19,7 +19,7 @@ use crate::auth::identity::IdentityRuntime;
 use crate::auth::session::{SessionRecord, session_cookie, set_cookie, unix_now};
 use crate::auth::who::{Who, bearer_identity, who_from_record};
 use crate::forward::body::RequestBody;
-use crate::policy::{Decision, RouteAccess};
+use crate::policy::{Decision, RouteAccess, RuleRef};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
 use crate::respond::page;
@@ -40,7 +40,35 @@ pub(crate) enum Access {
     Respond(Response<ResponseBody>),
 }
 
-/// Decides one request on `route`. The request body is replaced only on webhook routes.
+/// Why a bearer token was refused. Each message can be shown to the client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BearerRejection {
+    #[error("this route does not accept bearer tokens")]
+    NotAccepted,
+    #[error("the session this token was issued from has ended")]
+    SessionEnded,
+    #[error("the token is not valid here")]
+    NoIssuer,
+    #[error(transparent)]
+    Invalid(#[from] sekisho_identity::bearer::BearerError),
+}
+
+/// What the access phase decided about one request, before it is logged (once) and answered.
+struct Verdict {
+    who: Option<Arc<Who>>,
+    set_cookie: Option<HeaderValue>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Allowed(RuleRef),
+    BadBearer(BearerRejection),
+    LoginRequired(RuleRef),
+    Denied(RuleRef, &'static str),
+}
+
+/// Decides one request on `route`: decides, logs the decision once, answers. The request body
+/// is replaced only on webhook routes.
 pub(crate) async fn check(
     snapshot: &Snapshot,
     ctx: &RequestCtx,
@@ -56,52 +84,61 @@ pub(crate) async fn check(
             set_cookie: None,
         };
     }
+    let verdict = decide(snapshot, ctx, route, req).await;
+    log_verdict(ctx, route, req, &verdict);
+    let user = verdict.who.as_ref().map(|w| &*w.user);
+    match verdict.outcome {
+        Outcome::Allowed(_) => Access::Pass {
+            who: verdict.who,
+            set_cookie: verdict.set_cookie,
+        },
+        Outcome::BadBearer(rejection) => Access::Respond(json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &crate::error_chain(&rejection),
+            None,
+        )),
+        Outcome::LoginRequired(_) => Access::Respond(login_required(snapshot, ctx, req)),
+        Outcome::Denied(..) => Access::Respond(denied(ctx, route, user)),
+    }
+}
+
+/// Who is asking (a bearer token where the route takes them, else the host's session cookie)
+/// and what the route's policy says.
+async fn decide(
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    route: &Route,
+    req: &Request<RequestBody>,
+) -> Verdict {
     let identity = snapshot.identity.as_deref();
     let path = ctx.decided_path(req.uri().path());
     let now = unix_now();
 
     // Bearer tokens, where the route takes them: a bad one is refused outright, never
     // mistaken for "no credentials".
-    let mut who = None;
-    let mut set_cookie_header = None;
-    if let Some(token) = bearer_token(req.headers()) {
-        let verified = match identity {
-            Some(identity) if route.bearer => verify_bearer(identity, token, now).await,
-            _ => Err("this route does not accept bearer tokens".to_owned()),
-        };
-        match verified {
-            Ok(claims) => {
-                let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-                let mut session_id = [0u8; 16];
-                session_id.copy_from_slice(&digest.as_ref()[..16]);
-                who = Some(Arc::new(Who::new(
-                    session_id,
-                    bearer_identity(claims),
-                    None,
-                )));
-            }
-            Err(reason) => {
-                log_decision(
-                    ctx,
-                    route,
-                    req.method(),
-                    path,
-                    None,
-                    false,
-                    "bearer",
-                    &reason,
-                );
-                return Access::Respond(json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    &reason,
-                    None,
-                ));
+    let (mut who, set_cookie) = match bearer_token(req.headers()) {
+        Some(token) => {
+            let verified = match identity {
+                Some(identity) if route.bearer => verify_bearer(identity, token, now).await,
+                _ => Err(BearerRejection::NotAccepted),
+            };
+            match verified {
+                Ok(claims) => (Some(Arc::new(bearer_who(token, claims))), None),
+                Err(rejection) => {
+                    return Verdict {
+                        who: None,
+                        set_cookie: None,
+                        outcome: Outcome::BadBearer(rejection),
+                    };
+                }
             }
         }
-    } else if let Some(identity) = identity {
-        (who, set_cookie_header) = from_session(identity, &ctx.host, req.headers(), now);
-    }
+        None => match identity {
+            Some(identity) => from_session(identity, &ctx.host, req.headers(), now),
+            None => (None, None),
+        },
+    };
 
     let mut decision = route.access.decide(
         who.as_ref().map(|w| &w.identity),
@@ -124,57 +161,68 @@ pub(crate) async fn check(
             who = None;
         }
     }
+    let outcome = match decision {
+        Decision::Allow { rule } => Outcome::Allowed(rule),
+        Decision::LoginRequired { rule } => Outcome::LoginRequired(rule),
+        Decision::Deny { rule, reason } => Outcome::Denied(rule, reason),
+    };
+    Verdict {
+        who,
+        set_cookie,
+        outcome,
+    }
+}
 
-    let user = who.as_ref().map(|w| &*w.user);
-    match decision {
-        Decision::Allow { rule } => {
-            // Allowed requests are the steady state: their decision is in the access-log line
-            // (user, route); the event itself is for debugging only.
-            if tracing::enabled!(target: "sekisho::access", tracing::Level::DEBUG) {
-                tracing::debug!(
-                    target: "sekisho::access",
-                    request_id = ctx.request_id.to_str().unwrap_or("-"),
-                    host = %ctx.host,
-                    route = %route.name.0,
-                    method = %req.method(),
-                    path = %path,
-                    user = user.unwrap_or("-"),
-                    allowed = true,
-                    rule = %rule,
-                    "access decision"
-                );
-            }
-            Access::Pass {
-                who,
-                set_cookie: set_cookie_header,
-            }
-        }
-        Decision::LoginRequired { rule } => {
-            log_decision(
-                ctx,
-                route,
-                req.method(),
-                path,
-                user,
-                false,
-                &rule.to_string(),
-                "login required",
-            );
-            Access::Respond(login_required(snapshot, ctx, req))
-        }
-        Decision::Deny { rule, reason } => {
-            log_decision(
-                ctx,
-                route,
-                req.method(),
-                path,
-                user,
-                false,
-                &rule.to_string(),
-                reason,
-            );
-            Access::Respond(denied(ctx, route, user))
-        }
+/// The identity of a verified bearer token; its session id (for the assertion cache) is a hash
+/// of the token.
+fn bearer_who(token: &str, claims: sekisho_identity::bearer::BearerClaims) -> Who {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut session_id = [0u8; 16];
+    session_id.copy_from_slice(&digest.as_ref()[..16]);
+    Who::new(session_id, bearer_identity(claims), None)
+}
+
+/// The decision's one log event. Refusals are logged at `info`; allowed requests are the
+/// steady state (their line is the access-log line, which names the user and the route), so
+/// their event is for debugging only.
+fn log_verdict(ctx: &RequestCtx, route: &Route, req: &Request<RequestBody>, verdict: &Verdict) {
+    if matches!(verdict.outcome, Outcome::Allowed(_))
+        && !tracing::enabled!(target: "sekisho::access", tracing::Level::DEBUG)
+    {
+        return;
+    }
+    let (allowed, rule, reason) = match &verdict.outcome {
+        Outcome::Allowed(rule) => (true, rule.to_string(), String::new()),
+        Outcome::BadBearer(rejection) => (false, "bearer".into(), crate::error_chain(rejection)),
+        Outcome::LoginRequired(rule) => (false, rule.to_string(), "login required".into()),
+        Outcome::Denied(rule, reason) => (false, rule.to_string(), (*reason).to_owned()),
+    };
+    let user = verdict.who.as_ref().map(|w| &*w.user).unwrap_or("-");
+    let path = ctx.decided_path(req.uri().path());
+    if allowed {
+        tracing::debug!(
+            target: "sekisho::access",
+            request_id = ctx.request_id.to_str().unwrap_or("-"),
+            host = %ctx.host,
+            route = %route.name.0,
+            method = %req.method(),
+            path,
+            user,
+            allowed,
+            rule,
+            "access decision"
+        );
+    } else {
+        log_decision(
+            ctx,
+            route,
+            req.method(),
+            path,
+            Some(user),
+            allowed,
+            &rule,
+            &reason,
+        );
     }
 }
 
@@ -184,12 +232,12 @@ pub(crate) async fn verify_bearer(
     identity: &IdentityRuntime,
     token: &str,
     now: u64,
-) -> Result<sekisho_identity::bearer::BearerClaims, String> {
+) -> Result<sekisho_identity::bearer::BearerClaims, BearerRejection> {
     if let Ok(claims) = identity.user_tokens.verify(token, now) {
         let revoked = session_id_from_hex(&claims.sid)
             .is_none_or(|sid| identity.state.is_session_revoked(&sid));
         if revoked {
-            return Err("the session this token was issued from has ended".to_owned());
+            return Err(BearerRejection::SessionEnded);
         }
         return Ok(sekisho_identity::bearer::BearerClaims {
             issuer: claims.iss,
@@ -202,8 +250,8 @@ pub(crate) async fn verify_bearer(
         });
     }
     match identity.bearer().await {
-        Some(verifier) => verifier.verify(token).await.map_err(|e| e.to_string()),
-        None => Err("the token is not valid here".to_owned()),
+        Some(verifier) => Ok(verifier.verify(token).await?),
+        None => Err(BearerRejection::NoIssuer),
     }
 }
 

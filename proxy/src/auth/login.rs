@@ -260,13 +260,49 @@ fn clear_login_cookie() -> HeaderValue {
     )
 }
 
+/// Why a login callback did not end in a session. Each failure knows its status and the
+/// sentence the person is shown; its cause is logged once, where the callback answers.
+#[derive(Debug, thiserror::Error)]
+enum CallbackError {
+    #[error("This sign-in expired or was started in another browser.")]
+    NoPendingLogin,
+    #[error("The identity provider refused: {0}")]
+    ProviderRefused(String),
+    #[error("The identity provider's answer is incomplete.")]
+    Incomplete,
+    #[error("That identity provider is no longer configured.")]
+    UnknownProvider,
+    #[error("The identity provider cannot be reached.")]
+    ProviderUnreachable(#[source] sekisho_identity::oidc::DiscoveryError),
+    #[error("The sign-in could not be verified.")]
+    NotVerified(#[source] sekisho_identity::oidc::LoginError),
+    #[error("The address to return to is not valid.")]
+    BadReturnAddress,
+    #[error("The sign-in could not complete.")]
+    NoRandomness(#[source] crate::auth::session::RandomUnavailable),
+    #[error("The sign-in could not complete.")]
+    Seal(#[source] crate::auth::session::SealError),
+}
+
+impl CallbackError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::ProviderUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::NoRandomness(_) | Self::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The provider's redirect back: the pending login's cookie, the code, a session, and the
+/// handoff to the host the person came from. A failure is logged once and shown with a link to
+/// try again.
 async fn callback(
     snapshot: &Snapshot,
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let query = query(req);
     let state = login_cookie(req.headers())
         .and_then(|value| {
             identity
@@ -275,84 +311,66 @@ async fn callback(
                 .ok()
         })
         .and_then(|json| serde_json::from_slice::<LoginState>(&json).ok());
-    let Some(state) = state else {
-        let home = format!("{}/", auth_origin(identity, ctx));
-        return login_error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "This sign-in expired or was started in another browser.",
-            &login_again_url(identity, ctx, &home),
-        );
+    let (result, retry) = match &state {
+        Some(state) => (
+            finish_callback(snapshot, identity, ctx, req, state).await,
+            login_again_url(identity, ctx, &state.rd),
+        ),
+        None => {
+            let home = format!("{}/", auth_origin(identity, ctx));
+            (
+                Err(CallbackError::NoPendingLogin),
+                login_again_url(identity, ctx, &home),
+            )
+        }
     };
-    let retry = login_again_url(identity, ctx, &state.rd);
+    let error = match result {
+        Ok(response) => return response,
+        Err(error) => error,
+    };
+    let provider = state.as_ref().map_or("-", |s| s.pending.provider());
+    match error.status() {
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::warn!(provider, error = %crate::error_chain(&error), "login failed")
+        }
+        _ => tracing::info!(provider, error = %crate::error_chain(&error), "login refused"),
+    }
+    let retry = match error {
+        CallbackError::BadReturnAddress => "/".to_owned(),
+        _ => retry,
+    };
+    login_error(ctx, error.status(), &error.to_string(), &retry)
+}
+
+async fn finish_callback(
+    snapshot: &Snapshot,
+    identity: &IdentityRuntime,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+    state: &LoginState,
+) -> Result<Response<ResponseBody>, CallbackError> {
+    let query = query(req);
     if let Some(error) = param(&query, "error") {
         let detail = param(&query, "error_description").unwrap_or(error);
-        return login_error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            &format!("The identity provider refused: {detail}"),
-            &retry,
-        );
+        return Err(CallbackError::ProviderRefused(detail.to_owned()));
     }
     let (Some(code), Some(returned_state)) = (param(&query, "code"), param(&query, "state")) else {
-        return login_error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "The identity provider's answer is incomplete.",
-            &retry,
-        );
+        return Err(CallbackError::Incomplete);
     };
-    let Some(slot) = identity.provider(state.pending.provider()) else {
-        return login_error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "That identity provider is no longer configured.",
-            &retry,
-        );
-    };
-    let provider = match slot.get(identity.http()).await {
-        Ok(provider) => provider,
-        Err(_) => {
-            return login_error(
-                ctx,
-                StatusCode::BAD_GATEWAY,
-                "The identity provider cannot be reached.",
-                &retry,
-            );
-        }
-    };
-    let verified = match provider
+    let slot = identity
+        .provider(state.pending.provider())
+        .ok_or(CallbackError::UnknownProvider)?;
+    let provider = slot
+        .get(identity.http())
+        .await
+        .map_err(CallbackError::ProviderUnreachable)?;
+    let verified = provider
         .finish_login(&state.pending, code, returned_state)
         .await
-    {
-        Ok(verified) => verified,
-        Err(error) => {
-            tracing::info!(provider = %slot.name, error = %crate::error_chain(&error), "login refused");
-            return login_error(
-                ctx,
-                StatusCode::BAD_REQUEST,
-                "The sign-in could not be verified.",
-                &retry,
-            );
-        }
-    };
-    let Ok(rd) = Url::parse(&state.rd) else {
-        return login_error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "The address to return to is not valid.",
-            "/",
-        );
-    };
+        .map_err(CallbackError::NotVerified)?;
+    let rd = Url::parse(&state.rd).map_err(|_| CallbackError::BadReturnAddress)?;
     let now = unix_now();
-    let Ok(id) = SessionId::random() else {
-        return login_error(
-            ctx,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The sign-in could not complete.",
-            &retry,
-        );
-    };
+    let id = SessionId::random().map_err(CallbackError::NoRandomness)?;
     let expires_at = now + identity.session_lifetime().as_secs();
     let record = SessionRecord {
         id,
@@ -392,7 +410,7 @@ async fn callback(
     if rd_host == identity.auth_host
         || check_return_url(snapshot, identity, ctx, rd.as_str()).is_none()
     {
-        return redirect(rd.as_str(), Some(cookies));
+        return Ok(redirect(rd.as_str(), Some(cookies)));
     }
     let mut for_host = record;
     for_host.host = rd_host.clone();
@@ -403,26 +421,14 @@ async fn callback(
     }
     let sealed = identity
         .session_keys
-        .seal_handoff(&for_host, &return_path, now, &|g| identity.group_needed(g));
-    match sealed {
-        Ok(sealed) => {
-            let port = rd.port().map(|p| format!(":{p}")).unwrap_or_default();
-            let location = format!(
-                "https://{rd_host}{port}/.sekisho/handoff?code={}",
-                sealed.code
-            );
-            redirect(&location, Some(cookies))
-        }
-        Err(error) => {
-            tracing::warn!(error = %crate::error_chain(&error), "cannot seal a handoff code");
-            login_error(
-                ctx,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The sign-in could not complete.",
-                &retry,
-            )
-        }
-    }
+        .seal_handoff(&for_host, &return_path, now, &|g| identity.group_needed(g))
+        .map_err(CallbackError::Seal)?;
+    let port = rd.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let location = format!(
+        "https://{rd_host}{port}/.sekisho/handoff?code={}",
+        sealed.code
+    );
+    Ok(redirect(&location, Some(cookies)))
 }
 
 fn handoff(

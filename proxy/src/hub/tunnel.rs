@@ -187,7 +187,10 @@ async fn open(
             claims.subject.clone(),
             bearer_identity(claims),
         ),
-        Err(reason) => return refuse(TunnelError::NotLoggedIn, None, "bearer", &reason),
+        Err(rejection) => {
+            let reason = crate::error_chain(&rejection);
+            return refuse(TunnelError::NotLoggedIn, None, "bearer", &reason);
+        }
     };
     let user: Arc<str> = Arc::from(person.verified_email().unwrap_or(&person.subject));
     let decision = decide(route, &person);
@@ -418,7 +421,11 @@ pub(crate) async fn renew(
             TunnelError::Denied,
             "the token is for someone else than the stream's",
         ),
-        Err(reason) => refuse(StatusCode::UNAUTHORIZED, TunnelError::NotLoggedIn, &reason),
+        Err(rejection) => refuse(
+            StatusCode::UNAUTHORIZED,
+            TunnelError::NotLoggedIn,
+            &crate::error_chain(&rejection),
+        ),
     }
 }
 

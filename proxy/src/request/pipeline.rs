@@ -71,8 +71,9 @@ pub(crate) async fn serve_request(
     } else {
         String::new()
     };
-    let outcome = match filtered {
-        Ok(()) => proxy(&shared, &snapshot, &conn, &mut ctx, req, received.clone()).await,
+    let outcome = match filtered.and_then(|()| own_endpoint(&snapshot, &ctx, req.uri().path())) {
+        Ok(Some(own)) => Ok(serve_own_endpoint(own, &shared, &snapshot, &conn, &ctx, req).await),
+        Ok(None) => serve_route(&shared, &snapshot, &conn, &mut ctx, req, received.clone()).await,
         Err(err) => Err(err),
     };
     let mut response = match outcome {
@@ -115,7 +116,35 @@ pub(crate) async fn serve_request(
     response.map(|body| body.with_completion(completion))
 }
 
-async fn proxy(
+/// Phase 2's answer: the tunnel hub's and the identity layer's own endpoints.
+async fn serve_own_endpoint(
+    own: OwnEndpoint<'_>,
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    conn: &Arc<ConnState>,
+    ctx: &RequestCtx,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    match own {
+        OwnEndpoint::Tunnel => {
+            crate::hub::tunnel::open_tunnel(shared, snapshot, conn, ctx, req).await
+        }
+        OwnEndpoint::TunnelRenew => crate::hub::tunnel::renew(shared, snapshot, ctx, &req).await,
+        OwnEndpoint::TunnelStatus => crate::hub::tunnel::status(shared, &req),
+        OwnEndpoint::AgentConnect => {
+            crate::hub::agent::accept_agent(shared, snapshot, conn, ctx, &req)
+        }
+        OwnEndpoint::CliLogin(identity) => {
+            cli_login::serve_cli_endpoint(snapshot, identity, ctx, req).await
+        }
+        OwnEndpoint::Identity(identity) => {
+            login::serve_identity_page(snapshot, identity, ctx, req).await
+        }
+    }
+}
+
+/// Phases 3 to 7, for a request that a route serves.
+async fn serve_route(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     conn: &Arc<ConnState>,
@@ -123,29 +152,7 @@ async fn proxy(
     req: Request<Incoming>,
     received: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // Phase 2a: what the proxy answers itself, on the path the request is decided on.
-    match own_endpoint(snapshot, ctx, req.uri().path())? {
-        OwnEndpoint::Tunnel => {
-            return Ok(crate::hub::tunnel::open_tunnel(shared, snapshot, conn, ctx, req).await);
-        }
-        OwnEndpoint::TunnelRenew => {
-            return Ok(crate::hub::tunnel::renew(shared, snapshot, ctx, &req).await);
-        }
-        OwnEndpoint::TunnelStatus => return Ok(crate::hub::tunnel::status(shared, &req)),
-        OwnEndpoint::AgentConnect => {
-            return Ok(crate::hub::agent::accept_agent(
-                shared, snapshot, conn, ctx, &req,
-            ));
-        }
-        OwnEndpoint::CliLogin(identity) => {
-            return Ok(cli_login::serve_cli_endpoint(snapshot, identity, ctx, req).await);
-        }
-        OwnEndpoint::Identity(identity) => {
-            return Ok(login::serve_identity_page(snapshot, identity, ctx, req).await);
-        }
-        OwnEndpoint::None => {}
-    }
-    // Phase 2b: the route.
+    // Phase 3: the route.
     let route = route(snapshot, ctx, req.uri().path())?;
 
     let (mut parts, body) = req.into_parts();
@@ -154,7 +161,7 @@ async fn proxy(
     let client_upgrade = std::mem::take(&mut parts.extensions).remove::<OnUpgrade>();
     let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, received));
 
-    // Phase 3: access. An upgrade first: a page on another origin may not open a WebSocket.
+    // Phase 4: access. An upgrade first: a page on another origin may not open a WebSocket.
     if let Some(refused) =
         crate::forward::websocket::origin::check(snapshot, conn, ctx, &route, &upstream_req)
     {
@@ -170,11 +177,13 @@ async fn proxy(
     };
 
     let upstream = &route.upstream;
+    // Phase 5: an endpoint.
     let endpoint = upstream_peer(upstream)?;
     ctx.endpoint = Some(endpoint.label.clone());
     // Only a protocol the route lets through is asked for; any other `Upgrade` is dropped
     // and the request goes on as an ordinary one.
     let upgrade = requested_upgrade(&upstream_req, &route);
+    // Phase 6: what the upstream sees.
     upstream_request_filter(
         &mut upstream_req,
         ctx,
@@ -188,6 +197,7 @@ async fn proxy(
         .is_some()
         .then(|| ctx.decided_path(upstream_req.uri().path()).to_owned());
 
+    // Phase 7: the exchange.
     let mut response = forward(shared, upstream, endpoint, upstream_req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let switched_as_asked = upgrade.as_ref().is_some_and(|asked| {
@@ -347,36 +357,36 @@ enum OwnEndpoint<'s> {
     CliLogin(&'s IdentityRuntime),
     /// The auth host and other `/.sekisho/` paths, when login is configured.
     Identity(&'s IdentityRuntime),
-    None,
 }
 
-/// Phase 2a: the tunnel hub's endpoints (on every host, with or without login configured) and
+/// Phase 2: the tunnel hub's endpoints (on every host, with or without login configured) and
 /// the identity layer's pages, found on the path the request is decided on.
 fn own_endpoint<'s>(
     snapshot: &'s Snapshot,
     ctx: &RequestCtx,
     normal_path: &str,
-) -> Result<OwnEndpoint<'s>, ProxyError> {
+) -> Result<Option<OwnEndpoint<'s>>, ProxyError> {
     let decided = ctx.decided_path(normal_path);
     let own = match decided {
-        sekisho_wire::TUNNEL_PATH => OwnEndpoint::Tunnel,
-        sekisho_wire::TUNNEL_RENEW_PATH => OwnEndpoint::TunnelRenew,
-        sekisho_wire::TUNNEL_STATUS_PATH => OwnEndpoint::TunnelStatus,
-        sekisho_wire::AGENT_CONNECT_PATH => OwnEndpoint::AgentConnect,
-        _ => match snapshot.own_endpoint(&ctx.host, decided) {
-            Some(identity) if decided.starts_with(CLI_PREFIX) => OwnEndpoint::CliLogin(identity),
-            Some(identity) => OwnEndpoint::Identity(identity),
-            None => OwnEndpoint::None,
-        },
+        sekisho_wire::TUNNEL_PATH => Some(OwnEndpoint::Tunnel),
+        sekisho_wire::TUNNEL_RENEW_PATH => Some(OwnEndpoint::TunnelRenew),
+        sekisho_wire::TUNNEL_STATUS_PATH => Some(OwnEndpoint::TunnelStatus),
+        sekisho_wire::AGENT_CONNECT_PATH => Some(OwnEndpoint::AgentConnect),
+        _ => snapshot.own_endpoint(&ctx.host, decided).map(|identity| {
+            match decided.starts_with(CLI_PREFIX) {
+                true => OwnEndpoint::CliLogin(identity),
+                false => OwnEndpoint::Identity(identity),
+            }
+        }),
     };
     // The proxy's own pages are never reached through an encoded slash.
-    if ctx.encoded_slashes && !matches!(own, OwnEndpoint::None) {
+    if ctx.encoded_slashes && own.is_some() {
         return Err(PathError::EncodedSlash.into());
     }
     Ok(own)
 }
 
-/// Phase 2b: the route for the host and the path the request is decided on.
+/// Phase 3: the route for the host and the path the request is decided on.
 fn route(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
@@ -397,12 +407,12 @@ fn route(
     Ok(route)
 }
 
-/// Phase 4: an endpoint of the upstream.
+/// Phase 5: an endpoint of the upstream.
 fn upstream_peer(upstream: &Upstream) -> Result<&Endpoint, ProxyError> {
     upstream.pick().ok_or(ProxyError::NoEndpoint)
 }
 
-/// Phase 5: what the upstream sees.
+/// Phase 6: what the upstream sees.
 fn upstream_request_filter(
     req: &mut Request<RequestBody>,
     ctx: &RequestCtx,
@@ -471,7 +481,7 @@ static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-emai
 static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
 
-/// Phase 5, identity part: whatever a gateway alone may say and the client claimed goes (see
+/// Phase 6, identity part: whatever a gateway alone may say and the client claimed goes (see
 /// [`crate::forward::header`]), the proxy's cookies go, and a verified identity is set.
 fn set_identity_headers(
     headers: &mut HeaderMap,
@@ -542,7 +552,7 @@ impl AsRef<[u8]> for ArcStrBytes {
     }
 }
 
-/// Phase 6: the exchange with the upstream, bounded by the response-header timeout.
+/// Phase 7: the exchange with the upstream, bounded by the response-header timeout.
 async fn forward(
     shared: &Shared,
     upstream: &Upstream,
@@ -589,7 +599,7 @@ async fn forward(
     Err(error)
 }
 
-/// Phase 7: what the client sees.
+/// Phase 8: what the client sees.
 fn response_filter<B>(response: &mut Response<B>, ctx: &RequestCtx) {
     let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

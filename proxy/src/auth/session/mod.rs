@@ -31,8 +31,10 @@ mod record;
 
 pub(crate) use cli::MAX_REDIRECT_URI;
 pub(crate) use cookie::{clear_cookie, session_cookie, set_cookie, strip_session_cookies};
+pub(crate) use envelope::SealError;
 pub use envelope::unix_now;
 pub(crate) use handoff::{ReplayError, ReplayGuard};
+pub(crate) use key::RandomUnavailable;
 pub use key::{KeyError, SessionKeys, add_key_to_file};
 pub use record::{SessionId, SessionRecord};
 
