@@ -36,7 +36,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, header};
 use serde::Deserialize;
 
-use crate::config::problem::{Problem, is_name};
+use crate::config::problem::{Problem, is_dns_name, is_name};
 use crate::routing::path::prefix_matches;
 use crate::routing::table::PathType;
 
@@ -527,19 +527,6 @@ fn check_domain(domain: &str) -> Result<(), String> {
             "`{domain}` is not a domain name (write it without '@', wildcards or a leading dot)"
         ))
     }
-}
-
-fn is_dns_name(name: &str) -> bool {
-    let valid_label = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_label)
 }
 
 fn check_method(method: &str) -> Result<(), String> {

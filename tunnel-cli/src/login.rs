@@ -36,24 +36,12 @@ pub enum LoginError {
     NotServed { proxy: String, auth: String },
     #[error(transparent)]
     Loopback(#[from] LoopbackError),
-    #[error("the sign-in was denied")]
-    Denied,
-    #[error("the sign-in was not approved in time")]
-    Expired,
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("the proxy did not complete the login")]
     Grant(#[source] GrantError),
     #[error("the operating system's random number generator failed")]
     Random,
-}
-
-impl From<DeviceError> for LoginError {
-    fn from(error: DeviceError) -> Self {
-        match error {
-            DeviceError::Denied => Self::Denied,
-            DeviceError::Expired => Self::Expired,
-            DeviceError::Grant(error) => Self::Grant(error),
-        }
-    }
 }
 
 impl LoginError {
@@ -65,6 +53,7 @@ impl LoginError {
                 source: GrantError::Net(_),
                 ..
             } | Self::Grant(GrantError::Net(_))
+                | Self::Device(DeviceError::Grant(GrantError::Net(_)))
         )
     }
 }

@@ -65,9 +65,9 @@ pub(crate) fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
-/// A host is an exact DNS name, or `*.` followed by a DNS name (one label wildcard).
-pub(crate) fn check_host_pattern(host: &str) -> Result<(), String> {
-    let name = host.strip_prefix("*.").unwrap_or(host);
+/// Letters, digits and `-` in dot-separated labels of at most 63 bytes, none starting or
+/// ending with `-`; at most 253 bytes in all.
+pub(crate) fn is_dns_name(name: &str) -> bool {
     let valid_label = |label: &str| {
         !label.is_empty()
             && label.len() <= 63
@@ -77,7 +77,12 @@ pub(crate) fn check_host_pattern(host: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_label)
+}
+
+/// A host is an exact DNS name, or `*.` followed by a DNS name (one label wildcard).
+pub(crate) fn check_host_pattern(host: &str) -> Result<(), String> {
+    if !is_dns_name(host.strip_prefix("*.").unwrap_or(host)) {
         return Err(format!(
             "`{host}` is not a DNS name or a `*.` wildcard of one"
         ));
