@@ -221,7 +221,7 @@ fn run(args: RunArgs) -> ExitCode {
         Err(error) => return fail(&error, EXIT_INVALID),
     };
     // One thread: measured faster than a multi-thread runtime for the tunnel
-    // (shared/PERFORMANCE.md), and the agent's work is all I/O.
+    // (about half the latency; `benches/RESULTS.md`), and the agent's work is all I/O.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
