@@ -220,8 +220,8 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(agent) => agent,
         Err(error) => return fail(&error, EXIT_INVALID),
     };
-    // One thread: measured faster than a multi-thread runtime for the tunnel
-    // (about half the latency; `benches/RESULTS.md`), and the agent's work is all I/O.
+    // One thread: measured faster than a multi-thread runtime for the tunnel (which roughly
+    // doubled its latency), and the agent's work is all I/O.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

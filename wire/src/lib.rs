@@ -50,8 +50,8 @@ pub const TUNNEL_RENEW_PATH: &str = "/.sekisho/tunnel/renew";
 pub const TUNNEL_STATUS_PATH: &str = "/.sekisho/tunnel/status";
 
 /// HTTP/2 settings of the turned-around agent connection. Both ends apply them, because the
-/// receiver's windows govern the sender (measured side by side on the project's 2-core machines: these windows
-/// and buffers took the tunnel from ~950 to ~1500 MB/s).
+/// receiver's windows govern the sender (measured on the project's 2-core machines: these
+/// windows and buffers took the tunnel from ~950 to ~1500 MB/s).
 pub mod h2 {
     /// Per-stream flow-control window.
     pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
