@@ -35,7 +35,9 @@ use crate::auth::identity::IdentityRuntime;
 use crate::auth::who::Who;
 use crate::auth::{cli_login, login};
 use crate::forward::body::RequestBody;
-use crate::forward::header::{is_upgrade_request, remove_hop_by_hop, set_forwarding_headers};
+use crate::forward::header::{
+    is_upgrade_request, remove_hop_by_hop, set_forwarding_headers, strip_gateway_claims,
+};
 use crate::forward::upstream::{Endpoint, Upstream};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{self, Name, UpstreamErrorLabels};
@@ -423,6 +425,12 @@ fn upstream_request_filter(
 ) {
     let headers = req.headers_mut();
     remove_hop_by_hop(headers, upgrade);
+    // The client's claims go before the proxy adds its own forwarding headers.
+    let extra = snapshot
+        .identity
+        .as_deref()
+        .map_or(&[][..], |i| i.strip_headers.as_slice());
+    strip_gateway_claims(headers, extra);
     set_forwarding_headers(
         headers,
         conn.peer.ip(),
@@ -481,19 +489,15 @@ static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-emai
 static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
 
-/// Phase 6, identity part: whatever a gateway alone may say and the client claimed goes (see
-/// [`crate::forward::header`]), the proxy's cookies go, and a verified identity is set.
+/// Phase 6, identity part: the proxy's cookies go, and a verified identity is set (whatever a
+/// gateway alone may say and the client claimed is gone already: see
+/// [`upstream_request_filter`]).
 fn set_identity_headers(
     headers: &mut HeaderMap,
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     who: Option<&Who>,
 ) {
-    let extra = snapshot
-        .identity
-        .as_deref()
-        .map_or(&[][..], |i| i.strip_headers.as_slice());
-    crate::forward::header::strip_gateway_claims(headers, extra);
     if headers.contains_key(header::COOKIE) {
         crate::auth::session::strip_session_cookies(headers);
     }
