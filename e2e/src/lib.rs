@@ -349,6 +349,7 @@ impl Proxy {
             config_path: Some(config_path.clone()),
             access_log: Some(Box::new(std::io::sink())),
             handle_signals: false,
+            dev_ca_dir: None,
         })
         .context("starting the proxy")?;
         let addr = running.https_addr;

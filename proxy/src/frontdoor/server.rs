@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::frontdoor::connection;
+use crate::frontdoor::dev_ca::{self, DevCa};
 use crate::frontdoor::reload::{self, Reloader};
 use crate::frontdoor::tls::{self, CertStore, TlsError};
 use crate::observe::access_log::AccessLog;
@@ -58,6 +59,9 @@ pub struct Options {
     pub access_log: Option<Box<dyn Write + Send>>,
     /// Handle SIGTERM/SIGINT (graceful shutdown) and SIGHUP (reload). Off for embedded use.
     pub handle_signals: bool,
+    /// Where the development CA is kept when no certificate is configured (by default
+    /// `SEKISHO_DEV_CA_DIR`, else the user's state directory).
+    pub dev_ca_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -66,6 +70,7 @@ impl Default for Options {
             config_path: None,
             access_log: None,
             handle_signals: true,
+            dev_ca_dir: None,
         }
     }
 }
@@ -75,7 +80,8 @@ pub struct Running {
     pub https_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
-    /// The development CA certificate (PEM file) when no certificate was configured.
+    /// The development CA certificate (PEM file, kept across restarts) when no certificate
+    /// was configured.
     pub dev_ca_file: Option<PathBuf>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -167,18 +173,29 @@ pub fn start(options: Options) -> Result<Running, StartError> {
 
     let mut dev_ca_file = None;
     let table = if config.tls.certificates.is_empty() {
-        let dev = tls::dev_certificate()?;
-        let path = std::env::temp_dir().join(format!("sekisho-dev-ca-{}.pem", std::process::id()));
-        if let Err(error) = std::fs::write(&path, &dev.ca_pem) {
-            tracing::warn!(%error, path = %path.display(), "could not write the development CA");
-        }
+        let dir = options
+            .dev_ca_dir
+            .clone()
+            .unwrap_or_else(dev_ca::default_dir);
+        let ca = match DevCa::open_or_create(&dir) {
+            Ok(ca) => ca,
+            Err(error) => {
+                let fallback = dev_ca::fallback_dir();
+                tracing::warn!(error = %crate::error_chain(&error), fallback = %fallback.display(), "using another directory for the development CA");
+                DevCa::open_or_create(&fallback)?
+            }
+        };
+        let names = dev_ca::names(&config);
         tracing::warn!(
-            ca = %path.display(),
-            "NO CERTIFICATE CONFIGURED: serving a self-signed development certificate for \
-             localhost. Browsers will warn; trust the CA file above for testing only."
+            ca = %ca.ca_file.display(),
+            names = %names.join(" "),
+            "NO CERTIFICATE CONFIGURED: serving a development certificate for the configured \
+             hosts, signed by the development CA above (kept across restarts). Trust that CA \
+             file for local testing only."
         );
-        dev_ca_file = Some(path);
-        tls::CertTable::new(vec![dev.cert])
+        let cert = ca.certificate_for(&names)?;
+        dev_ca_file = Some(ca.ca_file);
+        tls::CertTable::new(vec![cert])
     } else {
         let (table, _) = reload::load_certificates(&config, &tls::CertTable::default(), &metrics);
         if table.entries.is_empty() {

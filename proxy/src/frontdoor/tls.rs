@@ -44,6 +44,12 @@ pub enum TlsError {
     },
     #[error("generating the development certificate failed")]
     DevCertificate(#[from] rcgen::Error),
+    #[error("{dir}: cannot keep the development CA there")]
+    DevCa {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("TLS configuration rejected")]
     Config(#[from] rustls::Error),
 }
@@ -232,46 +238,13 @@ pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, 
     Ok(Arc::new(config))
 }
 
-/// A development CA and a `localhost` certificate it signed, generated in memory.
-pub(crate) struct DevCertificate {
-    pub cert: LoadedCert,
-    /// The CA certificate, PEM, for `curl --cacert` or a browser's trust store.
-    pub ca_pem: String,
-}
-
-pub(crate) fn dev_certificate() -> Result<DevCertificate, TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Sekisho development CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf_params = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "*.localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])?;
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
-    let chain = vec![leaf.der().clone(), ca_cert.der().clone()];
-    let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| {
-        TlsError::BadCertificate {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        }
-    })?;
-    Ok(DevCertificate {
-        cert: certified(chain, key, None)?,
-        ca_pem: ca_cert.pem(),
-    })
+/// A development certificate (see [`super::dev_ca`]): served like a configured one, but from
+/// no files.
+pub(crate) fn certified_development(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<LoadedCert, TlsError> {
+    certified(chain, key, None)
 }
 
 /// The system's trusted roots, loaded once.
@@ -427,12 +400,5 @@ mod tests {
         let wrong_key = PrivateKeyDer::try_from(b.serialize_der()).unwrap();
         let err = certified(vec![cert.der().clone()], wrong_key, None).unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
-    }
-
-    #[test]
-    fn development_certificate_covers_localhost() {
-        let dev = dev_certificate().unwrap();
-        assert!(dev.cert.names.contains(&"localhost".to_string()));
-        assert!(dev.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
     }
 }

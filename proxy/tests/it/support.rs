@@ -243,6 +243,7 @@ impl Proxy {
             config_path: Some(config_path.clone()),
             access_log: Some(Box::new(log_file)),
             handle_signals: false,
+            dev_ca_dir: None,
         })
         .expect("proxy starts");
         Self {

@@ -133,6 +133,7 @@ tunnels:
             config_path: Some(config_path),
             access_log: Some(Box::new(std::io::sink())),
             handle_signals: false,
+            dev_ca_dir: None,
         })
         .map_err(|error| anyhow!("{}", sekisho_proxy::error_chain(&error)))
         .with_context(|| format!("the proxy starts with this configuration:\n{config}"))?;
