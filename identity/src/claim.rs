@@ -1,4 +1,4 @@
-//! Reading the claims that providers shape differently (groups, booleans, audiences).
+//! Reading the claims that providers shape differently (groups, booleans, audiences, dates).
 
 use serde_json::{Map, Value};
 
@@ -38,6 +38,22 @@ pub(crate) fn string(claims: &Map<String, Value>, name: &str) -> Option<String> 
     claims.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// A `NumericDate` claim as whole seconds; fractions are dropped, anything else is `None`.
+pub(crate) fn numeric_date(value: Option<&Value>) -> Option<i64> {
+    let value = value?;
+    value
+        .as_i64()
+        .or_else(|| value.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+}
+
+/// Seconds since the Unix epoch, as `NumericDate`s count them.
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +75,14 @@ mod tests {
         assert_eq!(boolean(Some(&json!(true))), Some(true));
         assert_eq!(boolean(Some(&json!("false"))), Some(false));
         assert_eq!(boolean(Some(&json!("yes"))), None);
+    }
+
+    #[test]
+    fn numeric_dates_accept_integers_and_fractions_only() {
+        assert_eq!(numeric_date(Some(&json!(10))), Some(10));
+        assert_eq!(numeric_date(Some(&json!(10.7))), Some(10));
+        assert_eq!(numeric_date(Some(&json!("10"))), None);
+        assert_eq!(numeric_date(None), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use url::Url;
 use crate::claim;
 use crate::http::{HttpClient, HttpError};
 use crate::jwks::{DEFAULT_MIN_REFETCH_INTERVAL, JwksCache, JwksError};
-use crate::jws::{self, JwsError, SIGNING_ALGORITHMS, Unverified};
+use crate::jws::{JwsError, SIGNING_ALGORITHMS, Unverified};
 
 /// Google's issuer, used when a `google` provider names none.
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
@@ -587,7 +587,9 @@ impl Provider {
             .map_err(LoginError::MalformedIdToken)?;
         // An unknown kid refetches the provider's keys (rate limited); a token without a kid
         // is checked against the cached set.
-        let kid = jws::header_kid(raw);
+        let kid = jsonwebtoken::decode_header(raw)
+            .ok()
+            .and_then(|header| header.kid);
         let keys = self
             .jwks
             .keys_for(kid.as_deref())
@@ -605,7 +607,7 @@ impl Provider {
         // token up to `skew` after its expiry.
         .set_time_fn(move || (SystemTime::now() - Duration::from_secs(skew as u64)).into())
         .set_issue_time_verifier_fn(move |iat| {
-            if iat.timestamp() > jws::now_unix() + skew {
+            if iat.timestamp() > claim::now_unix() + skew {
                 Err(format!("issued in the future ({iat})"))
             } else {
                 Ok(())
@@ -690,15 +692,16 @@ impl Provider {
             .keys_for(unverified.kid())
             .await
             .map_err(LogoutTokenError::Keys)?;
-        let payload = unverified.verify(&keys).map_err(LogoutTokenError::Jws)?;
-        let claims: Map<String, Value> =
-            serde_json::from_slice(&payload).map_err(|_| LogoutTokenError::MalformedClaims)?;
+        let claims = unverified.verify(&keys).map_err(|error| match error {
+            JwsError::MalformedClaims => LogoutTokenError::MalformedClaims,
+            error => LogoutTokenError::Jws(error),
+        })?;
         check_logout_claims(
             &claims,
             self.issuer.as_str(),
             &self.config.client_id,
             self.config.max_clock_skew,
-            jws::now_unix(),
+            claim::now_unix(),
         )
     }
 }
@@ -731,7 +734,7 @@ fn check_logout_claims(
     }
     let skew = max_clock_skew.as_secs() as i64;
     let max_age = LOGOUT_TOKEN_MAX_AGE.as_secs() as i64;
-    let iat = jws::numeric_date(claims.get("iat")).ok_or(LogoutTokenError::BadIssueTime)?;
+    let iat = claim::numeric_date(claims.get("iat")).ok_or(LogoutTokenError::BadIssueTime)?;
     if iat > now + skew || iat < now - skew - max_age {
         return Err(LogoutTokenError::BadIssueTime);
     }
@@ -741,7 +744,7 @@ fn check_logout_claims(
         .saturating_add(MAX_CLOCK_SKEW.as_secs() as i64)
         .saturating_add(1);
     if let Some(exp) = claims.get("exp") {
-        let exp = jws::numeric_date(Some(exp)).ok_or(LogoutTokenError::Expired)?;
+        let exp = claim::numeric_date(Some(exp)).ok_or(LogoutTokenError::Expired)?;
         if now >= exp + skew {
             return Err(LogoutTokenError::Expired);
         }
