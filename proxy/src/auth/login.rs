@@ -71,10 +71,27 @@ pub(crate) async fn serve_identity_page(
         ("/.sekisho/me", _) if get => me(snapshot, identity, ctx, req.headers()),
         ("/", true) if get => match current_session(identity, ctx, req.headers()) {
             Some(_) => redirect("/.sekisho/me", None),
-            None => html(StatusCode::OK, page::signed_out(None)),
+            // Where a provider's sign-out sends the person back (`state=signed-out`).
+            None if param(&query(&req), "state") == Some("signed-out") => html(
+                StatusCode::OK,
+                page::signed_out(true, Some(&sign_in_url(identity, ctx))),
+            ),
+            None => html(
+                StatusCode::OK,
+                page::not_signed_in(&sign_in_url(identity, ctx)),
+            ),
         },
         _ => ctx.page(StatusCode::NOT_FOUND, "nothing is served at this path"),
     }
+}
+
+/// The login that returns to the auth host's `/.sekisho/me`.
+fn sign_in_url(identity: &IdentityRuntime, ctx: &RequestCtx) -> String {
+    login_again_url(
+        identity,
+        ctx,
+        &format!("{}/.sekisho/me", auth_origin(identity, ctx)),
+    )
 }
 
 /// A return URL is acceptable when it is `https` on a host some route serves, on the port this
@@ -518,7 +535,10 @@ async fn logout(
     match at_provider {
         Some(url) => redirect(url.as_str(), cookies),
         None => {
-            let mut response = html(StatusCode::OK, page::signed_out(None));
+            let mut response = html(
+                StatusCode::OK,
+                page::signed_out(false, Some(&sign_in_url(identity, ctx))),
+            );
             response
                 .headers_mut()
                 .append(header::SET_COOKIE, clear_cookie());

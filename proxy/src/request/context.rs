@@ -9,7 +9,7 @@ use http::header::HeaderValue;
 use http::{Response, StatusCode};
 
 use crate::respond::body::ResponseBody;
-use crate::respond::status_page;
+use crate::respond::{Format, error_page};
 use crate::routing::snapshot::Route;
 
 /// What the pipeline learns about one request.
@@ -31,6 +31,8 @@ pub(crate) struct RequestCtx {
     pub(crate) user: Option<Arc<str>>,
     /// A refreshed session cookie to send back.
     pub(crate) set_cookie: Option<HeaderValue>,
+    /// How the client wants the proxy's own errors.
+    pub(crate) format: Format,
 }
 
 impl RequestCtx {
@@ -47,6 +49,7 @@ impl RequestCtx {
             endpoint: None,
             user: None,
             set_cookie: None,
+            format: Format::Text,
         }
     }
 
@@ -71,8 +74,8 @@ impl RequestCtx {
         }
     }
 
-    /// A small status page naming the request id.
+    /// The proxy's own error answer, in the client's format, naming the request id.
     pub(crate) fn page(&self, status: StatusCode, message: &str) -> Response<ResponseBody> {
-        status_page(status, message, &self.request_id)
+        error_page(status, message, &self.request_id, self.format)
     }
 }

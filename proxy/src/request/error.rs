@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 use crate::forward::body::ClientBodyError;
 use crate::forward::upstream::{ConnectError, SendError};
 use crate::respond::body::ResponseBody;
-use crate::respond::status_page;
+use crate::respond::{Format, error_page};
 use crate::routing::path::PathError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,9 +106,13 @@ impl ProxyError {
     }
 }
 
-/// A response made by the proxy itself, naming the request id.
-pub(crate) fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
-    status_page(err.status(), &err.to_string(), request_id)
+/// A response made by the proxy itself, naming the request id, in the client's format.
+pub(crate) fn error_response(
+    err: &ProxyError,
+    request_id: &HeaderValue,
+    format: Format,
+) -> Response<ResponseBody> {
+    error_page(err.status(), &err.to_string(), request_id, format)
 }
 
 /// Whether an exchange failed because the client's request body did.

@@ -42,7 +42,9 @@ use crate::forward::upstream::{Endpoint, Upstream};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{self, Name, UpstreamErrorLabels};
 use crate::respond::body::{Completion, ResponseBody};
-use crate::respond::{X_REQUEST_ID, is_acceptable_request_id, new_request_id, status_page};
+use crate::respond::{
+    Format, X_REQUEST_ID, error_page, is_acceptable_request_id, new_request_id, status_page,
+};
 use crate::routing::path::{
     PathError, decode_slashes, normalize_path, normalize_path_keeping_encoded_slashes,
     without_parameters,
@@ -82,7 +84,7 @@ pub(crate) async fn serve_request(
         Ok(response) => response,
         Err(err) => {
             report_error(&shared, &ctx, &err);
-            error_response(&err, &ctx.request_id)
+            error_response(&err, &ctx.request_id, ctx.format)
         }
     };
     response_filter(&mut response, &ctx);
@@ -240,6 +242,7 @@ fn request_filter(ctx: &mut RequestCtx, req: &mut Request<Incoming>) -> Result<(
         Some(id) if is_acceptable_request_id(id.as_bytes()) => id.clone(),
         _ => new_request_id(),
     };
+    ctx.format = Format::of(req.headers());
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
@@ -662,10 +665,11 @@ pub(crate) fn redirect_to_https(
         .and_then(|h| h.to_str().ok())
         .and_then(normalize_host);
     let Some(host) = host.filter(|h| shared.snapshot.load().routes.knows_host(h)) else {
-        return status_page(
+        return error_page(
             StatusCode::NOT_FOUND,
             "no site is served for this host",
             &request_id,
+            Format::of(req.headers()),
         );
     };
     let port = match shared.redirect_port {

@@ -13,6 +13,92 @@ use body::ResponseBody;
 /// The request id header, on requests to upstreams and on every response.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// How a client wants the proxy's own errors: a page for browsers, JSON for programs that ask
+/// for it, plain text for the rest (curl).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Format {
+    Html,
+    Json,
+    #[default]
+    Text,
+}
+
+impl Format {
+    /// From a request's `Accept` header.
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
+        let Some(accept) = headers.get(header::ACCEPT) else {
+            return Self::Text;
+        };
+        let accept = accept.as_bytes();
+        if memchr::memmem::find(accept, b"text/html").is_some() {
+            Self::Html
+        } else if memchr::memmem::find(accept, b"json").is_some() {
+            Self::Json
+        } else {
+            Self::Text
+        }
+    }
+}
+
+/// The proxy's own answer for `status`: `message` says what happened, in the client's
+/// [`Format`], naming the request id.
+pub(crate) fn error_page(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+    format: Format,
+) -> Response<ResponseBody> {
+    let id = request_id.to_str().unwrap_or("-");
+    let (body, content_type) = match format {
+        Format::Text => return status_page(status, message, request_id),
+        Format::Html => (
+            page::error(status.as_u16(), error_title(status), message, id),
+            page::CONTENT_TYPE,
+        ),
+        Format::Json => (
+            serde_json::json!({
+                "error": status.canonical_reason().unwrap_or("error").to_ascii_lowercase().replace(' ', "_"),
+                "message": message,
+                "request_id": id,
+            })
+            .to_string(),
+            "application/json",
+        ),
+    };
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if format == Format::Html {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
+        );
+        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    }
+    response
+}
+
+/// A page title for an error status, in words a person reads.
+fn error_title(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "This request cannot be served",
+        401 | 403 => "Not allowed",
+        404 => "Nothing here",
+        405 => "Not allowed this way",
+        413 => "Too large",
+        431 => "Request headers too large",
+        501 => "Not supported",
+        502 => "The service behind this address failed",
+        503 => "Not available right now",
+        504 => "The service behind this address did not answer in time",
+        _ => "Something went wrong",
+    }
+}
+
+/// A plain-text answer for `status`, naming the request id.
 pub(crate) fn status_page(
     status: StatusCode,
     message: &str,

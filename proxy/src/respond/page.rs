@@ -251,20 +251,54 @@ pub(crate) fn me(page: &MePage) -> String {
         }
         body.push_str("</tbody></table>");
     }
+    body.push_str(&link("button", "/.sekisho/logout", "Sign out"));
     document("Your session", &body)
 }
 
-/// After logout; `return_url` offers signing in again.
-pub(crate) fn signed_out(return_url: Option<&str>) -> String {
-    let mut body = String::from(
-        "<h1>Signed out</h1><p>You are signed out of Sekisho on this browser.</p>\
-<p class=\"muted\">Your identity provider may still remember you; sign out there too on a \
-shared computer.</p>",
-    );
-    if let Some(url) = return_url {
+/// After logout. `at_provider`: the identity provider signed the person out too (it sent
+/// them back here); `sign_in_url` offers signing in again.
+pub(crate) fn signed_out(at_provider: bool, sign_in_url: Option<&str>) -> String {
+    let mut body = String::from("<h1>Signed out</h1>");
+    if at_provider {
+        body.push_str(
+            "<p>You are signed out of Sekisho and of your identity provider on this \
+browser.</p>",
+        );
+    } else {
+        body.push_str(
+            "<p>You are signed out of Sekisho on this browser.</p>\
+<p class=\"muted\">Your identity provider may still remember you; on a shared computer, sign \
+out there too.</p>",
+        );
+    }
+    if let Some(url) = sign_in_url {
         body.push_str(&link("button", url, "Sign in again"));
     }
     document("Signed out", &body)
+}
+
+/// The auth host's home for someone without a session.
+pub(crate) fn not_signed_in(sign_in_url: &str) -> String {
+    let body = format!(
+        "<h1>Not signed in</h1><p>This is the sign-in page of the sites Sekisho guards. You \
+are not signed in on this browser.</p>{}",
+        link("button", sign_in_url, "Sign in")
+    );
+    document("Not signed in", &body)
+}
+
+/// A request the proxy answers with an error itself: what happened, in words, and the
+/// request id to give whoever runs the service.
+pub(crate) fn error(status: u16, title: &str, message: &str, request_id: &str) -> String {
+    let body = format!(
+        "<h1>{title}</h1><p>{message}</p>\
+<p class=\"muted\">If this keeps happening, give whoever runs this service the request id \
+below.</p><dl><dt>Status</dt><dd>{status}</dd><dt>Request id</dt><dd><code>{id}</code></dd></dl>",
+        title = escape(title),
+        message = escape(message),
+        id = escape(request_id),
+    );
+    document(title, &body)
 }
 
 /// What the device page shows: the person signed in, the code (when the link carried one) and
@@ -500,13 +534,58 @@ mod tests {
     #[test]
     fn the_signed_out_page_offers_signing_in_again_only_with_a_return_url() {
         let back = "https://app.example.com/?a=<b>";
-        let page = signed_out(Some(back));
+        let page = signed_out(false, Some(back));
         assert!(page.contains("Sign in again"));
         assert!(page.contains("href=\"https://app.example.com/?a=&lt;b&gt;\""));
         assert_self_contained(&page, &[back]);
-        let page = signed_out(None);
+        let page = signed_out(false, None);
         assert!(!page.contains("Sign in again"));
         assert_self_contained(&page, &[]);
+    }
+
+    #[test]
+    fn the_signed_out_page_says_whether_the_provider_signed_out_too() {
+        let here = signed_out(false, None);
+        assert!(here.contains("may still remember you"), "{here}");
+        let both = signed_out(true, None);
+        assert!(both.contains("and of your identity provider"), "{both}");
+        assert!(!both.contains("may still remember you"), "{both}");
+    }
+
+    #[test]
+    fn the_home_of_someone_never_signed_in_offers_a_sign_in_and_no_signed_out_text() {
+        let page = not_signed_in("/.sekisho/login?rd=x");
+        assert!(page.contains("Not signed in"));
+        assert!(page.contains("href=\"/.sekisho/login?rd=x\""));
+        assert!(!page.contains("Signed out"));
+        assert_self_contained(&page, &[]);
+    }
+
+    #[test]
+    fn error_pages_say_what_happened_and_name_the_request_id() {
+        for (status, title) in [
+            (400, "This request cannot be served"),
+            (404, "Nothing here"),
+            (502, "The service behind this address failed"),
+            (503, "Not available right now"),
+            (
+                504,
+                "The service behind this address did not answer in time",
+            ),
+        ] {
+            let page = error(status, title, NASTY, "abc123");
+            assert!(page.contains(&format!("<h1>{title}</h1>")), "{page}");
+            assert!(page.contains("<code>abc123</code>"), "{page}");
+            assert!(page.contains(&format!("<dd>{status}</dd>")), "{page}");
+            assert!(page.contains(NASTY_ESCAPED), "{page}");
+            assert_self_contained(&page, &[]);
+        }
+    }
+
+    #[test]
+    fn the_me_page_has_a_sign_out_link() {
+        let page = me(&MePage::default());
+        assert!(page.contains("href=\"/.sekisho/logout\""), "{page}");
     }
 
     #[test]
