@@ -326,7 +326,7 @@ fn check_claims(
     }
     let skew = config.max_clock_skew.as_secs() as i64;
     let exp = claim::numeric_date(claims.get("exp")).ok_or(BearerError::MissingExpiry)?;
-    if now >= exp + skew {
+    if now >= exp.saturating_add(skew) {
         return Err(BearerError::Expired);
     }
     if let Some(nbf) = claims.get("nbf") {
@@ -563,6 +563,25 @@ mod tests {
             matches!(&err, BearerSetupError::InvalidHostedDomain(d) if d == "uniqe example"),
             "{err:?}"
         );
+    }
+
+    /// Found with the `bearer_jwt` fuzz target: `exp + skew` overflowed for an `exp` near
+    /// `i64::MAX` (a panic with overflow checks, a wrap to "expired" without).
+    #[test]
+    fn a_token_that_expires_at_the_end_of_time_is_checked_without_overflow() {
+        for exp in [json!(i64::MAX), json!(1e300), json!(u64::MAX)] {
+            let claims = claims(json!({
+                "iss": "https://id.example", "aud": "sekisho", "sub": "u", "exp": exp,
+                "nbf": i64::MAX, "iat": i64::MIN,
+            }));
+            let err = check_claims(&config(), claims, NOW).unwrap_err();
+            assert_eq!(format!("{err:?}"), "NotYetValid");
+        }
+        let claims = claims(json!({
+            "iss": "https://id.example", "aud": "sekisho", "sub": "u", "exp": i64::MAX,
+        }));
+        let (_, exp) = check_claims(&config(), claims, NOW).unwrap();
+        assert_eq!(exp, i64::MAX);
     }
 
     #[test]

@@ -128,21 +128,37 @@ impl<T> PathRule<T> {
 }
 
 /// Lowercases a request's host and strips its port and a trailing dot. Returns `None` for
-/// hosts no route could ever match (empty, or with characters outside a DNS name / IP literal).
+/// hosts no route could ever match: empty, with characters outside a DNS name or a bracketed IP
+/// literal, or followed by anything but `:` and a port's digits (`a:b:c`, `[::1]x`). The result
+/// normalises to itself.
 pub(crate) fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let host = if let Some(rest) = raw.strip_prefix('[') {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop the port.
-        let end = rest.find(']')?;
-        &raw[..end + 2]
+        let end = rest.find(']')? + 2;
+        raw.split_at(end)
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        raw.split_at(raw.find(':').unwrap_or(raw.len()))
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+    if !port.is_empty()
+        && !port
+            .strip_prefix(':')
+            .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
     {
+        return None;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = match host.strip_prefix('[') {
+        Some(literal) => literal.strip_suffix(']').is_some_and(|ip| {
+            !ip.is_empty()
+                && ip
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        }),
+        None => host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
+    };
+    if host.is_empty() || host.ends_with('.') || !valid {
         return None;
     }
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -242,6 +258,33 @@ mod tests {
         ];
         for (raw, expected) in cases {
             assert_eq!(normalize_host(raw).as_deref(), expected, "{raw:?}");
+        }
+    }
+
+    /// Found by the `path` fuzz target: only the part after the last `:` was dropped, so
+    /// `App.COM:84e.COM:8443` became `app.com:84e.com`, which normalised again to `app.com`.
+    #[test]
+    fn a_host_is_followed_by_nothing_or_a_port_and_normalises_to_itself() {
+        let cases = [
+            ("App.COM:84e.COM:8443", None),
+            ("app.example.com:evil", None),
+            ("app.example.com:", Some("app.example.com")),
+            ("app.example.com..", None),
+            ("app.example.com.:443", Some("app.example.com")),
+            ("[::1]x", None),
+            ("[::1]:", Some("[::1]")),
+            ("[::1]:44x", None),
+            ("[::FFFF:10.0.0.1]:443", Some("[::ffff:10.0.0.1]")),
+            ("[g::1]", None),
+            ("a]b", None),
+            ("[]", None),
+        ];
+        for (raw, expected) in cases {
+            let host = normalize_host(raw);
+            assert_eq!(host.as_deref(), expected, "{raw:?}");
+            if let Some(host) = host {
+                assert_eq!(normalize_host(&host).as_deref(), Some(&*host), "{raw:?}");
+            }
         }
     }
 }

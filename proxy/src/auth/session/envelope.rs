@@ -316,7 +316,8 @@ impl SessionKeys {
         let len = URL_SAFE_NO_PAD
             .decode_slice(text, buf)
             .map_err(|_| SessionError::Malformed)?;
-        if len <= OVERHEAD {
+        // An empty plaintext is a value too (`seal_login` seals an empty state).
+        if len < OVERHEAD {
             return Err(SessionError::Malformed);
         }
         let (head, sealed) = buf[..len].split_at_mut(HEADER_LEN + NONCE_LEN);
