@@ -88,6 +88,7 @@ fn state() -> &'static State {
             jwks_uri: Some(format!("http://{addr}/jwks").parse().expect("a URL")),
             groups_claim: "groups".to_owned(),
             max_clock_skew: Duration::from_secs(BEARER_SKEW as u64),
+            hosted_domains: Vec::new(),
         };
         // Capacity 0: nothing is remembered, so every input is verified from scratch.
         let bearer = runtime

@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sekisho_proxy::config::Config;
-use sekisho_proxy::path::normalize_path;
+use sekisho_proxy::Config;
+use sekisho_proxy::fuzzing::normalize_path;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -18,7 +18,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use sekisho_fuzz::{HOST, IDLE, NOW, keys, label, seal, split_mode};
-use sekisho_proxy::session::{
+use sekisho_proxy::fuzzing::session::{
     CSRF_TTL, HANDOFF_TTL, MAX_HANDOFF_CODE_LEN, ReplayError, ReplayGuard, SessionError, SessionId,
     SessionKeys, SessionRecord,
 };
@@ -75,7 +75,7 @@ fn open_all(keys: &SessionKeys, text: &str) {
     let _ = keys.open_login(text, HOST);
 }
 
-fn check_handoff(keys: &SessionKeys, code: &sekisho_proxy::session::HandoffCode) {
+fn check_handoff(keys: &SessionKeys, code: &sekisho_proxy::fuzzing::session::HandoffCode) {
     assert!(is_local_path(&code.return_path), "{code:?}");
     check_session(&code.session, NOW);
     assert!(NOW < code.expires_at, "{code:?}");

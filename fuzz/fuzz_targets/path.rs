@@ -9,8 +9,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sekisho_proxy::path::normalize_path;
-use sekisho_proxy::route::normalize_host;
+use sekisho_proxy::fuzzing::normalize_path;
+use sekisho_proxy::fuzzing::normalize_host;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {

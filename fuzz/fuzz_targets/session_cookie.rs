@@ -25,7 +25,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use sekisho_fuzz::{HOST, IDLE, NOW, keys, label, seal, split_mode, unseal};
-use sekisho_proxy::session::{
+use sekisho_proxy::fuzzing::session::{
     COOKIE_NAME, CookieError, MAX_COOKIE_VALUE_LEN, SessionError, SessionId, SessionRecord,
     session_cookie, set_cookie, strip_session_cookies,
 };

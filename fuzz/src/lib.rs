@@ -1,5 +1,5 @@
 //! What the fuzz targets share: a fixed session key ring and an envelope that seals arbitrary
-//! plaintext exactly as `sekisho_proxy::session` does (so that the fuzzer reaches the record
+//! plaintext exactly as `sekisho_proxy::fuzzing::session` does (so that the fuzzer reaches the record
 //! decoders behind the AEAD through the public `open` functions), input framing, and a
 //! loopback JWKS server for the bearer verifier.
 //!
@@ -15,7 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use sekisho_proxy::session::{SessionId, SessionKeys, SessionRecord};
+use sekisho_proxy::fuzzing::session::{SessionId, SessionKeys, SessionRecord};
 
 /// Key bytes 0, 1, …, 31 (id 3) and 32, 33, …, 63 (id 7, the newest); the proxy's own tests
 /// use the same two keys.

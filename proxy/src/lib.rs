@@ -39,6 +39,19 @@ pub use config::{Config, ConfigError, IdentityConfig, Problem};
 pub use frontdoor::server::{Options, Running, StartError, start};
 pub use sekisho_wire::error_chain;
 
+/// The parsers the fuzz targets in `fuzz/` drive (see `docs/fuzzing.md`). Not an API: it
+/// follows the code it exposes.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::routing::path::{PathError, normalize_path};
+    pub use crate::routing::table::normalize_host;
+
+    /// Sealed cookies, handoff codes and the CLI's codes.
+    pub mod session {
+        pub use crate::auth::session::fuzzing::*;
+    }
+}
+
 /// Checks a configuration file as start-up would, without serving: the file, the certificates
 /// and keys it names, and everything its routes need. Every problem found, each as a message
 /// with its cause chain.

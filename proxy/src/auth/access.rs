@@ -19,6 +19,7 @@ use crate::auth::identity::IdentityRuntime;
 use crate::auth::session::{SessionRecord, session_cookie, set_cookie, unix_now};
 use crate::auth::who::{Who, bearer_identity, who_from_record};
 use crate::forward::body::RequestBody;
+use crate::observe::metrics::{DecisionKind, DecisionReason, Metrics};
 use crate::policy::{Decision, RouteAccess, RuleRef};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
@@ -36,8 +37,20 @@ pub(crate) enum Access {
         who: Option<Arc<Who>>,
         set_cookie: Option<HeaderValue>,
     },
-    /// Answer now.
-    Respond(Response<ResponseBody>),
+    /// Answer now; `user` names who was refused, when someone was identified.
+    Respond {
+        response: Response<ResponseBody>,
+        user: Option<Arc<str>>,
+    },
+}
+
+impl Access {
+    fn respond(response: Response<ResponseBody>) -> Self {
+        Self::Respond {
+            response,
+            user: None,
+        }
+    }
 }
 
 /// Why a bearer token was refused. Each message can be shown to the client.
@@ -64,6 +77,8 @@ enum Outcome {
     Allowed(RuleRef),
     BadBearer(BearerRejection),
     LoginRequired(RuleRef),
+    /// Allowed, but the login is older, or idle longer, than the route takes.
+    LoginAgain(RuleRef),
     Denied(RuleRef, &'static str),
 }
 
@@ -71,14 +86,22 @@ enum Outcome {
 /// is replaced only on webhook routes.
 pub(crate) async fn check(
     snapshot: &Snapshot,
+    metrics: &Metrics,
     ctx: &RequestCtx,
     route: &Route,
     req: &mut Request<RequestBody>,
 ) -> Access {
     if let Some(webhook) = &route.webhook {
-        return check_webhook(ctx, route, webhook, req).await;
+        let access = check_webhook(ctx, route, webhook, req).await;
+        let verdict = match access {
+            Access::Pass { .. } => DecisionKind::Allowed,
+            Access::Respond { .. } => DecisionKind::Denied,
+        };
+        metrics.decision(verdict, DecisionReason::Webhook);
+        return access;
     }
     if matches!(route.access, RouteAccess::Public) {
+        metrics.decision(DecisionKind::Allowed, DecisionReason::PublicRoute);
         return Access::Pass {
             who: None,
             set_cookie: None,
@@ -86,20 +109,26 @@ pub(crate) async fn check(
     }
     let verdict = decide(snapshot, ctx, route, req).await;
     log_verdict(ctx, route, req, &verdict);
+    count_verdict(metrics, &verdict.outcome);
     let user = verdict.who.as_ref().map(|w| &*w.user);
     match verdict.outcome {
         Outcome::Allowed(_) => Access::Pass {
             who: verdict.who,
             set_cookie: verdict.set_cookie,
         },
-        Outcome::BadBearer(rejection) => Access::Respond(json_error(
+        Outcome::BadBearer(rejection) => Access::respond(json_error(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             &crate::error_chain(&rejection),
             None,
         )),
-        Outcome::LoginRequired(_) => Access::Respond(login_required(snapshot, ctx, req)),
-        Outcome::Denied(..) => Access::Respond(denied(ctx, route, user)),
+        Outcome::LoginRequired(_) | Outcome::LoginAgain(_) => {
+            Access::respond(login_required(snapshot, ctx, req))
+        }
+        Outcome::Denied(..) => Access::Respond {
+            response: denied(ctx, route, user),
+            user: verdict.who.as_ref().map(|w| w.user.clone()),
+        },
     }
 }
 
@@ -117,7 +146,7 @@ async fn decide(
 
     // Bearer tokens, where the route takes them: a bad one is refused outright, never
     // mistaken for "no credentials".
-    let (mut who, set_cookie) = match bearer_token(req.headers()) {
+    let (who, set_cookie) = match bearer_token(req.headers()) {
         Some(token) => {
             let verified = match identity {
                 Some(identity) if route.bearer => verify_bearer(identity, token, now).await,
@@ -140,7 +169,7 @@ async fn decide(
         },
     };
 
-    let mut decision = route.access.decide(
+    let decision = route.access.decide(
         who.as_ref().map(|w| &w.identity),
         req.method(),
         path,
@@ -157,8 +186,11 @@ async fn decide(
             .session_idle_timeout
             .is_some_and(|max| now.saturating_sub(session.last_seen) > max.as_secs());
         if too_old || idle_too_long {
-            decision = Decision::LoginRequired { rule };
-            who = None;
+            return Verdict {
+                who: None,
+                set_cookie: None,
+                outcome: Outcome::LoginAgain(rule),
+            };
         }
     }
     let outcome = match decision {
@@ -170,6 +202,30 @@ async fn decide(
         who,
         set_cookie,
         outcome,
+    }
+}
+
+/// The decision's count in `sekisho_access_decisions_total`.
+fn count_verdict(metrics: &Metrics, outcome: &Outcome) {
+    let (verdict, reason) = match outcome {
+        Outcome::Allowed(rule) => (DecisionKind::Allowed, decision_reason(*rule)),
+        Outcome::BadBearer(_) => (DecisionKind::Denied, DecisionReason::BadToken),
+        Outcome::LoginRequired(rule) => (DecisionKind::LoginRequired, decision_reason(*rule)),
+        Outcome::LoginAgain(_) => (DecisionKind::LoginRequired, DecisionReason::SessionAge),
+        Outcome::Denied(rule, _) => (DecisionKind::Denied, decision_reason(*rule)),
+    };
+    metrics.decision(verdict, reason);
+}
+
+/// The metric's `reason` for the part of a policy that decided.
+pub(crate) fn decision_reason(rule: RuleRef) -> DecisionReason {
+    match rule {
+        RuleRef::Rule(_) => DecisionReason::Rule,
+        RuleRef::Allow => DecisionReason::Allow,
+        RuleRef::CorsPreflight => DecisionReason::CorsPreflight,
+        RuleRef::DefaultDeny => DecisionReason::DefaultDeny,
+        RuleRef::PublicRoute => DecisionReason::PublicRoute,
+        RuleRef::NoPolicy => DecisionReason::NoPolicy,
     }
 }
 
@@ -195,6 +251,11 @@ fn log_verdict(ctx: &RequestCtx, route: &Route, req: &Request<RequestBody>, verd
         Outcome::Allowed(rule) => (true, rule.to_string(), String::new()),
         Outcome::BadBearer(rejection) => (false, "bearer".into(), crate::error_chain(rejection)),
         Outcome::LoginRequired(rule) => (false, rule.to_string(), "login required".into()),
+        Outcome::LoginAgain(rule) => (
+            false,
+            rule.to_string(),
+            "the login is older, or idle longer, than the route allows".into(),
+        ),
         Outcome::Denied(rule, reason) => (false, rule.to_string(), (*reason).to_owned()),
     };
     let user = verdict.who.as_ref().map(|w| &*w.user).unwrap_or("-");
@@ -489,7 +550,7 @@ async fn check_webhook(
             WebhookError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNAUTHORIZED,
         };
-        Access::Respond(json_error(
+        Access::respond(json_error(
             status,
             "bad_signature",
             &error.to_string(),

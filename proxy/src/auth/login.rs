@@ -18,6 +18,7 @@ use crate::auth::endpoint::{CLI_PREFIX, auth_origin, login_again_url, login_erro
 use crate::auth::identity::IdentityRuntime;
 use crate::auth::session::{ReplayError, SessionId, SessionRecord, clear_cookie, unix_now};
 use crate::auth::who::who_from_record;
+use crate::observe::metrics::Metrics;
 use crate::policy::Decision;
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
@@ -40,6 +41,7 @@ struct LoginState {
 /// Answers a request for the auth host or a `/.sekisho/` path (other than the CLI's).
 pub(crate) async fn serve_identity_page(
     snapshot: &Snapshot,
+    metrics: &Metrics,
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
     req: Request<Incoming>,
@@ -48,8 +50,10 @@ pub(crate) async fn serve_identity_page(
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match (path, on_auth_host) {
-        ("/.sekisho/login", true) if get => login(snapshot, identity, ctx, &req).await,
-        ("/.sekisho/callback", true) if get => callback(snapshot, identity, ctx, &req).await,
+        ("/.sekisho/login", true) if get => login(snapshot, metrics, identity, ctx, &req).await,
+        ("/.sekisho/callback", true) if get => {
+            callback(snapshot, metrics, identity, ctx, &req).await
+        }
         ("/.sekisho/backchannel-logout", true) if req.method() == Method::POST => {
             backchannel_logout(identity, req).await
         }
@@ -155,6 +159,7 @@ fn is_auth_host_return_path(path: &str) -> bool {
 
 async fn login(
     snapshot: &Snapshot,
+    metrics: &Metrics,
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
@@ -213,6 +218,7 @@ async fn login(
         Ok(provider) => provider,
         Err(error) => {
             tracing::warn!(provider = %slot.name, error = %crate::error_chain(&error), "identity provider discovery failed");
+            metrics.provider_error(&slot.name, "discovery");
             return login_error(
                 ctx,
                 StatusCode::BAD_GATEWAY,
@@ -302,6 +308,19 @@ enum CallbackError {
 }
 
 impl CallbackError {
+    /// The `result` of `sekisho_logins_total`, and what was asked of the provider when it
+    /// failed (for `sekisho_provider_errors_total`).
+    fn outcome(&self) -> (&'static str, Option<&'static str>) {
+        use sekisho_identity::oidc::LoginError;
+        match self {
+            Self::ProviderUnreachable(_) => ("failed", Some("discovery")),
+            Self::NotVerified(LoginError::CodeExchange(_)) => ("failed", Some("token")),
+            Self::NotVerified(LoginError::Keys(_)) => ("failed", Some("discovery")),
+            Self::NoRandomness(_) | Self::Seal(_) => ("failed", None),
+            _ => ("refused", None),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::ProviderUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -316,6 +335,7 @@ impl CallbackError {
 /// try again.
 async fn callback(
     snapshot: &Snapshot,
+    metrics: &Metrics,
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
@@ -341,11 +361,19 @@ async fn callback(
             )
         }
     };
+    let provider = state.as_ref().map_or("-", |s| s.pending.provider());
     let error = match result {
-        Ok(response) => return response,
+        Ok(response) => {
+            metrics.login(provider, "success");
+            return response;
+        }
         Err(error) => error,
     };
-    let provider = state.as_ref().map_or("-", |s| s.pending.provider());
+    let (result, failed_operation) = error.outcome();
+    metrics.login(provider, result);
+    if let Some(operation) = failed_operation {
+        metrics.provider_error(provider, operation);
+    }
     match error.status() {
         StatusCode::INTERNAL_SERVER_ERROR => {
             tracing::warn!(provider, error = %crate::error_chain(&error), "login failed")

@@ -22,10 +22,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::stream::{Stream, StreamId, lock};
-use crate::auth::access::{bearer_token, verify_bearer};
+use crate::auth::access::{bearer_token, decision_reason, verify_bearer};
 use crate::auth::endpoint::auth_origin;
 use crate::auth::session::unix_now;
 use crate::auth::who::bearer_identity;
+use crate::observe::metrics::{DecisionKind, DecisionReason};
 use crate::observe::metrics::{DirectionLabels, ReasonLabels};
 use crate::policy::{Decision, Identity};
 use crate::request::context::RequestCtx;
@@ -177,8 +178,10 @@ async fn open(
         log_decision(ctx, route, user, false, rule, reason);
         Err((error, Some(reason.to_owned())))
     };
+    let metrics = &shared.metrics;
     let (Some(identity), Some(token)) = (snapshot.identity.as_deref(), bearer_token(req.headers()))
     else {
+        metrics.decision(DecisionKind::LoginRequired, DecisionReason::BadToken);
         return refuse(TunnelError::NotLoggedIn, None, "bearer", "no bearer token");
     };
     let (issuer, subject, person) = match verify_bearer(identity, token, unix_now()).await {
@@ -188,6 +191,7 @@ async fn open(
             bearer_identity(claims),
         ),
         Err(rejection) => {
+            metrics.decision(DecisionKind::Denied, DecisionReason::BadToken);
             let reason = crate::error_chain(&rejection);
             return refuse(TunnelError::NotLoggedIn, None, "bearer", &reason);
         }
@@ -195,6 +199,11 @@ async fn open(
     let user: Arc<str> = Arc::from(person.verified_email().unwrap_or(&person.subject));
     let decision = decide(route, &person);
     let rule = decision.rule().to_string();
+    let kind = match decision {
+        Decision::Allow { .. } => DecisionKind::Allowed,
+        _ => DecisionKind::Denied,
+    };
+    metrics.decision(kind, decision_reason(decision.rule()));
     match decision {
         Decision::Allow { .. } => log_decision(ctx, route, Some(&user), true, &rule, "allowed"),
         Decision::Deny { reason, .. } => {

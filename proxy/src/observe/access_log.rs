@@ -32,7 +32,8 @@ pub(crate) struct AccessRecord {
 
 #[derive(Serialize)]
 struct Line<'a> {
-    time: String,
+    /// RFC 3339, as the diagnostic log's `timestamp`.
+    timestamp: String,
     request_id: &'a str,
     client: IpAddr,
     host: &'a str,
@@ -90,7 +91,7 @@ impl AccessLog {
             static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
         }
         let line = Line {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             request_id: record.request_id.to_str().unwrap_or("-"),
             client: record.client,
             host: &record.host,

@@ -1,7 +1,11 @@
 //! Prometheus metrics, served in the OpenMetrics text format on the admin listener only.
 //!
 //! Label values that come from requests are bounded: methods outside the standard set count as
-//! `OTHER`, statuses as classes, and routes are the configured route names.
+//! `OTHER`, statuses as classes, and routes are the configured route names. Every series whose
+//! labels are known in advance (results, reasons, decisions, configured providers and
+//! upstreams) is registered at zero, so that an alert on its first increase can fire. The
+//! standard `process_*` metrics come from [`super::process`]. `docs/operations.md` lists every
+//! metric and what to alert on.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -79,6 +83,99 @@ pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct DecisionLabels {
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct LoginLabels {
+    pub provider: String,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ProviderErrorLabels {
+    pub provider: String,
+    pub operation: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// What an access decision was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecisionKind {
+    Allowed,
+    LoginRequired,
+    Denied,
+}
+
+/// Why: the part of the configuration that decided, or what was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecisionReason {
+    /// A `public: true` route.
+    PublicRoute,
+    /// One of the policy's `rules`.
+    Rule,
+    /// The policy's `allow` list.
+    Allow,
+    /// `cors_preflight: true`.
+    CorsPreflight,
+    /// Nothing allowed the request.
+    DefaultDeny,
+    /// The route has no policy.
+    NoPolicy,
+    /// The login is older, or idle longer, than the route allows.
+    SessionAge,
+    /// A bearer token that does not verify, or on a route that takes none.
+    BadToken,
+    /// A webhook's signature.
+    Webhook,
+    /// A WebSocket handshake from a page on another origin.
+    WebsocketOrigin,
+}
+
+const VERDICTS: [(DecisionKind, &str); 3] = [
+    (DecisionKind::Allowed, "allowed"),
+    (DecisionKind::LoginRequired, "login_required"),
+    (DecisionKind::Denied, "denied"),
+];
+
+const REASONS: [(DecisionReason, &str); 10] = [
+    (DecisionReason::PublicRoute, "public_route"),
+    (DecisionReason::Rule, "rule"),
+    (DecisionReason::Allow, "allow"),
+    (DecisionReason::CorsPreflight, "cors_preflight"),
+    (DecisionReason::DefaultDeny, "default_deny"),
+    (DecisionReason::NoPolicy, "no_policy"),
+    (DecisionReason::SessionAge, "session_age"),
+    (DecisionReason::BadToken, "bad_token"),
+    (DecisionReason::Webhook, "webhook"),
+    (DecisionReason::WebsocketOrigin, "websocket_origin"),
+];
+
+/// What a login callback ended in: `success`, `refused` (by the provider, or a sign-in that
+/// does not verify) or `failed` (the provider could not be reached, or the proxy failed).
+pub(crate) const LOGIN_RESULTS: [&str; 3] = ["success", "refused", "failed"];
+
+/// What was asked of a provider when it failed: `discovery` (its configuration and keys) or
+/// `token` (the code exchange and the ID token).
+pub(crate) const PROVIDER_OPERATIONS: [&str; 2] = ["discovery", "token"];
+
+/// Why an agent connection can be refused (the `reason` of `sekisho_agent_refusals_total`).
+pub(crate) const AGENT_REFUSAL_REASONS: [&str; 6] = [
+    "bad_request",
+    "no_credential",
+    "malformed",
+    "unknown_agent",
+    "replay",
+    "bad_signature",
+];
+
 /// The tunnel hub's metrics.
 #[derive(Debug, Default)]
 pub(crate) struct TunnelMetrics {
@@ -91,7 +188,20 @@ pub(crate) struct TunnelMetrics {
 }
 
 impl TunnelMetrics {
+    /// Registers the hub's families, with their known labels at zero: every refusal reason
+    /// and stream failure code, and both directions.
     fn register(&self, registry: &mut Registry) {
+        for reason in AGENT_REFUSAL_REASONS {
+            drop(self.agent_refusals.get_or_create(&ReasonLabels { reason }));
+        }
+        for error in sekisho_wire::tunnel::TunnelError::ALL {
+            drop(self.stream_failures.get_or_create(&ReasonLabels {
+                reason: error.code(),
+            }));
+        }
+        for direction in ["to_target", "to_client"] {
+            drop(self.bytes.get_or_create(&DirectionLabels { direction }));
+        }
         registry.register(
             "agents_connected",
             "Live agent connections, by agent",
@@ -128,6 +238,11 @@ impl TunnelMetrics {
 pub(crate) struct Metrics {
     registry: Registry,
     pub tunnel: TunnelMetrics,
+    /// Every access decision, by what it was and why; counters resolved at start, so that
+    /// counting one costs an atomic add.
+    decisions: [[Counter; REASONS.len()]; VERDICTS.len()],
+    pub logins: Family<LoginLabels, Counter>,
+    pub provider_errors: Family<ProviderErrorLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -147,7 +262,20 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("sekisho");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("sekisho");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running sekisho-proxy's version (always 1)",
+            build_info,
+        );
         let requests = Family::default();
         registry.register(
             "http_requests",
@@ -205,10 +333,46 @@ impl Default for Metrics {
             certificate_expiry.clone(),
         );
         let tunnel = TunnelMetrics::default();
-        tunnel.register(&mut registry);
+        tunnel.register(registry);
+        let decisions_family = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "access_decisions",
+            "Access decisions by what they were (allowed, login_required, denied) and why",
+            decisions_family.clone(),
+        );
+        let decisions = VERDICTS.map(|(_, decision)| {
+            REASONS.map(|(_, reason)| {
+                decisions_family
+                    .get_or_create(&DecisionLabels { decision, reason })
+                    .clone()
+            })
+        });
+        let logins = Family::default();
+        registry.register(
+            "logins",
+            "Browser logins by provider and result (success, refused, failed)",
+            logins.clone(),
+        );
+        let provider_errors = Family::default();
+        registry.register(
+            "provider_errors",
+            "Failed requests to identity providers, by provider and operation",
+            provider_errors.clone(),
+        );
+        for result in [true, false] {
+            for family in [&tls_handshakes, &config_reloads, &certificate_reloads] {
+                drop(family.get_or_create(&Self::result(result)));
+            }
+        }
+        for listener in ["https", "http"] {
+            drop(open_connections.get_or_create(&ListenerLabels { listener }));
+        }
         Self {
-            registry,
+            registry: root,
             tunnel,
+            decisions,
+            logins,
+            provider_errors,
             requests,
             request_duration,
             upstream_errors,
@@ -235,6 +399,51 @@ impl Metrics {
         ResultLabels {
             result: if ok { "success" } else { "failure" },
         }
+    }
+
+    /// Counts one access decision.
+    pub(crate) fn decision(&self, verdict: DecisionKind, reason: DecisionReason) {
+        let v = VERDICTS.iter().position(|(v, _)| *v == verdict);
+        let r = REASONS.iter().position(|(r, _)| *r == reason);
+        if let (Some(v), Some(r)) = (v, r) {
+            self.decisions[v][r].inc();
+        }
+    }
+
+    /// Registers the login and provider-error series of a configured provider at zero.
+    pub(crate) fn register_provider(&self, provider: &str) {
+        for result in LOGIN_RESULTS {
+            drop(self.logins.get_or_create(&LoginLabels {
+                provider: provider.to_owned(),
+                result,
+            }));
+        }
+        for operation in PROVIDER_OPERATIONS {
+            drop(self.provider_errors.get_or_create(&ProviderErrorLabels {
+                provider: provider.to_owned(),
+                operation,
+            }));
+        }
+    }
+
+    /// Counts a browser login's end.
+    pub(crate) fn login(&self, provider: &str, result: &'static str) {
+        self.logins
+            .get_or_create(&LoginLabels {
+                provider: provider.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a failed request to a provider.
+    pub(crate) fn provider_error(&self, provider: &str, operation: &'static str) {
+        self.provider_errors
+            .get_or_create(&ProviderErrorLabels {
+                provider: provider.to_owned(),
+                operation,
+            })
+            .inc();
     }
 }
 

@@ -3,11 +3,11 @@
 //! virtual memory, open and maximum file descriptors, threads and the start time. A metric
 //! that cannot be read (another OS, a hardened `/proc`) is left out of the scrape.
 
+use procfs::process::{LimitValue, Process};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use procfs::process::{LimitValue, Process};
 
 #[derive(Debug, Default)]
 pub(crate) struct ProcessCollector;

@@ -40,7 +40,7 @@ use crate::forward::header::{
 };
 use crate::forward::upstream::{Endpoint, Upstream};
 use crate::observe::access_log::AccessRecord;
-use crate::observe::metrics::{self, Name, UpstreamErrorLabels};
+use crate::observe::metrics::{self, DecisionKind, DecisionReason, Name, UpstreamErrorLabels};
 use crate::respond::body::{Completion, ResponseBody};
 use crate::respond::{
     Format, X_REQUEST_ID, error_page, is_acceptable_request_id, new_request_id, status_page,
@@ -142,7 +142,7 @@ async fn serve_own_endpoint(
             cli_login::serve_cli_endpoint(snapshot, identity, ctx, req).await
         }
         OwnEndpoint::Identity(identity) => {
-            login::serve_identity_page(snapshot, identity, ctx, req).await
+            login::serve_identity_page(snapshot, &shared.metrics, identity, ctx, req).await
         }
     }
 }
@@ -169,15 +169,21 @@ async fn serve_route(
     if let Some(refused) =
         crate::forward::websocket::origin::check(snapshot, conn, ctx, &route, &upstream_req)
     {
+        shared
+            .metrics
+            .decision(DecisionKind::Denied, DecisionReason::WebsocketOrigin);
         return Ok(refused);
     }
-    let who = match access::check(snapshot, ctx, &route, &mut upstream_req).await {
+    let who = match access::check(snapshot, &shared.metrics, ctx, &route, &mut upstream_req).await {
         Access::Pass { who, set_cookie } => {
             ctx.user = who.as_ref().map(|w| w.user.clone());
             ctx.set_cookie = set_cookie;
             who
         }
-        Access::Respond(response) => return Ok(response),
+        Access::Respond { response, user } => {
+            ctx.user = user;
+            return Ok(response);
+        }
     };
 
     let upstream = &route.upstream;

@@ -41,7 +41,7 @@ use std::borrow::Cow;
 
 /// Why a request path was refused. Each message can be shown on a 400 page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum PathError {
+pub enum PathError {
     #[error("the request path must start with '/'")]
     NotAbsolute,
     #[error("the request path contains a control character or a backslash")]
@@ -69,7 +69,7 @@ pub(crate) enum PathError {
 /// Normalises a request path (see the module documentation for the rules).
 ///
 /// Returns the input borrowed when it is already normal, and an owned string otherwise.
-pub(crate) fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     normalize(raw, Slashes::Refuse)
 }
 

@@ -133,6 +133,9 @@ impl Snapshot {
         }
 
         let identity = IdentityRuntime::build(config, previous.and_then(|p| p.identity.as_ref()))?;
+        for provider in identity.iter().flat_map(|i| &i.providers) {
+            metrics.register_provider(&provider.name);
+        }
         let mut routes = RouteTable::default();
         let mut route_list = Vec::new();
         for host in &config.hosts {

@@ -131,7 +131,7 @@ impl<T> PathRule<T> {
 /// hosts no route could ever match: empty, with characters outside a DNS name or a bracketed IP
 /// literal, or followed by anything but `:` and a port's digits (`a:b:c`, `[::1]x`). The result
 /// normalises to itself.
-pub(crate) fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+pub fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop the port.
         let end = rest.find(']')? + 2;

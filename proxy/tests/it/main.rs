@@ -5,6 +5,7 @@ mod grpc;
 mod hygiene;
 mod keys;
 mod lifecycle;
+mod observability;
 mod reload;
 mod streaming;
 mod support;

@@ -28,7 +28,7 @@ use super::record::{SessionId, SessionRecord};
 /// How long an authorization code may be redeemed.
 pub(crate) const CLI_CODE_TTL: Duration = Duration::from_secs(60);
 /// How long the device page's CSRF token is good for (the page's lifetime in a browser tab).
-pub(crate) const CSRF_TTL: Duration = Duration::from_secs(600);
+pub const CSRF_TTL: Duration = Duration::from_secs(600);
 /// The longest redirect URI a code carries.
 pub(crate) const MAX_REDIRECT_URI: usize = 512;
 /// The longest PKCE code challenge (RFC 7636 allows 43 to 128 characters).

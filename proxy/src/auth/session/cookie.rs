@@ -14,10 +14,10 @@ use http::header::{COOKIE, HeaderMap, HeaderValue};
 use super::envelope::SealedSession;
 
 /// The session cookie's name.
-pub(crate) const COOKIE_NAME: &str = "__Host-sekisho";
+pub const COOKIE_NAME: &str = "__Host-sekisho";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum CookieError {
+pub enum CookieError {
     #[error("the request carries more than one session cookie")]
     Duplicate,
     #[error("the session cookie is not text")]
@@ -26,7 +26,7 @@ pub(crate) enum CookieError {
 
 /// The `Set-Cookie` value that installs `sealed` for `max_age` (normally the time left until
 /// the session's `expires_at`). Host-only: never a `Domain` attribute.
-pub(crate) fn set_cookie(sealed: &SealedSession, max_age: Duration) -> HeaderValue {
+pub fn set_cookie(sealed: &SealedSession, max_age: Duration) -> HeaderValue {
     let text = format!(
         "{COOKIE_NAME}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
         sealed.value(),
@@ -92,7 +92,7 @@ fn trim(bytes: &[u8]) -> &[u8] {
 
 /// The session cookie's value from a request's `Cookie` headers (HTTP/2 may split them into
 /// several), or `None`. More than one is [`CookieError::Duplicate`] (see the module docs).
-pub(crate) fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, CookieError> {
+pub fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, CookieError> {
     let mut found = None;
     for header in headers.get_all(COOKIE) {
         for (name, value) in pairs(header.as_bytes()) {
@@ -111,7 +111,7 @@ pub(crate) fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, Cookie
 
 /// Removes every session cookie from the `Cookie` headers, keeping the other cookies (in order)
 /// and dropping a header that becomes empty. The proxy's own cookies never reach upstreams.
-pub(crate) fn strip_session_cookies(headers: &mut HeaderMap) {
+pub fn strip_session_cookies(headers: &mut HeaderMap) {
     let mut values = headers.get_all(COOKIE).iter();
     if let (Some(value), None) = (values.next(), values.next())
         && only_ours(value.as_bytes())

@@ -13,10 +13,10 @@ use super::record::{self, EncodeError, MAX_HOST, SessionRecord};
 
 /// The longest session cookie value this module produces (1.5 KiB), so that the whole
 /// `Set-Cookie` header stays far below browsers' 4 KiB per cookie.
-pub(crate) const MAX_COOKIE_VALUE_LEN: usize = 1536;
+pub const MAX_COOKIE_VALUE_LEN: usize = 1536;
 
 /// The longest handoff code this module produces or accepts (it travels in a URL).
-pub(crate) const MAX_HANDOFF_CODE_LEN: usize = 4096;
+pub const MAX_HANDOFF_CODE_LEN: usize = 4096;
 
 pub(super) const ENVELOPE_VERSION: u8 = 1;
 pub(super) const HEADER_LEN: usize = 2;

@@ -23,7 +23,7 @@ use super::record::SessionRecord;
 use super::record::{self, Reader};
 
 /// How long a handoff code may be redeemed.
-pub(crate) const HANDOFF_TTL: Duration = Duration::from_secs(60);
+pub const HANDOFF_TTL: Duration = Duration::from_secs(60);
 
 const HANDOFF_VERSION: u8 = 1;
 const MAX_RETURN_PATH: usize = 2048;
@@ -134,7 +134,7 @@ impl SessionKeys {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ReplayError {
+pub enum ReplayError {
     #[error("the handoff code was already used")]
     AlreadyUsed,
     #[error("too many handoff codes are in flight to remember another")]
@@ -148,7 +148,7 @@ pub(crate) enum ReplayError {
 /// size is bounded: when full, expired entries are purged, and if it is still full the code is
 /// refused (fail closed). The caller also runs [`ReplayGuard::purge`] periodically.
 #[derive(Debug)]
-pub(crate) struct ReplayGuard {
+pub struct ReplayGuard {
     seen: DashMap<[u8; 16], u64>,
     capacity: usize,
 }
@@ -156,7 +156,7 @@ pub(crate) struct ReplayGuard {
 impl ReplayGuard {
     /// A guard that remembers about `capacity` codes at a time (concurrent redeems may overshoot
     /// it by the number of threads).
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Self {
         Self {
             seen: DashMap::new(),
             capacity,
@@ -164,7 +164,7 @@ impl ReplayGuard {
     }
 
     /// Marks `code` used; fails when it was used before or the guard is full.
-    pub(crate) fn redeem(&self, code: &HandoffCode, now: u64) -> Result<(), ReplayError> {
+    pub fn redeem(&self, code: &HandoffCode, now: u64) -> Result<(), ReplayError> {
         self.redeem_nonce(code.nonce, code.expires_at, now)
     }
 
@@ -191,7 +191,7 @@ impl ReplayGuard {
     }
 
     /// Forgets nonces whose codes have expired (they can no longer be opened); returns how many.
-    pub(crate) fn purge(&self, now: u64) -> usize {
+    pub fn purge(&self, now: u64) -> usize {
         let before = self.seen.len();
         self.seen.retain(|_, expires_at| *expires_at > now);
         before.saturating_sub(self.seen.len())

@@ -38,5 +38,19 @@ pub(crate) use key::RandomUnavailable;
 pub use key::{KeyError, SessionKeys, add_key_to_file};
 pub use record::{SessionId, SessionRecord};
 
+/// Everything the fuzz targets drive (see [`crate::fuzzing`]).
+pub(crate) mod fuzzing {
+    pub use super::cli::{CSRF_TTL, CliCode, CliRefresh};
+    pub use super::cookie::{
+        COOKIE_NAME, CookieError, session_cookie, set_cookie, strip_session_cookies,
+    };
+    pub use super::envelope::{
+        MAX_COOKIE_VALUE_LEN, MAX_HANDOFF_CODE_LEN, SealError, SealedSession, SessionError,
+    };
+    pub use super::handoff::{HANDOFF_TTL, HandoffCode, ReplayError, ReplayGuard, SealedHandoff};
+    pub use super::key::SessionKeys;
+    pub use super::record::{SessionId, SessionRecord};
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,171 @@
+//! What an operator can alert on: series registered at zero before any traffic, the access
+//! decisions as they happen, the process's own metrics and the build.
+
+use http::StatusCode;
+
+use crate::support::*;
+
+/// A site with a public path, a path no one may enter, an identity provider (never contacted:
+/// providers are discovered on first use) and an agent.
+async fn site() -> (Pki, Upstream, Proxy, tempfile::TempDir) {
+    let pki = Pki::new();
+    let upstream = Upstream::start("app").await;
+    let (cert, key) = pki.write_leaf("site", &["app.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let proxy = Proxy::start(&format!(
+        "{certs}identity:
+  auth_host: auth.test
+  dangerous_allow_http_issuers: true
+  providers:
+    - {{name: corp, issuer: 'http://127.0.0.1:9', client_id: sekisho, client_secret_file: '{secret}'}}
+policies:
+  nobody: {{allow: [{{group: nobody}}]}}
+agents:
+  nas: {{public_keys: ['ed25519:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8']}}
+upstreams:
+  app: {{endpoints: ['{app}']}}
+hosts:
+  - host: app.test
+    policy: nobody
+    default: app
+    paths:
+      - {{path: /public, upstream: app, public: true}}
+",
+        certs = certificates_yaml(&[(cert, key)]),
+        app = upstream.url(),
+        secret = secret.display(),
+    ));
+    (pki, upstream, proxy, dir)
+}
+
+#[tokio::test]
+async fn before_any_traffic_the_metrics_list_every_series_an_alert_may_watch_at_zero() {
+    let (_pki, _upstream, proxy, _dir) = site().await;
+    let metrics = proxy.metrics().await;
+    for series in [
+        r#"sekisho_config_reloads_total{result="failure"} 0"#,
+        r#"sekisho_config_reloads_total{result="success"} 0"#,
+        r#"sekisho_certificate_reloads_total{result="failure"} 0"#,
+        r#"sekisho_tls_handshakes_total{result="failure"} 0"#,
+        r#"sekisho_open_connections{listener="http"} 0"#,
+        r#"sekisho_access_decisions_total{decision="denied",reason="default_deny"} 0"#,
+        r#"sekisho_access_decisions_total{decision="login_required",reason="allow"} 0"#,
+        r#"sekisho_access_decisions_total{decision="allowed",reason="public_route"} 0"#,
+        r#"sekisho_access_decisions_total{decision="denied",reason="bad_token"} 0"#,
+        r#"sekisho_logins_total{provider="corp",result="success"} 0"#,
+        r#"sekisho_logins_total{provider="corp",result="failed"} 0"#,
+        r#"sekisho_provider_errors_total{provider="corp",operation="discovery"} 0"#,
+        r#"sekisho_agent_refusals_total{reason="bad_signature"} 0"#,
+        r#"sekisho_tunnel_stream_failures_total{reason="agent_offline"} 0"#,
+        r#"sekisho_tunnel_bytes_total{direction="to_target"} 0"#,
+        concat!(
+            r#"sekisho_build_info{version=""#,
+            env!("CARGO_PKG_VERSION"),
+            r#""} 1"#
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(family)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{family} missing from:\n{metrics}"));
+        let value: f64 = value.parse().unwrap();
+        assert!(
+            value > 0.0 || family == "process_cpu_seconds_total",
+            "{family} {value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn access_decisions_are_counted_by_what_they_were_and_why() {
+    let (pki, _upstream, proxy, _dir) = site().await;
+    let client = TlsClient::new(&pki, proxy.https(), false);
+    let (status, _, _) = client.get("app.test", "/public/x").await;
+    assert_eq!(status, StatusCode::OK);
+    let req = http::Request::get("/private")
+        .header("host", "app.test")
+        .header("accept", "application/json")
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = read_text(client.send("app.test", req).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let req = http::Request::get("/private")
+        .header("host", "app.test")
+        .header("authorization", "Bearer not.a.token")
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = read_text(client.send("app.test", req).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    for (series, expected) in [
+        (
+            r#"sekisho_access_decisions_total{decision="allowed",reason="public_route"}"#,
+            1.0,
+        ),
+        (
+            r#"sekisho_access_decisions_total{decision="login_required",reason="allow"}"#,
+            1.0,
+        ),
+        (
+            r#"sekisho_access_decisions_total{decision="denied",reason="bad_token"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(proxy.metric(series).await, expected, "{series}");
+    }
+}
+
+#[tokio::test]
+async fn the_proxys_own_errors_are_a_page_for_browsers_json_for_programs_and_text_for_curl() {
+    let (pki, _upstream, proxy, _dir) = site().await;
+    let client = TlsClient::new(&pki, proxy.https(), false);
+    let ask = |accept: &'static str| {
+        let mut req = http::Request::get("/").header("host", "unknown.test");
+        if !accept.is_empty() {
+            req = req.header("accept", accept);
+        }
+        req.body(empty()).unwrap()
+    };
+    let (status, headers, body) = read_text(
+        client
+            .send("app.test", ask("text/html,application/xhtml+xml,*/*;q=0.8"))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert!(body.contains("<h1>Nothing here</h1>"), "{body}");
+    assert!(body.contains(&format!("<code>{id}</code>")), "{body}");
+    assert!(headers.contains_key("content-security-policy"));
+
+    let (_, headers, body) =
+        read_text(client.send("app.test", ask("application/json")).await).await;
+    assert_eq!(headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "not_found");
+    assert_eq!(
+        json["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+
+    let (_, headers, body) = read_text(client.send("app.test", ask("")).await).await;
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(body.starts_with("404 Not Found\n"), "{body}");
+}
