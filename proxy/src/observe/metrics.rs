@@ -176,6 +176,17 @@ pub(crate) const AGENT_REFUSAL_REASONS: [&str; 6] = [
     "bad_signature",
 ];
 
+/// What can go wrong with an upstream (the `kind` of `sekisho_upstream_errors_total`).
+pub(crate) const UPSTREAM_ERROR_KINDS: [&str; 7] = [
+    "connect",
+    "connect_timeout",
+    "response_timeout",
+    "protocol",
+    "unexpected_upgrade",
+    "no_endpoint",
+    "agent_offline",
+];
+
 /// The tunnel hub's metrics.
 #[derive(Debug, Default)]
 pub(crate) struct TunnelMetrics {
@@ -407,6 +418,16 @@ impl Metrics {
         let r = REASONS.iter().position(|(r, _)| *r == reason);
         if let (Some(v), Some(r)) = (v, r) {
             self.decisions[v][r].inc();
+        }
+    }
+
+    /// Registers the error series of a configured upstream at zero.
+    pub(crate) fn register_upstream(&self, upstream: &Name) {
+        for kind in UPSTREAM_ERROR_KINDS {
+            drop(self.upstream_errors.get_or_create(&UpstreamErrorLabels {
+                upstream: upstream.clone(),
+                kind,
+            }));
         }
     }
 

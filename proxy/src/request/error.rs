@@ -85,7 +85,8 @@ impl ProxyError {
         }
     }
 
-    /// The `kind` label of the upstream error metric.
+    /// The `kind` label of the upstream error metric (one of
+    /// [`crate::observe::metrics::UPSTREAM_ERROR_KINDS`], or `downstream`).
     pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Self::UpstreamConnect(_) => "connect",

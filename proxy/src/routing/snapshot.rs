@@ -129,6 +129,7 @@ impl Snapshot {
                 Some(old) => old,
                 None => Arc::new(Upstream::build(name, upstream_config, workers)?),
             };
+            metrics.register_upstream(&Name(upstream.name.clone()));
             upstreams.insert(name.clone(), upstream);
         }
 
