@@ -16,15 +16,16 @@ use crate::{Error, log};
 /// How long devidp may take from spawn to its ready line (it takes about half a second).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The repository's root: this crate lives in `<root>/testkit`.
+/// The repository's root: this crate lives in `<root>/testing/testkit`.
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit's manifest directory has a parent")
+        .ancestors()
+        .nth(2)
+        .expect("testkit lives two levels below the repository's root")
 }
 
-/// The project's dev OpenID provider (`devidp/server.mjs`), running on a loopback port until
-/// this handle is dropped. See `devidp/README.md` for its users (alice, bob, carol, mallory;
+/// The project's dev OpenID provider (`testing/devidp/server.mjs`), running on a loopback port until
+/// this handle is dropped. See `testing/devidp/README.md` for its users (alice, bob, carol, mallory;
 /// password `password`), its clients (`sekisho` / `sekisho-dev-secret`, `sekisho-cli`), its
 /// login form and its `/__dev/...` endpoints.
 #[derive(Debug)]
@@ -102,7 +103,7 @@ impl IdpBuilder {
     }
 
     fn start_blocking(self) -> Result<Idp, Error> {
-        let devidp = repo_root().join("devidp");
+        let devidp = repo_root().join("testing/devidp");
         ensure_node_modules(&devidp)?;
         let dir = tempfile::Builder::new()
             .prefix("sekisho-devidp-")

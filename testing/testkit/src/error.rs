@@ -4,7 +4,7 @@ use std::{io, path::PathBuf, time::Duration};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "devidp's npm packages are missing in {} and `npm ci` failed; run `cd devidp && npm ci`:\n{output}",
+        "devidp's npm packages are missing in {} and `npm ci` failed; run `cd testing/devidp && npm ci`:\n{output}",
         dir.display()
     )]
     NodeModules { dir: PathBuf, output: String },

@@ -3,7 +3,7 @@ use std::{io, path::PathBuf, sync::Arc, time::Duration};
 /// Why the control plane could not be started or used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{name} not found in {}: run tests/kube/build.sh", dir.display())]
+    #[error("{name} not found in {}: run testing/kube/build.sh", dir.display())]
     BinaryMissing { name: &'static str, dir: PathBuf },
 
     #[error("could not create the temporary directory")]

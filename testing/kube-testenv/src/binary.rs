@@ -2,8 +2,8 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
-/// Where `tests/kube/build.sh` puts the binaries unless `SEKISHO_KUBE_BIN` says otherwise.
-const DEFAULT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/kube/bin");
+/// Where `testing/kube/build.sh` puts the binaries unless `SEKISHO_KUBE_BIN` says otherwise.
+const DEFAULT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/kube/bin");
 
 /// The three control-plane binaries, all found in one directory.
 #[derive(Debug, Clone)]
@@ -74,7 +74,10 @@ mod tests {
             message.starts_with("kube-apiserver not found in "),
             "{message}"
         );
-        assert!(message.ends_with(": run tests/kube/build.sh"), "{message}");
+        assert!(
+            message.ends_with(": run testing/kube/build.sh"),
+            "{message}"
+        );
         assert!(
             message.contains(&empty.path().display().to_string()),
             "{message}"
@@ -86,7 +89,8 @@ mod tests {
         assert_eq!(
             normalise(Path::new(DEFAULT_DIR)),
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
+                .ancestors()
+                .nth(2)
                 .unwrap()
                 .join(".cache/kube/bin")
         );

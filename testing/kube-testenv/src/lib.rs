@@ -5,7 +5,7 @@
 //! ServiceAccounts).
 //!
 //! Test-only: nothing in a shipped binary may depend on this crate. The binaries come from
-//! `tests/kube/build.sh`, which builds them from Go modules into `.cache/kube/bin` (or
+//! `testing/kube/build.sh`, which builds them from Go modules into `.cache/kube/bin` (or
 //! `$SEKISHO_KUBE_BIN`); without them every start fails with an error that says so.
 //!
 //! Tests of one binary share one control plane ([`TestEnv::shared`]) and each works in a

@@ -1,5 +1,5 @@
 //! Real parts for Sekisho's end-to-end identity tests: the project's dev OpenID provider
-//! ([`Idp`], `devidp/server.mjs` under Node.js), a headless Chromium driven over WebDriver
+//! ([`Idp`], `testing/devidp/server.mjs` under Node.js), a headless Chromium driven over WebDriver
 //! ([`Browser`], Debian's `chromium` and `chromium-driver`) and an nginx upstream ([`Nginx`],
 //! Debian's `nginx-light`), plus the small helpers such tests
 //! need ([`free_port`], [`eventually`], [`spki_sha256_base64`], [`login_with_browser`]).
