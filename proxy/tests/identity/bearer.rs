@@ -102,10 +102,10 @@ async fn bearer_tokens_on_the_api_route_are_verified() -> anyhow::Result<()> {
         "an expired token: {reply}"
     );
     assert_eq!(
-        site.app.seen_at("/api/things").len(),
+        site.app.received_at("/api/things").len(),
         1,
         "only alice's valid token reached the upstream: {:?}",
-        site.app.seen()
+        site.app.received()
     );
     Ok(())
 }

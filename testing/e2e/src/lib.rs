@@ -68,13 +68,14 @@ impl Pki {
     /// A CA and a leaf for `names`.
     pub fn new(names: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let pki = sekisho_testkit::test_pki("Sekisho e2e CA", names)?;
+        let pki = sekisho_testkit::Pki::new("Sekisho e2e CA")?;
+        let leaf = pki.leaf(names)?;
         let ca_file = dir.path().join("ca.pem");
         let cert_file = dir.path().join("proxy.crt");
         let key_file = dir.path().join("proxy.key");
         std::fs::write(&ca_file, &pki.ca_pem)?;
-        std::fs::write(&cert_file, &pki.cert_pem)?;
-        std::fs::write(&key_file, &pki.key_pem)?;
+        std::fs::write(&cert_file, &leaf.cert_pem)?;
+        std::fs::write(&key_file, &leaf.key_pem)?;
         Ok(Self {
             dir,
             ca_file,

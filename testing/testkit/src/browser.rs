@@ -92,6 +92,16 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// A browser with the default host rules that trusts the certificate in `cert_pem` (as
+    /// [`BrowserOptions::spki_hashes`]; further PEM blocks after it are ignored).
+    pub async fn trusting(cert_pem: &str) -> Result<Self, Error> {
+        Self::start(BrowserOptions {
+            spki_hashes: vec![crate::spki_sha256_base64(cert_pem)?],
+            ..BrowserOptions::default()
+        })
+        .await
+    }
+
     /// Starts chromedriver on a free loopback port and opens a session with a new Chromium.
     pub async fn start(options: BrowserOptions) -> Result<Self, Error> {
         for (path, package) in [(CHROMEDRIVER, "chromium-driver"), (CHROMIUM, "chromium")] {

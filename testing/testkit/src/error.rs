@@ -28,6 +28,9 @@ pub enum Error {
     #[error("could not find a free loopback port")]
     FreePort(#[source] io::Error),
 
+    #[error("could not listen on a loopback port")]
+    Listen(#[source] io::Error),
+
     #[error("could not start {name}")]
     Spawn {
         name: &'static str,

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use sekisho_testkit::{Browser, BrowserOptions, Error, Idp, login_with_browser};
+use sekisho_testkit::{Browser, BrowserOptions, Error, Idp, login_with_browser, pkce};
 
-use crate::support::{Callback, param, pkce};
+use crate::support::{Callback, param};
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -9,7 +9,6 @@ use std::{
     },
 };
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
@@ -181,22 +180,6 @@ impl Drop for Callback {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A PKCE verifier and its S256 challenge.
-pub(crate) fn pkce() -> (String, String) {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0_u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the OS random source works");
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let verifier = engine.encode(bytes);
-    let challenge = engine.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        verifier.as_bytes(),
-    ));
-    (verifier, challenge)
 }
 
 /// The value of the first `name` in a parsed query.
