@@ -242,6 +242,7 @@ fn the_agent_reconnects_after_the_proxy_restarts() -> Result<()> {
 #[test]
 fn removing_the_agents_key_cuts_its_open_streams() -> Result<()> {
     let site = Site::new()?;
+    // A remote command that would run for a minute: the open stream the removal must cut.
     let mut long = site.ssh("echo started; sleep 60; echo not cut")?;
     long.stdout(Stdio::piped());
     let mut session = long.spawn()?;
@@ -260,19 +261,13 @@ fn removing_the_agents_key_cuts_its_open_streams() -> Result<()> {
     site.proxy
         .wait_for_links("nas", 0, Duration::from_secs(10))?;
 
-    let cut = Instant::now();
-    let mut exited = false;
-    while cut.elapsed() < Duration::from_secs(15) {
-        if session.try_wait()?.is_some() {
-            exited = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if !exited {
+    let exited = wait_until(Duration::from_secs(15), || {
+        matches!(session.try_wait(), Ok(Some(_)))
+    });
+    if exited.is_err() {
         let _ = session.kill();
     }
-    ensure!(exited, "the ssh session outlived its agent's removal");
+    exited.context("the ssh session outlived its agent's removal")?;
     let mut rest = String::new();
     session
         .stdout
@@ -445,6 +440,7 @@ fn closed_within(
 #[test]
 fn a_peer_sending_garbage_or_oversized_frames_is_cut_off_alone() -> Result<()> {
     let site = Site::new()?;
+    // A stream that stays open for 3 s, across both attacks: what must not notice them.
     let mut long = site.ssh("echo started; sleep 3; echo finished")?;
     long.stdout(Stdio::piped());
     let session = long.spawn()?;
@@ -511,6 +507,7 @@ fn cut_session(
     token: &str,
     then: impl FnOnce() -> Result<()>,
 ) -> Result<(Duration, String)> {
+    // A remote command that would run for a minute: the open stream `then` must cut.
     let mut command = site.sshd.ssh(
         &site.proxy_command(),
         BOX,
@@ -530,12 +527,13 @@ fn cut_session(
     ensure!(&first == b"started\n");
     then()?;
     let started = Instant::now();
-    while session.try_wait()?.is_none() {
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = session.kill();
-            anyhow::bail!("the session was not cut");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_until(Duration::from_secs(20), || {
+        matches!(session.try_wait(), Ok(Some(_)))
+    })
+    .is_err()
+    {
+        let _ = session.kill();
+        anyhow::bail!("the session was not cut");
     }
     let output = session.wait_with_output()?;
     ensure!(!stdout(&output).contains("not cut"));
@@ -655,7 +653,6 @@ fn a_renewed_token_keeps_an_open_tunnel_open_and_only_its_owner_may_renew() -> R
     ensure!(status_line(renew(&"0".repeat(32), &alice)?).contains(" 404 "));
     ensure!(status_line(renew(&renewed_id, &alice)?).contains(" 204 "));
 
-    std::thread::sleep(Duration::from_secs(6));
     let status = |id: &str| {
         ask(
             &site,
@@ -665,13 +662,16 @@ fn a_renewed_token_keeps_an_open_tunnel_open_and_only_its_owner_may_renew() -> R
             ),
         )
     };
+    // The stream left alone closes when its token expires; the renewed one's first token was
+    // issued before that one, so by then it would have closed too without the renewal.
+    wait_until(Duration::from_secs(20), || {
+        status(&left_id).is_ok_and(|left| left.contains(r#""state":"closed""#))
+    })
+    .context("the stream whose token expired is closed")?;
+    let left = status(&left_id)?;
+    ensure!(left.contains("not_logged_in"), "{left}");
     let renewed = status(&renewed_id)?;
     ensure!(renewed.contains(r#""state":"open""#), "{renewed}");
-    let left = status(&left_id)?;
-    ensure!(
-        left.contains(r#""state":"closed""#) && left.contains("not_logged_in"),
-        "{left}"
-    );
     Ok(())
 }
 

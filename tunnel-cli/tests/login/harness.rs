@@ -184,7 +184,7 @@ tunnels:
         let stderr = child.stderr.take().expect("piped");
         let all = Arc::new(Mutex::new(String::new()));
         let seen = all.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 seen.lock()
                     .expect("not poisoned")
@@ -195,7 +195,7 @@ tunnels:
         let mut stdout = child.stdout.take().expect("piped");
         let out = Arc::new(Mutex::new(String::new()));
         let written = out.clone();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             let mut text = String::new();
             let _ = stdout.read_to_string(&mut text);
             written.lock().expect("not poisoned").push_str(&text);
@@ -206,6 +206,7 @@ tunnels:
             lines,
             stderr: all,
             stdout: out,
+            readers: vec![stderr_reader, stdout_reader],
         })
     }
 
@@ -316,6 +317,8 @@ pub(crate) struct Run {
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
+    /// The threads that read stdout and stderr; each ends when its pipe closes.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Run {
@@ -392,8 +395,19 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        // The reader threads end with the pipes; give them a moment.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The reader threads end with the pipes, which close with the process: once they
+        // have, everything it wrote has been read.
+        let readers = std::mem::take(&mut self.readers);
+        timeout(
+            LIMIT,
+            tokio::task::spawn_blocking(move || {
+                for reader in readers {
+                    let _ = reader.join();
+                }
+            }),
+        )
+        .await
+        .with_context(|| format!("`sekisho {}` left its output pipes open", self.args))??;
         Ok(Finished {
             status,
             stdout: self.stdout.lock().expect("not poisoned").clone(),
