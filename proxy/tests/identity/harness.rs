@@ -76,6 +76,9 @@ pub(crate) struct SiteOptions {
 
 /// Everything a test talks to. Dropping it stops the proxy, the upstreams and devidp.
 pub(crate) struct Site {
+    // Dropped first (its shutdown starts before the parts behind it stop), and before the
+    // directory its files are in.
+    proxy: sekisho_site::Proxy,
     /// The proxy's HTTPS port: every test URL is `https://<host>:<port>/…`.
     pub(crate) port: u16,
     pub(crate) idp: Idp,
@@ -91,8 +94,6 @@ pub(crate) struct Site {
     agent_key: PathBuf,
     ca_file: PathBuf,
     client: TlsClient,
-    // Dropped before the directory its files are in.
-    proxy: sekisho_site::Proxy,
     _dir: tempfile::TempDir,
 }
 

@@ -125,6 +125,7 @@ async fn upstream_answer(
 ) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_string();
     if let Some(ms) = path.strip_prefix("/slow/") {
+        // The slowness is what the timeout tests exercise.
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         return Ok(Response::new(full(format!("{name} slept {ms} ms"))));
     }

@@ -35,6 +35,9 @@ const PASSWORD: &str = "password";
 
 /// Everything a test talks to. Dropping it stops the proxy, the upstream and devidp.
 pub(crate) struct Site {
+    // Dropped first (its shutdown starts before the parts behind it stop), and before the
+    // directory its files are in.
+    _proxy: sekisho_site::Proxy,
     pub(crate) port: u16,
     pub(crate) idp: Idp,
     leaf_pem: String,
@@ -47,8 +50,6 @@ pub(crate) struct Site {
     /// The target of the tunnel route for [`SSH`].
     pub(crate) echo: TcpEcho,
     _upstream: EchoUpstream,
-    // Dropped before the directory its files are in.
-    _proxy: sekisho_site::Proxy,
     _dir: tempfile::TempDir,
 }
 
