@@ -2,7 +2,6 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -16,7 +15,7 @@ use url::Url;
 
 use sekisho_watchdog::Watchdog;
 
-use crate::{Error, free_port, log};
+use crate::{Error, free_port, log, process::spawn_watched};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -129,23 +128,16 @@ impl Browser {
             source,
         })?;
         let driver_port = free_port()?;
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={driver_port}"))
-            .arg(format!("--log-path={}", driver_log.display()))
-            .stdin(Stdio::null())
-            .stdout(output)
-            .stderr(output_err)
-            .process_group(0)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                name: "chromedriver",
-                source,
-            })?;
-        let watchdog = Watchdog::spawn("sekisho-testkit-watchdog", driver.id(), dir.path())
-            .map_err(|source| Error::Spawn {
-                name: "watchdog (sh)",
-                source,
-            })?;
+        let (mut driver, watchdog) = spawn_watched(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={driver_port}"))
+                .arg(format!("--log-path={}", driver_log.display()))
+                .stdin(Stdio::null())
+                .stdout(output)
+                .stderr(output_err),
+            "chromedriver",
+            dir.path(),
+        )?;
         wait_for_listener(&mut driver, driver_port, &driver_log).await?;
 
         let mut args = vec![

@@ -2,7 +2,6 @@ use std::{
     ffi::OsString,
     fs::File,
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -11,7 +10,7 @@ use std::{
 
 use sekisho_watchdog::Watchdog;
 
-use crate::{Error, log};
+use crate::{Error, log, process::spawn_watched};
 
 /// How long devidp may take from spawn to its ready line (it takes about half a second).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,25 +113,18 @@ impl IdpBuilder {
             path: stderr.clone(),
             source,
         })?;
-        let mut child = Command::new("node")
-            .arg(devidp.join("server.mjs"))
-            .args(["--port", "0"])
-            .args(&self.args)
-            .current_dir(&devidp)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr_file)
-            .process_group(0)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                name: "devidp (node)",
-                source,
-            })?;
-        let watchdog = Watchdog::spawn("sekisho-testkit-watchdog", child.id(), dir.path())
-            .map_err(|source| Error::Spawn {
-                name: "watchdog (sh)",
-                source,
-            })?;
+        let (mut child, watchdog) = spawn_watched(
+            Command::new("node")
+                .arg(devidp.join("server.mjs"))
+                .args(["--port", "0"])
+                .args(&self.args)
+                .current_dir(&devidp)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(stderr_file),
+            "devidp (node)",
+            dir.path(),
+        )?;
 
         // devidp prints one line on stdout and nothing after it; the thread keeps reading
         // until the process is gone so that a stray write never meets a closed pipe.

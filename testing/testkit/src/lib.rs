@@ -21,6 +21,7 @@ mod login;
 mod nginx;
 mod pkce;
 mod port;
+mod process;
 mod retry;
 
 pub use browser::{Browser, BrowserOptions, Cookie};

@@ -1,7 +1,6 @@
 use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -9,7 +8,7 @@ use std::{
 
 use sekisho_watchdog::Watchdog;
 
-use crate::{Error, free_port, log};
+use crate::{Error, free_port, log, process::spawn_watched};
 
 /// How long nginx may take from spawn to accepting connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -116,27 +115,20 @@ http {{
         })?;
         std::fs::create_dir_all(&tmp).map_err(Error::TempDir)?;
         let stderr = File::create(dir.path().join("stderr.log")).map_err(Error::TempDir)?;
-        let mut child = Command::new(NGINX)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(&error_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                name: "nginx",
-                source,
-            })?;
-        let watchdog = Watchdog::spawn("sekisho-testkit-watchdog", child.id(), dir.path())
-            .map_err(|source| Error::Spawn {
-                name: "watchdog (sh)",
-                source,
-            })?;
+        let (mut child, watchdog) = spawn_watched(
+            Command::new(NGINX)
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(&error_log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr),
+            "nginx",
+            dir.path(),
+        )?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
