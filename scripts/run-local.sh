@@ -11,7 +11,7 @@ echo "==> building sekisho-proxy and the sample upstream" >&2
 cargo build -p sekisho-proxy --bin sekisho-proxy --example sample_upstream
 
 echo "==> installing devidp's npm packages (npm ci)" >&2
-(cd devidp && npm ci --no-audit --no-fund --silent)
+(cd testing/devidp && npm ci --no-audit --no-fund --silent)
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
@@ -20,7 +20,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 pids+=($!)
 
 ready=$(mktemp)
-node devidp/server.mjs --port 9000 --log-level quiet >"$ready" &
+node testing/devidp/server.mjs --port 9000 --log-level quiet >"$ready" &
 pids+=($!)
 for _ in $(seq 100); do
   grep -q '"ready":true' "$ready" 2>/dev/null && break

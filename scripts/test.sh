@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*" >&2; }
 
 # chromium and chromium-driver: the real headless browser of testkit's end-to-end tests;
-# openssh-server and openssh-client: the real sshd and ssh/scp of the tunnel tests (e2e/);
+# openssh-server and openssh-client: the real sshd and ssh/scp of the tunnel tests (testing/e2e/);
 # nginx-light: the real upstream the path-normalisation tests check the proxy against.
 need_packages=()
 for pkg in ca-certificates iproute2 procps chromium chromium-driver openssh-server openssh-client nginx-light; do
@@ -26,16 +26,14 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi
 fi
 
-if [ -x tests/kube/build.sh ]; then
-  log "building (or reusing) kube-apiserver, kube-controller-manager and etcd"
-  tests/kube/build.sh
-fi
+log "building (or reusing) kube-apiserver, kube-controller-manager and etcd"
+testing/kube/build.sh
 
 # Before cargo test: the identity and proxy tests start devidp, which needs its npm packages.
 log "devidp: npm ci (the dev OpenID provider the identity tests log in against)"
-(cd devidp && npm ci --no-audit --no-fund --silent)
+(cd testing/devidp && npm ci --no-audit --no-fund --silent)
 
-# The end-to-end tests (e2e/) run the agent and CLI binaries of other packages.
+# The end-to-end tests (testing/e2e/) run the agent and CLI binaries of other packages.
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
 
@@ -43,4 +41,4 @@ log "cargo test --workspace"
 cargo test --workspace "$@"
 
 log "devidp: node --test"
-(cd devidp && node --test test/)
+(cd testing/devidp && node --test test/)

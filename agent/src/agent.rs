@@ -6,6 +6,7 @@ use sekisho_wire::agent_auth::AgentPublicKey;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::dial::{self, Dialer, TlsError};
 use crate::key::{self, KeyError};
@@ -26,6 +27,7 @@ pub struct Agent {
     public_key: AgentPublicKey,
     dialer: Arc<Dialer>,
     streams: Arc<Streams>,
+    backoff: Backoff,
 }
 
 impl Agent {
@@ -58,7 +60,16 @@ impl Agent {
             public_key,
             dialer,
             streams,
+            backoff: Backoff::default(),
         }
+    }
+
+    /// Waits between dials by `backoff` instead of the default ([`crate::backoff::BASE`]
+    /// doubling up to [`crate::backoff::CAP`]): for tests that watch the waits grow to their
+    /// cap in real time, which takes minutes with the default.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
     }
 
     pub fn public_key(&self) -> AgentPublicKey {
@@ -93,6 +104,7 @@ impl Agent {
                     slot,
                     dialer: Arc::clone(&self.dialer),
                     streams: Arc::clone(&self.streams),
+                    backoff: self.backoff.clone(),
                 };
                 links.spawn(link.run(phase.clone(), alive.clone()));
             }

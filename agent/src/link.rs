@@ -40,6 +40,8 @@ pub(crate) struct Link {
     pub(crate) slot: usize,
     pub(crate) dialer: Arc<Dialer>,
     pub(crate) streams: Arc<Streams>,
+    /// The waits between dials, from the start.
+    pub(crate) backoff: Backoff,
 }
 
 impl fmt::Display for Link {
@@ -58,7 +60,7 @@ enum Ended {
 impl Link {
     /// Dials and serves until the phase leaves `Running`. Cancel-safe.
     pub(crate) async fn run(self, mut phase: watch::Receiver<Phase>, alive: Alive) {
-        let mut backoff = Backoff::default();
+        let mut backoff = self.backoff.clone();
         loop {
             if *phase.borrow_and_update() != Phase::Running {
                 return;

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::support::{Echo, SOON, Setup, round_trip};
 
@@ -192,19 +191,17 @@ async fn run_with_flags_alone_serves_the_proxy_and_stops_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let deadline = Instant::now() + SOON;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the agent did not exit after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let pid = child.id().to_string();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let exited =
+        tokio::time::timeout(SOON, tokio::task::spawn_blocking(move || child.wait())).await;
+    let Ok(status) = exited else {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        panic!("the agent did not exit after SIGTERM");
     };
+    let status = status.unwrap().unwrap();
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(&mut stderr_pipe, &mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!("connected to https://localhost:{port}")),

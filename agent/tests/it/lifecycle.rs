@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use sekisho_agent::backoff::{BASE, Backoff};
+use tokio::time::Instant;
+
 use http::{Method, Request, StatusCode};
 use sekisho_wire::AGENT_DRAIN_PATH;
 use tokio::io::AsyncReadExt as _;
@@ -67,6 +70,10 @@ async fn a_drained_connection_is_replaced_at_once_and_its_open_stream_keeps_work
     round_trip(&mut fresh, b"unaffected").await;
 }
 
+/// What a measured wait between two dials may exceed the agent's own wait by: the next dial
+/// (TCP, TLS and the upgrade on loopback) is measured in with it.
+const DIAL_SLACK: Duration = Duration::from_millis(250);
+
 #[tokio::test]
 async fn a_lost_connection_is_dialed_again_after_a_backoff() {
     let setup = Setup::new();
@@ -74,12 +81,26 @@ async fn a_lost_connection_is_dialed_again_after_a_backoff() {
     let mut peer = setup.peer().await;
     let _agent = RunningAgent::start(setup.settings(&peer, &[echo.addr], &[]));
     let first = peer.next_agent().await;
+    let lost = Instant::now();
     first.kill();
     let mut second = peer.next_agent().await;
+    let waited = lost.elapsed();
+    assert!(
+        waited <= BASE + DIAL_SLACK,
+        "dialed again {waited:?} after the loss, beyond the first ceiling {BASE:?}"
+    );
     let mut io = second.tunnel(echo.addr).await;
     round_trip(&mut io, b"back").await;
+    // The second connection lived less than HEALTHY_AFTER: the next ceiling has doubled.
+    let lost = Instant::now();
     second.kill();
     peer.next_agent().await;
+    let waited = lost.elapsed();
+    assert!(
+        waited <= BASE * 2 + DIAL_SLACK,
+        "dialed again {waited:?} after the second loss, beyond the second ceiling {:?}",
+        BASE * 2
+    );
 }
 
 #[tokio::test]
@@ -97,15 +118,44 @@ async fn a_proxy_that_stops_answering_is_noticed_by_the_pings_and_dialed_again()
     );
 }
 
+// The agent's backoff promises that the n-th wait in a row is drawn from
+// [0, min(cap, base × 2ⁿ)] (`sekisho_agent::backoff`). With the default (0.5 s up to 30 s)
+// the cap comes after a minute of waits, so this agent runs with 50 ms up to 800 ms (the same
+// code, other numbers). Paused time cannot stand in: the agent dials over real sockets, and a
+// paused clock jumps to the dial's timeouts while the runtime waits for the other side.
 #[tokio::test]
-async fn an_agent_the_proxy_does_not_know_keeps_retrying_with_backoff() {
+async fn an_agent_the_proxy_does_not_know_keeps_retrying_with_a_jittered_backoff_that_doubles_up_to_its_cap()
+ {
+    const ATTEMPTS: usize = 13;
+    let (base, cap) = (Duration::from_millis(50), Duration::from_millis(800));
     let setup = Setup::new();
     let stranger = sekisho_wire::agent_auth::AgentKey::generate().unwrap().0;
     let mut peer = setup.peer_with_key(stranger.public_key()).await;
-    let mut agent = RunningAgent::start(setup.settings(&peer, &[], &[]));
-    // Backoff ceilings 0.5 s, 1 s: three attempts come well within the wait.
-    peer.wait_for_refusals(3).await;
-    assert!(peer.agent_within(Duration::from_millis(50)).await.is_none());
+    let mut agent =
+        RunningAgent::start_with_backoff(setup.settings(&peer, &[], &[]), Backoff::new(base, cap));
+    let within = (cap + DIAL_SLACK) * ATTEMPTS as u32;
+    let times = peer.refusal_times(ATTEMPTS, within).await;
+    let waits: Vec<Duration> = times.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    for (n, wait) in waits.iter().enumerate() {
+        let ceiling = (base * 2_u32.pow(n as u32)).min(cap);
+        assert!(
+            *wait <= ceiling + DIAL_SLACK,
+            "wait {n} was {wait:?}, beyond its ceiling {ceiling:?}; all waits: {waits:?}"
+        );
+    }
+    // From the fifth wait on the ceiling is the cap. Eight draws from [0, 800 ms] all stay
+    // under 200 ms (the third ceiling) with a chance of 0.25⁸ ≈ 1.5e-5: the ceilings grew.
+    let capped = &waits[4..];
+    assert!(
+        capped.iter().any(|wait| *wait > base * 4),
+        "the waits did not grow: {waits:?}"
+    );
+    // Full jitter: a wait anywhere in its range, not always at the ceiling (eight draws all
+    // above 600 ms: 0.25⁸ again).
+    assert!(
+        capped.iter().any(|wait| *wait < cap * 3 / 4),
+        "the capped waits are not jittered: {waits:?}"
+    );
     assert!(!agent.is_finished());
     agent.stop();
     agent.finished(SOON).await;

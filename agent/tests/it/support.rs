@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -22,12 +22,13 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sekisho_agent::Agent;
+use sekisho_agent::backoff::Backoff;
 use sekisho_agent::config::{Config, Overrides, Proxy, Settings};
 use sekisho_wire::agent_auth::{AgentCredential, AgentPublicKey};
 use sekisho_wire::{AGENT_AUTH_HEADER, AGENT_CONNECT_PATH, AGENT_PROTOCOL, h2};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// How long a test waits for anything that should happen soon.
@@ -152,7 +153,8 @@ impl Setup {
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     agents: mpsc::UnboundedReceiver<AgentConn>,
-    refused: Arc<AtomicUsize>,
+    /// When each refused upgrade request arrived, on the runtime's clock (paused or not).
+    refusals: watch::Receiver<Vec<tokio::time::Instant>>,
     task: JoinHandle<()>,
 }
 
@@ -167,7 +169,8 @@ impl Peer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (agents_tx, agents) = mpsc::unbounded_channel();
-        let refused = Arc::new(AtomicUsize::new(0));
+        let (refused, refusals) = watch::channel(Vec::new());
+        let refused = Arc::new(refused);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let host = format!("localhost:{}", addr.port());
         let task = tokio::spawn({
@@ -215,7 +218,7 @@ impl Peer {
         Self {
             addr,
             agents,
-            refused,
+            refusals,
             task,
         }
     }
@@ -237,20 +240,25 @@ impl Peer {
     }
 
     pub(crate) fn refused(&self) -> usize {
-        self.refused.load(Ordering::SeqCst)
+        self.refusals.borrow().len()
     }
 
     /// Waits (within [`SOON`]) until `count` upgrade requests have been refused.
-    pub(crate) async fn wait_for_refusals(&self, count: usize) {
-        let deadline = Instant::now() + SOON;
-        while self.refused() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} refusals in time",
-                self.refused()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    pub(crate) async fn wait_for_refusals(&mut self, count: usize) {
+        self.refusal_times(count, SOON).await;
+    }
+
+    /// When the first `count` refused upgrade requests arrived, waiting (within `within`) for
+    /// them.
+    pub(crate) async fn refusal_times(
+        &mut self,
+        count: usize,
+        within: Duration,
+    ) -> Vec<tokio::time::Instant> {
+        let waited = tokio::time::timeout(within, self.refusals.wait_for(|t| t.len() >= count))
+            .await
+            .map(|times| times.expect("the peer stopped")[..count].to_vec());
+        waited.unwrap_or_else(|_| panic!("only {} refusals within {within:?}", self.refused()))
     }
 }
 
@@ -261,7 +269,7 @@ fn upgrade(
     socket: Arc<std::net::TcpStream>,
     frozen: Arc<AtomicBool>,
     agents: mpsc::UnboundedSender<AgentConn>,
-    refused: &AtomicUsize,
+    refused: &watch::Sender<Vec<tokio::time::Instant>>,
 ) -> Response<Full<Bytes>> {
     let status = |status: StatusCode| {
         let mut response = Response::new(Full::default());
@@ -292,7 +300,7 @@ fn upgrade(
     {
         Ok(credential) => credential,
         Err(_) => {
-            refused.fetch_add(1, Ordering::SeqCst);
+            refused.send_modify(|times| times.push(tokio::time::Instant::now()));
             return status(StatusCode::UNAUTHORIZED);
         }
     };
@@ -599,7 +607,15 @@ impl Drop for RunningAgent {
 
 impl RunningAgent {
     pub(crate) fn start(settings: Settings) -> Self {
-        let agent = Agent::new(settings).unwrap();
+        Self::start_agent(Agent::new(settings).unwrap())
+    }
+
+    /// Runs the agent with `backoff` between its dials.
+    pub(crate) fn start_with_backoff(settings: Settings, backoff: Backoff) -> Self {
+        Self::start_agent(Agent::new(settings).unwrap().with_backoff(backoff))
+    }
+
+    fn start_agent(agent: Agent) -> Self {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(agent.run(async {
             let _ = stopped.await;

@@ -1,4 +1,4 @@
-//! Integration tests against the real dev IdP (`devidp/`, Node + oidc-provider).
+//! Integration tests against the real dev IdP (`testing/devidp/`, Node + oidc-provider).
 
 mod bearer;
 mod discovery;

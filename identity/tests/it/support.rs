@@ -1,4 +1,4 @@
-//! Test support: the real dev IdP (`devidp/server.mjs`) as a child process, a cookie-keeping
+//! Test support: the real dev IdP (`testing/devidp/server.mjs`) as a child process, a cookie-keeping
 //! HTTP driver for its login pages, and a loopback receiver for back-channel logout.
 //! Kept small on purpose; a shared testkit crate may replace it.
 
@@ -34,7 +34,7 @@ pub(crate) struct DevIdp {
 
 impl DevIdp {
     pub(crate) async fn start(extra_args: &[&str]) -> anyhow::Result<Self> {
-        let server = concat!(env!("CARGO_MANIFEST_DIR"), "/../devidp/server.mjs");
+        let server = concat!(env!("CARGO_MANIFEST_DIR"), "/../testing/devidp/server.mjs");
         let mut child = Command::new("node")
             .arg(server)
             .args([
@@ -51,7 +51,7 @@ impl DevIdp {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .context("starting node devidp/server.mjs (run `npm ci` in devidp/)")?;
+            .context("starting node testing/devidp/server.mjs (run `npm ci` in testing/devidp/)")?;
         let stderr = child.stderr.take().expect("piped");
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();

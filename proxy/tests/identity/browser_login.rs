@@ -114,9 +114,9 @@ async fn carol_is_signed_in_but_sees_the_denied_page_naming_her_and_a_request_id
         "the denied page names carol: {text}"
     );
     assert!(
-        site.app.seen_at("/hello").is_empty(),
+        site.app.received_at("/hello").is_empty(),
         "the upstream saw a request for carol: {:?}",
-        site.app.seen()
+        site.app.received()
     );
 
     // The same session outside the browser: the status and the request id.

@@ -4,7 +4,6 @@
 //! proxy by host name (SNI and `Host: name:port`) without following redirects.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,17 +17,17 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
-use sekisho_testkit::{Browser, BrowserOptions, Idp, Nginx, Url, free_port, login_with_browser};
+use sekisho_site::Setup;
+use sekisho_testkit::{Browser, EchoUpstream, Idp, Nginx, Pki, Url, login_with_browser, pkce};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Pki, TestBody, full};
+use crate::support::full;
 
 /// Every single network exchange of a test ends within this.
 pub(crate) const LIMIT: Duration = Duration::from_secs(15);
@@ -48,7 +47,7 @@ pub(crate) const CAROL: &str = "carol@elsewhere.example";
 pub(crate) const PASSWORD: &str = "password";
 
 /// The secret of client `sekisho` at devidp.
-pub(crate) const CLIENT_SECRET: &str = "sekisho-dev-secret";
+pub(crate) use sekisho_site::CLIENT_SECRET;
 /// The secret of the `/hooks/github` route.
 pub(crate) const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 /// A redirect URI of client `sekisho` that nobody listens on: tests that want a code for
@@ -77,6 +76,9 @@ pub(crate) struct SiteOptions {
 
 /// Everything a test talks to. Dropping it stops the proxy, the upstreams and devidp.
 pub(crate) struct Site {
+    // Dropped first (its shutdown starts before the parts behind it stop), and before the
+    // directory its files are in.
+    proxy: sekisho_site::Proxy,
     /// The proxy's HTTPS port: every test URL is `https://<host>:<port>/…`.
     pub(crate) port: u16,
     pub(crate) idp: Idp,
@@ -92,51 +94,34 @@ pub(crate) struct Site {
     agent_key: PathBuf,
     ca_file: PathBuf,
     client: TlsClient,
-    running: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Site {
-    /// Starts the shutdown without waiting: the test's runtime may be the one on this thread.
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.shutdown();
-            std::thread::spawn(move || running.wait());
-        }
-    }
 }
 
 impl Site {
     pub(crate) async fn start(options: SiteOptions) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let auth = format!("https://{AUTH}:{port}");
-        let mut idp = Idp::builder()
-            .redirect_uri(format!("{auth}/.sekisho/callback"))
-            .redirect_uri(LOOPBACK_CALLBACK)
-            .post_logout_redirect_uri(format!("{auth}/"))
-            .post_logout_redirect_uri(format!("https://{APP}:{port}/"));
-        if let Some(uri) = &options.backchannel_capture {
-            idp = idp.backchannel_logout_uri(uri.clone());
-        }
-        let idp = idp.start().await.context("devidp starts")?;
-        let pki = Pki::new();
-        let (leaf_pem, key_pem) = pki.leaf(&[APP, OTHER, AUTH, NAS, GATE, GATE_VIA_AGENT]);
-        let dir = tempfile::tempdir()?;
-        let file = |name: &str, contents: &str| -> anyhow::Result<PathBuf> {
-            let path = dir.path().join(name);
-            std::fs::write(&path, contents)?;
-            Ok(path)
-        };
-        let cert = file("site.crt", &leaf_pem)?;
-        let key = file("site.key", &key_pem)?;
-        let client_secret = file("client-secret", CLIENT_SECRET)?;
-        let signing_keys = dir.path().join("signing-keys.pem");
+        let setup = Setup::new(
+            "Sekisho identity test CA",
+            AUTH,
+            &[APP, OTHER, AUTH, NAS, GATE, GATE_VIA_AGENT],
+            |idp, port| {
+                let idp = idp
+                    .redirect_uri(LOOPBACK_CALLBACK)
+                    .post_logout_redirect_uri(format!("https://{AUTH}:{port}/"))
+                    .post_logout_redirect_uri(format!("https://{APP}:{port}/"));
+                match &options.backchannel_capture {
+                    Some(uri) => idp.backchannel_logout_uri(uri.clone()),
+                    None => idp,
+                }
+            },
+        )
+        .await?;
+        let (port, idp) = (setup.port, &setup.idp);
+        let signing_keys = setup.dir.path().join("signing-keys.pem");
         sekisho_identity::signing::write_new_key_file(&signing_keys)?;
-        let hook_secret = file("github-hook-secret", &format!("{WEBHOOK_SECRET}\n"))?;
-        let ca_file = file("ca.pem", &pki.ca_pem)?;
+        let hook_secret = setup.file("github-hook-secret", &format!("{WEBHOOK_SECRET}\n"))?;
         let (agent, agent_pem) = sekisho_wire::agent_auth::AgentKey::generate()?;
-        let agent_key = file("nas.key", &agent_pem)?;
-        let app = EchoUpstream::start().await?;
+        let agent_key = setup.file("nas.key", &agent_pem)?;
+        let app = EchoUpstream::start("app").await?;
         let ws = WebSocketEcho::start().await?;
         let nginx = match &options.nginx {
             Some(files) => Some(Nginx::start(files).await.context("nginx starts")?),
@@ -144,19 +129,11 @@ impl Site {
         };
 
         let head = format!(
-            "listen:
-  https: 127.0.0.1:{port}
-  admin: 127.0.0.1:0
-workers: 2
-tls:
-  certificates:
-    - {{cert: '{cert}', key: '{key}'}}
-upstreams:
+            "{head}upstreams:
   app: {{endpoints: ['http://{app}']}}
   ws: {{endpoints: ['http://{ws}']}}
 {via_agent}",
-            cert = cert.display(),
-            key = key.display(),
+            head = setup.head(2),
             app = app.addr,
             ws = ws.addr,
             via_agent = if options.without_identity {
@@ -196,14 +173,7 @@ upstreams:
   signing_keys_file: '{signing_keys}'
   dangerous_allow_http_issuers: true
   providers:
-    - name: devidp
-      display_name: devidp
-      kind: generic
-      issuer: '{issuer}'
-      client_id: sekisho
-      client_secret_file: '{client_secret}'
-      scopes: [openid, email, profile, groups]
-  bearer_issuers:
+{devidp}  bearer_issuers:
 {bearer}policies:
   staff:
     allow: [{{group: staff}}]
@@ -242,41 +212,27 @@ hosts:
                 } else {
                     String::new()
                 },
-                issuer = idp.issuer(),
-                client_secret = client_secret.display(),
+                devidp = setup.devidp_provider(),
                 signing_keys = signing_keys.display(),
                 hook_secret = hook_secret.display(),
                 agent_public = agent.public_key(),
             )
         };
-        let config_path = file("sekisho.yaml", &config)?;
-        let running = sekisho_proxy::start(sekisho_proxy::Options {
-            config_path: Some(config_path),
-            access_log: Some(Box::new(std::io::sink())),
-            handle_signals: false,
-            dev_ca_dir: None,
-        })
-        .map_err(|error| anyhow!("{}", chain(&error)))
-        .with_context(|| format!("the proxy starts with this configuration:\n{config}"))?;
-        ensure!(
-            running.https_addr.port() == port,
-            "the proxy listens on {} instead of the configured port {port}",
-            running.https_addr
-        );
-        let client = TlsClient::new(&pki, running.https_addr);
+        let proxy = setup.start_proxy(&config)?;
+        let client = TlsClient::new(&setup.pki, proxy.addr())?;
         Ok(Self {
             port,
-            idp,
-            leaf_pem,
+            leaf_pem: setup.leaf_pem,
             app,
             ws,
             nginx,
             signing_keys,
             agent_key,
-            ca_file,
+            ca_file: setup.ca_file,
             client,
-            running: Some(running),
-            _dir: dir,
+            proxy,
+            idp: setup.idp,
+            _dir: setup.dir,
         })
     }
 
@@ -309,7 +265,7 @@ hosts:
                 let _ = stopped.await;
             }));
         });
-        let running = self.running.as_ref().expect("the proxy runs");
+        let running = self.proxy.running();
         sekisho_testkit::eventually(LIMIT, || async move {
             ensure!(
                 running.agent_links("nas") == 1,
@@ -366,11 +322,7 @@ hosts:
 
     /// A headless Chromium that trusts the site's certificate and resolves the test hosts.
     pub(crate) async fn browser(&self) -> anyhow::Result<Browser> {
-        Ok(Browser::start(BrowserOptions {
-            spki_hashes: vec![sekisho_testkit::spki_sha256_base64(&self.leaf_pem)?],
-            ..BrowserOptions::default()
-        })
-        .await?)
+        Ok(Browser::trusting(&self.leaf_pem).await?)
     }
 
     /// A browser that opened `https://app…/hello`, was sent to devidp's login form, logged in
@@ -740,12 +692,12 @@ struct TlsClient {
 }
 
 impl TlsClient {
-    fn new(pki: &Pki, addr: SocketAddr) -> Self {
-        Self {
+    fn new(pki: &Pki, addr: SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self {
             addr,
-            config: pki.client_config(&[b"http/1.1"]),
-            config_h2: pki.client_config(&[b"h2"]),
-        }
+            config: pki.client_config(&[b"http/1.1"])?,
+            config_h2: pki.client_config(&[b"h2"])?,
+        })
     }
 
     async fn send_target(
@@ -900,22 +852,6 @@ fn form_action(html: &str, id: &str) -> Option<String> {
     Some(action.replace("&amp;", "&"))
 }
 
-/// A PKCE verifier and its S256 challenge.
-pub(crate) fn pkce() -> (String, String) {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0_u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the OS random source works");
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let verifier = engine.encode(bytes);
-    let challenge = engine.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        verifier.as_bytes(),
-    ));
-    (verifier, challenge)
-}
-
 /// An ID token from devidp for `email`, got the way a client does: an authorization request
 /// with PKCE (logging in at the form without a browser), then the code exchange. `client` is
 /// `sekisho` (confidential, `CLIENT_SECRET`) or `sekisho-cli` (public, any loopback port).
@@ -996,92 +932,6 @@ pub(crate) fn jwt_claims(token: &str) -> anyhow::Result<serde_json::Value> {
         .ok_or_else(|| anyhow!("not a JWT: {token}"))?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
     Ok(serde_json::from_slice(&bytes)?)
-}
-
-/// One request the echo upstream received.
-#[derive(Debug, Clone)]
-pub(crate) struct Seen {
-    pub(crate) method: Method,
-    pub(crate) path: String,
-    pub(crate) headers: HeaderMap,
-    /// Whether the whole body arrived (a request the proxy aborted mid-body is `false`).
-    pub(crate) complete: bool,
-}
-
-/// An HTTP upstream on 127.0.0.1:0 that reads the whole request, records it, and answers with
-/// `upstream: app`, method, path and every header as `name: value` lines (the form
-/// `support::echoed` parses).
-pub(crate) struct EchoUpstream {
-    pub(crate) addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl EchoUpstream {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = seen.clone();
-        // accept() is cancel-safe; the loop ends when the task is aborted on drop.
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| echo(request, recorded.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self { addr, seen, task })
-    }
-
-    /// Every request received so far, oldest first.
-    pub(crate) fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("not poisoned").clone()
-    }
-
-    /// The requests received for `path` (without the query).
-    pub(crate) fn seen_at(&self, path: &str) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|seen| seen.path.split('?').next() == Some(path))
-            .collect()
-    }
-}
-
-async fn echo(
-    request: Request<Incoming>,
-    recorded: Arc<Mutex<Vec<Seen>>>,
-) -> Result<Response<TestBody>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(String::new, |p| p.as_str().to_owned());
-    let complete = body.collect().await.is_ok();
-    recorded.lock().expect("not poisoned").push(Seen {
-        method: parts.method.clone(),
-        path: path.clone(),
-        headers: parts.headers.clone(),
-        complete,
-    });
-    let mut text = format!("upstream: app\nmethod: {}\npath: {path}\n", parts.method);
-    for (name, value) in &parts.headers {
-        text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
-    }
-    Ok(Response::builder()
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(full(text))
-        .expect("a valid response"))
 }
 
 /// A WebSocket upstream on 127.0.0.1:0 that echoes text and binary messages, and records how

@@ -70,7 +70,7 @@ async fn the_agent_logs_in_at_devidp_without_a_browser_and_gets_id_tokens() -> a
                 "{}/auth?client_id=sekisho&response_type=code&redirect_uri={LOOPBACK_CALLBACK}\
                  &scope=openid&state=s&nonce=n&code_challenge={}&code_challenge_method=S256",
                 site.idp.issuer(),
-                crate::harness::pkce().1
+                sekisho_testkit::pkce().1
             ),
             "nobody@uniqe.example",
         )

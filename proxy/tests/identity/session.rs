@@ -90,9 +90,9 @@ async fn a_request_without_a_session_gets_401_json_or_a_redirect_to_the_login() 
         assert_login_url(&login_url, site.port, &page);
     }
     assert!(
-        site.app.seen().is_empty(),
+        site.app.received().is_empty(),
         "requests without a session reached the upstream: {:?}",
-        site.app.seen()
+        site.app.received()
     );
     Ok(())
 }
@@ -150,7 +150,7 @@ async fn a_tampered_session_cookie_is_no_session() -> anyhow::Result<()> {
         assert_unauthorized_json(&reply, what);
     }
     assert!(
-        site.app.seen_at("/hello").is_empty(),
+        site.app.received_at("/hello").is_empty(),
         "a tampered cookie reached the upstream"
     );
     Ok(())

@@ -41,7 +41,7 @@ async fn a_correctly_signed_webhook_reaches_the_upstream_and_a_bad_or_missing_on
         .await?;
     assert_eq!(reply.status, StatusCode::OK, "a signed delivery: {reply}");
     assert!(reply.answered_by_upstream(), "{reply}");
-    let delivered = site.app.seen_at("/hooks/github");
+    let delivered = site.app.received_at("/hooks/github");
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     assert!(delivered[0].complete, "the upstream got the whole body");
     assert_eq!(delivered[0].method, Method::POST);
@@ -79,7 +79,7 @@ async fn a_correctly_signed_webhook_reaches_the_upstream_and_a_bad_or_missing_on
         assert!(!reply.answered_by_upstream(), "{what}: {reply}");
         let complete = site
             .app
-            .seen_at("/hooks/github")
+            .received_at("/hooks/github")
             .iter()
             .filter(|seen| seen.complete)
             .count();

@@ -284,6 +284,7 @@ async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {} // a 408 page is fine too; wait for the close
                 },
+                // The trickle is the attack under test: a byte every 300 ms.
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {
                     if slow.write_all(b"a").await.is_err() {
                         return;
@@ -386,13 +387,38 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 async fn connections_beyond_the_limit_wait_until_one_closes() {
     let sites = TwoSites::start("limits: {max_connections: 1}\n").await;
     let proxy = &sites.proxy;
-    // The first client holds the only connection slot.
-    let first = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = tokio::spawn(plain_get(proxy.http(), "app.test", "/"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // With the slot free, a client is served at once.
+    let (status, _, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        plain_get(proxy.http(), "app.test", "/"),
+    )
+    .await
+    .expect("served while the slot is free");
+    assert_eq!(status, StatusCode::OK);
+    // The first client holds the only connection slot once the proxy has admitted it.
+    let open = r#"sekisho_open_connections{listener="http"}"#;
     assert!(
-        !second.is_finished(),
+        eventually(Duration::from_secs(5), || async {
+            proxy.metric(open).await == 0.0
+        })
+        .await,
+        "the served client's connection is closed"
+    );
+    let first = tokio::net::TcpStream::connect(proxy.http()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            proxy.metric(open).await == 1.0
+        })
+        .await,
+        "the proxy admits the first client"
+    );
+    // Nothing to wait for: the second client must not be served while the first holds the
+    // slot, so the proof is a window in which it is not (the same client was served above).
+    let mut second = tokio::spawn(plain_get(proxy.http(), "app.test", "/"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut second)
+            .await
+            .is_err(),
         "the second client was served past the limit"
     );
     drop(first);

@@ -202,9 +202,12 @@ async fn a_keep_alive_connection_that_went_quiet_serves_its_next_requests() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.starts_with("upstream: app\n"), "{body}");
 
-    // Quiet for longer than the proxy waits before it parks the connection (1 s) …
+    // Quiet for longer than the proxy waits before it parks the connection (1 s) … The quiet
+    // is what is under test: the proxy's own timer parks the connection, on the proxy's
+    // runtime and clock, and nothing outside shows that it has.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    // … then a request that arrives in two pieces, and one pipelined behind it.
+    // … then a request that arrives in two pieces, and one pipelined behind it. The pause
+    // between the pieces is under test too: it makes the proxy read the head in two parts.
     conn.write_all(b"GET /two HTTP/1.1\r\nHo").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     conn.write_all(b"st: localhost\r\n\r\nGET /three HTTP/1.1\r\nHost: localhost\r\n\r\n")

@@ -62,8 +62,13 @@ async fn a_replaced_certificate_is_served_without_restart_and_a_broken_one_is_ig
         .await,
         "the mismatched key is reported"
     );
+    let failures = r#"sekisho_certificate_reloads_total{result="failure"}"#;
+    let before = proxy.metric(failures).await;
     write_atomically(&cert, b"not a certificate");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        eventually(WAIT, || async { proxy.metric(failures).await > before }).await,
+        "the broken certificate is reported"
+    );
     assert_eq!(
         served_certificate(&pki, proxy.https(), "app.test").await,
         renewed,
@@ -166,14 +171,17 @@ async fn a_valid_config_edit_takes_effect_and_an_invalid_one_keeps_the_last_good
 
     // Unparseable YAML: the same.
     proxy.rewrite("hosts: [this is not: valid");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(client.get("new.test", "/").await.0, StatusCode::OK);
     assert!(
-        proxy
-            .metric(r#"sekisho_config_reloads_total{result="failure"}"#)
-            .await
-            >= 2.0
+        eventually(WAIT, || async {
+            proxy
+                .metric(r#"sekisho_config_reloads_total{result="failure"}"#)
+                .await
+                >= 2.0
+        })
+        .await,
+        "the unparseable edit is counted"
     );
+    assert_eq!(client.get("new.test", "/").await.0, StatusCode::OK);
 }
 
 #[test]

@@ -37,36 +37,23 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> TestBody {
 pub(crate) struct Pki {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) ca_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pki: sekisho_testkit::Pki,
 }
 
 impl Pki {
     pub(crate) fn new() -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Sekisho test CA");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
+        let pki = sekisho_testkit::Pki::new("Sekisho test CA").unwrap();
         Self {
             dir: tempfile::tempdir().unwrap(),
-            ca_pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
+            ca_pem: pki.ca_pem.clone(),
+            pki,
         }
     }
 
     /// A leaf for `names`, as PEM (certificate, key).
     pub(crate) fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
+        let leaf = self.pki.leaf(names).unwrap();
+        (leaf.cert_pem, leaf.key_pem)
     }
 
     /// Writes a leaf for `names` to `<stem>.crt` / `<stem>.key` and returns the paths.
@@ -80,19 +67,7 @@ impl Pki {
     }
 
     pub(crate) fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
+        self.pki.client_config(alpn).unwrap()
     }
 }
 
@@ -150,6 +125,7 @@ async fn upstream_answer(
 ) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_string();
     if let Some(ms) = path.strip_prefix("/slow/") {
+        // The slowness is what the timeout tests exercise.
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         return Ok(Response::new(full(format!("{name} slept {ms} ms"))));
     }

@@ -220,18 +220,45 @@ async fn an_open_websocket_counts_as_a_connection_and_outlives_the_start_of_a_sh
         1.0,
         "the upgraded connection is still counted"
     );
-    // The only connection slot is taken: another client waits.
-    let waiting = tokio::spawn(connect_plain_tls(
+    // The only connection slot is taken: another client waits, and gets through once the
+    // WebSocket closes (so the wait is the limit's doing, not a broken client).
+    let mut waiting = tokio::spawn(connect_plain_tls(
         pki.client_config(&[b"http/1.1"]),
         proxy.https(),
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "a second client got past the limit");
-    waiting.abort();
+    assert!(
+        timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "a second client got past the limit"
+    );
+    ws.close(None).await.unwrap();
+    let _ = next_message(&mut ws).await;
+    drop(ws);
+    timeout(LIMIT, waiting)
+        .await
+        .expect("the waiting client gets the slot once the WebSocket closed")
+        .unwrap();
+    let open = r#"sekisho_open_connections{listener="https"}"#;
+    assert!(
+        eventually(LIMIT, || async { proxy.metric(open).await == 0.0 }).await,
+        "both connections are closed"
+    );
+    let (mut ws, _) = timeout(LIMIT, connect(&pki, proxy.https(), "/echo"))
+        .await
+        .unwrap()
+        .unwrap();
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("again")));
 
-    // Shutdown begins; the WebSocket keeps working during the grace period.
+    // Shutdown begins (the listener closes); the WebSocket keeps working during the grace
+    // period, and the shutdown waits for it.
+    let https = proxy.https();
     let stopped = proxy.shutdown_in_background();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(LIMIT, || async { TcpStream::connect(https).await.is_err() }).await,
+        "the proxy stops accepting once the shutdown begins"
+    );
     assert!(
         !stopped.is_finished(),
         "shutdown did not wait for the open WebSocket"

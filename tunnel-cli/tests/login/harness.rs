@@ -5,26 +5,21 @@
 //! and `--connect-to` and `SEKISHO_BROWSER=none`, its stderr read line by line so a test can
 //! take the URL it prints to the browser.
 
-use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail, ensure};
+use anyhow::{Context as _, bail, ensure};
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
 use sekisho_cli::net::{Net, Origin};
-use sekisho_testkit::{Browser, BrowserOptions, Idp, free_port, login_with_browser};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpListener;
+use sekisho_site::Setup;
+pub(crate) use sekisho_testkit::echoed;
+use sekisho_testkit::{Browser, EchoUpstream, Idp, TcpEcho, login_with_browser};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
@@ -37,10 +32,12 @@ pub(crate) const AUTH: &str = "auth.sekisho.test";
 pub(crate) const SSH: &str = "ssh.sekisho.test";
 pub(crate) const ALICE: &str = "alice@uniqe.example";
 const PASSWORD: &str = "password";
-const CLIENT_SECRET: &str = "sekisho-dev-secret";
 
 /// Everything a test talks to. Dropping it stops the proxy, the upstream and devidp.
 pub(crate) struct Site {
+    // Dropped first (its shutdown starts before the parts behind it stop), and before the
+    // directory its files are in.
+    _proxy: sekisho_site::Proxy,
     pub(crate) port: u16,
     pub(crate) idp: Idp,
     leaf_pem: String,
@@ -53,63 +50,23 @@ pub(crate) struct Site {
     /// The target of the tunnel route for [`SSH`].
     pub(crate) echo: TcpEcho,
     _upstream: EchoUpstream,
-    running: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Site {
-    /// Starts the shutdown without waiting: the test's runtime may be the one on this thread.
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.shutdown();
-            std::thread::spawn(move || running.wait());
-        }
-    }
 }
 
 impl Site {
     pub(crate) async fn start() -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let idp = Idp::builder()
-            .redirect_uri(format!("https://{AUTH}:{port}/.sekisho/callback"))
-            .start()
-            .await
-            .context("devidp starts")?;
-        let dir = tempfile::tempdir()?;
-        let file = |name: &str, contents: &str| -> anyhow::Result<PathBuf> {
-            let path = dir.path().join(name);
-            std::fs::write(&path, contents)?;
-            Ok(path)
-        };
-        let (ca_pem, leaf_pem, key_pem) = pki(&[APP, AUTH, SSH])?;
-        let ca_file = file("ca.pem", &ca_pem)?;
-        let cert = file("site.crt", &leaf_pem)?;
-        let key = file("site.key", &key_pem)?;
-        let client_secret = file("client-secret", CLIENT_SECRET)?;
-        let upstream = EchoUpstream::start().await?;
+        let setup =
+            Setup::new("sekisho CLI test CA", AUTH, &[APP, AUTH, SSH], |idp, _| idp).await?;
+        let upstream = EchoUpstream::start("app").await?;
         let echo = TcpEcho::start().await?;
         let config = format!(
-            "listen:
-  https: 127.0.0.1:{port}
-  admin: 127.0.0.1:0
-workers: 1
-tls:
-  certificates:
-    - {{cert: '{cert}', key: '{key}'}}
-upstreams:
+            "{head}upstreams:
   app: {{endpoints: ['http://{upstream}']}}
 identity:
   auth_host: {AUTH}
   dangerous_allow_http_issuers: true
   providers:
-    - name: devidp
-      display_name: devidp
-      kind: generic
-      issuer: '{issuer}'
-      client_id: sekisho
-      client_secret_file: '{client_secret}'
-      scopes: [openid, email, profile, groups]
-policies:
+{devidp}policies:
   staff:
     allow: [{{group: staff}}]
 hosts:
@@ -121,41 +78,26 @@ hosts:
 tunnels:
   - {{host: {SSH}, policy: staff, target: '{echo}'}}
 ",
-            cert = cert.display(),
-            key = key.display(),
+            head = setup.head(1),
+            devidp = setup.devidp_provider(),
             upstream = upstream.addr,
             echo = echo.addr,
-            issuer = idp.issuer(),
-            client_secret = client_secret.display(),
         );
-        let config_path = file("sekisho.yaml", &config)?;
-        let running = sekisho_proxy::start(sekisho_proxy::Options {
-            config_path: Some(config_path),
-            access_log: Some(Box::new(std::io::sink())),
-            handle_signals: false,
-            dev_ca_dir: None,
-        })
-        .map_err(|error| anyhow!("{}", sekisho_proxy::error_chain(&error)))
-        .with_context(|| format!("the proxy starts with this configuration:\n{config}"))?;
-        ensure!(
-            running.https_addr.port() == port,
-            "the proxy listens on {} instead of the configured port {port}",
-            running.https_addr
-        );
-        let net = Net::new(Some(&ca_file), Some(running.https_addr))?;
-        let config_home = dir.path().join("config");
+        let proxy = setup.start_proxy(&config)?;
+        let net = Net::new(Some(&setup.ca_file), Some(proxy.addr()))?;
+        let config_home = setup.dir.path().join("config");
         Ok(Self {
-            port,
-            idp,
-            leaf_pem,
-            ca_file,
-            proxy_addr: running.https_addr,
+            port: setup.port,
+            idp: setup.idp,
+            leaf_pem: setup.leaf_pem,
+            ca_file: setup.ca_file,
+            proxy_addr: proxy.addr(),
             config_home,
             net,
             echo,
             _upstream: upstream,
-            running: Some(running),
-            _dir: dir,
+            _proxy: proxy,
+            _dir: setup.dir,
         })
     }
 
@@ -243,7 +185,7 @@ tunnels:
         let stderr = child.stderr.take().expect("piped");
         let all = Arc::new(Mutex::new(String::new()));
         let seen = all.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 seen.lock()
                     .expect("not poisoned")
@@ -254,7 +196,7 @@ tunnels:
         let mut stdout = child.stdout.take().expect("piped");
         let out = Arc::new(Mutex::new(String::new()));
         let written = out.clone();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             let mut text = String::new();
             let _ = stdout.read_to_string(&mut text);
             written.lock().expect("not poisoned").push_str(&text);
@@ -265,6 +207,7 @@ tunnels:
             lines,
             stderr: all,
             stdout: out,
+            readers: vec![stderr_reader, stdout_reader],
         })
     }
 
@@ -275,11 +218,7 @@ tunnels:
 
     /// A headless Chromium that trusts the site's certificate and resolves the test hosts.
     pub(crate) async fn browser(&self) -> anyhow::Result<Browser> {
-        Ok(Browser::start(BrowserOptions {
-            spki_hashes: vec![sekisho_testkit::spki_sha256_base64(&self.leaf_pem)?],
-            ..BrowserOptions::default()
-        })
-        .await?)
+        Ok(Browser::trusting(&self.leaf_pem).await?)
     }
 
     /// Opens `url`, logs in as alice at devidp if it asks (a browser with a session at devidp
@@ -379,6 +318,8 @@ pub(crate) struct Run {
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
+    /// The threads that read stdout and stderr; each ends when its pipe closes.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Run {
@@ -455,8 +396,19 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        // The reader threads end with the pipes; give them a moment.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The reader threads end with the pipes, which close with the process: once they
+        // have, everything it wrote has been read.
+        let readers = std::mem::take(&mut self.readers);
+        timeout(
+            LIMIT,
+            tokio::task::spawn_blocking(move || {
+                for reader in readers {
+                    let _ = reader.join();
+                }
+            }),
+        )
+        .await
+        .with_context(|| format!("`sekisho {}` left its output pipes open", self.args))??;
         Ok(Finished {
             status,
             stdout: self.stdout.lock().expect("not poisoned").clone(),
@@ -506,105 +458,6 @@ fn binary() -> anyhow::Result<&'static Path> {
         Ok(path) => Ok(path),
         Err(error) => bail!("{error}"),
     }
-}
-
-/// A CA, and a leaf for `names` signed by it: PEM (CA, leaf, leaf key).
-fn pki(names: &[&str]) -> anyhow::Result<(String, String, String)> {
-    let pki = sekisho_testkit::test_pki("sekisho CLI test CA", names)?;
-    Ok((pki.ca_pem, pki.cert_pem, pki.key_pem))
-}
-
-/// An HTTP upstream on 127.0.0.1:0 that answers with the request's headers, one
-/// `name: value` per line.
-pub(crate) struct EchoUpstream {
-    pub(crate) addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl EchoUpstream {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        // accept() is cancel-safe; the loop ends when the task is aborted on drop.
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let service = service_fn(echo);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self { addr, task })
-    }
-}
-
-async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let _ = body.collect().await;
-    let mut text = format!("upstream: app\npath: {}\n", parts.uri.path());
-    for (name, value) in &parts.headers {
-        text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
-    }
-    Ok(Response::new(Full::new(Bytes::from(text))))
-}
-
-/// A TCP server on 127.0.0.1:0 that sends back every byte it reads, and closes its side when
-/// the other side has closed its own.
-pub(crate) struct TcpEcho {
-    pub(crate) addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TcpEcho {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TcpEcho {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
-        // accept() is cancel-safe; the loop ends when the task is aborted on drop.
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (mut read, mut write) = stream.into_split();
-                    if tokio::io::copy(&mut read, &mut write).await.is_ok() {
-                        let _ = write.shutdown().await;
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            connections,
-            task,
-        })
-    }
-
-    /// How many connections it has accepted (each one a tunnel the proxy opened).
-    pub(crate) fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-/// The value of header `name` in an echoed answer.
-pub(crate) fn echoed<'a>(body: &'a str, name: &str) -> Option<&'a str> {
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
 }
 
 /// Whether `path` has exactly `mode` as its permission bits.

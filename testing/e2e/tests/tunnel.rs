@@ -1,0 +1,750 @@
+//! ssh through Sekisho, with every part real: OpenSSH's sshd on the loopback of another network
+//! segment (a network namespace the proxy cannot dial into), `sekisho-agent` beside it dialing
+//! out to the proxy, the proxy in this process, and `ssh`/`scp` with
+//! `ProxyCommand sekisho tunnel %h`.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use sekisho_e2e::{
+    PROXY_HOST, Pki, Process, Proxy, Segment, Sshd, agent_key, binary, run, wait_until,
+};
+
+const BOX: &str = "box.ssh.sekisho.test";
+const ALICE: &str = "alice@sekisho.test";
+
+/// One site: a segment with sshd and an agent named `nas`, and a proxy that knows them.
+struct Site {
+    pki: Pki,
+    segment: Segment,
+    sshd: Sshd,
+    proxy: Proxy,
+    keys: tempfile::TempDir,
+    nas_key: std::path::PathBuf,
+    nas_public: String,
+    rogue_public: String,
+    agents: Vec<Process>,
+}
+
+impl Site {
+    fn new() -> Result<Self> {
+        let pki = Pki::new(&["*.ssh.sekisho.test", PROXY_HOST, "auth.sekisho.test"])?;
+        let segment = Segment::new()?;
+        let sshd = Sshd::start(&segment)?;
+        let keys = tempfile::tempdir()?;
+        let (nas_key, nas_public) = agent_key(keys.path(), "nas")?;
+        let (_, rogue_public) = agent_key(keys.path(), "rogue")?;
+        let listen = SocketAddr::from((segment.host_ip, 0));
+        let proxy = Proxy::start(&pki, listen, &config(&[&nas_public], &rogue_public))?;
+        let mut site = Self {
+            pki,
+            segment,
+            sshd,
+            proxy,
+            keys,
+            nas_key,
+            nas_public,
+            rogue_public,
+            agents: Vec::new(),
+        };
+        site.start_agent(&site.nas_key.clone())?;
+        site.proxy
+            .wait_for_links("nas", 1, Duration::from_secs(20))?;
+        Ok(site)
+    }
+
+    /// Starts `sekisho-agent` named `nas` inside the segment, with `key`.
+    fn start_agent(&mut self, key: &Path) -> Result<()> {
+        let port = self.proxy.addr.port();
+        let child = self
+            .segment
+            .command(binary("sekisho-agent"))
+            .arg("run")
+            .args(["--name", "nas"])
+            .arg("--key")
+            .arg(key)
+            .args(["--proxy", &format!("https://{PROXY_HOST}:{port}")])
+            .args(["--proxy-address", &self.proxy.addr.to_string()])
+            .arg("--ca")
+            .arg(&self.pki.ca_file)
+            .args(["--allow-tcp", "127.0.0.1:22"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting sekisho-agent")?;
+        self.agents.push(Process {
+            child,
+            name: "sekisho-agent",
+        });
+        Ok(())
+    }
+
+    /// The `ProxyCommand` for ssh: `sekisho tunnel %h` at this proxy.
+    fn proxy_command(&self) -> String {
+        format!(
+            "{} --ca {} --connect-to {} tunnel %h:{}",
+            binary("sekisho").display(),
+            self.pki.ca_file.display(),
+            self.proxy.addr,
+            self.proxy.addr.port()
+        )
+    }
+
+    /// `ssh root@BOX remote` as alice.
+    fn ssh(&self, remote: &str) -> Result<Command> {
+        let mut command = self.sshd.ssh(&self.proxy_command(), BOX, remote);
+        command.env("SEKISHO_TOKEN", self.proxy.user_token(ALICE)?);
+        Ok(command)
+    }
+
+    /// `sekisho tunnel HOST` on its own (stdin closed), with `token`.
+    fn tunnel(&self, host: &str, token: Option<&str>) -> Command {
+        let mut command = Command::new(binary("sekisho"));
+        command
+            .arg("--ca")
+            .arg(&self.pki.ca_file)
+            .args(["--connect-to", &self.proxy.addr.to_string()])
+            .args(["tunnel", "--no-login"])
+            .arg(format!("{host}:{}", self.proxy.addr.port()))
+            .env_remove("SEKISHO_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(token) = token {
+            command.env("SEKISHO_TOKEN", token);
+        }
+        command
+    }
+}
+
+fn config(nas_keys: &[&str], rogue_key: &str) -> String {
+    let nas_keys: Vec<String> = nas_keys.iter().map(|k| format!("\"{k}\"")).collect();
+    format!(
+        r#"identity:
+  auth_host: auth.sekisho.test
+policies:
+  staff:
+    allow: [{{email: {ALICE}}}]
+agents:
+  nas: {{public_keys: [{}]}}
+  rogue: {{public_keys: ["{rogue_key}"]}}
+tunnels:
+  - {{host: {BOX}, policy: staff, agent: nas, target: "127.0.0.1:22"}}
+  - {{host: closed.ssh.sekisho.test, policy: staff, agent: nas, target: "127.0.0.1:23"}}
+  - {{host: rogue.ssh.sekisho.test, policy: staff, agent: rogue, target: "127.0.0.1:22"}}
+"#,
+        nas_keys.join(", ")
+    )
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn ssh_runs_a_command_in_a_segment_the_proxy_cannot_dial() -> Result<()> {
+    let site = Site::new()?;
+    let output = run(&mut site.ssh("echo hello from; ip -4 -o addr show")?)?;
+    let text = stdout(&output);
+    ensure!(text.starts_with("hello from"), "ssh printed {text:?}");
+    // The command ran inside the segment: it sees the segment's address.
+    ensure!(
+        text.contains(&site.segment.ns_ip.to_string()),
+        "the command did not run in the segment: {text}"
+    );
+
+    // The asymmetry: the agent in the segment reached the proxy (it is connected), while from
+    // the proxy's side sshd cannot be dialed, neither at the segment's address nor on loopback
+    // (which is this namespace's own).
+    ensure!(site.proxy.agent_links("nas") == 1);
+    // The stream's relay counts its bytes when it has ended, a moment after ssh has.
+    let lines = [
+        r#"sekisho_agents_connected{agent="nas"} 1"#,
+        r#"sekisho_agent_connections_total{agent="nas"} 1"#,
+        "sekisho_tunnel_streams_open 0",
+        r#"sekisho_tunnel_bytes_total{direction="to_client"}"#,
+    ];
+    let mut metrics = String::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        metrics = site.proxy.metrics().unwrap_or_default();
+        lines.iter().all(|line| metrics.contains(line))
+    });
+    ensure!(
+        counted.is_ok(),
+        "the metrics lack one of {lines:?}:\n{metrics}"
+    );
+    for addr in [
+        SocketAddr::from((site.segment.ns_ip, 22)),
+        SocketAddr::from(([127, 0, 0, 1], 22)),
+    ] {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut banner = [0u8; 64];
+            let n = stream.read(&mut banner).unwrap_or(0);
+            ensure!(
+                !String::from_utf8_lossy(&banner[..n]).starts_with("SSH-"),
+                "the segment's sshd answered at {addr} from the proxy's namespace"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_100_mib_file_goes_through_scp_intact() -> Result<()> {
+    let site = Site::new()?;
+    let dir = tempfile::tempdir()?;
+    let source = dir.path().join("payload");
+    let mut data = vec![0u8; 100 * 1024 * 1024];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut data)
+        .map_err(|_| anyhow::anyhow!("no random bytes"))?;
+    std::fs::write(&source, &data)?;
+    let expected = hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
+    drop(data);
+
+    let copy = site.sshd.dir.path().join("copy");
+    let mut scp = site.sshd.scp_to(&site.proxy_command(), &source, BOX, &copy);
+    scp.env("SEKISHO_TOKEN", site.proxy.user_token(ALICE)?);
+    let started = Instant::now();
+    run(&mut scp)?;
+    eprintln!("scp of 100 MiB took {:?}", started.elapsed());
+
+    let output = run(&mut site.ssh(&format!("sha256sum {}", copy.display()))?)?;
+    let remote = stdout(&output);
+    ensure!(
+        remote.split_whitespace().next() == Some(expected.as_str()),
+        "checksums differ: local {expected}, remote {remote}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_agent_reconnects_after_the_proxy_restarts() -> Result<()> {
+    let mut site = Site::new()?;
+    let addr = site.proxy.addr;
+    site.proxy.stop();
+    site.proxy = Proxy::start(
+        &site.pki,
+        addr,
+        &config(&[&site.nas_public], &site.rogue_public),
+    )?;
+    site.proxy
+        .wait_for_links("nas", 1, Duration::from_secs(45))?;
+    let output = run(&mut site.ssh("echo back again")?)?;
+    ensure!(stdout(&output).trim() == "back again");
+    Ok(())
+}
+
+#[test]
+fn removing_the_agents_key_cuts_its_open_streams() -> Result<()> {
+    let site = Site::new()?;
+    // A remote command that would run for a minute: the open stream the removal must cut.
+    let mut long = site.ssh("echo started; sleep 60; echo not cut")?;
+    long.stdout(Stdio::piped());
+    let mut session = long.spawn()?;
+    let mut first = [0u8; 8];
+    session
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read_exact(&mut first)?;
+    ensure!(&first == b"started\n");
+
+    // The configuration keeps the agent's name but not its key.
+    let (_, other) = agent_key(site.keys.path(), "other")?;
+    site.proxy
+        .rewrite(&site.pki, &config(&[&other], &site.rogue_public))?;
+    site.proxy
+        .wait_for_links("nas", 0, Duration::from_secs(10))?;
+
+    let exited = wait_until(Duration::from_secs(15), || {
+        matches!(session.try_wait(), Ok(Some(_)))
+    });
+    if exited.is_err() {
+        let _ = session.kill();
+    }
+    exited.context("the ssh session outlived its agent's removal")?;
+    let mut rest = String::new();
+    session
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read_to_string(&mut rest)?;
+    ensure!(
+        !rest.contains("not cut"),
+        "the remote command finished: {rest}"
+    );
+
+    // New tunnels to the host now say the agent is offline.
+    let output = site
+        .tunnel(BOX, Some(&site.proxy.user_token(ALICE)?))
+        .output()?;
+    ensure!(
+        output.status.code() == Some(12),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(String::from_utf8_lossy(&output.stderr).contains("agent"));
+    Ok(())
+}
+
+#[test]
+fn with_two_agents_of_one_site_the_other_takes_over_when_one_dies() -> Result<()> {
+    let mut site = Site::new()?;
+    let key = site.nas_key.clone();
+    site.start_agent(&key)?;
+    site.proxy
+        .wait_for_links("nas", 2, Duration::from_secs(20))?;
+    // Streams keep working while both are connected.
+    for _ in 0..4 {
+        let output = run(&mut site.ssh("echo shared")?)?;
+        ensure!(stdout(&output).trim() == "shared");
+    }
+    site.agents[0].kill();
+    site.proxy
+        .wait_for_links("nas", 1, Duration::from_secs(20))?;
+    for _ in 0..3 {
+        let output = run(&mut site.ssh("echo survivor")?)?;
+        ensure!(stdout(&output).trim() == "survivor");
+    }
+    ensure!(!site.agents[1].exited());
+    Ok(())
+}
+
+#[test]
+fn refusals_have_their_own_exit_codes_and_messages() -> Result<()> {
+    let site = Site::new()?;
+    let alice = site.proxy.user_token(ALICE)?;
+    let bob = site.proxy.user_token("bob@sekisho.test")?;
+    for (host, token, code, words) in [
+        (BOX, None, 10, "not logged in"),
+        (BOX, Some("not-a-token"), 10, "not logged in"),
+        (BOX, Some(bob.as_str()), 11, "not allowed"),
+        (
+            "nowhere.ssh.sekisho.test",
+            Some(alice.as_str()),
+            15,
+            "no tunnel",
+        ),
+        (
+            "closed.ssh.sekisho.test",
+            Some(alice.as_str()),
+            13,
+            "not configured",
+        ),
+        ("rogue.ssh.sekisho.test", Some(alice.as_str()), 12, "agent"),
+    ] {
+        let output = site.tunnel(host, token).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(code) && stderr.contains(words),
+            "{host} with {token:?}: exit {:?}, stderr {stderr}",
+            output.status.code()
+        );
+        ensure!(
+            output.stdout.is_empty(),
+            "stdout is ssh's: {:?}",
+            output.stdout
+        );
+    }
+    // A proxy that is not there.
+    let mut unreachable = Command::new(binary("sekisho"));
+    unreachable
+        .arg("--ca")
+        .arg(&site.pki.ca_file)
+        .args(["--connect-to", "127.0.0.1:1", "tunnel", BOX])
+        .env("SEKISHO_TOKEN", &alice)
+        .stdin(Stdio::null());
+    let output = unreachable.output()?;
+    ensure!(
+        output.status.code() == Some(14),
+        "exit {:?}",
+        output.status.code()
+    );
+    Ok(())
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to the proxy for `host`.
+fn tls(site: &Site, host: &str) -> Result<Tls> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&site.pki.ca_file)?;
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(cert?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(tls), host.to_owned().try_into()?)?;
+    let tcp = TcpStream::connect(site.proxy.addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Sends `head` (a request head without the blank line) and reads the answer's head.
+fn exchange(stream: &mut Tls, head: &str) -> Result<String> {
+    write!(stream, "{head}\r\n\r\n")?;
+    stream.flush()?;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") && answer.len() < 8192 {
+        stream.read_exact(&mut byte)?;
+        answer.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A TLS connection to the proxy that passed the agent handshake as `rogue`.
+fn rogue_link(site: &Site) -> Result<Tls> {
+    let key_pem = std::fs::read_to_string(site.keys.path().join("rogue.key"))?;
+    let key = sekisho_wire::agent_auth::AgentKey::from_pem(&key_pem)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let credential = key.credential(PROXY_HOST, "rogue", now)?;
+    let (stream, head) = agent_request(site, &credential.to_string())?;
+    ensure!(
+        head.starts_with("HTTP/1.1 101"),
+        "rogue not admitted: {head}"
+    );
+    site.proxy
+        .wait_for_links("rogue", 1, Duration::from_secs(10))?;
+    Ok(stream)
+}
+
+/// Reads until the proxy closes the connection; how long that took.
+fn closed_within(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    limit: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 16 * 1024];
+    while started.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return Ok(started.elapsed()),
+            Ok(_) => {}
+        }
+    }
+    anyhow::bail!("the proxy kept the connection open for {limit:?}")
+}
+
+#[test]
+fn a_peer_sending_garbage_or_oversized_frames_is_cut_off_alone() -> Result<()> {
+    let site = Site::new()?;
+    // A stream that stays open for 3 s, across both attacks: what must not notice them.
+    let mut long = site.ssh("echo started; sleep 3; echo finished")?;
+    long.stdout(Stdio::piped());
+    let session = long.spawn()?;
+
+    // Garbage where the HTTP/2 server preface belongs.
+    let mut garbage = rogue_link(&site)?;
+    garbage.write_all(&[0x42; 4096])?;
+    garbage.flush()?;
+    closed_within(&mut garbage, Duration::from_secs(10))?;
+    site.proxy
+        .wait_for_links("rogue", 0, Duration::from_secs(5))?;
+
+    // A valid preface (empty SETTINGS), then a DATA frame far over the 64 KiB frame limit.
+    let mut oversized = rogue_link(&site)?;
+    oversized.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])?;
+    oversized.write_all(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1])?;
+    oversized.write_all(&[0u8; 8192])?;
+    oversized.flush()?;
+    closed_within(&mut oversized, Duration::from_secs(10))?;
+    site.proxy
+        .wait_for_links("rogue", 0, Duration::from_secs(5))?;
+
+    // The real agent and the stream on it never noticed.
+    let output = session.wait_with_output()?;
+    ensure!(output.status.success(), "the session failed: {output:?}");
+    ensure!(stdout(&output) == "started\nfinished\n");
+    ensure!(site.proxy.agent_links("nas") == 1);
+    Ok(())
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_cut_off_by_the_keepalive() -> Result<()> {
+    let site = Site::new()?;
+    // It answers with SETTINGS, then never reads again: the proxy's PINGs go unanswered.
+    let mut silent = rogue_link(&site)?;
+    silent.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])?;
+    silent.flush()?;
+    let tcp = silent.get_ref().try_clone()?;
+    let started = Instant::now();
+    wait_until(Duration::from_secs(30), || {
+        site.proxy.agent_links("rogue") == 0
+    })
+    .context("the silent peer was never cut off")?;
+    let took = started.elapsed();
+    eprintln!("the silent peer was cut off after {took:?}");
+    ensure!(
+        took >= sekisho_wire::KEEPALIVE_INTERVAL,
+        "cut off before a ping could time out ({took:?})"
+    );
+    drop(tcp);
+    let output = run(&mut site.ssh("echo unaffected")?)?;
+    ensure!(stdout(&output).trim() == "unaffected");
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `remote` over ssh with `token`, waits for its first line, calls `then`, and returns
+/// how long the session lasted after that and what ssh printed on stderr.
+fn cut_session(
+    site: &Site,
+    token: &str,
+    then: impl FnOnce() -> Result<()>,
+) -> Result<(Duration, String)> {
+    // A remote command that would run for a minute: the open stream `then` must cut.
+    let mut command = site.sshd.ssh(
+        &site.proxy_command(),
+        BOX,
+        "echo started; sleep 60; echo not cut",
+    );
+    command
+        .env("SEKISHO_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut session = command.spawn()?;
+    let mut first = [0u8; 8];
+    session
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read_exact(&mut first)?;
+    ensure!(&first == b"started\n");
+    then()?;
+    let started = Instant::now();
+    if wait_until(Duration::from_secs(20), || {
+        matches!(session.try_wait(), Ok(Some(_)))
+    })
+    .is_err()
+    {
+        let _ = session.kill();
+        anyhow::bail!("the session was not cut");
+    }
+    let output = session.wait_with_output()?;
+    ensure!(!stdout(&output).contains("not cut"));
+    Ok((
+        started.elapsed(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn a_policy_that_stops_allowing_the_person_cuts_the_tunnel_and_says_why() -> Result<()> {
+    let site = Site::new()?;
+    let token = site.proxy.user_token(ALICE)?;
+    let (took, stderr) = cut_session(&site, &token, || {
+        let config = config(&[&site.nas_public], &site.rogue_public).replace(
+            &format!("{{email: {ALICE}}}"),
+            "{email: carol@sekisho.test}",
+        );
+        site.proxy.rewrite(&site.pki, &config)
+    })?;
+    eprintln!("cut {took:?} after the policy changed");
+    ensure!(
+        stderr.contains("the proxy closed the tunnel: the policy no longer allows you here"),
+        "ssh's stderr: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tunnel_closes_when_the_session_behind_its_token_ends() -> Result<()> {
+    let site = Site::new()?;
+    let token = site.proxy.user_token(ALICE)?;
+    let (_, stderr) = cut_session(&site, &token, || site.proxy.revoke(ALICE))?;
+    ensure!(
+        stderr.contains("the proxy closed the tunnel: the login expired or was revoked"),
+        "ssh's stderr: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tunnel_closes_when_its_token_expires() -> Result<()> {
+    let site = Site::new()?;
+    let token = site
+        .proxy
+        .user_token_expiring(ALICE, Duration::from_secs(4))?;
+    let (_, stderr) = cut_session(&site, &token, || Ok(()))?;
+    ensure!(
+        stderr.contains("the proxy closed the tunnel: the login expired"),
+        "ssh's stderr: {stderr}"
+    );
+    Ok(())
+}
+
+/// Opens a tunnel to BOX by hand with `token`: the stream, and its id from the `101`.
+fn raw_tunnel(site: &Site, token: &str) -> Result<(Tls, String)> {
+    let host = format!("{BOX}:{}", site.proxy.addr.port());
+    let mut stream = tls(site, BOX)?;
+    let head = exchange(
+        &mut stream,
+        &format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: upgrade\r\nUpgrade: {}\r\nAuthorization: Bearer {token}",
+            sekisho_wire::TUNNEL_PATH,
+            sekisho_wire::TUNNEL_PROTOCOL,
+        ),
+    )?;
+    ensure!(head.starts_with("HTTP/1.1 101"), "tunnel refused: {head}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("sekisho-stream: "))
+        .context("the 101 names no stream")?
+        .trim()
+        .to_owned();
+    let mut banner = [0u8; 4];
+    stream.read_exact(&mut banner)?;
+    ensure!(&banner == b"SSH-", "sshd did not greet: {banner:?}");
+    Ok((stream, id))
+}
+
+/// One request on a new connection that the proxy closes after answering; the whole answer.
+fn ask(site: &Site, head: &str) -> Result<String> {
+    let mut stream = tls(site, BOX)?;
+    write!(stream, "{head}\r\nConnection: close\r\n\r\n")?;
+    stream.flush()?;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    Ok(answer)
+}
+
+#[test]
+fn a_renewed_token_keeps_an_open_tunnel_open_and_only_its_owner_may_renew() -> Result<()> {
+    let site = Site::new()?;
+    let host = format!("{BOX}:{}", site.proxy.addr.port());
+    let short = || {
+        site.proxy
+            .user_token_expiring(ALICE, Duration::from_secs(3))
+    };
+    let (_renewed, renewed_id) = raw_tunnel(&site, &short()?)?;
+    let (_left, left_id) = raw_tunnel(&site, &short()?)?;
+
+    let renew = |id: &str, token: &str| {
+        ask(
+            &site,
+            &format!(
+                "POST {} HTTP/1.1\r\nHost: {host}\r\nsekisho-stream: {id}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0",
+                sekisho_wire::TUNNEL_RENEW_PATH
+            ),
+        )
+    };
+    let bob = site.proxy.user_token("bob@sekisho.test")?;
+    let status_line = |answer: String| answer.lines().next().unwrap_or_default().to_owned();
+    ensure!(
+        status_line(renew(&renewed_id, &bob)?).contains(" 403 "),
+        "bob renewed alice's stream"
+    );
+    let alice = site.proxy.user_token(ALICE)?;
+    ensure!(status_line(renew(&"0".repeat(32), &alice)?).contains(" 404 "));
+    ensure!(status_line(renew(&renewed_id, &alice)?).contains(" 204 "));
+
+    let status = |id: &str| {
+        ask(
+            &site,
+            &format!(
+                "GET {}?stream={id} HTTP/1.1\r\nHost: {host}",
+                sekisho_wire::TUNNEL_STATUS_PATH
+            ),
+        )
+    };
+    // The stream left alone closes when its token expires; the renewed one's first token was
+    // issued before that one, so by then it would have closed too without the renewal.
+    wait_until(Duration::from_secs(20), || {
+        status(&left_id).is_ok_and(|left| left.contains(r#""state":"closed""#))
+    })
+    .context("the stream whose token expired is closed")?;
+    let left = status(&left_id)?;
+    ensure!(left.contains("not_logged_in"), "{left}");
+    let renewed = status(&renewed_id)?;
+    ensure!(renewed.contains(r#""state":"open""#), "{renewed}");
+    Ok(())
+}
+
+/// Sends an agent connect request with `credential` as its header: the connection and the
+/// answer's head.
+fn agent_request(site: &Site, credential: &str) -> Result<(Tls, String)> {
+    let mut stream = tls(site, PROXY_HOST)?;
+    let head = exchange(
+        &mut stream,
+        &format!(
+            "GET {} HTTP/1.1\r\nHost: {PROXY_HOST}\r\nConnection: upgrade\r\nUpgrade: {}\r\n{}: {credential}",
+            sekisho_wire::AGENT_CONNECT_PATH,
+            sekisho_wire::AGENT_PROTOCOL,
+            sekisho_wire::AGENT_AUTH_HEADER,
+        ),
+    )?;
+    Ok((stream, head))
+}
+
+/// The status line of an agent connect request with `credential`.
+fn agent_connect(site: &Site, credential: &str) -> Result<String> {
+    let (_, head) = agent_request(site, credential)?;
+    Ok(head.lines().next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn agent_credentials_cannot_be_replayed_borrowed_or_forged() -> Result<()> {
+    let site = Site::new()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let rogue = sekisho_wire::agent_auth::AgentKey::from_pem(&std::fs::read_to_string(
+        site.keys.path().join("rogue.key"),
+    )?)?;
+
+    // A captured header works once, then never again.
+    let captured = rogue.credential(PROXY_HOST, "rogue", now)?.to_string();
+    ensure!(agent_connect(&site, &captured)?.contains(" 101 "));
+    let replayed = agent_connect(&site, &captured)?;
+    ensure!(
+        replayed.contains(" 401 "),
+        "a replay was admitted: {replayed}"
+    );
+
+    // rogue's key does not make it nas; a statement for another host or an old one fails;
+    // an unknown agent and garbage are refused.
+    for (what, credential) in [
+        (
+            "another agent's name",
+            rogue.credential(PROXY_HOST, "nas", now)?.to_string(),
+        ),
+        (
+            "another host",
+            rogue.credential("evil.example", "rogue", now)?.to_string(),
+        ),
+        (
+            "an old statement",
+            rogue
+                .credential(PROXY_HOST, "rogue", now - 600)?
+                .to_string(),
+        ),
+        (
+            "an unknown agent",
+            rogue.credential(PROXY_HOST, "ghost", now)?.to_string(),
+        ),
+        (
+            "garbage",
+            "v1 name=rogue ts=1 nonce=AAAA sig=AAAA".to_owned(),
+        ),
+    ] {
+        let status = agent_connect(&site, &credential)?;
+        ensure!(status.contains(" 401 "), "{what} was admitted: {status}");
+    }
+    ensure!(site.proxy.agent_links("nas") == 1);
+    Ok(())
+}
