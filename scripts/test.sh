@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian machine of the project's kind: installs what the tests
 # need, builds the Kubernetes control plane they start (cached in .cache/), then runs the
-# whole workspace's tests and the dev OpenID provider's tests. Usage: scripts/test.sh [extra cargo test arguments]
+# whole workspace's tests, the dev OpenID provider's tests and a short run of every fuzz target
+# (nightly and cargo-fuzz, installed when missing). Usage: scripts/test.sh [extra cargo test
+# arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,3 +44,8 @@ cargo test --workspace "$@"
 
 log "devidp: node --test"
 (cd testing/devidp && node --test test/)
+
+# Every fuzz target stays buildable and replays its seeds (the crashes found before among
+# them); docs/fuzzing.md has the long runs.
+log "fuzz targets: a quick build and 3 s each (scripts/fuzz.sh --ci)"
+scripts/fuzz.sh --ci
