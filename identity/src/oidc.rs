@@ -436,24 +436,29 @@ impl std::fmt::Debug for Provider {
     }
 }
 
+/// The client secret in `path`: the file's text without a final line break, which may not be
+/// empty.
+pub fn read_client_secret(path: &std::path::Path) -> Result<String, DiscoveryError> {
+    let secret =
+        std::fs::read_to_string(path).map_err(|source| DiscoveryError::ClientSecretUnreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+    let secret = secret.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(DiscoveryError::ClientSecretEmpty(path.to_owned()));
+    }
+    Ok(secret.to_owned())
+}
+
 impl Provider {
     /// Reads the client secret, fetches the discovery document and the provider's keys.
     pub async fn discover(
         config: ProviderConfig,
         http: &HttpClient,
     ) -> Result<Self, DiscoveryError> {
-        let secret = tokio::fs::read_to_string(&config.client_secret_file)
-            .await
-            .map_err(|source| DiscoveryError::ClientSecretUnreadable {
-                path: config.client_secret_file.clone(),
-                source,
-            })?;
-        let secret = secret.trim_end_matches(['\r', '\n']);
-        if secret.is_empty() {
-            return Err(DiscoveryError::ClientSecretEmpty(
-                config.client_secret_file.clone(),
-            ));
-        }
+        let secret = read_client_secret(&config.client_secret_file)?;
+        let secret = secret.as_str();
         let issuer = IssuerUrl::new(config.issuer.clone())
             .map_err(|_| DiscoveryError::InvalidIssuer(config.issuer.clone()))?;
         let metadata = ProviderMetadataWithLogout::discover_async(issuer.clone(), http)

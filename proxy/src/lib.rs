@@ -19,6 +19,7 @@
 //! watching feeds the same snapshot later.
 
 mod auth;
+mod check;
 mod config;
 mod forward;
 mod frontdoor;
@@ -30,11 +31,10 @@ mod respond;
 mod routing;
 mod state;
 
-use std::path::Path;
-
 pub use auth::session::{
     KeyError, SessionId, SessionKeys, SessionRecord, add_key_to_file as add_session_key, unix_now,
 };
+pub use check::{CheckedConfig, check_config};
 pub use config::{Config, ConfigError, IdentityConfig, Problem};
 pub use frontdoor::server::{Options, Running, StartError, start};
 pub use sekisho_wire::error_chain;
@@ -49,27 +49,5 @@ pub mod fuzzing {
     /// Sealed cookies, handoff codes and the CLI's codes.
     pub mod session {
         pub use crate::auth::session::fuzzing::*;
-    }
-}
-
-/// Checks a configuration file as start-up would, without serving: the file, the certificates
-/// and keys it names, and everything its routes need. Every problem found, each as a message
-/// with its cause chain.
-pub fn check_config(file: &Path) -> Result<Config, Vec<String>> {
-    let config = Config::load(file).map_err(|error| vec![error_chain(&error)])?;
-    let mut problems = Vec::new();
-    for files in &config.tls.certificates {
-        if let Err(error) = frontdoor::tls::load_certificate(files) {
-            problems.push(error_chain(&error));
-        }
-    }
-    let metrics = observe::metrics::Metrics::default();
-    if let Err(error) = routing::snapshot::Snapshot::build(&config, None, 1, &metrics) {
-        problems.push(error_chain(&error));
-    }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
     }
 }

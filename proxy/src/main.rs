@@ -44,10 +44,18 @@ struct Cli {
 enum Command {
     /// Serve traffic (the default).
     Serve,
-    /// Validate a configuration file and the certificates it names, then exit.
+    /// Check a configuration file as start-up would, without serving, and print every problem.
+    ///
+    /// Reads the file and each file it names (certificates, keys, client secrets, webhook
+    /// secrets, upstream CAs) and builds the routes. Each problem is printed on its own line as
+    /// `file:line: field: message`. Exit 0 when the file would start, 3 when it would not.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Also fetch each identity provider's discovery document and keys, as the first
+        /// login would (needs the network).
+        #[arg(long)]
+        online: bool,
     },
     /// Create or rotate key files (identity.session_keys_file, identity.signing_keys_file).
     ///
@@ -112,9 +120,14 @@ enum LogFormat {
 fn main() -> ExitCode {
     sekisho_alloc::return_empty_pages_at_once();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig { file } => check_config(&file),
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::CheckConfig { .. }) {
+        init_check_logging();
+    } else {
+        init_logging(cli.log_format);
+    }
+    match command {
+        Command::CheckConfig { file, online } => check_config(&file, online),
         Command::Serve => serve(cli.config),
         Command::Keys(command) => add_key(command),
         Command::DevSession {
@@ -147,25 +160,97 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
-    match sekisho_proxy::check_config(file) {
-        Ok(config) => {
-            println!(
-                "{}: ok ({} hosts, {} upstreams, {} certificates)",
-                file.display(),
-                config.hosts.len(),
-                config.upstreams.len(),
-                config.tls.certificates.len()
-            );
+/// `check-config` talks to a person: warnings as short ` WARN …` lines, nothing else.
+fn init_check_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+fn check_config(file: &std::path::Path, online: bool) -> ExitCode {
+    match sekisho_proxy::check_config(file, online) {
+        Ok(checked) => {
+            print!("{}", checked_summary(file, &checked, online));
             ExitCode::SUCCESS
         }
         Err(problems) => {
-            for problem in problems {
-                eprintln!("invalid: {problem}");
+            for problem in &problems {
+                eprintln!("{problem}");
             }
+            let count = problems.len();
+            eprintln!(
+                "{}: {count} problem{} found; the proxy would not start with this file",
+                file.display(),
+                if count == 1 { "" } else { "s" }
+            );
             ExitCode::from(3)
         }
     }
+}
+
+/// What a good file serves, for the person who wrote it.
+fn checked_summary(
+    file: &std::path::Path,
+    checked: &sekisho_proxy::CheckedConfig,
+    online: bool,
+) -> String {
+    use std::fmt::Write;
+    let config = &checked.config;
+    let mut out = format!("{}: ok\n", file.display());
+    let hosts: Vec<&str> = config.hosts.iter().map(|h| h.host.as_str()).collect();
+    let _ = writeln!(out, "  hosts:        {}", list_or_none(&hosts));
+    let upstreams: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+    let _ = writeln!(out, "  upstreams:    {}", list_or_none(&upstreams));
+    let tunnels: Vec<String> = config
+        .tunnels
+        .iter()
+        .map(|t| format!("{} -> {}", t.host, t.target))
+        .collect();
+    if !tunnels.is_empty() {
+        let _ = writeln!(out, "  tunnels:      {}", tunnels.join(", "));
+    }
+    if checked.certificates.is_empty() {
+        let _ = writeln!(
+            out,
+            "  certificates: none; a development certificate is generated at start"
+        );
+    }
+    for (name, expires) in &checked.certificates {
+        let _ = writeln!(out, "  certificate:  {name}, expires {expires}");
+    }
+    if let Some(identity) = &config.identity {
+        let issuers: Vec<&str> = identity
+            .providers
+            .iter()
+            .map(|p| p.issuer.as_str())
+            .collect();
+        let reached = if online {
+            "reached"
+        } else {
+            "not contacted; --online fetches them"
+        };
+        let _ = writeln!(
+            out,
+            "  providers:    {} ({reached})",
+            list_or_none(&issuers)
+        );
+    }
+    out
+}
+
+fn list_or_none(items: &[impl AsRef<str>]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn serve(config_path: Option<PathBuf>) -> ExitCode {

@@ -328,10 +328,10 @@ pub(crate) fn validate_policies(policies: &BTreeMap<String, AccessPolicy>) -> Ve
     for (name, policy) in policies {
         let field = format!("policies.{name}");
         if !is_name(name) {
-            problems.push(Problem {
-                field: field.clone(),
-                message: "names use lowercase letters, digits, '-', '_' and '.'".into(),
-            });
+            problems.push(Problem::new(
+                field.clone(),
+                "names use lowercase letters, digits, '-', '_' and '.'",
+            ));
         }
         problems.extend(policy.validate(&field));
     }
@@ -401,7 +401,7 @@ impl Rule {
 
     fn validate(&self, field: &str, problems: &mut Vec<Problem>) {
         let mut problem =
-            |field: String, message: String| problems.push(Problem { field, message });
+            |field: String, message: String| problems.push(Problem::new(field, message));
         if self.methods.is_empty() && self.paths.is_empty() {
             problem(
                 field.to_owned(),
@@ -484,10 +484,10 @@ fn check_subjects(subjects: &[Subject], field: &str, problems: &mut Vec<Problem>
             Subject::Group(_) => ("group", Ok(())),
             Subject::Claim(claim) => {
                 if claim.name.is_empty() {
-                    problems.push(Problem {
-                        field: format!("{field}.claim.name"),
-                        message: "the claim name is empty".into(),
-                    });
+                    problems.push(Problem::new(
+                        format!("{field}.claim.name"),
+                        "the claim name is empty",
+                    ));
                 }
                 let result = if claim.values.is_empty() {
                     Err("needs at least one value".to_owned())
@@ -498,10 +498,7 @@ fn check_subjects(subjects: &[Subject], field: &str, problems: &mut Vec<Problem>
             }
         };
         if let Err(message) = result {
-            problems.push(Problem {
-                field: format!("{field}.{key}"),
-                message,
-            });
+            problems.push(Problem::new(format!("{field}.{key}"), message));
         }
     }
 }

@@ -52,6 +52,12 @@ pub enum IdentityError {
     HttpClient(#[source] sekisho_identity::http::HttpClientBuildError),
     #[error("`{0}` in identity.strip_headers is not a header name")]
     StripHeader(String),
+    #[error("identity.providers[{index}].client_secret_file")]
+    ClientSecret {
+        index: usize,
+        #[source]
+        source: sekisho_identity::oidc::DiscoveryError,
+    },
 }
 
 /// Everything login, sessions and tokens need at run time.
@@ -349,6 +355,12 @@ impl IdentityRuntime {
             && previous.policy_groups == policy_groups
         {
             return Ok(Some(previous.clone()));
+        }
+        // A missing or empty secret would otherwise show only at the first login, as "the
+        // provider cannot be reached".
+        for (index, provider) in identity.providers.iter().enumerate() {
+            sekisho_identity::oidc::read_client_secret(&provider.client_secret_file)
+                .map_err(|source| IdentityError::ClientSecret { index, source })?;
         }
         let session_keys = match &identity.session_keys_file {
             Some(path) => {

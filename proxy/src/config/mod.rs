@@ -12,6 +12,7 @@ mod identity;
 mod listen;
 pub(crate) mod origin;
 pub(crate) mod problem;
+mod read;
 mod tls;
 pub(crate) mod tunnel;
 mod upstream;
@@ -44,21 +45,34 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// What the configuration names could not be set up (a key file, a certificate).
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {}", join_problems(.problems))]
+    Setup { path: PathBuf, message: String },
+    /// Every problem, each as `file:line: field: message` (`file: field: message` when the
+    /// line is not known), separated by `; `.
+    #[error("{}", join_problems(path, .problems))]
     Invalid {
         path: PathBuf,
         problems: Vec<Problem>,
     },
 }
 
-fn join_problems(problems: &[Problem]) -> String {
+fn join_problems(path: &Path, problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(Problem::to_string)
+        .map(|problem| located(path, problem))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+pub(crate) use read::locate as locate_problems;
+
+/// `file:line: field: message`, as compilers write it.
+pub(crate) fn located(path: &Path, problem: &Problem) -> String {
+    match problem.line {
+        Some(line) => format!("{}:{line}: {problem}", path.display()),
+        None => format!("{}: {problem}", path.display()),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -114,16 +128,17 @@ impl Config {
 
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid {
+        let invalid = |mut problems: Vec<Problem>| {
+            read::locate(text, &mut problems);
+            ConfigError::Invalid {
                 path: origin.to_owned(),
                 problems,
-            });
+            }
+        };
+        let mut config = read::read(text).map_err(invalid)?;
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(invalid(problems));
         }
         config.resolve_paths(base);
         config.canonicalize_request_paths();
@@ -264,8 +279,12 @@ hosts:
     fn unknown_field_is_an_error_that_names_the_file_and_the_field() {
         let text = MINIMAL.replace("paths: [{path: /", "paths: [{pth: /, path: /");
         let message = parse(&text).unwrap_err().to_string();
-        assert!(message.starts_with("test.yaml: "), "{message}");
-        assert!(message.contains("unknown field `pth`"), "{message}");
+        assert!(
+            message.starts_with(
+                "test.yaml:7: hosts[0].paths[0].pth: `pth` is not a field here (did you mean `path`?)"
+            ),
+            "{message}"
+        );
     }
 
     #[test]
@@ -274,7 +293,7 @@ hosts:
         let message = parse(&text).unwrap_err().to_string();
         assert_eq!(
             message,
-            "test.yaml: hosts[0].paths[0].upstream: no upstream named `nope`"
+            "test.yaml:7: hosts[0].paths[0].upstream: no upstream named `nope`"
         );
     }
 

@@ -4,16 +4,34 @@
 use std::collections::HashSet;
 use std::fmt;
 
-/// One validation failure: the field (as a path into the document) and what is wrong with it.
+/// One problem of a configuration: the field (as a path into the document, like
+/// `hosts[0].paths[1].upstream`; empty for the whole file), what is wrong with it in words a
+/// person uses, and the line it is on, when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub field: String,
     pub message: String,
+    pub line: Option<usize>,
+}
+
+impl Problem {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
 }
 
 impl fmt::Display for Problem {
+    /// `field: message` (the line goes before it, with the file's name: see
+    /// [`super::ConfigError`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
+        match self.field.as_str() {
+            "" => f.write_str(&self.message),
+            field => write!(f, "{field}: {}", self.message),
+        }
     }
 }
 
@@ -23,10 +41,7 @@ pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
     pub(crate) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.0.push(Problem::new(field, message));
     }
 
     pub(crate) fn extend(&mut self, problems: impl IntoIterator<Item = Problem>) {

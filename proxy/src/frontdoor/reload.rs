@@ -143,7 +143,7 @@ impl Reloader {
                 self.config.workers,
                 &self.shared.metrics,
             )
-            .map_err(|e| crate::config::ConfigError::Parse {
+            .map_err(|e| crate::config::ConfigError::Setup {
                 path: self.path.clone(),
                 message: crate::error_chain(&e),
             })?;

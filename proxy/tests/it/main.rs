@@ -1,5 +1,6 @@
 //! Integration tests: the proxy on real sockets, with real TLS and real upstreams.
 
+mod check_config;
 mod forwarding;
 mod grpc;
 mod hygiene;

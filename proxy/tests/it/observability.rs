@@ -171,3 +171,72 @@ async fn the_proxys_own_errors_are_a_page_for_browsers_json_for_programs_and_tex
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
     assert!(body.starts_with("404 Not Found\n"), "{body}");
 }
+
+#[tokio::test]
+async fn a_refused_request_of_someone_signed_in_names_them_in_the_access_log() {
+    let pki = Pki::new();
+    let upstream = Upstream::start("app").await;
+    let (cert, key) = pki.write_leaf("site", &["app.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let keys = dir.path().join("session-keys");
+    sekisho_proxy::add_session_key(&keys).unwrap();
+    let proxy = Proxy::start(&format!(
+        "{certs}identity:
+  auth_host: auth.test
+  session_keys_file: '{keys}'
+  dangerous_allow_http_issuers: true
+  providers:
+    - {{name: corp, issuer: 'http://127.0.0.1:9', client_id: sekisho, client_secret_file: '{secret}'}}
+policies:
+  staff: {{allow: [{{group: staff}}]}}
+upstreams:
+  app: {{endpoints: ['{app}']}}
+hosts:
+  - {{host: app.test, policy: staff, default: app}}
+",
+        certs = certificates_yaml(&[(cert, key)]),
+        keys = keys.display(),
+        secret = secret.display(),
+        app = upstream.url(),
+    ));
+    // carol is signed in (a cookie sealed with the site's keys) but not in `staff`.
+    let sealed = std::process::Command::new(env!("CARGO_BIN_EXE_sekisho-proxy"))
+        .arg("--config")
+        .arg(&proxy.config_path)
+        .args([
+            "dev-session",
+            "--host",
+            "app.test",
+            "--subject",
+            "carol-sub",
+        ])
+        .args(["--email", "carol@elsewhere.example"])
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{sealed:?}");
+    let cookie = String::from_utf8(sealed.stdout).unwrap();
+    let client = TlsClient::new(&pki, proxy.https(), false);
+    let req = http::Request::get("/reports")
+        .header("host", "app.test")
+        .header("cookie", format!("__Host-sekisho={}", cookie.trim()))
+        .body(empty())
+        .unwrap();
+    let (status, headers, _) = read_text(client.send("app.test", req).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let id = headers["x-request-id"].to_str().unwrap().to_owned();
+
+    let logged = eventually(std::time::Duration::from_secs(5), || async {
+        std::fs::read_to_string(&proxy.access_log)
+            .unwrap_or_default()
+            .contains(&id)
+    })
+    .await;
+    assert!(logged, "no access log line for {id}");
+    let log = std::fs::read_to_string(&proxy.access_log).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(log.lines().find(|l| l.contains(&id)).unwrap()).unwrap();
+    assert_eq!(line["status"], 403);
+    assert_eq!(line["user"], "carol@elsewhere.example", "{line}");
+}
