@@ -5,6 +5,22 @@ use http::StatusCode;
 
 use crate::support::*;
 
+/// An `identity` section with `extra` lines and one provider (never contacted: providers are
+/// discovered on first use), whose client secret is written to `dir`.
+fn identity_yaml(dir: &std::path::Path, extra: &str) -> String {
+    let secret = dir.join("client-secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    format!(
+        "identity:
+  auth_host: auth.test
+  dangerous_allow_http_issuers: true
+{extra}  providers:
+    - {{name: corp, issuer: 'http://127.0.0.1:9', client_id: sekisho, client_secret_file: '{}'}}
+",
+        secret.display()
+    )
+}
+
 /// A site with a public path, a path no one may enter, an identity provider (never contacted:
 /// providers are discovered on first use) and an agent.
 async fn site() -> (Pki, Upstream, Proxy, tempfile::TempDir) {
@@ -12,15 +28,8 @@ async fn site() -> (Pki, Upstream, Proxy, tempfile::TempDir) {
     let upstream = Upstream::start("app").await;
     let (cert, key) = pki.write_leaf("site", &["app.test"]);
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("client-secret");
-    std::fs::write(&secret, "s3cret").unwrap();
     let proxy = Proxy::start(&format!(
-        "{certs}identity:
-  auth_host: auth.test
-  dangerous_allow_http_issuers: true
-  providers:
-    - {{name: corp, issuer: 'http://127.0.0.1:9', client_id: sekisho, client_secret_file: '{secret}'}}
-policies:
+        "{certs}{identity}policies:
   nobody: {{allow: [{{group: nobody}}]}}
 agents:
   nas: {{public_keys: ['ed25519:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8']}}
@@ -34,8 +43,8 @@ hosts:
       - {{path: /public, upstream: app, public: true}}
 ",
         certs = certificates_yaml(&[(cert, key)]),
+        identity = identity_yaml(dir.path(), ""),
         app = upstream.url(),
-        secret = secret.display(),
     ));
     (pki, upstream, proxy, dir)
 }
@@ -178,18 +187,10 @@ async fn a_refused_request_of_someone_signed_in_names_them_in_the_access_log() {
     let upstream = Upstream::start("app").await;
     let (cert, key) = pki.write_leaf("site", &["app.test"]);
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("client-secret");
-    std::fs::write(&secret, "s3cret").unwrap();
     let keys = dir.path().join("session-keys");
     sekisho_proxy::add_session_key(&keys).unwrap();
     let proxy = Proxy::start(&format!(
-        "{certs}identity:
-  auth_host: auth.test
-  session_keys_file: '{keys}'
-  dangerous_allow_http_issuers: true
-  providers:
-    - {{name: corp, issuer: 'http://127.0.0.1:9', client_id: sekisho, client_secret_file: '{secret}'}}
-policies:
+        "{certs}{identity}policies:
   staff: {{allow: [{{group: staff}}]}}
 upstreams:
   app: {{endpoints: ['{app}']}}
@@ -197,8 +198,10 @@ hosts:
   - {{host: app.test, policy: staff, default: app}}
 ",
         certs = certificates_yaml(&[(cert, key)]),
-        keys = keys.display(),
-        secret = secret.display(),
+        identity = identity_yaml(
+            dir.path(),
+            &format!("  session_keys_file: '{}'\n", keys.display())
+        ),
         app = upstream.url(),
     ));
     // carol is signed in (a cookie sealed with the site's keys) but not in `staff`.
