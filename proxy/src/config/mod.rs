@@ -135,7 +135,7 @@ impl Config {
                 problems,
             }
         };
-        let mut config = read::read(text).map_err(invalid)?;
+        let mut config: Self = read::read(text).map_err(invalid)?;
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(invalid(problems));

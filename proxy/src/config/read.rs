@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 use yaml_rust2::parser::{Event, Parser};
 
-use super::Config;
 use super::host::{HostConfig, PathConfig};
 use super::identity::IdentityConfig;
 use super::listen::{Limits, Listen};
@@ -23,8 +22,8 @@ use super::tunnel::{AgentConfig, TunnelConfig};
 use super::upstream::UpstreamConfig;
 use crate::policy::AccessPolicy;
 
-/// The configuration in `text`, or every problem of its shape.
-pub(super) fn read(text: &str) -> Result<Config, Vec<Problem>> {
+/// The whole file `text` read as `File` (the configuration), or every problem of its shape.
+pub(super) fn read<File: DeserializeOwned>(text: &str) -> Result<File, Vec<Problem>> {
     let value: Value = serde_yaml_ng::from_str(text).map_err(|error| {
         let message = error.to_string();
         if message.starts_with("duplicate entry")
@@ -38,7 +37,7 @@ pub(super) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         problem.line = error.location().map(|l| l.line());
         vec![problem]
     })?;
-    let first = match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+    let first = match serde_path_to_error::deserialize::<_, File>(value.clone()) {
         Ok(config) => return Ok(config),
         Err(error) => problem_at("", &error),
     };
