@@ -2,12 +2,14 @@
 //! directory `0700`, the file `0600`, replaced whole on every write (a temporary file in the
 //! same directory, then a rename), so a reader never sees half a file.
 //!
-//! It holds, per auth origin, the tokens of one login; which auth origin each proxy host
-//! belongs to; and the proxy used last. A cache that cannot be read or parsed is not fatal:
+//! It holds, per auth origin, the tokens of one login and how its proxy was reached (the CA
+//! file trusted and the address dialed, when the login was given them); which auth origin each
+//! proxy host belongs to; and the proxy used last. A cache that cannot be read or parsed is not fatal:
 //! the caller warns and starts an empty one, which the next write replaces.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -79,6 +81,25 @@ pub fn default_dir(
         .ok_or(CacheError::NoHome)
 }
 
+/// How a login reached its proxy, for the commands that follow it to reach the proxy's hosts
+/// the same way without being told again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reach {
+    /// The CA certificate file trusted (an absolute path), besides the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The address dialed for every host of the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_to: Option<SocketAddr>,
+}
+
+impl Reach {
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.connect_to.is_none()
+    }
+}
+
 /// What the file holds. Keys are origins as URLs (`https://host[:port]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +114,9 @@ pub struct Cache {
     /// Auth origin → the tokens of its login.
     #[serde(default)]
     logins: BTreeMap<String, Tokens>,
+    /// Auth origin → how its login reached the proxy (only when it was told something).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    reach: BTreeMap<String, Reach>,
 }
 
 impl Cache {
@@ -224,6 +248,36 @@ impl Cache {
             .filter(|(_, a)| **a == auth.url())
             .filter_map(|(host, _)| Origin::parse(host).ok())
             .collect()
+    }
+
+    /// Remembers how the login at `auth` reached its proxy (forgets it when `reach` is empty).
+    pub fn set_reach(&mut self, auth: &Origin, reach: Reach) {
+        if reach.is_empty() {
+            self.reach.remove(&auth.url());
+        } else {
+            self.reach.insert(auth.url(), reach);
+        }
+    }
+
+    /// How to reach `host`, as the login of its proxy did: the proxy's when `host` is an auth
+    /// origin or a host remembered for one; else that of a login whose auth host is in the
+    /// domain `host` is in, on the same port (`ssh.example.com:8443` for
+    /// `auth.example.com:8443`, `ssh.localhost:8443` for `auth.localhost:8443`), the longest
+    /// such domain first.
+    pub fn reach_for(&self, host: &Origin) -> Option<&Reach> {
+        if let Some(auth) = self.auth_for(host) {
+            return self.reach.get(&auth.url());
+        }
+        self.reach
+            .iter()
+            .filter_map(|(auth, reach)| {
+                let auth = Origin::parse(auth).ok()?;
+                let domain = auth.host.split_once('.')?.1;
+                let inside = host.host == domain || host.host.ends_with(&format!(".{domain}"));
+                (auth.port == host.port && inside).then_some((domain.len(), reach))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, reach)| reach)
     }
 
     pub fn last_proxy(&self) -> Option<Origin> {
@@ -359,6 +413,62 @@ mod tests {
         assert!(cache.login(&auth).is_none());
         assert_eq!(cache.auth_for(&origin("app.example.com")), Some(auth));
         assert_eq!(cache.logins().count(), 0);
+    }
+
+    #[test]
+    fn a_login_reach_serves_its_hosts_and_its_domain_on_the_same_port() {
+        let mut cache = Cache::new();
+        let auth = origin("auth.localhost:8443");
+        let reach = Reach {
+            ca_file: Some(PathBuf::from("/state/dev-ca/ca.pem")),
+            connect_to: None,
+        };
+        cache.set_login(&auth, tokens("alice"));
+        cache.set_reach(&auth, reach.clone());
+        cache.remember_host(&origin("localhost:8443"), &auth);
+        for host in [
+            "auth.localhost:8443",
+            "localhost:8443",
+            "ssh.localhost:8443",
+            "a.b.localhost:8443",
+        ] {
+            assert_eq!(cache.reach_for(&origin(host)), Some(&reach), "{host}");
+        }
+        for host in [
+            "ssh.localhost",
+            "ssh.localhost:9443",
+            "notlocalhost:8443",
+            "x.example:8443",
+        ] {
+            assert_eq!(cache.reach_for(&origin(host)), None, "{host}");
+        }
+
+        // A host remembered for a login without a reach is reached as told, not by its domain.
+        let other = origin("auth.example.com:8443");
+        cache.set_login(&other, tokens("alice"));
+        cache.remember_host(&origin("x.localhost:8443"), &other);
+        assert_eq!(cache.reach_for(&origin("x.localhost:8443")), None);
+
+        // The most specific domain wins; an empty reach is forgotten; it survives a save.
+        let inner = origin("auth.lab.localhost:8443");
+        let lab = Reach {
+            ca_file: None,
+            connect_to: Some("127.0.0.2:8443".parse().unwrap()),
+        };
+        cache.set_reach(&inner, lab.clone());
+        assert_eq!(
+            cache.reach_for(&origin("ssh.lab.localhost:8443")),
+            Some(&lab)
+        );
+        assert_eq!(cache.reach_for(&origin("ssh.localhost:8443")), Some(&reach));
+        cache.set_reach(&inner, Reach::default());
+        assert_eq!(
+            cache.reach_for(&origin("ssh.lab.localhost:8443")),
+            Some(&reach)
+        );
+        let root = tempfile::tempdir().unwrap();
+        cache.save(root.path()).unwrap();
+        assert_eq!(Cache::load(root.path()).0, cache);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct Tokens {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
-    #[error("the proxy could not be reached")]
+    #[error(transparent)]
     Net(#[from] NetError),
     /// An RFC 6749 error answer.
     #[error("the proxy refused ({error}): {description}")]
@@ -55,6 +55,14 @@ pub enum GrantError {
 }
 
 impl GrantError {
+    /// The failure to talk to the proxy, when that is what it was.
+    pub fn net_error(&self) -> Option<&NetError> {
+        match self {
+            Self::Net(error) => Some(error),
+            _ => None,
+        }
+    }
+
     /// The RFC 6749 error code, when the proxy gave one.
     pub fn oauth_error(&self) -> Option<&str> {
         match self {

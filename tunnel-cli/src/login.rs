@@ -45,16 +45,14 @@ pub enum LoginError {
 }
 
 impl LoginError {
-    /// Whether the proxy could not be reached at all (as opposed to refusing).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            Self::Discover {
-                source: GrantError::Net(_),
-                ..
-            } | Self::Grant(GrantError::Net(_))
-                | Self::Device(DeviceError::Grant(GrantError::Net(_)))
-        )
+    /// The failure to talk to the proxy (as opposed to a refusal), when that is what it was.
+    pub fn net_error(&self) -> Option<&NetError> {
+        match self {
+            Self::Discover { source, .. }
+            | Self::Grant(source)
+            | Self::Device(DeviceError::Grant(source)) => source.net_error(),
+            _ => None,
+        }
     }
 }
 
@@ -188,14 +186,6 @@ pub async fn fresh_token(
     }
 }
 
-/// Whether an error means the proxy was not reached.
-pub fn is_net(error: &GrantError) -> Option<&NetError> {
-    match error {
-        GrantError::Net(error) => Some(error),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +261,7 @@ mod tests {
         let error = fresh_token(&net, &mut cache, &auth, Some(&Secret::new("a")))
             .await
             .unwrap_err();
-        assert!(is_net(&error).is_some(), "{error}");
+        assert!(error.net_error().is_some(), "{error}");
         assert!(
             cache.login(&auth).is_some(),
             "a network failure keeps the login"

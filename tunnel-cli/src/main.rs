@@ -9,11 +9,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use sekisho_cli::browser::{self, Flow};
-use sekisho_cli::cache::{self, Cache};
+use sekisho_cli::cache::{self, Cache, Reach};
 use sekisho_cli::grant::AuthServer;
 use sekisho_cli::grant::unix_now;
 use sekisho_cli::login::{self, LoginError};
-use sekisho_cli::net::{Net, Origin};
+use sekisho_cli::net::{self, Net, NetError, Origin, Trust};
 use sekisho_cli::secret::Secret;
 use sekisho_cli::{exit, tunnel};
 use sekisho_wire::tunnel::TunnelError;
@@ -24,14 +24,21 @@ use sekisho_wire::tunnel::TunnelError;
 /// tokens in ~/.config/sekisho/tokens.json (or $XDG_CONFIG_HOME/sekisho/). `sekisho tunnel`
 /// is what ssh runs (`sekisho ssh-config` prints the lines for ~/.ssh/config); it logs in by
 /// itself when it has to. Everything but a command's output goes to stderr.
+///
+/// `localhost` and every name under it (`auth.localhost`, `ssh.localhost`) are this machine,
+/// as in browsers. The --ca and --connect-to a login was given are remembered for the hosts of
+/// that proxy (those it serves, and the names in its auth host's domain on the same port), so
+/// `ProxyCommand sekisho tunnel %h` needs neither; given again, they win.
 #[derive(Debug, Parser)]
-#[command(name = "sekisho", version, max_term_width = 100)]
+#[command(name = "sekisho", version, max_term_width = 100, after_help = exit::help())]
 struct Cli {
     /// Trust only the certificates in this PEM file for the proxy, not the system's roots.
+    /// A login remembers it for the proxy's hosts (and trusts it besides the system's roots).
     #[arg(long, global = true, env = "SEKISHO_CA_FILE", value_name = "FILE")]
     ca: Option<PathBuf>,
     /// Dial this address for every proxy host instead of resolving the name (like curl's
-    /// --connect-to), for proxies that DNS does not know yet.
+    /// --connect-to), for proxies that DNS does not know yet. A login remembers it for the
+    /// proxy's hosts.
     #[arg(long, global = true, env = "SEKISHO_CONNECT_TO", value_name = "ADDR")]
     connect_to: Option<SocketAddr>,
     #[command(subcommand)]
@@ -90,10 +97,12 @@ enum Command {
     /// `ProxyCommand sekisho tunnel %h` in ~/.ssh/config. PORT is the proxy's HTTPS port
     /// (default 443). Logs in first when needed (messages on stderr).
     ///
-    /// $SEKISHO_TOKEN, when set, is sent as it is (CI jobs, scripts): no cache, no login.
+    /// $SEKISHO_TOKEN, when set, is sent as it is (CI jobs, scripts): no cache (neither tokens
+    /// nor what a login remembered), no login; a refused one exits with 20.
     ///
     /// Exit codes: 10 not logged in, 11 denied by policy, 12 the host's agent is offline,
-    /// 13 the target cannot be reached, 14 the proxy cannot be reached, 15 no tunnel for HOST.
+    /// 13 the target cannot be reached, 14 the proxy cannot be reached, 15 no tunnel for HOST,
+    /// 16-19 the proxy's certificate, protocol, name or address (see `sekisho --help`).
     Tunnel {
         /// The host to reach, as ssh names it (`%h`), and the proxy's HTTPS port.
         #[arg(value_name = "HOST[:PORT]")]
@@ -128,7 +137,10 @@ fn env(name: &str) -> Option<OsString> {
 
 /// Everything a command needs.
 struct Context {
-    net: Net,
+    /// The command line's --ca and --connect-to (or their variables): they win over what a
+    /// login remembered.
+    ca: Option<PathBuf>,
+    connect_to: Option<SocketAddr>,
     cache_dir: PathBuf,
 }
 
@@ -147,25 +159,72 @@ impl Context {
             .save(&self.cache_dir)
             .map_err(|e| fail(&e, exit::FAILURE))
     }
+
+    /// How to reach `origin`: the command line's --ca and --connect-to, each else what the
+    /// login of its proxy remembered (a remembered CA is trusted besides the system's roots).
+    fn net_for(&self, cache: &Cache, origin: &Origin) -> Result<Net, u8> {
+        let remembered = cache.reach_for(origin).cloned().unwrap_or_default();
+        let trust = match (&self.ca, remembered.ca_file) {
+            (Some(file), _) => Trust::Only(file.clone()),
+            (None, Some(file)) => Trust::AlsoFile(file),
+            (None, None) => Trust::System,
+        };
+        self.net(trust, self.connect_to.or(remembered.connect_to))
+    }
+
+    /// How to reach a proxy by the command line alone.
+    fn net_from_flags(&self) -> Result<Net, u8> {
+        let trust = match &self.ca {
+            Some(file) => Trust::Only(file.clone()),
+            None => Trust::System,
+        };
+        self.net(trust, self.connect_to)
+    }
+
+    fn net(&self, trust: Trust, connect_to: Option<SocketAddr>) -> Result<Net, u8> {
+        let remembered = matches!(trust, Trust::AlsoFile(_));
+        match Net::with_trust(trust, connect_to) {
+            Ok(net) => Ok(net.with_dev_ca(net::dev_ca_file(&env))),
+            Err(error) => {
+                let code = fail_net(&error, &error);
+                if remembered {
+                    eprintln!(
+                        "sekisho: a login remembered that CA file; give the proxy's CA with \
+                         --ca FILE (a new login remembers it)"
+                    );
+                }
+                Err(code)
+            }
+        }
+    }
+}
+
+/// What a login used to reach its proxy, to remember (the CA file as an absolute path).
+fn reach_of(net: &Net) -> Reach {
+    Reach {
+        ca_file: net
+            .trust()
+            .ca_file()
+            .and_then(|file| std::fs::canonicalize(file).ok()),
+        connect_to: net.connect_to(),
+    }
 }
 
 async fn run(cli: Cli) -> u8 {
-    let net = match Net::new(cli.ca.as_deref(), cli.connect_to) {
-        Ok(net) => net,
-        Err(error) => return fail(&error, exit::FAILURE),
-    };
     let cache_dir = match cache::default_dir(&env) {
         Ok(dir) => dir,
         Err(error) => return fail(&error, exit::FAILURE),
     };
-    let ctx = Context { net, cache_dir };
+    let ctx = Context {
+        ca: cli.ca,
+        connect_to: cli.connect_to,
+        cache_dir,
+    };
     let result = match cli.command {
         Command::Login { proxy, flags } => login(&ctx, proxy.as_deref(), &flags).await,
         Command::Status => status(&ctx),
         Command::Logout { proxy } => logout(&ctx, proxy.as_deref()).await,
-        Command::SshConfig { pattern, proxy } => {
-            ssh_config(&ctx, &cli.ca, cli.connect_to, pattern, proxy.as_deref())
-        }
+        Command::SshConfig { pattern, proxy } => ssh_config(&ctx, pattern, proxy.as_deref()),
         Command::Tunnel {
             host,
             listen,
@@ -191,10 +250,12 @@ fn proxy_or_last(cache: &Cache, proxy: Option<&str>, command: &str) -> Result<Or
     }
 }
 
-/// The exit code for a failed login.
+/// Prints a failed login and returns its exit code.
 fn login_failed(error: &LoginError) -> u8 {
+    if let Some(net) = error.net_error() {
+        return fail_net(error, net);
+    }
     let code = match error {
-        _ if error.is_unreachable() => exit::PROXY_UNREACHABLE,
         LoginError::Loopback(sekisho_cli::loopback::LoopbackError::Bind(_))
         | LoginError::Random => exit::FAILURE,
         _ => exit::NOT_LOGGED_IN,
@@ -205,14 +266,16 @@ fn login_failed(error: &LoginError) -> u8 {
 async fn login(ctx: &Context, proxy: Option<&str>, flags: &LoginFlags) -> Result<u8, u8> {
     let mut cache = ctx.load();
     let proxy = proxy_or_last(&cache, proxy, "login")?;
-    let auth = login::discover(&ctx.net, &proxy)
+    let net = ctx.net_for(&cache, &proxy)?;
+    let auth = login::discover(&net, &proxy)
         .await
         .map_err(|e| login_failed(&e))?;
-    let tokens = login::run(&ctx.net, &auth, flow(flags), &env)
+    let tokens = login::run(&net, &auth, flow(flags), &env)
         .await
         .map_err(|e| login_failed(&e))?;
     let user = tokens.user.clone();
     cache.set_login(&auth, tokens);
+    cache.set_reach(&auth, reach_of(&net));
     if proxy != auth {
         cache.remember_host(&proxy, &auth);
     }
@@ -237,6 +300,14 @@ fn status(ctx: &Context) -> Result<u8, u8> {
         );
         for host in cache.hosts_of(&auth) {
             println!("  proxy host:    {host}");
+        }
+        if let Some(reach) = cache.reach_for(&auth) {
+            if let Some(file) = &reach.ca_file {
+                println!("  trusts:        {} (from the login)", file.display());
+            }
+            if let Some(addr) = reach.connect_to {
+                println!("  dials:         {addr} (from the login)");
+            }
         }
     }
     if logged_in {
@@ -271,15 +342,17 @@ fn human(secs: u64) -> String {
 async fn logout(ctx: &Context, proxy: Option<&str>) -> Result<u8, u8> {
     let mut cache = ctx.load();
     let proxy = proxy_or_last(&cache, proxy, "logout")?;
-    let Some((auth, tokens)) = cache
+    let Some(auth) = cache
         .auth_for(&proxy)
-        .and_then(|auth| Some((auth.clone(), cache.remove_login(&auth)?)))
+        .filter(|auth| cache.login(auth).is_some())
     else {
         eprintln!("sekisho: not logged in to {proxy}");
         return Err(exit::NOT_LOGGED_IN);
     };
+    let net = ctx.net_for(&cache, &auth)?;
+    let tokens = cache.remove_login(&auth).expect("checked above");
     let revoked = AuthServer {
-        net: &ctx.net,
+        net: &net,
         origin: &auth,
     }
     .revoke(&tokens.refresh_token)
@@ -295,7 +368,9 @@ async fn logout(ctx: &Context, proxy: Option<&str>) -> Result<u8, u8> {
                 &error,
                 "this machine forgot the login, but the proxy may not have",
             );
-            Err(exit::PROXY_UNREACHABLE)
+            Err(error
+                .net_error()
+                .map_or(exit::PROXY_UNREACHABLE, exit::for_net_error))
         }
     }
 }
@@ -308,15 +383,15 @@ fn is_host_pattern(pattern: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || c == '#' || c == '"')
 }
 
-/// `*.DOMAIN` for `host.DOMAIN`, when the host is a name of at least two labels.
+/// `*.DOMAIN` for `host.DOMAIN`, and `*.HOST` for a name of one or two labels (`localhost`,
+/// `example.com`); none for an IP address.
 fn default_pattern(host: &str) -> Option<String> {
-    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+    if host.is_empty() || host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
         return None;
     }
     let labels: Vec<&str> = host.split('.').collect();
     match labels.len() {
-        0 | 1 => None,
-        2 => Some(format!("*.{host}")),
+        1 | 2 => Some(format!("*.{host}")),
         _ => Some(format!("*.{}", labels[1..].join("."))),
     }
 }
@@ -339,13 +414,7 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))
 }
 
-fn ssh_config(
-    ctx: &Context,
-    ca: &Option<PathBuf>,
-    connect_to: Option<SocketAddr>,
-    pattern: Option<String>,
-    proxy: Option<&str>,
-) -> Result<u8, u8> {
+fn ssh_config(ctx: &Context, pattern: Option<String>, proxy: Option<&str>) -> Result<u8, u8> {
     let cache = ctx.load();
     let proxy = match proxy {
         Some(text) => Some(Origin::parse(text).map_err(|e| fail(&e, exit::USAGE))?),
@@ -369,11 +438,11 @@ fn ssh_config(
         .and_then(|exe| absolute(&exe))
         .map_err(failed)?;
     let mut command = vec![ssh_word(&exe.to_string_lossy())];
-    if let Some(ca) = ca {
+    if let Some(ca) = &ctx.ca {
         let ca = absolute(ca).map_err(failed)?;
         command.extend(["--ca".to_owned(), ssh_word(&ca.to_string_lossy())]);
     }
-    if let Some(addr) = connect_to {
+    if let Some(addr) = ctx.connect_to {
         command.extend(["--connect-to".to_owned(), ssh_word(&addr.to_string())]);
     }
     command.push("tunnel".to_owned());
@@ -381,8 +450,28 @@ fn ssh_config(
         Some(port) if port != 443 => format!("%h:{port}"),
         _ => "%h".to_owned(),
     });
+    let remembered = proxy
+        .as_ref()
+        .and_then(|p| cache.reach_for(p))
+        .map(|reach| {
+            let mut what = Vec::new();
+            if let Some(file) = reach.ca_file.as_ref().filter(|_| ctx.ca.is_none()) {
+                what.push(format!("trusts {}", file.display()));
+            }
+            if let Some(addr) = reach.connect_to.filter(|_| ctx.connect_to.is_none()) {
+                what.push(format!("dials {addr}"));
+            }
+            what
+        })
+        .unwrap_or_default();
     let behind = proxy.map_or_else(|| "the proxy".to_owned(), |p| p.to_string());
     println!("# Paste this into ~/.ssh/config to reach the hosts behind {behind} with sekisho:");
+    if !remembered.is_empty() {
+        println!(
+            "# (for them sekisho {}, as the login did)",
+            remembered.join(" and ")
+        );
+    }
     println!("Host {pattern}");
     println!("    ProxyCommand {}", command.join(" "));
     Ok(exit::OK)
@@ -401,28 +490,30 @@ fn login_origin(error: &tunnel::OpenError) -> Option<Origin> {
 }
 
 /// Logs in (or refreshes) for `host`'s auth origin `auth` after the proxy refused `rejected`
-/// (or no token), and remembers the host. Returns the new access token.
+/// (or no token), and remembers the host and how it was reached. Returns the new access token.
 async fn login_for_tunnel(
     ctx: &Context,
+    net: &Net,
     cache: &mut Cache,
     host: &Origin,
     auth: &Origin,
     rejected: Option<&Secret>,
     flags: &LoginFlags,
 ) -> Result<Secret, u8> {
-    login::confirm(&ctx.net, host, auth)
+    login::confirm(net, host, auth)
         .await
         .map_err(|e| login_failed(&e))?;
-    let token = match login::fresh_token(&ctx.net, cache, auth, rejected).await {
+    let token = match login::fresh_token(net, cache, auth, rejected).await {
         Ok(Some(token)) => token,
         Ok(None) => {
             eprintln!("sekisho: {host} needs a login at {auth}");
-            let tokens = login::run(&ctx.net, auth, flow(flags), &env)
+            let tokens = login::run(net, auth, flow(flags), &env)
                 .await
                 .map_err(|e| login_failed(&e))?;
             eprintln!("Logged in to {auth} as {}.", tokens.user);
             let token = tokens.access_token.clone();
             cache.set_login(auth, tokens);
+            cache.set_reach(auth, reach_of(net));
             token
         }
         Err(error) => {
@@ -447,21 +538,35 @@ async fn tunnel(
         .ok()
         .filter(|t| !t.is_empty())
     {
+        let net = ctx.net_from_flags()?;
         let token = Secret::new(token);
         return match listen {
-            Some(addr) => serve_listener(ctx, &host, &token, addr).await,
+            Some(addr) => serve_listener(&net, &host, &token, addr).await,
             None => {
-                let opened = tunnel::open(&ctx.net, &host, Some(token.expose())).await;
-                stdio(ctx, &host, opened, None).await
+                let opened = tunnel::open(&net, &host, Some(token.expose())).await;
+                if let Err(error) = &opened
+                    && error.tunnel_error() == Some(TunnelError::NotLoggedIn)
+                {
+                    let why = error
+                        .reason()
+                        .unwrap_or_else(|| "the proxy gave no reason".to_owned());
+                    eprintln!(
+                        "sekisho: tunnel to {host}: the proxy refused the token in \
+                         SEKISHO_TOKEN: {why}"
+                    );
+                    return Err(exit::TOKEN_REFUSED);
+                }
+                stdio(&net, &host, opened, None).await
             }
         };
     }
     let mut cache = ctx.load();
+    let net = ctx.net_for(&cache, &host)?;
     let known = cache.auth_for(&host);
     let mut token = None;
     if let Some(auth) = &known {
         let before = cache.clone();
-        match login::fresh_token(&ctx.net, &mut cache, auth, None).await {
+        match login::fresh_token(&net, &mut cache, auth, None).await {
             Ok(fresh) => token = fresh,
             // The tunnel request says more about an unreachable proxy.
             Err(error) => warn(&error, "trying without a token"),
@@ -481,16 +586,16 @@ async fn tunnel(
             (None, known) => {
                 let auth = match known {
                     Some(auth) => auth.clone(),
-                    None => login::discover(&ctx.net, &host)
+                    None => login::discover(&net, &host)
                         .await
                         .map_err(|e| login_failed(&e))?,
                 };
-                login_for_tunnel(ctx, &mut cache, &host, &auth, None, flags).await?
+                login_for_tunnel(ctx, &net, &mut cache, &host, &auth, None, flags).await?
             }
         };
-        return serve_listener(ctx, &host, &token, addr).await;
+        return serve_listener(&net, &host, &token, addr).await;
     }
-    let mut opened = tunnel::open(&ctx.net, &host, token.as_ref().map(Secret::expose)).await;
+    let mut opened = tunnel::open(&net, &host, token.as_ref().map(Secret::expose)).await;
     let mut auth = known;
     if let Err(error) = &opened
         && error.tunnel_error() == Some(TunnelError::NotLoggedIn)
@@ -498,40 +603,41 @@ async fn tunnel(
     {
         let origin = match login_origin(error).or(auth.clone()) {
             Some(origin) => origin,
-            None => login::discover(&ctx.net, &host)
+            None => login::discover(&net, &host)
                 .await
                 .map_err(|e| login_failed(&e))?,
         };
         let token =
-            login_for_tunnel(ctx, &mut cache, &host, &origin, token.as_ref(), flags).await?;
-        opened = tunnel::open(&ctx.net, &host, Some(token.expose())).await;
+            login_for_tunnel(ctx, &net, &mut cache, &host, &origin, token.as_ref(), flags).await?;
+        opened = tunnel::open(&net, &host, Some(token.expose())).await;
         auth = Some(origin);
     }
-    stdio(ctx, &host, opened, auth.map(|auth| (auth, cache))).await
+    stdio(&net, &host, opened, auth.map(|auth| (ctx, auth, cache))).await
 }
 
 /// Joins an opened tunnel to stdin/stdout. With the login it came from, the stream's token is
 /// renewed before it expires (an ssh session outlives a token); when the proxy cuts the
 /// stream, says why.
 async fn stdio(
-    ctx: &Context,
+    net: &Net,
     host: &Origin,
     opened: Result<tunnel::Tunnel, tunnel::OpenError>,
-    login: Option<(Origin, Cache)>,
+    login: Option<(&Context, Origin, Cache)>,
 ) -> Result<u8, u8> {
     let opened = match opened {
         Ok(opened) => opened,
         Err(error) => {
-            let code = error
-                .tunnel_error()
-                .map_or(exit::PROXY_UNREACHABLE, exit::for_tunnel_error);
             eprintln!("sekisho: tunnel to {host}: {}", chain(&error));
-            return Err(code);
+            return Err(match (error.tunnel_error(), error.net_error()) {
+                (Some(refusal), _) => exit::for_tunnel_error(refusal),
+                (None, Some(cause)) => net_hint(cause),
+                (None, None) => exit::PROXY_UNREACHABLE,
+            });
         }
     };
     let renewing = async {
-        if let (Some(id), Some((auth, cache))) = (&opened.stream_id, login) {
-            renew_until_refused(ctx, host, id, &auth, cache).await;
+        if let (Some(id), Some((ctx, auth, cache))) = (&opened.stream_id, login) {
+            renew_until_refused(ctx, net, host, id, &auth, cache).await;
         }
         std::future::pending::<()>().await
     };
@@ -542,7 +648,7 @@ async fn stdio(
     // Ended from the far side: if it was the proxy that cut it, say why.
     if !matches!(spliced, Ok(tunnel::Ended::Both))
         && let Some(id) = &opened.stream_id
-        && let Some(status) = tunnel::closed_reason(&ctx.net, host, id).await
+        && let Some(status) = tunnel::closed_reason(net, host, id).await
         && let Some(error) = status.error
     {
         eprintln!(
@@ -561,6 +667,7 @@ async fn stdio(
 /// as the login can be refreshed and the proxy takes it.
 async fn renew_until_refused(
     ctx: &Context,
+    net: &Net,
     host: &Origin,
     id: &str,
     auth: &Origin,
@@ -573,12 +680,12 @@ async fn renew_until_refused(
         let renew_at = expires_at.saturating_sub(login::REFRESH_MARGIN.as_secs());
         let wait = Duration::from_secs(renew_at.saturating_sub(unix_now()).max(1));
         tokio::time::sleep(wait).await;
-        let token = match login::fresh_token(&ctx.net, &mut cache, auth, None).await {
+        let token = match login::fresh_token(net, &mut cache, auth, None).await {
             Ok(Some(token)) => token,
             Ok(None) | Err(_) => return,
         };
         let _ = ctx.save(&cache);
-        if let Err(error) = tunnel::renew(&ctx.net, host, id, token.expose()).await {
+        if let Err(error) = tunnel::renew(net, host, id, token.expose()).await {
             eprintln!(
                 "sekisho: could not renew the tunnel's token: {}",
                 chain(&error)
@@ -590,7 +697,7 @@ async fn renew_until_refused(
 
 /// `--listen`: a tunnel for every local connection, with `token`, until interrupted.
 async fn serve_listener(
-    ctx: &Context,
+    net: &Net,
     host: &Origin,
     token: &Secret,
     addr: SocketAddr,
@@ -598,8 +705,9 @@ async fn serve_listener(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| fail(&e, exit::FAILURE))?;
+    let addr = listener.local_addr().unwrap_or(addr);
     eprintln!("sekisho: forwarding connections to {addr} through {host}");
-    tunnel::serve_listener(&ctx.net, host, Some(token.expose()), listener)
+    tunnel::serve_listener(net, host, Some(token.expose()), listener)
         .await
         .map(|()| exit::OK)
         .map_err(|e| fail(&e, exit::FAILURE))
@@ -620,6 +728,22 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 fn fail(error: &(dyn std::error::Error + 'static), code: u8) -> u8 {
     eprintln!("sekisho: {}", chain(error));
     code
+}
+
+/// Prints a failure to talk to the proxy (or what it was part of) and what to do about it;
+/// returns the exit code for `cause`.
+fn fail_net(error: &(dyn std::error::Error + 'static), cause: &NetError) -> u8 {
+    eprintln!("sekisho: {}", chain(error));
+    net_hint(cause)
+}
+
+/// Prints what to do about a failure to talk to the proxy, when there is something to say;
+/// returns its exit code.
+fn net_hint(cause: &NetError) -> u8 {
+    if let Some(hint) = cause.hint() {
+        eprintln!("sekisho: {hint}");
+    }
+    exit::for_net_error(cause)
 }
 
 /// Prints a warning that changes nothing fatal.
@@ -656,7 +780,7 @@ mod tests {
             default_pattern("example.com").as_deref(),
             Some("*.example.com")
         );
-        assert_eq!(default_pattern("localhost"), None);
+        assert_eq!(default_pattern("localhost").as_deref(), Some("*.localhost"));
         assert_eq!(default_pattern("127.0.0.1"), None);
         assert_eq!(default_pattern("[::1]"), None);
         assert!(is_host_pattern("*.example.com"));

@@ -18,13 +18,14 @@ use sekisho_wire::{
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::net::{Net, NetError, Origin, Upgrade};
+use crate::secret::printable;
 
 /// Why a tunnel did not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("the proxy could not be reached")]
+    #[error(transparent)]
     Net(#[from] NetError),
-    #[error("{}", .error.message())]
+    #[error("{}", refusal_text(*.error, .body.as_ref()))]
     Refused {
         error: TunnelError,
         /// The proxy's own words, when it sent any.
@@ -35,12 +36,50 @@ pub enum OpenError {
 }
 
 impl OpenError {
+    /// The failure to talk to the proxy, when that is what it was.
+    pub fn net_error(&self) -> Option<&NetError> {
+        match self {
+            Self::Net(error) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The proxy's reason for a refusal, without the sentence every refusal of its kind has.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Self::Refused {
+                error,
+                body: Some(body),
+            } => refusal_reason(*error, body),
+            _ => None,
+        }
+    }
+
     /// The tunnel error code, when the proxy gave one.
     pub fn tunnel_error(&self) -> Option<TunnelError> {
         match self {
             Self::Refused { error, .. } => Some(*error),
             _ => None,
         }
+    }
+}
+
+/// What the proxy said about a refusal beyond `error`'s sentence, if anything (its own words,
+/// so without control characters and bounded).
+fn refusal_reason(error: TunnelError, body: &ErrorBody) -> Option<String> {
+    let message = body.message.as_str();
+    let reason = message
+        .strip_prefix(error.message())
+        .map(|rest| rest.trim_start_matches([':', ' ']))
+        .unwrap_or(message);
+    (!reason.is_empty() && reason != error.message()).then(|| printable(reason, 300))
+}
+
+/// A refusal's sentence, and the proxy's reason after it.
+fn refusal_text(error: TunnelError, body: Option<&ErrorBody>) -> String {
+    match body.and_then(|body| refusal_reason(error, body)) {
+        Some(reason) => format!("{}: {reason}", error.message()),
+        None => error.message().to_owned(),
     }
 }
 
@@ -223,6 +262,43 @@ pub async fn closed_reason(net: &Net, host: &Origin, stream_id: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_says_its_sentence_and_the_proxys_reason_once() {
+        let refused = |error: TunnelError, message: &str| OpenError::Refused {
+            error,
+            body: Some(ErrorBody {
+                error: error.code().into(),
+                message: message.into(),
+                login_url: None,
+            }),
+        };
+        let unreachable = refused(
+            TunnelError::TargetUnreachable,
+            "the target could not be reached: Connection refused (os error 111)",
+        );
+        assert_eq!(
+            unreachable.to_string(),
+            "the target could not be reached: Connection refused (os error 111)"
+        );
+        assert_eq!(
+            unreachable.reason().as_deref(),
+            Some("Connection refused (os error 111)")
+        );
+        let bare = refused(TunnelError::UnknownHost, TunnelError::UnknownHost.message());
+        assert_eq!(bare.to_string(), "the proxy serves no tunnel for this host");
+        assert_eq!(bare.reason(), None);
+        let own = refused(TunnelError::Denied, "not in group \x1b[31mstaff");
+        assert_eq!(
+            own.to_string(),
+            "your account is not allowed to reach this host: not in group [31mstaff"
+        );
+        let silent = OpenError::Refused {
+            error: TunnelError::Denied,
+            body: None,
+        };
+        assert_eq!(silent.to_string(), TunnelError::Denied.message());
+    }
 
     #[tokio::test]
     async fn input_reaches_the_stream_and_the_answer_reaches_output_after_input_ends() {

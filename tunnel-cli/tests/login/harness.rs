@@ -137,23 +137,13 @@ tunnels:
 
     /// `sekisho ARGS` as the tests run it, dialing the proxy for every host.
     fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
-        let mut command = Command::new(binary()?);
+        let mut command = sekisho(&self.config_home)?;
         command
             .arg("--ca")
             .arg(&self.ca_file)
             .arg("--connect-to")
             .arg(self.proxy_addr.to_string())
-            .args(args)
-            .env("XDG_CONFIG_HOME", &self.config_home)
-            .env("SEKISHO_BROWSER", "none")
-            // A desktop, so that `login` picks the browser flow unless told otherwise.
-            .env("DISPLAY", ":99")
-            .env_remove("SSH_CONNECTION")
-            .env_remove("SSH_TTY")
-            .env_remove("SEKISHO_CA_FILE")
-            .env_remove("SEKISHO_CONNECT_TO")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .args(args);
         Ok(command)
     }
 
@@ -168,47 +158,7 @@ tunnels:
         args: &[&str],
         input: Option<Vec<u8>>,
     ) -> anyhow::Result<Run> {
-        let mut command = self.command(args)?;
-        command.stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        let mut child = command.spawn().context("sekisho starts")?;
-        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-            std::thread::spawn(move || {
-                use std::io::Write as _;
-                let _ = stdin.write_all(&input);
-            });
-        }
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stderr = child.stderr.take().expect("piped");
-        let all = Arc::new(Mutex::new(String::new()));
-        let seen = all.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                seen.lock()
-                    .expect("not poisoned")
-                    .push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        let mut stdout = child.stdout.take().expect("piped");
-        let out = Arc::new(Mutex::new(String::new()));
-        let written = out.clone();
-        let stdout_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
-            written.lock().expect("not poisoned").push_str(&text);
-        });
-        Ok(Run {
-            args: args.join(" "),
-            child,
-            lines,
-            stderr: all,
-            stdout: out,
-            readers: vec![stderr_reader, stdout_reader],
-        })
+        Run::start(self.command(args)?, &args.join(" "), input)
     }
 
     /// Runs `sekisho ARGS` to its end.
@@ -230,15 +180,7 @@ tunnels:
         url: &str,
         arrived: impl Fn(&sekisho_testkit::Url) -> bool,
     ) -> anyhow::Result<sekisho_testkit::Url> {
-        browser.goto(url).await?;
-        let idp_port = self.idp.port();
-        let at = browser
-            .wait_for_url(|u| u.port() == Some(idp_port) || arrived(u), LIMIT)
-            .await?;
-        if at.port() == Some(idp_port) {
-            login_with_browser(browser, ALICE, PASSWORD).await?;
-        }
-        Ok(browser.wait_for_url(&arrived, LIMIT).await?)
+        browse_and_log_in(browser, &self.idp, url, arrived).await
     }
 
     /// One HTTPS request to the proxy (redirects are not followed).
@@ -285,6 +227,25 @@ tunnels:
         )
         .await
     }
+}
+
+/// Opens `url`, logs in as alice at `idp` if it asks (a browser with a session at devidp or on
+/// the auth host goes straight on), and waits until the browser is where `arrived` says.
+pub(crate) async fn browse_and_log_in(
+    browser: &Browser,
+    idp: &Idp,
+    url: &str,
+    arrived: impl Fn(&sekisho_testkit::Url) -> bool,
+) -> anyhow::Result<sekisho_testkit::Url> {
+    browser.goto(url).await?;
+    let idp_port = idp.port();
+    let at = browser
+        .wait_for_url(|u| u.port() == Some(idp_port) || arrived(u), LIMIT)
+        .await?;
+    if at.port() == Some(idp_port) {
+        login_with_browser(browser, ALICE, PASSWORD).await?;
+    }
+    Ok(browser.wait_for_url(&arrived, LIMIT).await?)
 }
 
 /// A proxy answer.
@@ -348,6 +309,55 @@ impl std::fmt::Display for Finished {
 }
 
 impl Run {
+    /// Starts `command` (a [`sekisho`] with its arguments, `args` for messages) with `input`
+    /// (then end of file) on its stdin; its stderr can be read line by line while it runs.
+    pub(crate) fn start(
+        mut command: Command,
+        args: &str,
+        input: Option<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
+        command.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = command.spawn().context("sekisho starts")?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                let _ = stdin.write_all(&input);
+            });
+        }
+        let (tx, lines) = mpsc::unbounded_channel();
+        let stderr = child.stderr.take().expect("piped");
+        let all = Arc::new(Mutex::new(String::new()));
+        let seen = all.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                seen.lock()
+                    .expect("not poisoned")
+                    .push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let mut stdout = child.stdout.take().expect("piped");
+        let out = Arc::new(Mutex::new(String::new()));
+        let written = out.clone();
+        let stdout_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            written.lock().expect("not poisoned").push_str(&text);
+        });
+        Ok(Run {
+            args: args.to_owned(),
+            child,
+            lines,
+            stderr: all,
+            stdout: out,
+            readers: vec![stderr_reader, stdout_reader],
+        })
+    }
+
     /// Waits for a line on stderr that contains `text`; returns the first `https://` URL in it.
     pub(crate) async fn url_after(&mut self, text: &str) -> anyhow::Result<String> {
         let deadline = Instant::now() + LIMIT;
@@ -371,6 +381,27 @@ impl Run {
                     .find(|word| word.starts_with("https://"))
             {
                 return Ok(url.to_owned());
+            }
+        }
+    }
+
+    /// Waits for a line on stderr that contains `text`, and returns it.
+    pub(crate) async fn line_with(&mut self, text: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match timeout(deadline - Instant::now(), self.lines.recv()).await {
+                Ok(Some(line)) if line.contains(text) => return Ok(line),
+                Ok(Some(_)) => {}
+                Ok(None) => bail!(
+                    "`sekisho {}` ended without printing `{text}`:\n{}",
+                    self.args,
+                    self.stderr()
+                ),
+                Err(_) => bail!(
+                    "`sekisho {}` printed no `{text}` within {LIMIT:?}:\n{}",
+                    self.args,
+                    self.stderr()
+                ),
             }
         }
     }
@@ -417,13 +448,34 @@ impl Run {
     }
 }
 
+/// This checkout's `sekisho`, with `config_home` as its `XDG_CONFIG_HOME`, its output piped,
+/// `SEKISHO_BROWSER=none` (it prints the login URL), on a desktop (so that `login` picks the
+/// browser flow unless told otherwise), and none of the variables that would change what the
+/// test says.
+pub(crate) fn sekisho(config_home: &Path) -> anyhow::Result<Command> {
+    let mut command = Command::new(binary()?);
+    command
+        .env("XDG_CONFIG_HOME", config_home)
+        .env("SEKISHO_BROWSER", "none")
+        .env("DISPLAY", ":99")
+        .env_remove("SSH_CONNECTION")
+        .env_remove("SSH_TTY")
+        .env_remove("SEKISHO_CA_FILE")
+        .env_remove("SEKISHO_CONNECT_TO")
+        .env_remove("SEKISHO_TOKEN")
+        .env_remove("SEKISHO_DEV_CA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Ok(command)
+}
+
 /// This checkout's `sekisho`, copied once per test process out of the target directory.
 ///
 /// `CARGO_BIN_EXE_sekisho` is `target/debug/sekisho`, and a target directory shared by several
 /// checkouts (as this project's worktrees do) has one such file for all of them: a build in
 /// another checkout replaces it while the tests run. The copy is taken at the first use and
 /// checked to be a `sekisho` with the commands these tests run.
-fn binary() -> anyhow::Result<&'static Path> {
+pub(crate) fn binary() -> anyhow::Result<&'static Path> {
     static COPY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let copy = COPY.get_or_init(|| {
         let copy = || -> anyhow::Result<PathBuf> {
