@@ -190,8 +190,8 @@ pub fn start(options: Options) -> Result<Running, StartError> {
             ca = %ca.ca_file.display(),
             names = %names.join(" "),
             "NO CERTIFICATE CONFIGURED: serving a development certificate for the configured \
-             hosts, signed by the development CA above (kept across restarts). Trust that CA \
-             file for local testing only."
+             hosts, signed by the development CA in `ca` (kept across restarts). Trust that \
+             CA file for local testing only: `sekisho login --ca <ca> ...` for the CLI."
         );
         let cert = ca.certificate_for(&names)?;
         dev_ca_file = Some(ca.ca_file);
