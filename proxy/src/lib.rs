@@ -15,8 +15,9 @@
 //!
 //! The public surface is what the binary, the tests and the operator need: [`start`] and
 //! [`Running`], configuration checks ([`Config`], [`check_config`]) and key files
-//! ([`add_session_key`]). This crate must not depend on the agent or the CLI; Kubernetes
-//! watching feeds the same snapshot later.
+//! ([`add_session_key`]). This crate must not depend on the agent or the CLI. Routes come from
+//! the configuration file or, in Kubernetes mode, from the API (`source`): both build the same
+//! snapshot.
 
 mod auth;
 mod check;
@@ -29,6 +30,7 @@ mod policy;
 mod request;
 mod respond;
 mod routing;
+mod source;
 mod state;
 
 pub use auth::session::{
@@ -38,6 +40,7 @@ pub use check::{CheckedConfig, check_config};
 pub use config::{Config, ConfigError, IdentityConfig, Problem};
 pub use frontdoor::server::{Options, Running, StartError, start};
 pub use sekisho_wire::error_chain;
+pub use source::kube::KubernetesOptions;
 
 /// The parsers the fuzz targets in `fuzz/` drive (see `docs/fuzzing.md`). Not an API: it
 /// follows the code it exposes.

@@ -27,7 +27,8 @@
 //! `eq_ignore_ascii_case`, so a decision allocates nothing and needs no lowercased copies.
 //!
 //! Methods compare exactly (they are case-sensitive in HTTP); `HEAD` is not implied by `GET`.
-//! A route without a policy and without `public: true` denies everyone ([`RouteAccess`]).
+//! A route without a policy and without `public: true` asks the anonymous to sign in and then
+//! denies everyone ([`RouteAccess`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -463,6 +464,11 @@ impl RouteAccess {
             Self::Policy(policy) => {
                 policy.decide(identity, method, normalized_path, request_headers)
             }
+            // Sign-in first, so that nothing about the route differs for the anonymous from a
+            // route with a policy; then no one passes.
+            Self::DenyAll if identity.is_none() => Decision::LoginRequired {
+                rule: RuleRef::NoPolicy,
+            },
             Self::DenyAll => Decision::Deny {
                 rule: RuleRef::NoPolicy,
                 reason: ROUTE_WITHOUT_POLICY,
@@ -883,7 +889,7 @@ rules:
         let cases = [
             (RouteAccess::Public, None, allow(RuleRef::PublicRoute)),
             (RouteAccess::Public, Some(&admin), allow(RuleRef::PublicRoute)),
-            (RouteAccess::DenyAll, None, deny(RuleRef::NoPolicy, ROUTE_WITHOUT_POLICY)),
+            (RouteAccess::DenyAll, None, Decision::LoginRequired { rule: RuleRef::NoPolicy }),
             (RouteAccess::DenyAll, Some(&admin), deny(RuleRef::NoPolicy, ROUTE_WITHOUT_POLICY)),
             (RouteAccess::Policy(staff.clone()), None, login(RuleRef::Allow)),
             (RouteAccess::Policy(staff), Some(&admin), allow(RuleRef::Allow)),

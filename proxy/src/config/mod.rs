@@ -15,7 +15,7 @@ pub(crate) mod problem;
 mod read;
 mod tls;
 pub(crate) mod tunnel;
-mod upstream;
+pub(crate) mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,15 @@ use crate::policy::AccessPolicy;
 
 /// The default configuration used when no `--config` is given: the local example.
 pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../../../deploy/examples/local.yaml");
+
+/// The static settings of Kubernetes mode when no `--config` is given: listeners on every
+/// address (the pod's), plain HTTP redirecting to HTTPS (and serving ACME challenges), no login.
+pub(crate) const KUBERNETES_DEFAULT: &str = "
+listen:
+  https: '[::]:8443'
+  http: '[::]:8080'
+  admin: '[::]:9901'
+";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,6 +152,26 @@ impl Config {
         config.resolve_paths(base);
         config.canonicalize_request_paths();
         Ok(config)
+    }
+
+    /// A problem for each section that Kubernetes mode takes from the API instead.
+    pub(crate) fn route_sections(&self) -> Vec<Problem> {
+        let taken = "comes from the Kubernetes API in Kubernetes mode (Ingresses, Secrets and \
+                     Sekisho's resources): leave it out of the file";
+        let mut problems = Vec::new();
+        for (field, given) in [
+            ("hosts", !self.hosts.is_empty()),
+            ("upstreams", !self.upstreams.is_empty()),
+            ("policies", !self.policies.is_empty()),
+            ("agents", !self.agents.is_empty()),
+            ("tunnels", !self.tunnels.is_empty()),
+            ("tls.certificates", !self.tls.certificates.is_empty()),
+        ] {
+            if given {
+                problems.push(Problem::new(field, taken));
+            }
+        }
+        problems
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -138,11 +138,11 @@ impl fmt::Display for Endpoint {
     }
 }
 
-fn default_connect_timeout() -> Duration {
+pub(crate) fn default_connect_timeout() -> Duration {
     Duration::from_secs(3)
 }
 
-fn default_response_header_timeout() -> Duration {
+pub(crate) fn default_response_header_timeout() -> Duration {
     Duration::from_secs(60)
 }
 

@@ -55,6 +55,10 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if shared.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/readyz" if !shared.synced.load(std::sync::atomic::Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first sync with the Kubernetes API\n",
+        ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         "/metrics" => {
             refresh_certificate_expiry(shared);

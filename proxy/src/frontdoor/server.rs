@@ -27,6 +27,7 @@ use crate::frontdoor::tls::{self, CertStore, TlsError};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{ListenerLabels, Metrics, Name, RouteMetrics};
 use crate::routing::snapshot::Snapshot;
+use crate::source::kube::{KubeSource, KubernetesOptions};
 use crate::state::client::{Admission, ConnState};
 use crate::state::{Shared, stopped};
 use crate::{frontdoor::admin, frontdoor::worker};
@@ -62,6 +63,9 @@ pub struct Options {
     /// Where the development CA is kept when no certificate is configured (by default
     /// `SEKISHO_DEV_CA_DIR`, else the user's state directory).
     pub dev_ca_dir: Option<PathBuf>,
+    /// Kubernetes mode: routes, certificates and policies come from the API; the file (or,
+    /// without one, listeners on every address) gives only the static settings.
+    pub kubernetes: Option<KubernetesOptions>,
 }
 
 impl Default for Options {
@@ -71,6 +75,7 @@ impl Default for Options {
             access_log: None,
             handle_signals: true,
             dev_ca_dir: None,
+            kubernetes: None,
         }
     }
 }
@@ -158,16 +163,31 @@ impl ListenerKind {
 }
 
 /// Loads the configuration and certificates, binds every listener and starts the threads.
-pub fn start(options: Options) -> Result<Running, StartError> {
-    let config = match &options.config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::parse(
+pub fn start(mut options: Options) -> Result<Running, StartError> {
+    let kubernetes = options.kubernetes.take();
+    let config = match (&options.config_path, &kubernetes) {
+        (Some(path), _) => Config::load(path)?,
+        (None, None) => Config::parse(
             crate::config::EMBEDDED_DEFAULT,
             std::path::Path::new("<embedded deploy/examples/local.yaml>"),
             // Relative paths resolve as for the file itself, from the repository root.
             std::path::Path::new("deploy/examples"),
         )?,
+        (None, Some(_)) => Config::parse(
+            crate::config::KUBERNETES_DEFAULT,
+            std::path::Path::new("<embedded Kubernetes-mode default>"),
+            std::path::Path::new("."),
+        )?,
     };
+    if kubernetes.is_some() {
+        let routed = config.route_sections();
+        if !routed.is_empty() {
+            return Err(StartError::Config(crate::config::ConfigError::Invalid {
+                path: options.config_path.clone().unwrap_or_default(),
+                problems: routed,
+            }));
+        }
+    }
     let workers = config.workers;
     let metrics = Metrics::default();
 
@@ -203,6 +223,9 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         }
         table
     };
+    let fallback = kubernetes
+        .as_ref()
+        .and_then(|_| table.entries.first().cloned());
     let certs = Arc::new(CertStore::new(table));
     let snapshot = Snapshot::build(&config, None, workers, &metrics)?;
     let unrouted = RouteMetrics::new(&metrics, Name(Arc::from("")));
@@ -233,6 +256,7 @@ pub fn start(options: Options) -> Result<Running, StartError> {
         hub: crate::hub::registry::Hub::default(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         draining: AtomicBool::new(false),
+        synced: AtomicBool::new(kubernetes.is_none()),
         redirect_port: config.listen.redirect_port.unwrap_or(https_addr.port()),
         http_mode: config.listen.http_mode,
     });
@@ -240,10 +264,16 @@ pub fn start(options: Options) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (stop_control, stop_control_rx) = watch::channel(false);
 
-    let reloader = options
-        .config_path
-        .clone()
-        .map(|path| Reloader::new(shared.clone(), path, config.clone()));
+    let reloader = match &kubernetes {
+        None => options
+            .config_path
+            .clone()
+            .map(|path| Reloader::new(shared.clone(), path, config.clone())),
+        // The static settings are read once; the API gives everything that changes.
+        Some(_) => None,
+    };
+    let kube_source = kubernetes
+        .map(|kubernetes| KubeSource::new(shared.clone(), config.clone(), kubernetes, fallback));
     let control = {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -255,6 +285,7 @@ pub fn start(options: Options) -> Result<Running, StartError> {
                     shared,
                     admin,
                     reloader,
+                    kube_source,
                     shutdown,
                     stop_control_rx,
                     handle_signals,
@@ -335,6 +366,7 @@ fn run_control(
     shared: Arc<Shared>,
     admin: std::net::TcpListener,
     reloader: Option<Reloader>,
+    kube_source: Option<KubeSource>,
     shutdown: watch::Sender<bool>,
     stop: watch::Receiver<bool>,
     handle_signals: bool,
@@ -361,6 +393,9 @@ fn run_control(
         tokio::spawn(admin::serve(admin, shared.clone(), stop.clone()));
         if let Some(reloader) = reloader {
             tokio::spawn(reloader.run(reload_rx, stop.clone()));
+        }
+        if let Some(source) = kube_source {
+            tokio::spawn(source.run(stop.clone()));
         }
         if handle_signals {
             tokio::spawn(handle_signals_until_stop(

@@ -100,27 +100,64 @@ fn certified(
     key: PrivateKeyDer<'static>,
     files: Option<CertificateFiles>,
 ) -> Result<LoadedCert, TlsError> {
-    let cert_path = || files.as_ref().map_or_else(PathBuf::new, |f| f.cert.clone());
-    let leaf = chain
-        .first()
-        .ok_or_else(|| TlsError::NoCertificate { path: cert_path() })?;
+    let (cert_label, key_label) = files
+        .as_ref()
+        .map_or_else(Default::default, |f| (f.cert.clone(), f.key.clone()));
+    let mut loaded = certified_as(chain, key, &cert_label, &key_label)?;
+    loaded.files = files;
+    Ok(loaded)
+}
+
+/// A certificate chain and key from memory (a Kubernetes Secret): errors name them as `cert`
+/// and `key` say (`Secret shop/web-tls, tls.crt`).
+pub(crate) fn certified_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &str,
+    key: &str,
+) -> Result<LoadedCert, TlsError> {
+    let (cert, key_label) = (PathBuf::from(cert), PathBuf::from(key));
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::ReadPem {
+            path: cert.clone(),
+            source,
+        })?;
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::ReadPem {
+        path: key_label.clone(),
+        source,
+    })?;
+    certified_as(chain, private, &cert, &key_label)
+}
+
+fn certified_as(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_label: &std::path::Path,
+    key_label: &std::path::Path,
+) -> Result<LoadedCert, TlsError> {
+    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
+        path: cert_label.to_owned(),
+    })?;
     let (names, not_after) =
         names_and_expiry(leaf).map_err(|message| TlsError::BadCertificate {
-            path: cert_path(),
+            path: cert_label.to_owned(),
             message,
         })?;
     if names.is_empty() {
-        return Err(TlsError::NoNames { cert: cert_path() });
+        return Err(TlsError::NoNames {
+            cert: cert_label.to_owned(),
+        });
     }
     let key = CertifiedKey::from_der(chain, key, &provider()).map_err(|source| {
         TlsError::KeyMismatch {
-            cert: cert_path(),
-            key: files.as_ref().map_or_else(PathBuf::new, |f| f.key.clone()),
+            cert: cert_label.to_owned(),
+            key: key_label.to_owned(),
             source,
         }
     })?;
     Ok(LoadedCert {
-        files,
+        files: None,
         names,
         not_after,
         key: Arc::new(key),

@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     /// Places under `limits.max_connections`.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) draining: AtomicBool,
+    /// Whether the routes have been built once: at start in file mode, after the first sync
+    /// with the API in Kubernetes mode. `/readyz` waits for it.
+    pub(crate) synced: AtomicBool,
     /// The HTTPS port written into redirects.
     pub(crate) redirect_port: u16,
     pub(crate) http_mode: HttpMode,

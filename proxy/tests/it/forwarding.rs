@@ -317,6 +317,7 @@ async fn plain_http_redirects_to_https_for_known_hosts_only() {
         access_log: Some(Box::new(std::io::sink())),
         handle_signals: false,
         dev_ca_dir: None,
+        kubernetes: None,
     })
     .unwrap();
     let http = running.http_addr.unwrap();

@@ -220,6 +220,7 @@ impl Proxy {
             access_log: Some(Box::new(log_file)),
             handle_signals: false,
             dev_ca_dir: None,
+            kubernetes: None,
         })
         .expect("proxy starts");
         Self {

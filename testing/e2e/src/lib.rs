@@ -351,6 +351,7 @@ impl Proxy {
             access_log: Some(Box::new(std::io::sink())),
             handle_signals: false,
             dev_ca_dir: None,
+            kubernetes: None,
         })
         .context("starting the proxy")?;
         let addr = running.https_addr;

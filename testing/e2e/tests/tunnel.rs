@@ -323,7 +323,12 @@ fn refusals_have_their_own_exit_codes_and_messages() -> Result<()> {
     let bob = site.proxy.user_token("bob@sekisho.test")?;
     for (host, token, code, words) in [
         (BOX, None, 10, "not logged in"),
-        (BOX, Some("not-a-token"), 20, "refused the token in SEKISHO_TOKEN"),
+        (
+            BOX,
+            Some("not-a-token"),
+            20,
+            "refused the token in SEKISHO_TOKEN",
+        ),
         (BOX, Some(bob.as_str()), 11, "not allowed"),
         (
             "nowhere.ssh.sekisho.test",

@@ -179,8 +179,13 @@ impl TestEnv {
     /// Build a client in each test rather than sharing one: a client belongs to the
     /// runtime it was built in, and `#[tokio::test]` gives every test its own.
     pub async fn client(&self) -> Result<Client, Error> {
-        let config = kubeconfig::load(&self.admin_kubeconfig).await?;
-        Client::try_from(config).map_err(Error::Client)
+        Client::try_from(self.admin_config().await?).map_err(Error::Client)
+    }
+
+    /// The admin's client configuration, for a client built elsewhere (in another runtime,
+    /// such as a server's own).
+    pub async fn admin_config(&self) -> Result<kube::Config, Error> {
+        kubeconfig::load(&self.admin_kubeconfig).await
     }
 
     /// Creates a namespace with a fresh name that starts with `test-<prefix>-`, for one
@@ -211,6 +216,17 @@ impl TestEnv {
         namespace: &str,
         name: &str,
     ) -> Result<Client, Error> {
+        let config = self.service_account_config(namespace, name).await?;
+        Client::try_from(config).map_err(Error::Client)
+    }
+
+    /// The client configuration of [`TestEnv::service_account_client`], for a client built
+    /// elsewhere (in another runtime, such as a server's own).
+    pub async fn service_account_config(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<kube::Config, Error> {
         let admin = self.client().await?;
         let accounts = Api::<ServiceAccount>::namespaced(admin, namespace);
         let account = ServiceAccount {
@@ -264,8 +280,7 @@ impl TestEnv {
             &Credential::TokenFile(&token_file),
             namespace,
         )?;
-        let config = kubeconfig::load(&path).await?;
-        Client::try_from(config).map_err(Error::Client)
+        kubeconfig::load(&path).await
     }
 }
 

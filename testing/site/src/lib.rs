@@ -120,6 +120,7 @@ tls:
             access_log: Some(Box::new(std::io::sink())),
             handle_signals: false,
             dev_ca_dir: None,
+            kubernetes: None,
         })
         .map_err(|error| anyhow!("{}", sekisho_proxy::error_chain(&error)))
         .with_context(|| format!("the proxy starts with this configuration:\n{config}"))?;

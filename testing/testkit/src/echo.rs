@@ -48,6 +48,20 @@ impl EchoUpstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .map_err(Error::Listen)?;
+        Self::serve(name, listener)
+    }
+
+    /// Serves on a listener bound elsewhere (in another network namespace, say:
+    /// [`crate::PodNetwork::listen`]).
+    pub fn on(name: &'static str, listener: std::net::TcpListener) -> Result<Self, Error> {
+        listener.set_nonblocking(true).map_err(Error::Listen)?;
+        Self::serve(
+            name,
+            TcpListener::from_std(listener).map_err(Error::Listen)?,
+        )
+    }
+
+    fn serve(name: &'static str, listener: TcpListener) -> Result<Self, Error> {
         let addr = listener.local_addr().map_err(Error::Listen)?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&received);

@@ -31,6 +31,10 @@ pub enum Error {
     #[error("could not listen on a loopback port")]
     Listen(#[source] io::Error),
 
+    /// Setting up a part failed (the command and its error output say how).
+    #[error("{0}")]
+    Setup(String),
+
     #[error("could not start {name}")]
     Spawn {
         name: &'static str,

@@ -123,6 +123,7 @@ impl Demo {
                 access_log: Some(Box::new(std::io::sink())),
                 handle_signals: false,
                 dev_ca_dir: Some(dev_ca_dir.clone()),
+                kubernetes: None,
             });
             let running = match started {
                 Err(error) if port_taken(&error) => continue,

@@ -1,0 +1,448 @@
+//! Kubernetes mode: the routes, certificates and policies come from the API, watched with
+//! kube-runtime reflectors (no polling), and build the same [`Snapshot`] the file does. The
+//! process's static settings (listeners, identity, limits) still come from the file.
+//!
+//! Every watched change wakes one task, which waits a moment for the burst to end
+//! ([`COALESCE`]), then rebuilds from the stores and swaps the snapshot and the certificates in.
+//! Nothing half-built is ever served: a snapshot that cannot be built is logged and the last good
+//! one keeps serving, and so does the last good certificate of a Secret that turned bad. While
+//! the API cannot be reached the watchers retry with backoff and the last state keeps serving.
+//!
+//! What is wrong with an Ingress is told on it, as an Event, once per distinct problem.
+//! Secrets are watched only of type `kubernetes.io/tls`, and held with their data only while
+//! an Ingress names them.
+
+mod backend;
+mod certificate;
+mod ingress;
+mod object;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, Resource, ResourceExt as _};
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::frontdoor::tls::{CertTable, LoadedCert};
+use crate::observe::metrics::Metrics;
+use crate::routing::snapshot::Snapshot;
+use crate::state::Shared;
+
+pub(crate) use ingress::Settings;
+use object::Key;
+
+/// How long a burst of changes may last before the routes are rebuilt once for all of it.
+const COALESCE: Duration = Duration::from_millis(100);
+/// The label an EndpointSlice names its Service with.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How Kubernetes mode was asked for.
+pub struct KubernetesOptions {
+    /// How to reach the API; `None` finds out as every controller does (in the cluster, else
+    /// `KUBECONFIG`). The client is built in the proxy's own runtime.
+    pub config: Option<kube::Config>,
+    /// The controller name of the IngressClasses to serve (`sekisho.dev/ingress-controller`).
+    pub controller: String,
+    /// The ClusterAccessPolicy (or `public`) of Ingresses that name none and whose class has
+    /// no default. Without it such Ingresses let no one through (after sign-in).
+    pub default_policy: Option<String>,
+}
+
+impl Default for KubernetesOptions {
+    fn default() -> Self {
+        Self {
+            config: None,
+            controller: ingress::CONTROLLER.to_owned(),
+            default_policy: None,
+        }
+    }
+}
+
+impl fmt::Debug for KubernetesOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubernetesOptions")
+            .field("controller", &self.controller)
+            .field("default_policy", &self.default_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stores the watchers fill.
+struct Stores {
+    classes: Store<IngressClass>,
+    ingresses: Store<Ingress>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    secrets: Store<Secret>,
+}
+
+/// What the rebuild keeps between rounds.
+#[derive(Default)]
+struct Memory {
+    /// The last good certificate of each Secret, by the Secret and its resourceVersion.
+    certificates: HashMap<Key, (Option<String>, LoadedCert)>,
+    /// Reports already told, so each distinct one becomes one Event.
+    told: HashSet<ingress::Report>,
+}
+
+pub(crate) struct KubeSource {
+    shared: Arc<Shared>,
+    base: Config,
+    settings: Settings,
+    config: Option<kube::Config>,
+    /// The certificate served for names no Secret covers (the development one).
+    fallback: Option<LoadedCert>,
+}
+
+impl KubeSource {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        base: Config,
+        options: KubernetesOptions,
+        fallback: Option<LoadedCert>,
+    ) -> Self {
+        Self {
+            shared,
+            base,
+            settings: Settings {
+                controller: options.controller,
+                default_policy: options.default_policy,
+            },
+            config: options.config,
+            fallback,
+        }
+    }
+
+    /// Watches and rebuilds until `stop`.
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let client = loop {
+            let client = match self.config.clone() {
+                Some(config) => Client::try_from(config),
+                None => Client::try_default().await,
+            };
+            {
+                match client {
+                    Ok(client) => break client,
+                    Err(error) => {
+                        tracing::error!(error = %crate::error_chain(&error), "cannot find the Kubernetes API (in the cluster or through KUBECONFIG); trying again");
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                () = crate::state::stopped(&mut stop) => return,
+            }
+        };
+        let changed = Arc::new(Notify::new());
+        let wanted: Arc<RwLock<HashSet<Key>>> = Arc::default();
+        let stores = Stores {
+            classes: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            ingresses: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            services: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            slices: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            secrets: watch_secrets(client.clone(), wanted.clone(), &changed),
+        };
+        let ready = async {
+            let _ = stores.classes.wait_until_ready().await;
+            let _ = stores.ingresses.wait_until_ready().await;
+            let _ = stores.services.wait_until_ready().await;
+            let _ = stores.slices.wait_until_ready().await;
+            let _ = stores.secrets.wait_until_ready().await;
+        };
+        tokio::select! {
+            () = ready => {}
+            () = crate::state::stopped(&mut stop) => return,
+        }
+        tracing::info!("the Kubernetes watches are in sync");
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "sekisho-proxy".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        let mut memory = Memory::default();
+        loop {
+            self.rebuild(&stores, &client, &wanted, &recorder, &mut memory)
+                .await;
+            tokio::select! {
+                () = changed.notified() => {}
+                () = crate::state::stopped(&mut stop) => return,
+            }
+            tokio::time::sleep(COALESCE).await;
+        }
+    }
+
+    async fn rebuild(
+        &self,
+        stores: &Stores,
+        client: &Client,
+        wanted: &RwLock<HashSet<Key>>,
+        recorder: &Recorder,
+        memory: &mut Memory,
+    ) {
+        let cluster = cluster(stores);
+        let mut routes = ingress::routes(&cluster, &self.settings);
+        let mut config = self.base.clone();
+        config.hosts = std::mem::take(&mut routes.hosts);
+        config.upstreams = std::mem::take(&mut routes.upstreams);
+        config.policies = std::mem::take(&mut routes.policies);
+        let previous = self.shared.snapshot.load_full();
+        match Snapshot::build(
+            &config,
+            Some(&previous),
+            config.workers,
+            &self.shared.metrics,
+        ) {
+            Ok(snapshot) => {
+                self.shared.snapshot.store(Arc::new(snapshot));
+                self.shared.synced.store(true, Ordering::Relaxed);
+                count(&self.shared, true);
+            }
+            Err(error) => {
+                tracing::error!(error = %crate::error_chain(&error), "cannot build the routes from the Kubernetes objects; keeping the last good ones");
+                count(&self.shared, false);
+            }
+        }
+        {
+            let mut wanted = wanted.write().unwrap_or_else(|e| e.into_inner());
+            *wanted = routes.tls.iter().map(|c| c.secret.clone()).collect();
+        }
+        let entries = self
+            .certificates(stores, client, &routes.tls, &mut routes.reports, memory)
+            .await;
+        self.shared.certs.replace(CertTable::new(entries));
+        tell(recorder, stores, routes.reports, memory).await;
+    }
+
+    /// Each claimed Secret's certificate, for the hosts claimed; a broken or missing one keeps
+    /// its last good certificate and is reported on the Ingress.
+    async fn certificates(
+        &self,
+        stores: &Stores,
+        client: &Client,
+        claims: &[ingress::TlsClaim],
+        reports: &mut Vec<ingress::Report>,
+        memory: &mut Memory,
+    ) -> Vec<LoadedCert> {
+        let mut entries: Vec<LoadedCert> = self.fallback.iter().cloned().collect();
+        let mut kept = HashMap::new();
+        for claim in claims {
+            let stored = stores.secrets.get(
+                &reflector::ObjectRef::new(&claim.secret.name).within(&claim.secret.namespace),
+            );
+            // The store keeps only metadata of Secrets nobody named before; read a newly named
+            // one once.
+            let secret = match stored {
+                Some(secret) if secret.data.is_some() => Some(secret),
+                Some(_) => Api::<Secret>::namespaced(client.clone(), &claim.secret.namespace)
+                    .get_opt(&claim.secret.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(Arc::new),
+                None => None,
+            };
+            let version = secret.as_ref().and_then(|s| s.resource_version());
+            let loaded = match (&secret, memory.certificates.get(&claim.secret)) {
+                (Some(_), Some((seen, cert))) if *seen == version && version.is_some() => {
+                    Ok(restricted(cert, &claim.hosts))
+                }
+                (Some(secret), _) => certificate::from_secret(&claim.secret, secret, &claim.hosts),
+                (None, _) => Err(certificate::CertificateError::Missing(claim.secret.clone())),
+            };
+            match loaded {
+                Ok(cert) => {
+                    if secret.is_some() {
+                        kept.insert(claim.secret.clone(), (version, cert.clone()));
+                    }
+                    entries.push(cert);
+                }
+                Err(error) => {
+                    reports.push(ingress::Report {
+                        ingress: claim.ingress.clone(),
+                        warning: true,
+                        reason: "BadCertificate",
+                        message: format!(
+                            "{}; the last good certificate keeps serving, if there was one",
+                            crate::error_chain(&error)
+                        ),
+                    });
+                    if let Some((seen, cert)) = memory.certificates.get(&claim.secret) {
+                        kept.insert(claim.secret.clone(), (seen.clone(), cert.clone()));
+                        entries.push(restricted(cert, &claim.hosts));
+                    }
+                }
+            }
+        }
+        memory.certificates = kept;
+        entries
+    }
+}
+
+fn count(shared: &Shared, ok: bool) {
+    shared
+        .metrics
+        .config_reloads
+        .get_or_create(&Metrics::result(ok))
+        .inc();
+}
+
+/// `cert` serving `hosts` (which it was checked to cover when it was loaded for them).
+fn restricted(cert: &LoadedCert, hosts: &[String]) -> LoadedCert {
+    let mut cert = cert.clone();
+    if !hosts.is_empty() {
+        cert.names = hosts.to_vec();
+    }
+    cert
+}
+
+/// A reflector over `api`, driven on its own task, waking `changed` on every event.
+fn watch_all<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + fmt::Debug
+        + Send
+        + Sync
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    tokio::spawn(drive(stream, changed.clone(), K::kind(&()).into_owned()));
+    reader
+}
+
+/// TLS Secrets only, each held with its data only while an Ingress names it.
+fn watch_secrets(
+    client: Client,
+    wanted: Arc<RwLock<HashSet<Key>>>,
+    changed: &Arc<Notify>,
+) -> Store<Secret> {
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().fields("type=kubernetes.io/tls");
+    let stream = watcher(Api::<Secret>::all(client), config)
+        .default_backoff()
+        .modify(move |secret: &mut Secret| {
+            let named = Key::of(&secret.metadata).is_some_and(|key| {
+                wanted
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&key)
+            });
+            if !named {
+                secret.data = None;
+                secret.string_data = None;
+                secret.metadata.managed_fields = None;
+            }
+        })
+        .reflect(writer);
+    tokio::spawn(drive(stream, changed.clone(), "Secret".to_owned()));
+    reader
+}
+
+async fn drive<S, K>(stream: S, changed: Arc<Notify>, kind: String)
+where
+    S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(_) => changed.notify_one(),
+            Err(error) => {
+                tracing::warn!(kind, error = %crate::error_chain(&error), "watching the Kubernetes API failed; retrying, the last state keeps serving");
+            }
+        }
+    }
+}
+
+/// The stores' objects, grouped as the translation wants them.
+fn cluster(stores: &Stores) -> ingress::Cluster {
+    let services = stores
+        .services
+        .state()
+        .into_iter()
+        .filter_map(|s| Some((Key::of(&s.metadata)?, s)))
+        .collect();
+    let mut slices: HashMap<Key, Vec<Arc<EndpointSlice>>> = HashMap::new();
+    for slice in stores.slices.state() {
+        let namespace = slice.metadata.namespace.as_deref();
+        let service = slice.labels().get(SERVICE_NAME_LABEL).map(String::as_str);
+        if let (Some(namespace), Some(service)) = (namespace, service) {
+            slices
+                .entry(Key::new(namespace, service))
+                .or_default()
+                .push(slice);
+        }
+    }
+    ingress::Cluster {
+        classes: stores.classes.state(),
+        ingresses: stores.ingresses.state(),
+        services,
+        slices,
+        ..ingress::Cluster::default()
+    }
+}
+
+/// Publishes each report not told before as an Event on its Ingress.
+async fn tell(
+    recorder: &Recorder,
+    stores: &Stores,
+    reports: Vec<ingress::Report>,
+    memory: &mut Memory,
+) {
+    let now: HashSet<ingress::Report> = reports.into_iter().collect();
+    for report in now.difference(&memory.told) {
+        tracing::warn!(ingress = %report.ingress, reason = report.reason, message = %report.message, "an Ingress is not served as written");
+        let Some(found) = stores.ingresses.get(
+            &reflector::ObjectRef::new(&report.ingress.name).within(&report.ingress.namespace),
+        ) else {
+            continue;
+        };
+        let event = Event {
+            type_: if report.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: report.reason.to_owned(),
+            note: Some(report.message.chars().take(1000).collect()),
+            action: "Route".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &found.object_ref(&())).await {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot record an Event");
+        }
+    }
+    memory.told = now;
+}

@@ -1,0 +1,336 @@
+//! One test's gate: a namespace, an IngressClass of its own, the proxy watching the API, a
+//! pod network for backends, a CA for the certificates its Secrets hold, and a client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use http::StatusCode;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, Secret, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::networking::v1::{IngressClass, IngressClassSpec};
+use kube::Resource;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use rustls_pki_types::ServerName;
+use sekisho_testkit::{EchoUpstream, Pki, PodNetwork};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_rustls::TlsConnector;
+
+/// How long a change may take to be served before a test fails (the benchmark measures it;
+/// this only bounds the wait).
+pub(crate) const CHANGE: Duration = Duration::from_secs(10);
+
+pub(crate) struct Gate {
+    pub(crate) client: kube::Client,
+    pub(crate) namespace: String,
+    /// The IngressClass this test's proxy serves.
+    pub(crate) class: String,
+    pub(crate) pki: Pki,
+    pub(crate) pods: PodNetwork,
+    pub(crate) https: SocketAddr,
+    proxy: Option<sekisho_proxy::Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(running) = self.proxy.take() {
+            running.shutdown();
+            std::thread::spawn(move || running.wait());
+        }
+    }
+}
+
+/// The static settings of the test's proxy: loopback listeners on ports the kernel picks.
+const STATIC: &str = "
+listen:
+  https: 127.0.0.1:0
+  http: 127.0.0.1:0
+  admin: 127.0.0.1:0
+workers: 1
+";
+
+impl Gate {
+    pub(crate) async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let env = kube_testenv::TestEnv::shared().await?;
+        let client = env.client().await?;
+        let namespace = env.namespace(prefix).await?;
+        let class = namespace.clone();
+        let controller = format!("sekisho.dev/test-{namespace}");
+        let gate_class = IngressClass {
+            metadata: ObjectMeta {
+                name: Some(class.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(IngressClassSpec {
+                controller: Some(controller.clone()),
+                parameters: None,
+            }),
+        };
+        apply(&Api::<IngressClass>::all(client.clone()), &gate_class).await?;
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("static.yaml");
+        std::fs::write(&config_path, STATIC)?;
+        let proxy = sekisho_proxy::start(sekisho_proxy::Options {
+            config_path: Some(config_path),
+            access_log: Some(Box::new(std::io::sink())),
+            handle_signals: false,
+            dev_ca_dir: Some(dir.path().join("dev-ca")),
+            kubernetes: Some(sekisho_proxy::KubernetesOptions {
+                config: Some(env.admin_config().await?),
+                controller,
+                default_policy: None,
+            }),
+        })
+        .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
+        Ok(Self {
+            client,
+            class,
+            pki: Pki::new("Sekisho kube test CA")?,
+            pods: PodNetwork::new()?,
+            https: proxy.https_addr,
+            proxy: Some(proxy),
+            namespace,
+            _dir: dir,
+        })
+    }
+
+    pub(crate) fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// An echo upstream named `name` on the pod network, behind a Service `name` (no selector,
+    /// port 80 named `http`) with a hand-made EndpointSlice that says it is ready.
+    pub(crate) async fn backend(&self, name: &'static str) -> anyhow::Result<EchoUpstream> {
+        let echo = EchoUpstream::on(name, self.pods.listen(false)?)?;
+        let service = Service {
+            metadata: self.meta(name),
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        };
+        apply(&self.api::<Service>(), &service).await?;
+        self.endpoints(name, &[(echo.addr, true)]).await?;
+        Ok(echo)
+    }
+
+    /// Writes the EndpointSlice of Service `service`: these addresses, ready or not.
+    pub(crate) async fn endpoints(
+        &self,
+        service: &str,
+        endpoints: &[(SocketAddr, bool)],
+    ) -> anyhow::Result<()> {
+        let mut meta = self.meta(&format!("{service}-slice"));
+        meta.labels = Some(BTreeMap::from([(
+            "kubernetes.io/service-name".to_owned(),
+            service.to_owned(),
+        )]));
+        let port = endpoints.first().map_or(80, |(addr, _)| addr.port());
+        let slice = EndpointSlice {
+            metadata: meta,
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                endpoints
+                    .iter()
+                    .map(|(addr, ready)| Endpoint {
+                        addresses: vec![addr.ip().to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(*ready),
+                            serving: Some(*ready),
+                            terminating: Some(false),
+                        }),
+                        ..Endpoint::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(i32::from(port)),
+                protocol: Some("TCP".into()),
+                app_protocol: None,
+            }]),
+        };
+        apply(&self.api::<EndpointSlice>(), &slice).await
+    }
+
+    /// A `kubernetes.io/tls` Secret as cert-manager writes it, for `hosts`, signed by the test
+    /// CA. Returns the leaf's PEM.
+    pub(crate) async fn tls_secret(&self, name: &str, hosts: &[&str]) -> anyhow::Result<String> {
+        let leaf = self.pki.leaf(hosts)?;
+        let mut meta = self.meta(name);
+        meta.annotations = Some(BTreeMap::from([
+            (
+                "cert-manager.io/certificate-name".to_owned(),
+                name.to_owned(),
+            ),
+            (
+                "cert-manager.io/issuer-name".to_owned(),
+                "test-ca".to_owned(),
+            ),
+            (
+                "cert-manager.io/issuer-kind".to_owned(),
+                "Issuer".to_owned(),
+            ),
+            ("cert-manager.io/alt-names".to_owned(), hosts.join(",")),
+        ]));
+        let secret = Secret {
+            metadata: meta,
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(BTreeMap::from([
+                (
+                    "tls.crt".to_owned(),
+                    ByteString(leaf.cert_pem.clone().into_bytes()),
+                ),
+                ("tls.key".to_owned(), ByteString(leaf.key_pem.into_bytes())),
+                (
+                    "ca.crt".to_owned(),
+                    ByteString(self.pki.ca_pem.clone().into_bytes()),
+                ),
+            ])),
+            ..Secret::default()
+        };
+        apply(&self.api::<Secret>(), &secret).await?;
+        Ok(leaf.cert_pem)
+    }
+
+    pub(crate) fn meta(&self, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.clone()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// `GET https://host/path` through the proxy. Returns the status, the body and the
+    /// certificate served.
+    pub(crate) async fn get(&self, host: &str, path: &str) -> anyhow::Result<Answer> {
+        request(self.https, self.trust()?, host, path).await
+    }
+
+    /// TLS trusting the test CA and the proxy's development CA (whose certificate it serves
+    /// for names no Secret covers).
+    fn trust(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        let dev_ca = std::fs::read(self._dir.path().join("dev-ca/ca.pem"))?;
+        for pem in [self.pki.ca_pem.as_bytes(), &dev_ca] {
+            roots.add(rustls_pki_types::CertificateDer::from_pem_slice(pem)?)?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The reasons of the Events recorded on Ingress `name`.
+    pub(crate) async fn event_reasons(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let events = self
+            .api::<Event>()
+            .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await?;
+        Ok(events.items.into_iter().filter_map(|e| e.reason).collect())
+    }
+}
+
+/// What the proxy answered.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: String,
+    /// The leaf certificate the proxy presented (DER).
+    pub(crate) certificate: Vec<u8>,
+}
+
+pub(crate) async fn request(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<Answer> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(host.to_owned())?;
+    let stream = TlsConnector::from(tls).connect(name, tcp).await?;
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.to_vec())
+        .context("a certificate was presented")?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            http::Request::get(path)
+                .header(http::header::HOST, host)
+                .body(Empty::<Bytes>::new())?,
+        )
+        .await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        certificate,
+    })
+}
+
+/// Server-side apply as the test's field manager.
+pub(crate) async fn apply<K>(api: &Api<K>, object: &K) -> anyhow::Result<()>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = object.meta().name.clone().context("objects have names")?;
+    let mut value = serde_json::to_value(object)?;
+    value["apiVersion"] = K::api_version(&Default::default()).into();
+    value["kind"] = K::kind(&Default::default()).into();
+    api.patch(
+        &name,
+        &PatchParams::apply("sekisho-test").force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .with_context(|| format!("applying {} {name}", K::kind(&Default::default())))?;
+    Ok(())
+}
+
+/// Waits until `check` passes on what the proxy answers, up to [`CHANGE`].
+pub(crate) async fn until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<Answer>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Answer>>,
+{
+    let deadline = tokio::time::Instant::now() + CHANGE;
+    loop {
+        let error = match check().await {
+            Ok(answer) => return Ok(answer),
+            Err(error) => error,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error.context(format!("waiting for {what}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,186 @@
+//! Ingresses become routes, follow their edits and go away with them.
+
+use std::collections::BTreeMap;
+
+use anyhow::ensure;
+use http::StatusCode;
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+};
+use kube::api::DeleteParams;
+
+use crate::harness::{Gate, apply, until};
+
+/// An Ingress of `gate`'s class: `host` with `(path, pathType, service)` rules, public.
+fn ingress(gate: &Gate, name: &str, host: &str, paths: &[(&str, &str, &str)]) -> Ingress {
+    let mut meta = gate.meta(name);
+    meta.annotations = Some(BTreeMap::from([(
+        "sekisho.dev/access-policy".to_owned(),
+        "public".to_owned(),
+    )]));
+    Ingress {
+        metadata: meta,
+        spec: Some(IngressSpec {
+            ingress_class_name: Some(gate.class.clone()),
+            rules: Some(vec![IngressRule {
+                host: Some(host.to_owned()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: paths
+                        .iter()
+                        .map(|(path, path_type, service)| HTTPIngressPath {
+                            path: Some((*path).to_owned()),
+                            path_type: (*path_type).to_owned(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: (*service).to_owned(),
+                                    port: Some(ServiceBackendPort {
+                                        name: Some("http".into()),
+                                        number: None,
+                                    }),
+                                }),
+                                resource: None,
+                            },
+                        })
+                        .collect(),
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[tokio::test]
+async fn an_ingress_is_served_and_its_edits_and_its_deletion_follow() -> anyhow::Result<()> {
+    let gate = Gate::start("ingress").await?;
+    let _web = gate.backend("web").await?;
+    let _api = gate.backend("api").await?;
+    let host = format!("shop.{}.test", gate.namespace);
+    gate.tls_secret("shop-tls", &[&host]).await?;
+    let mut shop = ingress(&gate, "shop", &host, &[("/", "Prefix", "web")]);
+    shop.spec.as_mut().unwrap().tls = Some(vec![k8s_openapi::api::networking::v1::IngressTLS {
+        hosts: Some(vec![host.clone()]),
+        secret_name: Some("shop-tls".into()),
+    }]);
+    apply(&gate.api(), &shop).await?;
+
+    let answer = until("the Ingress to be served", || async {
+        let answer = gate.get(&host, "/cart").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    assert!(
+        answer.body.starts_with("upstream: web\n"),
+        "{}",
+        answer.body
+    );
+    assert!(answer.body.contains("path: /cart\n"), "{}", answer.body);
+
+    // An edit: /api goes to another Service; `Exact` means exactly.
+    let paths = [("/", "Prefix", "web"), ("/api", "Exact", "api")];
+    let mut edited = ingress(&gate, "shop", &host, &paths);
+    edited.spec.as_mut().unwrap().tls = shop.spec.as_ref().unwrap().tls.clone();
+    apply(&gate.api(), &edited).await?;
+    until("the edit to be served", || async {
+        let answer = gate.get(&host, "/api").await?;
+        ensure!(answer.body.starts_with("upstream: api\n"), "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    let below = gate.get(&host, "/api/v1").await?;
+    assert!(below.body.starts_with("upstream: web\n"), "{below:?}");
+
+    // Deleted: the host is unknown again. (Another Ingress keeps naming the certificate, so
+    // that the answer can be read.)
+    let mut keeper = ingress(
+        &gate,
+        "keeper",
+        &format!("other.{}", host),
+        &[("/", "Prefix", "web")],
+    );
+    keeper.spec.as_mut().unwrap().tls = shop.spec.as_ref().unwrap().tls.clone();
+    apply(&gate.api(), &keeper).await?;
+    gate.api::<Ingress>()
+        .delete("shop", &DeleteParams::default())
+        .await?;
+    until("the deletion to be served", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(answer.status == StatusCode::NOT_FOUND, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ingress_of_another_class_is_not_served_and_a_conflict_is_told_on_the_loser()
+-> anyhow::Result<()> {
+    let gate = Gate::start("classes").await?;
+    let _web = gate.backend("web").await?;
+    let _api = gate.backend("api").await?;
+    let host = format!("app.{}.test", gate.namespace);
+    gate.tls_secret("app-tls", &[&host]).await?;
+    let with_tls = |mut ingress: Ingress| {
+        ingress.spec.as_mut().unwrap().tls =
+            Some(vec![k8s_openapi::api::networking::v1::IngressTLS {
+                hosts: Some(vec![host.clone()]),
+                secret_name: Some("app-tls".into()),
+            }]);
+        ingress
+    };
+    let older = with_tls(ingress(&gate, "older", &host, &[("/", "Prefix", "web")]));
+    apply(&gate.api(), &older).await?;
+    until("the older Ingress to be served", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(answer.body.starts_with("upstream: web\n"), "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    // creationTimestamp has a resolution of a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let newer = with_tls(ingress(
+        &gate,
+        "newer",
+        &host,
+        &[("/", "Prefix", "api"), ("/b", "Prefix", "api")],
+    ));
+    apply(&gate.api(), &newer).await?;
+    let mut other = ingress(&gate, "other-class", &host, &[("/c", "Prefix", "api")]);
+    other.spec.as_mut().unwrap().ingress_class_name = Some("someone-else".into());
+    apply(&gate.api(), &other).await?;
+
+    until("the newer Ingress's own path to be served", || async {
+        let answer = gate.get(&host, "/b").await?;
+        ensure!(answer.body.starts_with("upstream: api\n"), "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    let root = gate.get(&host, "/").await?;
+    assert!(
+        root.body.starts_with("upstream: web\n"),
+        "the older keeps /: {root:?}"
+    );
+    let c = gate.get(&host, "/c").await?;
+    assert!(
+        c.body.starts_with("upstream: web\n"),
+        "another class's path is not served: {c:?}"
+    );
+    until("an Event on the newer Ingress", || async {
+        let reasons = gate.event_reasons("newer").await?;
+        ensure!(reasons.iter().any(|r| r == "PathConflict"), "{reasons:?}");
+        Ok(root_answer())
+    })
+    .await?;
+    Ok(())
+}
+
+/// A placeholder answer for waits that check the API rather than the proxy.
+fn root_answer() -> crate::harness::Answer {
+    crate::harness::Answer {
+        status: StatusCode::OK,
+        body: String::new(),
+        certificate: Vec::new(),
+    }
+}
