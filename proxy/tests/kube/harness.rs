@@ -61,6 +61,7 @@ impl Gate {
     pub(crate) async fn start(prefix: &str) -> anyhow::Result<Self> {
         let env = kube_testenv::TestEnv::shared().await?;
         let client = env.client().await?;
+        install_crds(&client).await?;
         let namespace = env.namespace(prefix).await?;
         let class = namespace.clone();
         let controller = format!("sekisho.dev/test-{namespace}");
@@ -261,6 +262,17 @@ pub(crate) struct Answer {
     pub(crate) certificate: Vec<u8>,
 }
 
+impl Answer {
+    /// Nothing, for waits on the API rather than on the proxy.
+    pub(crate) fn none() -> Self {
+        Self {
+            status: StatusCode::OK,
+            body: String::new(),
+            certificate: Vec::new(),
+        }
+    }
+}
+
 pub(crate) async fn request(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
@@ -333,4 +345,40 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Installs Sekisho's CRDs (server-side apply: any test may) and waits until each is
+/// Established and its objects can be listed.
+async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject};
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in sekisho_api::crd::all() {
+        let name = crd.metadata.name.clone().context("CRDs have names")?;
+        crds.patch(
+            &name,
+            &PatchParams::apply("sekisho-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("installing {name}"))?;
+        let version = &crd.spec.versions[0].name;
+        let resource = ApiResource {
+            group: crd.spec.group.clone(),
+            version: version.clone(),
+            api_version: format!("{}/{version}", crd.spec.group),
+            kind: crd.spec.names.kind.clone(),
+            plural: crd.spec.names.plural.clone(),
+        };
+        let objects = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let deadline = tokio::time::Instant::now() + CHANGE;
+        while let Err(error) = objects.list(&ListParams::default().limit(1)).await {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is not served: {error}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }

@@ -8,4 +8,5 @@
 
 mod harness;
 mod ingress;
+mod policy;
 mod secret;

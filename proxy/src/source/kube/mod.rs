@@ -16,6 +16,7 @@ mod backend;
 mod certificate;
 mod ingress;
 mod object;
+mod policy;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -24,14 +25,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::api::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt as _};
+use sekisho_api as api;
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
@@ -86,6 +91,10 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
+    policies: Store<api::AccessPolicy>,
+    cluster_policies: Store<api::ClusterAccessPolicy>,
+    class_parameters: Store<api::IngressClassParameters>,
+    shared_hosts: Store<api::SharedHost>,
 }
 
 /// What the rebuild keeps between rounds.
@@ -93,8 +102,8 @@ struct Stores {
 struct Memory {
     /// The last good certificate of each Secret, by the Secret and its resourceVersion.
     certificates: HashMap<Key, (Option<String>, LoadedCert)>,
-    /// Reports already told, so each distinct one becomes one Event.
-    told: HashSet<ingress::Report>,
+    /// Notes already told (object, reason, message), so each distinct one becomes one Event.
+    told: HashSet<(String, &'static str, String)>,
 }
 
 pub(crate) struct KubeSource {
@@ -169,6 +178,26 @@ impl KubeSource {
                 &changed,
             ),
             secrets: watch_secrets(client.clone(), wanted.clone(), &changed),
+            policies: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            cluster_policies: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            class_parameters: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            shared_hosts: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
         };
         let ready = async {
             let _ = stores.classes.wait_until_ready().await;
@@ -176,6 +205,10 @@ impl KubeSource {
             let _ = stores.services.wait_until_ready().await;
             let _ = stores.slices.wait_until_ready().await;
             let _ = stores.secrets.wait_until_ready().await;
+            let _ = stores.policies.wait_until_ready().await;
+            let _ = stores.cluster_policies.wait_until_ready().await;
+            let _ = stores.class_parameters.wait_until_ready().await;
+            let _ = stores.shared_hosts.wait_until_ready().await;
         };
         tokio::select! {
             () = ready => {}
@@ -209,7 +242,8 @@ impl KubeSource {
         recorder: &Recorder,
         memory: &mut Memory,
     ) {
-        let cluster = cluster(stores);
+        let mut notes = Vec::new();
+        let cluster = cluster(stores, &mut notes);
         let mut routes = ingress::routes(&cluster, &self.settings);
         let mut config = self.base.clone();
         config.hosts = std::mem::take(&mut routes.hosts);
@@ -240,7 +274,21 @@ impl KubeSource {
             .certificates(stores, client, &routes.tls, &mut routes.reports, memory)
             .await;
         self.shared.certs.replace(CertTable::new(entries));
-        tell(recorder, stores, routes.reports, memory).await;
+        for report in routes.reports {
+            let Some(found) = stores.ingresses.get(
+                &reflector::ObjectRef::new(&report.ingress.name).within(&report.ingress.namespace),
+            ) else {
+                continue;
+            };
+            notes.push(Note {
+                object: found.object_ref(&()),
+                warning: report.warning,
+                reason: report.reason,
+                message: report.message,
+            });
+        }
+        tell(recorder, notes, memory).await;
+        write_policy_status(client, stores).await;
     }
 
     /// Each claimed Secret's certificate, for the hosts claimed; a broken or missing one keeps
@@ -386,8 +434,58 @@ where
     }
 }
 
-/// The stores' objects, grouped as the translation wants them.
-fn cluster(stores: &Stores) -> ingress::Cluster {
+/// The stores' objects, grouped as the translation wants them; what cannot be used becomes a
+/// note.
+fn cluster(stores: &Stores, notes: &mut Vec<Note>) -> ingress::Cluster {
+    let mut invalid = |object: ObjectReference, problems: Vec<crate::config::Problem>| {
+        notes.push(Note {
+            object,
+            warning: true,
+            reason: api::condition::reason::INVALID,
+            message: problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    };
+    let mut policies = HashMap::new();
+    for object in stores.policies.state() {
+        let Some(key) = Key::of(&object.metadata) else {
+            continue;
+        };
+        match policy::access_policy(&object.spec) {
+            Ok(found) => {
+                policies.insert(key, Arc::new(found));
+            }
+            Err(problems) => invalid(object.object_ref(&()), problems),
+        }
+    }
+    let mut cluster_policies = HashMap::new();
+    for object in stores.cluster_policies.state() {
+        let Some(name) = object.metadata.name.clone() else {
+            continue;
+        };
+        match policy::access_policy(&object.spec.0) {
+            Ok(found) => {
+                cluster_policies.insert(name, Arc::new(found));
+            }
+            Err(problems) => invalid(object.object_ref(&()), problems),
+        }
+    }
+    let class_parameters = stores
+        .class_parameters
+        .state()
+        .into_iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.spec.default_policy.clone())))
+        .collect();
+    let mut shared_hosts: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
+    for shared in stores.shared_hosts.state() {
+        shared_hosts
+            .entry(shared.spec.host.to_ascii_lowercase())
+            .or_default()
+            .extend(shared.spec.namespaces.iter().cloned());
+    }
     let services = stores
         .services
         .state()
@@ -410,39 +508,125 @@ fn cluster(stores: &Stores) -> ingress::Cluster {
         ingresses: stores.ingresses.state(),
         services,
         slices,
-        ..ingress::Cluster::default()
+        policies,
+        cluster_policies,
+        class_parameters,
+        shared_hosts,
     }
 }
 
-/// Publishes each report not told before as an Event on its Ingress.
-async fn tell(
-    recorder: &Recorder,
-    stores: &Stores,
-    reports: Vec<ingress::Report>,
-    memory: &mut Memory,
-) {
-    let now: HashSet<ingress::Report> = reports.into_iter().collect();
-    for report in now.difference(&memory.told) {
-        tracing::warn!(ingress = %report.ingress, reason = report.reason, message = %report.message, "an Ingress is not served as written");
-        let Some(found) = stores.ingresses.get(
-            &reflector::ObjectRef::new(&report.ingress.name).within(&report.ingress.namespace),
-        ) else {
+/// Something to tell about an object, as an Event on it.
+#[derive(Debug, Clone)]
+struct Note {
+    object: ObjectReference,
+    warning: bool,
+    reason: &'static str,
+    message: String,
+}
+
+/// Publishes each note not told before as an Event on its object (and logs it).
+async fn tell(recorder: &Recorder, notes: Vec<Note>, memory: &mut Memory) {
+    let id = |note: &Note| {
+        let o = &note.object;
+        let object = format!(
+            "{}/{}/{}/{}",
+            o.kind.as_deref().unwrap_or_default(),
+            o.namespace.as_deref().unwrap_or_default(),
+            o.name.as_deref().unwrap_or_default(),
+            o.uid.as_deref().unwrap_or_default()
+        );
+        (object, note.reason, note.message.clone())
+    };
+    let mut now = HashSet::new();
+    for note in &notes {
+        if !now.insert(id(note)) || memory.told.contains(&id(note)) {
             continue;
-        };
+        }
+        tracing::warn!(
+            kind = note.object.kind.as_deref().unwrap_or_default(),
+            namespace = note.object.namespace.as_deref().unwrap_or_default(),
+            name = note.object.name.as_deref().unwrap_or_default(),
+            reason = note.reason,
+            message = %note.message,
+            "an object is not served as written"
+        );
         let event = Event {
-            type_: if report.warning {
+            type_: if note.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
-            reason: report.reason.to_owned(),
-            note: Some(report.message.chars().take(1000).collect()),
-            action: "Route".to_owned(),
+            reason: note.reason.to_owned(),
+            note: Some(note.message.chars().take(1000).collect()),
+            action: "Serve".to_owned(),
             secondary: None,
         };
-        if let Err(error) = recorder.publish(&event, &found.object_ref(&())).await {
+        if let Err(error) = recorder.publish(&event, &note.object).await {
             tracing::warn!(error = %crate::error_chain(&error), "cannot record an Event");
         }
     }
     memory.told = now;
+}
+
+/// Writes each policy object's `Ready` condition (valid or not, and why) when it changed.
+async fn write_policy_status(client: &Client, stores: &Stores) {
+    for object in stores.policies.state() {
+        let Some(namespace) = object.metadata.namespace.as_deref() else {
+            continue;
+        };
+        let api = Api::<api::AccessPolicy>::namespaced(client.clone(), namespace);
+        let verdict = policy::access_policy(&object.spec).map(|_| ());
+        write_ready(&api, &object.metadata, object.status.as_ref(), verdict).await;
+    }
+    for object in stores.cluster_policies.state() {
+        let api = Api::<api::ClusterAccessPolicy>::all(client.clone());
+        let verdict = policy::access_policy(&object.spec.0).map(|_| ());
+        write_ready(&api, &object.metadata, object.status.as_ref(), verdict).await;
+    }
+}
+
+async fn write_ready<K>(
+    api: &Api<K>,
+    meta: &kube::api::ObjectMeta,
+    status: Option<&api::ObservedStatus>,
+    verdict: Result<(), Vec<crate::config::Problem>>,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + fmt::Debug,
+{
+    let Some(name) = meta.name.as_deref() else {
+        return;
+    };
+    let mut status = status.cloned().unwrap_or_default();
+    let condition = match &verdict {
+        Ok(()) => api::condition::ready(
+            true,
+            api::condition::reason::ACCEPTED,
+            "the proxy serves this policy",
+            meta.generation,
+            Time(Timestamp::now()),
+        ),
+        Err(problems) => api::condition::ready(
+            false,
+            api::condition::reason::INVALID,
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            meta.generation,
+            Time(Timestamp::now()),
+        ),
+    };
+    let changed = api::condition::set(&mut status.conditions, condition);
+    if !changed && status.observed_generation == meta.generation {
+        return;
+    }
+    status.observed_generation = meta.generation;
+    let patch = serde_json::json!({ "status": status });
+    if let Err(error) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(name, error = %crate::error_chain(&error), "cannot write a policy's status");
+    }
 }

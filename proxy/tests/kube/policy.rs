@@ -1,0 +1,157 @@
+//! Access comes from AccessPolicy objects named by the Ingress's annotation; without one, a
+//! person must sign in (and is then refused); an invalid policy is reported in its status.
+
+use std::collections::BTreeMap;
+
+use anyhow::ensure;
+use http::StatusCode;
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use kube::api::Api;
+use sekisho_api::{AccessPolicy, AccessPolicySpec, PolicyPath, Rule, Subject};
+
+use crate::harness::{Gate, apply, until};
+
+fn site(gate: &Gate, name: &str, host: &str, policy: Option<&str>) -> Ingress {
+    let mut meta = gate.meta(name);
+    meta.annotations =
+        policy.map(|p| BTreeMap::from([("sekisho.dev/access-policy".to_owned(), p.to_owned())]));
+    Ingress {
+        metadata: meta,
+        spec: Some(IngressSpec {
+            ingress_class_name: Some(gate.class.clone()),
+            tls: Some(vec![IngressTLS {
+                hosts: Some(vec![host.to_owned()]),
+                secret_name: Some("site-tls".into()),
+            }]),
+            rules: Some(vec![IngressRule {
+                host: Some(host.to_owned()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: "web".into(),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(80),
+                                    name: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A policy that lets `/open` through without login and everything else only to `staff`.
+fn open_at(path: &str) -> AccessPolicySpec {
+    AccessPolicySpec {
+        allow: vec![Subject {
+            group: Some("staff".into()),
+            ..Subject::default()
+        }],
+        rules: vec![Rule {
+            paths: vec![PolicyPath {
+                path: path.into(),
+                ..PolicyPath::default()
+            }],
+            public: true,
+            ..Rule::default()
+        }],
+        ..AccessPolicySpec::default()
+    }
+}
+
+#[tokio::test]
+async fn an_access_policy_decides_and_its_edits_change_the_decisions() -> anyhow::Result<()> {
+    let gate = Gate::start("policy").await?;
+    let _web = gate.backend("web").await?;
+    let host = format!("site.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    let mut policy = AccessPolicy::new("staff", open_at("/open"));
+    policy.metadata.namespace = Some(gate.namespace.clone());
+    apply(&gate.api(), &policy).await?;
+    apply(&gate.api(), &site(&gate, "site", &host, Some("staff"))).await?;
+
+    until("the policy's public path to be served", || async {
+        let answer = gate.get(&host, "/open/x").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    // Everything else needs a login, which this proxy does not have.
+    let closed = gate.get(&host, "/closed").await?;
+    assert_ne!(closed.status, StatusCode::OK, "{closed:?}");
+
+    let mut edited = AccessPolicy::new("staff", open_at("/closed"));
+    edited.metadata.namespace = Some(gate.namespace.clone());
+    apply(&gate.api(), &edited).await?;
+    until("the edit to change the decision", || async {
+        let answer = gate.get(&host, "/closed").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    let open = gate.get(&host, "/open/x").await?;
+    assert_ne!(open.status, StatusCode::OK, "{open:?}");
+
+    // The policy's status says the proxy serves it, for this generation.
+    let api: Api<AccessPolicy> = gate.api();
+    until("the policy's status", || async {
+        let found = api.get("staff").await?;
+        let status = found.status.unwrap_or_default();
+        ensure!(
+            sekisho_api::condition::is_true(&status.conditions, "Ready")
+                && status.observed_generation == found.metadata.generation,
+            "{status:?}"
+        );
+        Ok(crate::harness::Answer::none())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ingress_without_a_policy_is_not_served_to_anyone() -> anyhow::Result<()> {
+    let gate = Gate::start("no-policy").await?;
+    let _web = gate.backend("web").await?;
+    let host = format!("site.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    apply(&gate.api(), &site(&gate, "plain", &host, None)).await?;
+    apply(
+        &gate.api(),
+        &site(
+            &gate,
+            "missing",
+            &format!("missing.{host}"),
+            Some("nobody-wrote-it"),
+        ),
+    )
+    .await?;
+    until("the unannotated Ingress to be routed", || async {
+        let answer = gate.get(&host, "/").await?;
+        // Routed (not 404), and refused: this proxy has no login to offer.
+        ensure!(answer.status == StatusCode::FORBIDDEN, "{answer:?}");
+        ensure!(answer.body.contains("no login is configured"), "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    until(
+        "an Event on the Ingress naming a missing policy",
+        || async {
+            let reasons = gate.event_reasons("missing").await?;
+            ensure!(reasons.iter().any(|r| r == "PolicyNotFound"), "{reasons:?}");
+            Ok(crate::harness::Answer::none())
+        },
+    )
+    .await?;
+    Ok(())
+}
