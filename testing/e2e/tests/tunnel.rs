@@ -357,7 +357,7 @@ fn refusals_have_their_own_exit_codes_and_messages() -> Result<()> {
             output.stdout
         );
     }
-    // A proxy that is not there.
+    // A proxy that is not there: nothing listens on the address (19, connection refused).
     let mut unreachable = Command::new(binary("sekisho"));
     unreachable
         .arg("--ca")
@@ -366,9 +366,10 @@ fn refusals_have_their_own_exit_codes_and_messages() -> Result<()> {
         .env("SEKISHO_TOKEN", &alice)
         .stdin(Stdio::null());
     let output = unreachable.output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(
-        output.status.code() == Some(14),
-        "exit {:?}",
+        output.status.code() == Some(19) && stderr.contains("connection refused"),
+        "exit {:?}, stderr {stderr}",
         output.status.code()
     );
     Ok(())
