@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sekisho_proxy::Config;
-use sekisho_proxy::{Options, StartError, error_chain};
+use sekisho_proxy::{KubernetesOptions, Options, StartError, error_chain};
 
 /// mimalloc instead of glibc's malloc: per-thread free lists suit the one-runtime-per-worker
 /// design. `main` has it give emptied pages back at once, so the buffers of connections that
@@ -22,6 +22,10 @@ static ALLOCATOR: sekisho_alloc::Allocator = sekisho_alloc::Allocator;
 /// to upstreams, and reloads the file and its certificates when they change. Health and
 /// Prometheus metrics are on the separate admin listener (/healthz, /readyz, /metrics).
 ///
+/// With --kubernetes it is the cluster's Ingress controller: routes, certificates and access
+/// policies come from the Kubernetes API (in the cluster, or through KUBECONFIG), and the file
+/// gives only the static settings (listeners, identity, limits); see docs/kubernetes.md.
+///
 /// Exit codes: 0 stopped cleanly; 1 failed at runtime; 2 bad command line; 3 invalid
 /// configuration or certificates.
 #[derive(Debug, Parser)]
@@ -35,6 +39,30 @@ struct Cli {
     /// Log format for diagnostics on standard error (access logs are always JSON on stdout).
     #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
     log_format: LogFormat,
+
+    /// Kubernetes mode: serve the Ingresses of this controller's IngressClasses, with
+    /// certificates from their Secrets and Sekisho's AccessPolicy objects.
+    #[arg(long, env = "SEKISHO_KUBERNETES")]
+    kubernetes: bool,
+
+    /// The controller name of the IngressClasses to serve (Kubernetes mode).
+    #[arg(
+        long,
+        env = "SEKISHO_INGRESS_CONTROLLER",
+        value_name = "NAME",
+        default_value = "sekisho.dev/ingress-controller"
+    )]
+    ingress_controller: String,
+
+    /// The ClusterAccessPolicy (or `public`) of Ingresses that name no policy and whose class
+    /// has none (Kubernetes mode). Without it they let no one through, after sign-in.
+    #[arg(
+        long,
+        env = "SEKISHO_DEFAULT_POLICY",
+        value_name = "NAME",
+        requires = "kubernetes"
+    )]
+    default_policy: Option<String>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -128,7 +156,14 @@ fn main() -> ExitCode {
     }
     match command {
         Command::CheckConfig { file, online } => check_config(&file, online),
-        Command::Serve => serve(cli.config),
+        Command::Serve => serve(
+            cli.config,
+            cli.kubernetes.then(|| KubernetesOptions {
+                config: None,
+                controller: cli.ingress_controller,
+                default_policy: cli.default_policy,
+            }),
+        ),
         Command::Keys(command) => add_key(command),
         Command::DevSession {
             host,
@@ -253,9 +288,10 @@ fn list_or_none(items: &[impl AsRef<str>]) -> String {
         .join(", ")
 }
 
-fn serve(config_path: Option<PathBuf>) -> ExitCode {
+fn serve(config_path: Option<PathBuf>, kubernetes: Option<KubernetesOptions>) -> ExitCode {
     let running = match sekisho_proxy::start(Options {
         config_path,
+        kubernetes,
         ..Options::default()
     }) {
         Ok(running) => running,

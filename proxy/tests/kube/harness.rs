@@ -57,12 +57,32 @@ listen:
 workers: 1
 ";
 
+/// Who the proxy is to the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum As {
+    Admin,
+    /// A ServiceAccount bound to `deploy/kubernetes/proxy-clusterrole.yaml` and nothing else.
+    ItsClusterRole,
+}
+
 impl Gate {
     pub(crate) async fn start(prefix: &str) -> anyhow::Result<Self> {
+        Self::start_as(prefix, As::Admin).await
+    }
+
+    pub(crate) async fn start_as(prefix: &str, who: As) -> anyhow::Result<Self> {
         let env = kube_testenv::TestEnv::shared().await?;
         let client = env.client().await?;
         install_crds(&client).await?;
         let namespace = env.namespace(prefix).await?;
+        let config = match who {
+            As::Admin => env.admin_config().await?,
+            As::ItsClusterRole => {
+                bind_cluster_role(&client, &namespace).await?;
+                env.service_account_config(&namespace, "sekisho-proxy")
+                    .await?
+            }
+        };
         let class = namespace.clone();
         let controller = format!("sekisho.dev/test-{namespace}");
         let gate_class = IngressClass {
@@ -85,7 +105,7 @@ impl Gate {
             handle_signals: false,
             dev_ca_dir: Some(dir.path().join("dev-ca")),
             kubernetes: Some(sekisho_proxy::KubernetesOptions {
-                config: Some(env.admin_config().await?),
+                config: Some(config),
                 controller,
                 default_policy: None,
             }),
@@ -381,4 +401,35 @@ async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Binds the committed ClusterRole (renamed for this namespace, so tests don't share it) to
+/// ServiceAccount `namespace/sekisho-proxy`.
+async fn bind_cluster_role(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/proxy-clusterrole.yaml");
+    let mut role: ClusterRole = serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let name = format!("sekisho-proxy-{namespace}");
+    role.metadata.name = Some(name.clone());
+    apply(&Api::<ClusterRole>::all(client.clone()), &role).await?;
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "sekisho-proxy".into(),
+            namespace: Some(namespace.to_owned()),
+            api_group: None,
+        }]),
+    };
+    apply(&Api::<ClusterRoleBinding>::all(client.clone()), &binding).await
 }

@@ -9,4 +9,5 @@
 mod harness;
 mod ingress;
 mod policy;
+mod rbac;
 mod secret;

@@ -1,0 +1,133 @@
+//! The proxy does its whole job with a ServiceAccount bound to its ClusterRole alone
+//! (`deploy/kubernetes/proxy-clusterrole.yaml`): it watches, reads a Secret, writes a policy's
+//! status and records Events, and that account can do nothing else.
+
+use std::collections::BTreeMap;
+
+use anyhow::ensure;
+use http::StatusCode;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use kube::api::{Api, ListParams};
+use sekisho_api::{AccessPolicy, AccessPolicySpec, PolicyPath, Rule};
+
+use crate::harness::{Answer, As, Gate, apply, until};
+
+fn site(gate: &Gate, name: &str, host: &str, policy: &str) -> Ingress {
+    let mut meta = gate.meta(name);
+    meta.annotations = Some(BTreeMap::from([(
+        "sekisho.dev/access-policy".to_owned(),
+        policy.to_owned(),
+    )]));
+    Ingress {
+        metadata: meta,
+        spec: Some(IngressSpec {
+            ingress_class_name: Some(gate.class.clone()),
+            tls: Some(vec![IngressTLS {
+                hosts: Some(vec![host.to_owned()]),
+                secret_name: Some("site-tls".into()),
+            }]),
+            rules: Some(vec![IngressRule {
+                host: Some(host.to_owned()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: "web".into(),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(80),
+                                    name: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[tokio::test]
+async fn the_proxy_serves_with_only_its_cluster_role() -> anyhow::Result<()> {
+    let gate = Gate::start_as("rbac", As::ItsClusterRole).await?;
+    let _web = gate.backend("web").await?;
+    let host = format!("site.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    let mut policy = AccessPolicy::new(
+        "open",
+        AccessPolicySpec {
+            rules: vec![Rule {
+                paths: vec![PolicyPath {
+                    path: "/".into(),
+                    ..PolicyPath::default()
+                }],
+                public: true,
+                ..Rule::default()
+            }],
+            ..AccessPolicySpec::default()
+        },
+    );
+    policy.metadata.namespace = Some(gate.namespace.clone());
+    apply(&gate.api(), &policy).await?;
+    apply(&gate.api(), &site(&gate, "site", &host, "open")).await?;
+    apply(
+        &gate.api(),
+        &site(
+            &gate,
+            "missing",
+            &format!("other.{host}"),
+            "nobody-wrote-it",
+        ),
+    )
+    .await?;
+
+    // Watched, read the Secret, served.
+    until("the Ingress to be served", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    // Wrote the policy's status and an Event.
+    let policies: Api<AccessPolicy> = gate.api();
+    until("the policy's status and an Event", || async {
+        let status = policies.get("open").await?.status.unwrap_or_default();
+        ensure!(
+            sekisho_api::condition::is_true(&status.conditions, "Ready"),
+            "{status:?}"
+        );
+        let reasons = gate.event_reasons("missing").await?;
+        ensure!(reasons.iter().any(|r| r == "PolicyNotFound"), "{reasons:?}");
+        Ok(Answer::none())
+    })
+    .await?;
+
+    // And the account can do nothing the role does not say.
+    let env = kube_testenv::TestEnv::shared().await?;
+    let account = env
+        .service_account_client(&gate.namespace, "sekisho-proxy")
+        .await?;
+    let refused = Api::<ConfigMap>::namespaced(account.clone(), &gate.namespace)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(status)) if status.code == 403),
+        "{refused:?}"
+    );
+    let refused = Api::<Ingress>::namespaced(account, &gate.namespace)
+        .delete("site", &Default::default())
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(status)) if status.code == 403),
+        "{refused:?}"
+    );
+    Ok(())
+}
