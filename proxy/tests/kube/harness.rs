@@ -123,6 +123,11 @@ impl Gate {
         })
     }
 
+    /// How many links the agent `name` has to the proxy.
+    pub(crate) fn agent_links(&self, name: &str) -> usize {
+        self.proxy.as_ref().map_or(0, |p| p.agent_links(name))
+    }
+
     pub(crate) fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,

@@ -121,6 +121,8 @@ pub(crate) struct Routes {
     pub tls: Vec<TlsClaim>,
     /// The Ingresses served (for their status).
     pub served: Vec<Key>,
+    /// The namespace that owns each host an Ingress serves.
+    pub owners: BTreeMap<String, String>,
     pub reports: Vec<Report>,
 }
 
@@ -205,6 +207,11 @@ pub(crate) fn routes(cluster: &Cluster, settings: &Settings) -> Routes {
         };
         ctx.add_acme(ingress, &hosts, &mut acme);
     }
+    out.owners = hosts
+        .iter()
+        .filter(|(_, b)| !b.paths.is_empty() || b.default.is_some())
+        .map(|(host, b)| (host.clone(), b.owner.clone()))
+        .collect();
     out.hosts = finish(hosts);
     out.acme = finish(acme);
     out

@@ -17,6 +17,7 @@ mod certificate;
 mod ingress;
 mod object;
 mod policy;
+mod tunnel;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -95,6 +96,8 @@ struct Stores {
     cluster_policies: Store<api::ClusterAccessPolicy>,
     class_parameters: Store<api::IngressClassParameters>,
     shared_hosts: Store<api::SharedHost>,
+    agents: Store<api::Agent>,
+    tunnels: Store<api::Tunnel>,
 }
 
 /// What the rebuild keeps between rounds.
@@ -198,6 +201,16 @@ impl KubeSource {
                 watcher::Config::default(),
                 &changed,
             ),
+            agents: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            tunnels: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
         };
         let ready = async {
             let _ = stores.classes.wait_until_ready().await;
@@ -209,6 +222,8 @@ impl KubeSource {
             let _ = stores.cluster_policies.wait_until_ready().await;
             let _ = stores.class_parameters.wait_until_ready().await;
             let _ = stores.shared_hosts.wait_until_ready().await;
+            let _ = stores.agents.wait_until_ready().await;
+            let _ = stores.tunnels.wait_until_ready().await;
         };
         tokio::select! {
             () = ready => {}
@@ -245,10 +260,21 @@ impl KubeSource {
         let mut notes = Vec::new();
         let cluster = cluster(stores, &mut notes);
         let mut routes = ingress::routes(&cluster, &self.settings);
+        let (agents, tunnel_objects) = (stores.agents.state(), stores.tunnels.state());
+        let mut tunnels = tunnel::tunnels(&tunnel::Inputs {
+            agents: &agents,
+            tunnels: &tunnel_objects,
+            policies: &cluster.policies,
+            cluster_policies: &cluster.cluster_policies,
+            host_owners: &routes.owners,
+        });
         let mut config = self.base.clone();
         config.hosts = std::mem::take(&mut routes.hosts);
         config.upstreams = std::mem::take(&mut routes.upstreams);
         config.policies = std::mem::take(&mut routes.policies);
+        config.policies.append(&mut tunnels.policies);
+        config.agents = std::mem::take(&mut tunnels.agents);
+        config.tunnels = std::mem::take(&mut tunnels.tunnels);
         let previous = self.shared.snapshot.load_full();
         match Snapshot::build(
             &config,
@@ -257,7 +283,10 @@ impl KubeSource {
             &self.shared.metrics,
         ) {
             Ok(snapshot) => {
-                self.shared.snapshot.store(Arc::new(snapshot));
+                let snapshot = Arc::new(snapshot);
+                self.shared.snapshot.store(snapshot.clone());
+                // Agents (or keys) that are gone lose their connections now.
+                self.shared.hub.prune(&snapshot);
                 self.shared.synced.store(true, Ordering::Relaxed);
                 count(&self.shared, true);
             }
@@ -287,8 +316,29 @@ impl KubeSource {
                 message: report.message,
             });
         }
+        for finding in &tunnels.findings {
+            let object = match finding.kind {
+                tunnel::Kind::Agent => agents
+                    .iter()
+                    .find(|a| Key::of(&a.metadata).as_ref() == Some(&finding.key))
+                    .map(|a| a.object_ref(&())),
+                tunnel::Kind::Tunnel => tunnel_objects
+                    .iter()
+                    .find(|t| Key::of(&t.metadata).as_ref() == Some(&finding.key))
+                    .map(|t| t.object_ref(&())),
+            };
+            if let (Some(object), false) = (object, finding.ready) {
+                notes.push(Note {
+                    object,
+                    warning: true,
+                    reason: finding.reason,
+                    message: finding.message.clone(),
+                });
+            }
+        }
         tell(recorder, notes, memory).await;
         write_policy_status(client, stores).await;
+        write_tunnel_status(client, &tunnel_objects, &tunnels.findings).await;
     }
 
     /// Each claimed Secret's certificate, for the hosts claimed; a broken or missing one keeps
@@ -585,6 +635,37 @@ async fn write_policy_status(client: &Client, stores: &Stores) {
     }
 }
 
+/// Writes each Tunnel's `Ready` condition when it changed.
+async fn write_tunnel_status(
+    client: &Client,
+    objects: &[Arc<api::Tunnel>],
+    findings: &[tunnel::Finding],
+) {
+    for object in objects {
+        let (Some(key), Some(namespace)) = (
+            Key::of(&object.metadata),
+            object.metadata.namespace.as_deref(),
+        ) else {
+            continue;
+        };
+        let Some(finding) = findings
+            .iter()
+            .find(|f| f.kind == tunnel::Kind::Tunnel && f.key == key)
+        else {
+            continue;
+        };
+        let condition = api::condition::ready(
+            finding.ready,
+            finding.reason,
+            finding.message.clone(),
+            object.metadata.generation,
+            Time(Timestamp::now()),
+        );
+        let api = Api::<api::Tunnel>::namespaced(client.clone(), namespace);
+        write_condition(&api, &object.metadata, object.status.as_ref(), condition).await;
+    }
+}
+
 async fn write_ready<K>(
     api: &Api<K>,
     meta: &kube::api::ObjectMeta,
@@ -593,10 +674,6 @@ async fn write_ready<K>(
 ) where
     K: Resource + Clone + serde::de::DeserializeOwned + fmt::Debug,
 {
-    let Some(name) = meta.name.as_deref() else {
-        return;
-    };
-    let mut status = status.cloned().unwrap_or_default();
     let condition = match &verdict {
         Ok(()) => api::condition::ready(
             true,
@@ -617,6 +694,22 @@ async fn write_ready<K>(
             Time(Timestamp::now()),
         ),
     };
+    write_condition(api, meta, status, condition).await;
+}
+
+/// Puts `condition` in the object's status, with `observedGeneration`, when that changes it.
+async fn write_condition<K>(
+    api: &Api<K>,
+    meta: &kube::api::ObjectMeta,
+    status: Option<&api::ObservedStatus>,
+    condition: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + fmt::Debug,
+{
+    let Some(name) = meta.name.as_deref() else {
+        return;
+    };
+    let mut status = status.cloned().unwrap_or_default();
     let changed = api::condition::set(&mut status.conditions, condition);
     if !changed && status.observed_generation == meta.generation {
         return;
@@ -627,6 +720,6 @@ async fn write_ready<K>(
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        tracing::warn!(name, error = %crate::error_chain(&error), "cannot write a policy's status");
+        tracing::warn!(name, error = %crate::error_chain(&error), "cannot write an object's status");
     }
 }

@@ -1,0 +1,153 @@
+//! Agents and Tunnels as objects: an Agent's keys let it connect; deleting the Agent cuts its
+//! link; a Tunnel that names no usable Agent or policy says why in its status.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use kube::api::{Api, DeleteParams};
+use sekisho_api::{Agent, AgentSpec, Tunnel, TunnelSpec};
+
+use crate::harness::{Answer, Gate, apply, until};
+
+/// A public Ingress for `host`, so that the proxy has its certificate.
+fn site(gate: &Gate, host: &str) -> Ingress {
+    let mut meta = gate.meta("site");
+    meta.annotations = Some(BTreeMap::from([(
+        "sekisho.dev/access-policy".to_owned(),
+        "public".to_owned(),
+    )]));
+    Ingress {
+        metadata: meta,
+        spec: Some(IngressSpec {
+            ingress_class_name: Some(gate.class.clone()),
+            tls: Some(vec![IngressTLS {
+                hosts: Some(vec![host.to_owned()]),
+                secret_name: Some("site-tls".into()),
+            }]),
+            rules: Some(vec![IngressRule {
+                host: Some(host.to_owned()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: "web".into(),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(80),
+                                    name: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[tokio::test]
+async fn an_agent_object_lets_its_agent_connect_and_deleting_it_cuts_the_link() -> anyhow::Result<()>
+{
+    let gate = Gate::start("agent").await?;
+    let _web = gate.backend("web").await?;
+    let host = format!("site.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    apply(&gate.api(), &site(&gate, &host)).await?;
+    until("the site to be served", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(answer.status == http::StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+
+    let name = format!("nas-{}", gate.namespace);
+    let (key, pem) = sekisho_wire::agent_auth::AgentKey::generate()?;
+    let dir = tempfile::tempdir()?;
+    let key_file = dir.path().join("agent.key");
+    std::fs::write(&key_file, pem)?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &gate.pki.ca_pem)?;
+    let mut agent = Agent::new(
+        &name,
+        AgentSpec {
+            public_keys: vec![key.public_key().to_string()],
+            targets: Vec::new(),
+        },
+    );
+    agent.metadata.namespace = Some(gate.namespace.clone());
+    apply(&gate.api(), &agent).await?;
+
+    let yaml = format!(
+        "name: {name}\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{host}:{port}', address: '{addr}'}}\nallow: {{tcp: ['127.0.0.1:22']}}\n",
+        key_file.display(),
+        ca_file.display(),
+        port = gate.https.port(),
+        addr = gate.https,
+    );
+    let settings = sekisho_agent::config::Config::parse(&yaml, std::path::Path::new("agent.yaml"))?
+        .settings(None, Default::default())?;
+    let running = sekisho_agent::Agent::new(settings)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime starts");
+        runtime.block_on(running.run(async {
+            let _ = stopped.await;
+        }));
+    });
+    let links = || gate.agent_links(&name);
+    until("the agent to be connected", || async {
+        ensure!(links() == 1, "{} links", links());
+        Ok(Answer::none())
+    })
+    .await?;
+
+    // A Tunnel naming it (and a policy that does not exist) says why it is not served.
+    let mut tunnel = Tunnel::new(
+        "nas",
+        TunnelSpec {
+            host: format!("nas.{}.test", gate.namespace),
+            target: "127.0.0.1:22".into(),
+            agent: Some(name.clone()),
+            policy: "staff".into(),
+            connect_timeout: Some(Duration::from_secs(3).into()),
+        },
+    );
+    tunnel.metadata.namespace = Some(gate.namespace.clone());
+    apply(&gate.api(), &tunnel).await?;
+    let tunnels: Api<Tunnel> = gate.api();
+    until("the Tunnel's status", || async {
+        let status = tunnels.get("nas").await?.status.unwrap_or_default();
+        let ready = sekisho_api::condition::find(&status.conditions, "Ready")
+            .context("no Ready condition yet")?;
+        ensure!(
+            ready.status == "False" && ready.reason == "PolicyNotFound",
+            "{ready:?}"
+        );
+        Ok(Answer::none())
+    })
+    .await?;
+
+    gate.api::<Agent>()
+        .delete(&name, &DeleteParams::default())
+        .await?;
+    until("the link to be cut", || async {
+        ensure!(links() == 0, "{} links", links());
+        Ok(Answer::none())
+    })
+    .await?;
+    let _ = stop.send(());
+    let _ = thread.join();
+    Ok(())
+}
