@@ -7,6 +7,7 @@
 //! run at once never serve each other's Ingresses.
 
 mod agent;
+mod backend;
 mod harness;
 mod ingress;
 mod policy;

@@ -1,0 +1,196 @@
+//! Backends: only ready endpoints are used, and they come back; IPv6 endpoints; ExternalName
+//! Services.
+
+use std::collections::BTreeMap;
+
+use anyhow::ensure;
+use http::StatusCode;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use sekisho_testkit::EchoUpstream;
+
+use crate::harness::{Gate, apply, until};
+
+/// A public Ingress for `host` with each `(path, service, port)`.
+fn site(gate: &Gate, host: &str, paths: &[(&str, &str, i32)]) -> Ingress {
+    let mut meta = gate.meta("site");
+    meta.annotations = Some(BTreeMap::from([(
+        "sekisho.dev/access-policy".to_owned(),
+        "public".to_owned(),
+    )]));
+    Ingress {
+        metadata: meta,
+        spec: Some(IngressSpec {
+            ingress_class_name: Some(gate.class.clone()),
+            tls: Some(vec![IngressTLS {
+                hosts: Some(vec![host.to_owned()]),
+                secret_name: Some("site-tls".into()),
+            }]),
+            rules: Some(vec![IngressRule {
+                host: Some(host.to_owned()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: paths
+                        .iter()
+                        .map(|(path, service, port)| HTTPIngressPath {
+                            path: Some((*path).into()),
+                            path_type: "Prefix".into(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: (*service).into(),
+                                    port: Some(ServiceBackendPort {
+                                        number: Some(*port),
+                                        name: None,
+                                    }),
+                                }),
+                                resource: None,
+                            },
+                        })
+                        .collect(),
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[tokio::test]
+async fn an_unready_endpoint_is_left_out_until_it_is_ready_again() -> anyhow::Result<()> {
+    let gate = Gate::start("endpoints").await?;
+    let web = gate.backend("web").await?;
+    let host = format!("site.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    apply(&gate.api(), &site(&gate, &host, &[("/", "web", 80)])).await?;
+    until("the site to be served", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+
+    gate.endpoints("web", &[(web.addr, false)]).await?;
+    until("the unready endpoint to be left out", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(
+            answer.status == StatusCode::SERVICE_UNAVAILABLE,
+            "{answer:?}"
+        );
+        Ok(answer)
+    })
+    .await?;
+    let served = web.received().len();
+
+    gate.endpoints("web", &[(web.addr, true)]).await?;
+    until("the endpoint to be back", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    assert_eq!(
+        web.received().len(),
+        served + 1,
+        "nothing reached it while it was unready"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ipv6_endpoints_and_external_name_services_are_served() -> anyhow::Result<()> {
+    let gate = Gate::start("families").await?;
+    let v6 = EchoUpstream::on("v6", gate.pods.listen(true)?)?;
+    let service = |name: &str, spec: ServiceSpec| Service {
+        metadata: gate.meta(name),
+        spec: Some(spec),
+        status: None,
+    };
+    let port = |number: u16| {
+        Some(vec![ServicePort {
+            name: Some("http".into()),
+            port: i32::from(number),
+            ..ServicePort::default()
+        }])
+    };
+    apply(
+        &gate.api(),
+        &service(
+            "v6",
+            ServiceSpec {
+                ports: port(80),
+                ..ServiceSpec::default()
+            },
+        ),
+    )
+    .await?;
+    let mut meta = gate.meta("v6-slice");
+    meta.labels = Some(BTreeMap::from([(
+        "kubernetes.io/service-name".to_owned(),
+        "v6".to_owned(),
+    )]));
+    let slice = EndpointSlice {
+        metadata: meta,
+        address_type: "IPv6".into(),
+        endpoints: Some(vec![Endpoint {
+            addresses: vec![v6.addr.ip().to_string()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..EndpointConditions::default()
+            }),
+            ..Endpoint::default()
+        }]),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(i32::from(v6.addr.port())),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    };
+    apply(&gate.api(), &slice).await?;
+
+    // An ExternalName Service: the proxy dials the name (`localhost`, where an echo listens).
+    let outside = EchoUpstream::start("outside").await?;
+    let outside_port = outside.addr.port();
+    apply(
+        &gate.api(),
+        &service(
+            "outside",
+            ServiceSpec {
+                type_: Some("ExternalName".into()),
+                external_name: Some("localhost".into()),
+                ports: port(outside_port),
+                ..ServiceSpec::default()
+            },
+        ),
+    )
+    .await?;
+
+    let host = format!("site.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    apply(
+        &gate.api(),
+        &site(
+            &gate,
+            &host,
+            &[
+                ("/v6", "v6", 80),
+                ("/outside", "outside", i32::from(outside_port)),
+            ],
+        ),
+    )
+    .await?;
+    let answer = until("the IPv6 endpoint to be served", || async {
+        let answer = gate.get(&host, "/v6").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    assert!(answer.body.starts_with("upstream: v6\n"), "{}", answer.body);
+    let answer = gate.get(&host, "/outside").await?;
+    assert!(answer.body.starts_with("upstream: outside\n"), "{answer:?}");
+    assert_eq!(outside.received_at("/outside").len(), 1);
+    Ok(())
+}
