@@ -64,6 +64,33 @@ struct Cli {
     )]
     default_policy: Option<String>,
 
+    /// `NAMESPACE/NAME` of the Service whose load balancer addresses go into the served
+    /// Ingresses' status (Kubernetes mode; one replica writes it, holding a Lease).
+    #[arg(
+        long,
+        env = "SEKISHO_PUBLISH_SERVICE",
+        value_name = "NAMESPACE/NAME",
+        requires = "kubernetes"
+    )]
+    publish_service: Option<String>,
+
+    /// Addresses (IPs or host names) to write into the served Ingresses' status instead of a
+    /// Service's (Kubernetes mode; repeat or separate with commas).
+    #[arg(
+        long,
+        env = "SEKISHO_PUBLISH_ADDRESS",
+        value_name = "ADDRESS",
+        value_delimiter = ',',
+        requires = "kubernetes",
+        conflicts_with = "publish_service"
+    )]
+    publish_address: Vec<String>,
+
+    /// The proxy's own namespace, where the Lease of the replica that writes the Ingresses'
+    /// status lives (Kubernetes mode; the downward API gives it).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    lease_namespace: Option<String>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -162,6 +189,9 @@ fn main() -> ExitCode {
                 config: None,
                 controller: cli.ingress_controller,
                 default_policy: cli.default_policy,
+                publish_service: cli.publish_service,
+                publish_addresses: cli.publish_address,
+                lease_namespace: cli.lease_namespace,
             }),
         ),
         Command::Keys(command) => add_key(command),

@@ -108,6 +108,9 @@ impl Gate {
                 config: Some(config),
                 controller,
                 default_policy: None,
+                publish_service: None,
+                publish_addresses: vec!["192.0.2.10".to_owned(), "gate.example.test".to_owned()],
+                lease_namespace: Some(namespace.clone()),
             }),
         })
         .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
@@ -414,8 +417,10 @@ async fn bind_cluster_role(client: &kube::Client, namespace: &str) -> anyhow::Re
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/kubernetes/proxy-clusterrole.yaml");
-    let mut role: ClusterRole = serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)?;
+    let first = text.split("\n---\n").next().unwrap_or_default();
+    let mut role: ClusterRole =
+        serde_yaml_ng::from_str(first).with_context(|| format!("reading {}", path.display()))?;
     let name = format!("sekisho-proxy-{namespace}");
     role.metadata.name = Some(name.clone());
     apply(&Api::<ClusterRole>::all(client.clone()), &role).await?;
@@ -436,5 +441,47 @@ async fn bind_cluster_role(client: &kube::Client, namespace: &str) -> anyhow::Re
             api_group: None,
         }]),
     };
-    apply(&Api::<ClusterRoleBinding>::all(client.clone()), &binding).await
+    apply(&Api::<ClusterRoleBinding>::all(client.clone()), &binding).await?;
+    // The Role for the status Lease, from the same file, bound in the proxy's namespace.
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let text = std::fs::read_to_string(&path)?;
+    let document = text
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Role\n"))
+        .context("the file has the Lease's Role")?;
+    let mut lease_role: Role = serde_yaml_ng::from_str(document)?;
+    lease_role.metadata.namespace = Some(namespace.to_owned());
+    let lease_name = lease_role
+        .metadata
+        .name
+        .clone()
+        .context("the Role has a name")?;
+    apply(
+        &Api::<Role>::namespaced(client.clone(), namespace),
+        &lease_role,
+    )
+    .await?;
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(lease_name.clone()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: lease_name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "sekisho-proxy".into(),
+            namespace: Some(namespace.to_owned()),
+            api_group: None,
+        }]),
+    };
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), namespace),
+        &binding,
+    )
+    .await
 }

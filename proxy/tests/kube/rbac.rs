@@ -110,6 +110,26 @@ async fn the_proxy_serves_with_only_its_cluster_role() -> anyhow::Result<()> {
     })
     .await?;
 
+    // Held the Lease and wrote where the Ingress is reached.
+    let ingresses: Api<Ingress> = gate.api();
+    until("the Ingress's status", || async {
+        let found = ingresses.get("site").await?;
+        let published: Vec<String> = found
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip.or(i.hostname))
+            .collect();
+        ensure!(
+            published == ["192.0.2.10", "gate.example.test"],
+            "{published:?}"
+        );
+        Ok(Answer::none())
+    })
+    .await?;
+
     // And the account can do nothing the role does not say.
     let env = kube_testenv::TestEnv::shared().await?;
     let account = env

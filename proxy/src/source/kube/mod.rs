@@ -17,6 +17,7 @@ mod certificate;
 mod ingress;
 mod object;
 mod policy;
+mod status;
 mod tunnel;
 
 use std::collections::{HashMap, HashSet};
@@ -64,6 +65,15 @@ pub struct KubernetesOptions {
     /// The ClusterAccessPolicy (or `public`) of Ingresses that name none and whose class has
     /// no default. Without it such Ingresses let no one through (after sign-in).
     pub default_policy: Option<String>,
+    /// `namespace/name` of the Service whose load balancer addresses go into the served
+    /// Ingresses' `status.loadBalancer`.
+    pub publish_service: Option<String>,
+    /// Addresses (IPs or host names) for the served Ingresses' `status.loadBalancer`, instead
+    /// of a Service's.
+    pub publish_addresses: Vec<String>,
+    /// The namespace of the Lease whose holder writes that status (the proxy's own); by
+    /// default the published Service's, else `default`.
+    pub lease_namespace: Option<String>,
 }
 
 impl Default for KubernetesOptions {
@@ -72,6 +82,9 @@ impl Default for KubernetesOptions {
             config: None,
             controller: ingress::CONTROLLER.to_owned(),
             default_policy: None,
+            publish_service: None,
+            publish_addresses: Vec::new(),
+            lease_namespace: None,
         }
     }
 }
@@ -110,6 +123,10 @@ struct Memory {
 }
 
 pub(crate) struct KubeSource {
+    publish: status::Publish,
+    lease_namespace: Option<String>,
+    /// Whether this process holds the status Lease (and so writes Ingresses' status).
+    leader: Arc<std::sync::atomic::AtomicBool>,
     shared: Arc<Shared>,
     base: Config,
     settings: Settings,
@@ -125,7 +142,18 @@ impl KubeSource {
         options: KubernetesOptions,
         fallback: Option<LoadedCert>,
     ) -> Self {
+        let publish = match (options.publish_service, options.publish_addresses) {
+            (_, addresses) if !addresses.is_empty() => status::Publish::Addresses(addresses),
+            (Some(service), _) => match service.split_once('/') {
+                Some((namespace, name)) => status::Publish::Service(Key::new(namespace, name)),
+                None => status::Publish::Service(Key::new("default", &service)),
+            },
+            (None, _) => status::Publish::Nothing,
+        };
         Self {
+            publish,
+            lease_namespace: options.lease_namespace,
+            leader: Arc::default(),
             shared,
             base,
             settings: Settings {
@@ -135,6 +163,37 @@ impl KubeSource {
             config: options.config,
             fallback,
         }
+    }
+
+    /// The Lease whose holder writes the Ingresses' status: one per controller name, in the
+    /// proxy's namespace, else the published Service's, else `default`.
+    fn lease(&self) -> Key {
+        let namespace = self
+            .lease_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| match &self.publish {
+                status::Publish::Service(key) => Some(key.namespace.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "default".to_owned());
+        let mut name: String = self
+            .settings
+            .controller
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        name.truncate(200);
+        Key::new(
+            &namespace,
+            &format!("sekisho-status-{}", name.trim_matches('-')),
+        )
     }
 
     /// Watches and rebuilds until `stop`.
@@ -230,6 +289,16 @@ impl KubeSource {
             () = crate::state::stopped(&mut stop) => return,
         }
         tracing::info!("the Kubernetes watches are in sync");
+        if self.publish != status::Publish::Nothing {
+            tokio::spawn(status::lead(
+                client.clone(),
+                self.lease(),
+                identity(),
+                self.leader.clone(),
+                changed.clone(),
+                stop.clone(),
+            ));
+        }
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -337,6 +406,21 @@ impl KubeSource {
             }
         }
         tell(recorder, notes, memory).await;
+        if self.leader.load(Ordering::Relaxed)
+            && let Some(addresses) = status::addresses(&self.publish, |key| {
+                stores
+                    .services
+                    .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
+            })
+        {
+            status::write(
+                client,
+                &stores.ingresses.state(),
+                &routes.served,
+                &addresses,
+            )
+            .await;
+        }
         write_policy_status(client, stores).await;
         write_tunnel_status(client, &tunnel_objects, &tunnels.findings).await;
     }
@@ -404,6 +488,21 @@ impl KubeSource {
         memory.certificates = kept;
         entries
     }
+}
+
+/// Who this process is to the Lease: the pod's name, else the host's, with a random part so
+/// that two processes on one host differ.
+fn identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "sekisho-proxy".to_owned());
+    format!("{base}-{:08x}", rand::random::<u32>())
 }
 
 fn count(shared: &Shared, ok: bool) {
