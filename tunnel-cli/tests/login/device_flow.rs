@@ -89,6 +89,10 @@ async fn the_device_page_refuses_a_decision_without_its_csrf_token() -> anyhow::
     ] {
         browser.execute(change).await?;
         browser.click("#approve").await?;
+        // The form's page has an h1 too: wait for the answer's address, not for any h1.
+        browser
+            .wait_for_url(|url| url.path().ends_with("/device/approve"), LIMIT)
+            .await?;
         browser.wait_for("h1", LIMIT).await?;
         let page = browser.page_source().await?;
         assert!(
