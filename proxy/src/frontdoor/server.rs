@@ -189,7 +189,10 @@ pub fn start(mut options: Options) -> Result<Running, StartError> {
         }
     }
     let workers = config.workers;
-    let metrics = Metrics::default();
+    let mut metrics = Metrics::default();
+    if kubernetes.is_some() {
+        metrics.enable_kubernetes();
+    }
 
     let mut dev_ca_file = None;
     let table = if config.tls.certificates.is_empty() {

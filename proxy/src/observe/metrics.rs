@@ -263,6 +263,22 @@ pub(crate) struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub certificate_reloads: Family<ResultLabels, Counter>,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// Kubernetes mode only (see [`Metrics::enable_kubernetes`]).
+    pub kubernetes: KubernetesMetrics,
+}
+
+/// What Kubernetes mode reports about its watches of the API.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct KubernetesMetrics {
+    /// Failed watch requests, by the kind watched.
+    pub watch_errors: Family<KindLabels, Counter>,
+    /// 1 while every watch works, 0 from a failure until the next success.
+    pub api_reachable: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct KindLabels {
+    pub kind: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -393,11 +409,27 @@ impl Default for Metrics {
             config_reloads,
             certificate_reloads,
             certificate_expiry,
+            kubernetes: KubernetesMetrics::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Registers the Kubernetes-mode metrics (before the metrics are shared).
+    pub(crate) fn enable_kubernetes(&mut self) {
+        let registry = self.registry.sub_registry_with_prefix("sekisho_kubernetes");
+        registry.register(
+            "watch_errors",
+            "Failed watches of the Kubernetes API, by kind; the last state keeps serving",
+            self.kubernetes.watch_errors.clone(),
+        );
+        registry.register(
+            "api_reachable",
+            "1 while every watch of the Kubernetes API works, 0 from a failure until it recovers",
+            self.kubernetes.api_reachable.clone(),
+        );
+    }
+
     /// The registry in the OpenMetrics text format.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);

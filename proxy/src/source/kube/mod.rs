@@ -43,7 +43,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::frontdoor::tls::{CertTable, LoadedCert};
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{KindLabels, KubernetesMetrics, Metrics};
 use crate::routing::snapshot::Snapshot;
 use crate::state::Shared;
 
@@ -217,58 +217,69 @@ impl KubeSource {
             }
         };
         let changed = Arc::new(Notify::new());
+        let metrics = self.shared.metrics.kubernetes.clone();
         let wanted: Arc<RwLock<HashSet<Key>>> = Arc::default();
         let stores = Stores {
             classes: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             ingresses: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             services: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             slices: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
-            secrets: watch_secrets(client.clone(), wanted.clone(), &changed),
+            secrets: watch_secrets(client.clone(), wanted.clone(), &changed, &metrics),
             policies: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             cluster_policies: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             class_parameters: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             shared_hosts: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             agents: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
             tunnels: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &metrics,
             ),
         };
         let ready = async {
@@ -523,7 +534,12 @@ fn restricted(cert: &LoadedCert, hosts: &[String]) -> LoadedCert {
 }
 
 /// A reflector over `api`, driven on its own task, waking `changed` on every event.
-fn watch_all<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+fn watch_all<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+    metrics: &KubernetesMetrics,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -535,7 +551,12 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config).default_backoff().reflect(writer);
-    tokio::spawn(drive(stream, changed.clone(), K::kind(&()).into_owned()));
+    tokio::spawn(drive(
+        stream,
+        changed.clone(),
+        K::kind(&()).into_owned(),
+        metrics.clone(),
+    ));
     reader
 }
 
@@ -544,6 +565,7 @@ fn watch_secrets(
     client: Client,
     wanted: Arc<RwLock<HashSet<Key>>>,
     changed: &Arc<Notify>,
+    metrics: &KubernetesMetrics,
 ) -> Store<Secret> {
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default().fields("type=kubernetes.io/tls");
@@ -563,20 +585,34 @@ fn watch_secrets(
             }
         })
         .reflect(writer);
-    tokio::spawn(drive(stream, changed.clone(), "Secret".to_owned()));
+    tokio::spawn(drive(
+        stream,
+        changed.clone(),
+        "Secret".to_owned(),
+        metrics.clone(),
+    ));
     reader
 }
 
-async fn drive<S, K>(stream: S, changed: Arc<Notify>, kind: String)
+async fn drive<S, K>(stream: S, changed: Arc<Notify>, kind: String, metrics: KubernetesMetrics)
 where
     S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
+    let failures = metrics
+        .watch_errors
+        .get_or_create(&KindLabels { kind: kind.clone() })
+        .clone();
     while let Some(event) = stream.next().await {
+        if event.is_ok() {
+            metrics.api_reachable.set(1);
+        }
         match event {
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
             Ok(_) => changed.notify_one(),
             Err(error) => {
+                failures.inc();
+                metrics.api_reachable.set(0);
                 tracing::warn!(kind, error = %crate::error_chain(&error), "watching the Kubernetes API failed; retrying, the last state keeps serving");
             }
         }
