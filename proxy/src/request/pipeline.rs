@@ -212,10 +212,17 @@ async fn serve_route(
         ctx,
         conn,
         snapshot,
+        &route,
         endpoint,
         upgrade.is_some(),
     );
-    set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_deref());
+    set_identity_headers(
+        upstream_req.headers_mut(),
+        snapshot,
+        ctx,
+        &route,
+        who.as_deref(),
+    );
     let decided_path = upgrade
         .is_some()
         .then(|| ctx.decided_path(upstream_req.uri().path()).to_owned());
@@ -504,17 +511,15 @@ fn upstream_request_filter(
     ctx: &RequestCtx,
     conn: &ConnState,
     snapshot: &Snapshot,
+    route: &Route,
     endpoint: &Endpoint,
     upgrade: bool,
 ) {
     let headers = req.headers_mut();
     remove_hop_by_hop(headers, upgrade);
-    // The client's claims go before the proxy adds its own forwarding headers.
-    let extra = snapshot
-        .identity
-        .as_deref()
-        .map_or(&[][..], |i| i.strip_headers.as_slice());
-    strip_gateway_claims(headers, extra);
+    // The client's claims go before the proxy adds its own forwarding headers: the built-in
+    // ones, `identity.strip_headers` and the route's own identity headers.
+    strip_gateway_claims(headers, &route.claims);
     set_forwarding_headers(
         headers,
         conn.peer.ip(),
@@ -568,18 +573,16 @@ fn upstream_request_filter(
     *req.version_mut() = Version::HTTP_11;
 }
 
-static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
-static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
-static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
 
-/// Phase 6, identity part: the proxy's cookies go, and a verified identity is set (whatever a
-/// gateway alone may say and the client claimed is gone already: see
-/// [`upstream_request_filter`]).
+/// Phase 6, identity part: the proxy's cookies go, and a verified identity is set in the
+/// route's identity headers (whatever a gateway alone may say and the client claimed, in those
+/// names too, is gone already: see [`upstream_request_filter`]).
 fn set_identity_headers(
     headers: &mut HeaderMap,
     snapshot: &Snapshot,
     ctx: &RequestCtx,
+    route: &Route,
     who: Option<&Who>,
 ) {
     if headers.contains_key(header::COOKIE) {
@@ -591,10 +594,11 @@ fn set_identity_headers(
     headers.remove(header::AUTHORIZATION);
     // Room for the four headers below at once, rather than growing the map on the way.
     headers.reserve(4);
+    let names = &route.identity_headers;
     for (name, value) in [
-        (&X_FORWARDED_USER, &who.headers.user),
-        (&X_FORWARDED_EMAIL, &who.headers.email),
-        (&X_FORWARDED_GROUPS, &who.headers.groups),
+        (&names.user, &who.headers.user),
+        (&names.email, &who.headers.email),
+        (&names.groups, &who.headers.groups),
     ] {
         if let Some(value) = value {
             headers.insert(name.clone(), value.clone());

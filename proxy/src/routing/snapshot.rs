@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::HeaderName;
 use ipnet::IpNet;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::auth::identity::{IdentityError, IdentityRuntime};
 use crate::config::origin::Origin;
 use crate::config::problem::check_host_pattern;
 use crate::config::{Config, HostConfig, Limits, PathConfig};
+use crate::forward::header::{IdentityHeaderNames, route_claims};
 use crate::forward::upstream::Upstream;
 use crate::frontdoor::tls::TlsError;
 use crate::observe::metrics::{Metrics, Name, RouteMetrics};
@@ -100,6 +102,11 @@ pub(crate) struct Route {
     pub upgrades: Box<[Box<str>]>,
     /// Origins besides the route's own whose pages may open WebSockets on it.
     pub websocket_origins: Vec<Origin>,
+    /// The headers the upstream gets the verified identity in (the policy's names).
+    pub identity_headers: IdentityHeaderNames,
+    /// What a client may not send here besides the built-in claims: `identity.strip_headers`
+    /// and the route's identity header names (see [`route_claims`]).
+    pub claims: Box<[HeaderName]>,
 }
 
 impl Route {
@@ -145,6 +152,7 @@ impl Snapshot {
         for provider in identity.iter().flat_map(|i| &i.providers) {
             metrics.register_provider(&provider.name);
         }
+        let strip_headers = identity.as_ref().map_or(&[][..], |i| &i.strip_headers[..]);
         let mut routes = RouteTable::default();
         let mut route_list = Vec::new();
         for host in &config.hosts {
@@ -164,13 +172,20 @@ impl Snapshot {
                     }),
                     None => None,
                 };
+                let access = route_access(config, host, path);
+                let identity_headers = match &access {
+                    RouteAccess::Policy(policy) => policy.identity_header_names(),
+                    RouteAccess::Public | RouteAccess::DenyAll => IdentityHeaderNames::default(),
+                };
                 let route = Arc::new(Route {
                     metrics: RouteMetrics::new(metrics, name.clone()),
                     name,
                     host: host_name.clone(),
                     path: path.map_or("/", |p| p.path.as_str()).to_owned(),
                     upstream: upstreams[upstream].clone(),
-                    access: route_access(config, host, path),
+                    claims: route_claims(strip_headers, &identity_headers),
+                    identity_headers,
+                    access,
                     bearer: path.and_then(|p| p.bearer).unwrap_or(host.bearer),
                     max_session_age: path
                         .and_then(|p| p.max_session_age)
@@ -210,7 +225,7 @@ impl Snapshot {
             routes.insert_host(&host_name, paths, default);
         }
 
-        let acme = acme_routes(config, &upstreams, metrics);
+        let acme = acme_routes(config, &upstreams, strip_headers, metrics);
 
         let tunnels = config
             .tunnels
@@ -268,6 +283,7 @@ impl Snapshot {
 fn acme_routes(
     config: &Config,
     upstreams: &HashMap<String, Arc<Upstream>>,
+    strip_headers: &[HeaderName],
     metrics: &Metrics,
 ) -> RouteTable<Arc<Route>> {
     // A host listed twice keeps the paths of both.
@@ -312,6 +328,8 @@ fn acme_routes(
                 allow_encoded_slashes: false,
                 upgrades: Box::default(),
                 websocket_origins: Vec::new(),
+                identity_headers: IdentityHeaderNames::default(),
+                claims: strip_headers.into(),
             };
             hosts.entry(host_name.clone()).or_default().push((
                 path.path.clone(),
