@@ -29,6 +29,10 @@
 //! Methods compare exactly (they are case-sensitive in HTTP); `HEAD` is not implied by `GET`.
 //! A route without a policy and without `public: true` asks the anonymous to sign in and then
 //! denies everyone ([`RouteAccess`]).
+//!
+//! A policy also says in which request headers the upstreams behind it get the verified
+//! identity (`identity_headers`; each unset one keeps its default, `X-Forwarded-User`,
+//! `-Email`, `-Groups`): see [`crate::forward::header`] for the names that cannot carry one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +42,7 @@ use http::{HeaderMap, Method, header};
 use serde::Deserialize;
 
 use crate::config::problem::{Problem, is_dns_name, is_name};
+use crate::forward::header::{IdentityHeaderNames, check_identity_header};
 use crate::routing::path::prefix_matches;
 use crate::routing::table::PathType;
 
@@ -54,6 +59,27 @@ pub struct AccessPolicy {
     /// Let CORS preflights through where the request would otherwise need a login.
     #[serde(default)]
     pub cors_preflight: bool,
+    /// The headers the upstreams behind this policy get the verified identity in.
+    #[serde(default)]
+    pub identity_headers: Option<IdentityHeaders>,
+}
+
+/// The request headers that carry the verified identity to the upstream, for upstreams that
+/// expect other names than `X-Forwarded-User`, `X-Forwarded-Email` and `X-Forwarded-Groups`
+/// (Grafana's auth proxy reads `X-WEBAUTH-USER`). Each one left out keeps its default. The same
+/// fields as the custom resources' `identityHeaders`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeaders {
+    /// The subject (the ID token's `sub`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The verified email.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The groups, comma-separated.
+    #[serde(default)]
+    pub groups: Option<String>,
 }
 
 /// One way an identity can match. Written in YAML as a map with exactly one key.
@@ -319,7 +345,75 @@ impl AccessPolicy {
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate(&format!("{field}.rules[{i}]"), &mut problems);
         }
+        if let Some(headers) = &self.identity_headers {
+            headers.validate(&format!("{field}.identity_headers"), &mut problems);
+        }
         problems
+    }
+
+    /// The headers the upstreams behind this policy get the identity in.
+    pub(crate) fn identity_header_names(&self) -> IdentityHeaderNames {
+        match &self.identity_headers {
+            Some(headers) => IdentityHeaderNames::with(
+                headers.user.as_deref(),
+                headers.email.as_deref(),
+                headers.groups.as_deref(),
+            ),
+            None => IdentityHeaderNames::default(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// Each name must be able to carry an identity, and the three (defaults included) must
+    /// differ: two values in one header would read as one.
+    fn validate(&self, field: &str, problems: &mut Vec<Problem>) {
+        let mut usable = true;
+        for (key, name) in self.fields() {
+            if let Some(name) = name
+                && let Err(message) = check_identity_header(name)
+            {
+                problems.push(Problem::new(format!("{field}.{key}"), message));
+                usable = false;
+            }
+        }
+        if !usable {
+            return;
+        }
+        let defaults = IdentityHeaderNames::default();
+        let resolved = [
+            (
+                "user",
+                self.user.as_deref().unwrap_or(defaults.user.as_str()),
+            ),
+            (
+                "email",
+                self.email.as_deref().unwrap_or(defaults.email.as_str()),
+            ),
+            (
+                "groups",
+                self.groups.as_deref().unwrap_or(defaults.groups.as_str()),
+            ),
+        ];
+        for (i, (key, name)) in resolved.iter().enumerate() {
+            if let Some((other, _)) = resolved[..i]
+                .iter()
+                .find(|(_, earlier)| earlier.eq_ignore_ascii_case(name))
+            {
+                problems.push(Problem::new(
+                    format!("{field}.{key}"),
+                    format!("`{name}` already carries the {other}: give each its own header"),
+                ));
+            }
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("user", self.user.as_deref()),
+            ("email", self.email.as_deref()),
+            ("groups", self.groups.as_deref()),
+        ]
     }
 }
 
@@ -807,6 +901,7 @@ rules:
                 ..Rule::default()
             }],
             cors_preflight: false,
+            identity_headers: None,
         };
         let both = AccessPolicy {
             rules: vec![Rule {
@@ -1073,6 +1168,68 @@ policies:
             ("policies.ok.rules[3].allow[0].email", "`nobody` is not an email address (one '@' between a name and a domain)"),
         ];
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn identity_header_names_are_checked_field_by_field() {
+        let policies = parse(
+            "
+policies:
+  grafana:
+    allow: [{group: staff}]
+    identity_headers: {user: X-WEBAUTH-USER, email: X-WEBAUTH-EMAIL, groups: X-WEBAUTH-GROUPS}
+  partly:
+    identity_headers: {user: Remote-Person}
+  odd:
+    identity_headers: {user: X_WEBAUTH_USER, email: Cookie, groups: X-Sekisho-Groups}
+  forwarding:
+    identity_headers: {user: x-forwarded-for, email: Host, groups: Transfer-Encoding}
+  twice:
+    identity_headers: {user: X-Person, email: x-person}
+  default_twice:
+    identity_headers: {groups: X-Forwarded-User}
+",
+        )
+        .unwrap();
+        let problems = validate_policies(&policies);
+        let got: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.message.as_str()))
+            .collect();
+        let reserved = "is reserved: hop-by-hop, framing, credential, forwarding and X-Sekisho-* headers cannot carry an identity";
+        #[rustfmt::skip]
+        let expected = [
+            ("policies.default_twice.identity_headers.groups", "`X-Forwarded-User` already carries the user: give each its own header".to_owned()),
+            ("policies.forwarding.identity_headers.user", format!("`x-forwarded-for` {reserved}")),
+            ("policies.forwarding.identity_headers.email", format!("`Host` {reserved}")),
+            ("policies.forwarding.identity_headers.groups", format!("`Transfer-Encoding` {reserved}")),
+            ("policies.odd.identity_headers.user", "`X_WEBAUTH_USER` is not a header name for an identity: letters, digits and '-' (not first or last), at most 128 characters".to_owned()),
+            ("policies.odd.identity_headers.email", format!("`Cookie` {reserved}")),
+            ("policies.odd.identity_headers.groups", format!("`X-Sekisho-Groups` {reserved}")),
+            ("policies.twice.identity_headers.email", "`x-person` already carries the user: give each its own header".to_owned()),
+        ];
+        let expected: Vec<(&str, &str)> = expected.iter().map(|(f, m)| (*f, m.as_str())).collect();
+        assert_eq!(got, expected);
+
+        let names = policies["grafana"].identity_header_names();
+        assert_eq!(
+            [
+                names.user.as_str(),
+                names.email.as_str(),
+                names.groups.as_str()
+            ],
+            ["x-webauth-user", "x-webauth-email", "x-webauth-groups"]
+        );
+        let names = policies["partly"].identity_header_names();
+        assert_eq!(
+            [
+                names.user.as_str(),
+                names.email.as_str(),
+                names.groups.as_str()
+            ],
+            ["remote-person", "x-forwarded-email", "x-forwarded-groups"]
+        );
+        assert!(parse("policies: {p: {identity_headers: {name: X-Name}}}").is_err());
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub(crate) struct Who {
     pub user: Arc<str>,
     /// The session this identity came from (none for bearer tokens).
     pub session: Option<SessionRecord>,
-    /// `X-Forwarded-User`, `-Email`, `-Groups`, formatted once.
+    /// The identity headers' values (subject, verified email, groups), formatted once; the
+    /// route says which headers carry them.
     pub headers: IdentityHeaders,
     /// The refreshed cookie for the current minute, so it is sealed once per minute at most.
     pub(crate) refreshed: Mutex<Option<(u64, HeaderValue)>>,

@@ -117,6 +117,13 @@ pub struct Config {
     /// Byte-stream routes for `sekisho tunnel`; see [`tunnel`].
     #[serde(default)]
     pub tunnels: Vec<TunnelConfig>,
+    /// ACME HTTP-01 challenge routes (cert-manager's solvers): public, answered on the
+    /// plain-HTTP listener alone, whatever its `http_mode` (see
+    /// [`crate::routing::snapshot::Snapshot::acme`]). Their upstreams are entries of
+    /// `upstreams`. A route source fills them (Kubernetes mode); the file cannot, so a typo in
+    /// a file never serves anything without login on plain HTTP.
+    #[serde(skip)]
+    pub(crate) acme_challenges: Vec<HostConfig>,
 }
 
 fn yes() -> bool {

@@ -354,6 +354,7 @@ const NESTED_FIELDS: &[(&str, &str)] = &[
     ("client_secret_file", "each of `identity.providers`"),
     ("allow", "a policy (under `policies:`)"),
     ("rules", "a policy (under `policies:`)"),
+    ("identity_headers", "a policy (under `policies:`)"),
     ("public_keys", "an agent (under `agents:`)"),
     ("target", "a tunnel (under `tunnels:`)"),
     ("paths", "a host (under `hosts:`)"),

@@ -11,8 +11,17 @@
 //! application server act on another URL or method than the one decided on.
 //!
 //! Names compare with `_` read as `-`: CGI-style servers (PHP, Python WSGI, Ruby Rack) turn both
-//! `X-Forwarded-User` and `X_Forwarded_User` into `HTTP_X_FORWARDED_USER`. This module is pure
-//! header logic: it must not depend on the rest of the proxy.
+//! `X-Forwarded-User` and `X_Forwarded_User` into `HTTP_X_FORWARDED_USER`.
+//!
+//! **Identity headers.** The verified identity goes to the upstream in `X-Forwarded-User`,
+//! `X-Forwarded-Email` and `X-Forwarded-Groups`, or in the names a policy gives
+//! ([`IdentityHeaderNames`]; Grafana's auth proxy reads `X-WEBAUTH-USER`). A route whose names
+//! are not built-in claims strips them too ([`route_claims`]), in every spelling; the default
+//! names are stripped on every route. Names that carry the request itself (framing, hop-by-hop,
+//! credentials, forwarding headers, `X-Sekisho-*`) cannot carry an identity
+//! ([`check_identity_header`]).
+//!
+//! This module is pure header logic: it must not depend on the rest of the proxy.
 
 use std::net::IpAddr;
 
@@ -53,17 +62,145 @@ fn is_gateway_claim(name: &str, extra: &[HeaderName]) -> bool {
             let dashed = name.replace('_', "-");
             return is_claim_name(&dashed)
                 || SET_BY_PROXY.contains(&dashed.as_str())
-                || is_extra(&dashed, extra);
+                || is_extra(name, extra);
         }
         if is_claim_name(name) {
             return true;
         }
     }
-    !extra.is_empty() && is_extra(&name.replace('_', "-"), extra)
+    is_extra(name, extra)
 }
 
-fn is_extra(dashed: &str, extra: &[HeaderName]) -> bool {
-    extra.iter().any(|e| e.as_str() == dashed)
+/// Whether a lowercase name is one of `extra` (lowercase, with `-`), reading `_` as `-`.
+/// Compares in place: a route with extra claims pays no allocation per header.
+fn is_extra(name: &str, extra: &[HeaderName]) -> bool {
+    extra.iter().any(|e| {
+        e.as_str().len() == name.len()
+            && e.as_str()
+                .bytes()
+                .zip(name.bytes())
+                .all(|(want, got)| want == got || (want == b'-' && got == b'_'))
+    })
+}
+
+/// The headers a route's upstream gets the verified identity in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdentityHeaderNames {
+    /// The subject (the ID token's `sub`).
+    pub user: HeaderName,
+    /// The verified email.
+    pub email: HeaderName,
+    /// The groups, comma-separated.
+    pub groups: HeaderName,
+}
+
+impl Default for IdentityHeaderNames {
+    /// `X-Forwarded-User`, `X-Forwarded-Email`, `X-Forwarded-Groups`.
+    fn default() -> Self {
+        Self {
+            user: HeaderName::from_static("x-forwarded-user"),
+            email: HeaderName::from_static("x-forwarded-email"),
+            groups: HeaderName::from_static("x-forwarded-groups"),
+        }
+    }
+}
+
+impl IdentityHeaderNames {
+    /// The given names, each unset or unusable one the default's (validation has refused
+    /// unusable names before they get here: see [`check_identity_header`]).
+    pub(crate) fn with(user: Option<&str>, email: Option<&str>, groups: Option<&str>) -> Self {
+        let default = Self::default();
+        let name = |given: Option<&str>, default: HeaderName| {
+            given
+                .filter(|name| check_identity_header(name).is_ok())
+                .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .unwrap_or(default)
+        };
+        Self {
+            user: name(user, default.user),
+            email: name(email, default.email),
+            groups: name(groups, default.groups),
+        }
+    }
+}
+
+/// What a client may not send on a route, besides the built-in claims: the configured `extra`
+/// (`identity.strip_headers`) and the route's identity header names that are not claims
+/// already. Built once per route.
+pub(crate) fn route_claims(
+    extra: &[HeaderName],
+    identity: &IdentityHeaderNames,
+) -> Box<[HeaderName]> {
+    let mut claims = extra.to_vec();
+    for name in [&identity.user, &identity.email, &identity.groups] {
+        if !is_claim_name(name.as_str()) && !claims.contains(name) {
+            claims.push(name.clone());
+        }
+    }
+    claims.into_boxed_slice()
+}
+
+/// The longest identity header name accepted (as the custom resources' schema says).
+const IDENTITY_HEADER_MAX: usize = 128;
+
+/// Names that describe the request or its connection, or that the proxy sets itself: an
+/// identity in one of them would change what the request is, or be overwritten.
+const RESERVED: &[&str] = &[
+    // Credentials and cookies.
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    // The target and the framing.
+    "host",
+    "content-length",
+    "content-type",
+    // Hop by hop.
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    // Set by the proxy on every request.
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-request-id",
+];
+
+/// Whether `name` may carry an identity: letters, digits and `-` (no `_`, which CGI-style
+/// servers read as `-`), starting and ending with a letter or digit, at most 128 bytes, and
+/// not a name the request itself needs (see [`RESERVED`]) or the proxy's own `X-Sekisho-*`.
+pub(crate) fn check_identity_header(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let well_formed = !name.is_empty()
+        && name.len() <= IDENTITY_HEADER_MAX
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if !well_formed {
+        return Err(format!(
+            "`{name}` is not a header name for an identity: letters, digits and '-' (not first \
+             or last), at most {IDENTITY_HEADER_MAX} characters"
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED.contains(&lower.as_str()) || lower.starts_with("x-sekisho-") {
+        return Err(format!(
+            "`{name}` is reserved: hop-by-hop, framing, credential, forwarding and X-Sekisho-* \
+             headers cannot carry an identity"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a lowercase name with `-` is one only a gateway may send: looked up by its first
@@ -407,6 +544,80 @@ mod tests {
     fn configured_extra_headers_are_removed_in_both_spellings() {
         let kept = strip(&["x-tenant", "x_tenant", "x-other"], &["x-tenant"]);
         assert_eq!(kept, ["x-other"]);
+        let kept = strip(
+            &["Remote-Person", "remote_person", "remote-persona", "remote"],
+            &["remote-person"],
+        );
+        assert_eq!(kept, ["remote", "remote-persona"]);
+    }
+
+    #[test]
+    fn a_routes_own_identity_headers_are_claims_on_it_in_every_spelling() {
+        let names = IdentityHeaderNames::with(Some("X-Grafana-User"), Some("Person-Mail"), None);
+        let claims = route_claims(&[HeaderName::from_static("x-tenant")], &names);
+        let claims: Vec<_> = claims.iter().map(HeaderName::as_str).collect();
+        // The default groups header is a built-in claim, stripped everywhere already.
+        assert_eq!(claims, ["x-tenant", "x-grafana-user", "person-mail"]);
+        let kept = strip(
+            &[
+                "X-GRAFANA-USER",
+                "x_grafana_user",
+                "PERSON_MAIL",
+                "x-forwarded-user",
+                "x_forwarded_groups",
+                "accept",
+            ],
+            &claims,
+        );
+        assert_eq!(kept, ["accept"]);
+    }
+
+    #[test]
+    fn identity_header_names_fall_back_to_the_defaults_one_by_one() {
+        let names = IdentityHeaderNames::with(Some("X-WEBAUTH-USER"), None, Some("Cookie"));
+        assert_eq!(names.user, "x-webauth-user");
+        assert_eq!(names.email, "x-forwarded-email");
+        assert_eq!(names.groups, "x-forwarded-groups");
+    }
+
+    #[test]
+    fn identity_headers_cannot_be_reserved_or_oddly_spelled() {
+        for good in ["X-WEBAUTH-USER", "Remote-User", "x-user2", "A"] {
+            assert_eq!(check_identity_header(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "X_WEBAUTH_USER",
+            "-x-user",
+            "x-user-",
+            "x user",
+            "x:user",
+            "X-Üser",
+            &"x".repeat(129),
+        ] {
+            let message = check_identity_header(bad).unwrap_err();
+            assert!(message.contains("is not a header name"), "{bad}: {message}");
+        }
+        for reserved in [
+            "Cookie",
+            "AUTHORIZATION",
+            "Host",
+            "Connection",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Forwarded",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "X-Forwarded-Proto",
+            "X-Forwarded-Port",
+            "X-Real-IP",
+            "X-Request-Id",
+            "X-Sekisho-Assertion",
+            "x-sekisho-anything",
+        ] {
+            let message = check_identity_header(reserved).unwrap_err();
+            assert!(message.contains("is reserved"), "{reserved}: {message}");
+        }
     }
 
     #[test]

@@ -131,16 +131,11 @@ fn service(
 + Unpin
 + Send
 + 'static {
-    let redirect = !state.tls && shared.redirects_plain_http();
     service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let state = state.clone();
         async move {
-            Ok::<_, Infallible>(if redirect {
-                crate::request::pipeline::redirect_to_https(&shared, &req)
-            } else {
-                crate::request::pipeline::serve_request(shared, state, req).await
-            })
+            Ok::<_, Infallible>(crate::request::pipeline::serve_request(shared, state, req).await)
         }
     })
 }

@@ -165,7 +165,24 @@ impl ListenerKind {
 /// Loads the configuration and certificates, binds every listener and starts the threads.
 pub fn start(mut options: Options) -> Result<Running, StartError> {
     let kubernetes = options.kubernetes.take();
-    let config = match (&options.config_path, &kubernetes) {
+    let config = initial_config(&options, kubernetes.as_ref())?;
+    serve(config, options, kubernetes)
+}
+
+/// Starts serving `config` as it is, with no file to watch: for the crate's own tests, which
+/// can give what no file can (the ACME challenge routes a route source adds).
+#[cfg(test)]
+pub(crate) fn start_with_config(config: Config, options: Options) -> Result<Running, StartError> {
+    serve(config, options, None)
+}
+
+/// The configuration to start with: the file, else the embedded default of the mode. In
+/// Kubernetes mode the file may not give what the API gives.
+fn initial_config(
+    options: &Options,
+    kubernetes: Option<&KubernetesOptions>,
+) -> Result<Config, StartError> {
+    let config = match (&options.config_path, kubernetes) {
         (Some(path), _) => Config::load(path)?,
         (None, None) => Config::parse(
             crate::config::EMBEDDED_DEFAULT,
@@ -188,6 +205,15 @@ pub fn start(mut options: Options) -> Result<Running, StartError> {
             }));
         }
     }
+    Ok(config)
+}
+
+/// Loads the certificates, binds every listener and starts the threads.
+fn serve(
+    config: Config,
+    options: Options,
+    kubernetes: Option<KubernetesOptions>,
+) -> Result<Running, StartError> {
     let workers = config.workers;
     let mut metrics = Metrics::default();
     if kubernetes.is_some() {

@@ -3,7 +3,7 @@
 //! Errors carry their source, and that decides the status: 4xx for what the client sent,
 //! 502/504 for what the upstream did, 503 when nothing can serve.
 
-use http::header::HeaderValue;
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::forward::body::ClientBodyError;
@@ -31,6 +31,9 @@ pub(crate) enum ProxyError {
     UnknownHost,
     #[error("nothing is served at this path")]
     NoRoute,
+    /// The path answers only the methods in `allow` (the `Allow` header's value).
+    #[error("this path answers only {allow}")]
+    MethodNotAllowed { allow: &'static str },
     #[error("the upstream has no endpoint")]
     NoEndpoint,
     #[error("could not connect to the upstream")]
@@ -64,7 +67,8 @@ impl ProxyError {
             | Self::UnsupportedTransferCoding
             | Self::ClientBody(_)
             | Self::UnknownHost
-            | Self::NoRoute => ErrorSource::Downstream,
+            | Self::NoRoute
+            | Self::MethodNotAllowed { .. } => ErrorSource::Downstream,
             Self::NoEndpoint => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }
@@ -77,6 +81,7 @@ impl ProxyError {
             }
             Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::UnknownHost | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoEndpoint | Self::AgentOffline => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnectTimeout(_) | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) | Self::UnexpectedUpgrade => {
@@ -102,7 +107,8 @@ impl ProxyError {
             | Self::UnsupportedTransferCoding
             | Self::ClientBody(_)
             | Self::UnknownHost
-            | Self::NoRoute => "downstream",
+            | Self::NoRoute
+            | Self::MethodNotAllowed { .. } => "downstream",
         }
     }
 }
@@ -113,7 +119,14 @@ pub(crate) fn error_response(
     request_id: &HeaderValue,
     format: Format,
 ) -> Response<ResponseBody> {
-    error_page(err.status(), &err.to_string(), request_id, format)
+    let mut response = error_page(err.status(), &err.to_string(), request_id, format);
+    if let ProxyError::MethodNotAllowed { allow } = err {
+        // RFC 9110 §15.5.6: a 405 says what the resource does answer.
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    response
 }
 
 /// Whether an exchange failed because the client's request body did.

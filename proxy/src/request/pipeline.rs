@@ -3,7 +3,9 @@
 //!
 //! 1. `request_filter`: request id, host, framing, and the one normal path every later phase
 //!    uses (see [`crate::routing::path`]; targets that cannot be made unambiguous are a 400 here);
-//! 2. `own_endpoint`: what the proxy answers itself (the tunnel hub, login and CLI pages);
+//! 2. `dispatch`: on the plain-HTTP listener, an ACME HTTP-01 challenge route first (`GET` and
+//!    `HEAD` only), then, in `http_mode: redirect`, the redirect to HTTPS for everything else;
+//!    then what the proxy answers itself (`own_endpoint`: the tunnel hub, login and CLI pages);
 //! 3. `route`: host and path to a route (404 for unknown hosts and paths);
 //! 4. `access`: who is asking and may they pass ([`crate::auth::access`]);
 //! 5. `upstream_peer`: an endpoint of the route's upstream;
@@ -20,7 +22,7 @@ use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -42,9 +44,7 @@ use crate::forward::upstream::{Endpoint, Upstream};
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{self, DecisionKind, DecisionReason, Name, UpstreamErrorLabels};
 use crate::respond::body::{Completion, ResponseBody};
-use crate::respond::{
-    Format, X_REQUEST_ID, error_page, is_acceptable_request_id, new_request_id, status_page,
-};
+use crate::respond::{Format, X_REQUEST_ID, is_acceptable_request_id, new_request_id, status_page};
 use crate::routing::path::{
     PathError, decode_slashes, normalize_path, normalize_path_keeping_encoded_slashes,
     without_parameters,
@@ -75,9 +75,24 @@ pub(crate) async fn serve_request(
     } else {
         String::new()
     };
-    let outcome = match filtered.and_then(|()| own_endpoint(&snapshot, &ctx, req.uri().path())) {
-        Ok(Some(own)) => Ok(serve_own_endpoint(own, &shared, &snapshot, &conn, &ctx, req).await),
-        Ok(None) => serve_route(&shared, &snapshot, &conn, &mut ctx, req, received.clone()).await,
+    let outcome = match filtered.and_then(|()| dispatch(&shared, &snapshot, &conn, &mut ctx, &req))
+    {
+        Ok(Dispatch::Own(own)) => {
+            Ok(serve_own_endpoint(own, &shared, &snapshot, &conn, &ctx, req).await)
+        }
+        Ok(Dispatch::Route(route)) => {
+            serve_route(
+                &shared,
+                &snapshot,
+                &conn,
+                &mut ctx,
+                route,
+                req,
+                received.clone(),
+            )
+            .await
+        }
+        Ok(Dispatch::Redirect) => Ok(redirect_to_https(&shared, &ctx, &req)),
         Err(err) => Err(err),
     };
     let mut response = match outcome {
@@ -147,18 +162,16 @@ async fn serve_own_endpoint(
     }
 }
 
-/// Phases 3 to 7, for a request that a route serves.
+/// Phases 4 to 7, for a request that a route serves.
 async fn serve_route(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     conn: &Arc<ConnState>,
     ctx: &mut RequestCtx,
+    route: Arc<Route>,
     req: Request<Incoming>,
     received: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // Phase 3: the route.
-    let route = route(snapshot, ctx, req.uri().path())?;
-
     let (mut parts, body) = req.into_parts();
     // Nothing the server layer attached is meant for the upstream, except the upgrade handle
     // this layer keeps for itself.
@@ -199,10 +212,17 @@ async fn serve_route(
         ctx,
         conn,
         snapshot,
+        &route,
         endpoint,
         upgrade.is_some(),
     );
-    set_identity_headers(upstream_req.headers_mut(), snapshot, ctx, who.as_deref());
+    set_identity_headers(
+        upstream_req.headers_mut(),
+        snapshot,
+        ctx,
+        &route,
+        who.as_deref(),
+    );
     let decided_path = upgrade
         .is_some()
         .then(|| ctx.decided_path(upstream_req.uri().path()).to_owned());
@@ -397,25 +417,87 @@ fn own_endpoint<'s>(
     Ok(own)
 }
 
+/// Who answers a request that passed the request filter.
+enum Dispatch<'s> {
+    /// The proxy itself.
+    Own(OwnEndpoint<'s>),
+    /// A route's upstream.
+    Route(Arc<Route>),
+    /// The same URL over HTTPS (the plain-HTTP listener in `http_mode: redirect`).
+    Redirect,
+}
+
+/// Phases 2 and 3: who answers. On the plain-HTTP listener an ACME challenge comes first, and
+/// in redirect mode everything else is redirected; then the proxy's own endpoints, then the
+/// routes. The ACME table is never looked at on the HTTPS listener.
+fn dispatch<'s>(
+    shared: &Shared,
+    snapshot: &'s Snapshot,
+    conn: &ConnState,
+    ctx: &mut RequestCtx,
+    req: &Request<Incoming>,
+) -> Result<Dispatch<'s>, ProxyError> {
+    let normal_path = req.uri().path();
+    if !conn.tls {
+        if let Some(route) = acme_challenge(snapshot, ctx, req.method(), normal_path)? {
+            return Ok(Dispatch::Route(route));
+        }
+        if shared.redirects_plain_http() {
+            return match snapshot.routes.knows_host(&ctx.host) {
+                true => Ok(Dispatch::Redirect),
+                false => Err(ProxyError::UnknownHost),
+            };
+        }
+    }
+    if let Some(own) = own_endpoint(snapshot, ctx, normal_path)? {
+        return Ok(Dispatch::Own(own));
+    }
+    route(snapshot, ctx, normal_path).map(Dispatch::Route)
+}
+
+/// Phase 2 on the plain-HTTP listener: the ACME HTTP-01 challenge route for the host and the
+/// path the request is decided on, if there is one. A validator sends `GET` (RFC 8555 §8.3);
+/// `HEAD` is its body-less twin; any other method is refused here rather than passed on.
+fn acme_challenge(
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    method: &Method,
+    normal_path: &str,
+) -> Result<Option<Arc<Route>>, ProxyError> {
+    let Some(route) = snapshot.acme.find(&ctx.host, ctx.decided_path(normal_path)) else {
+        return Ok(None);
+    };
+    let route = chosen(ctx, route)?;
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ProxyError::MethodNotAllowed { allow: "GET, HEAD" });
+    }
+    Ok(Some(route))
+}
+
 /// Phase 3: the route for the host and the path the request is decided on.
 fn route(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     normal_path: &str,
 ) -> Result<Arc<Route>, ProxyError> {
-    let route = match snapshot
+    match snapshot
         .routes
         .find(&ctx.host, ctx.decided_path(normal_path))
     {
-        Some(route) => route.clone(),
-        None if snapshot.routes.knows_host(&ctx.host) => return Err(ProxyError::NoRoute),
-        None => return Err(ProxyError::UnknownHost),
-    };
+        Some(route) => chosen(ctx, route),
+        None if snapshot.routes.knows_host(&ctx.host) => Err(ProxyError::NoRoute),
+        None => Err(ProxyError::UnknownHost),
+    }
+}
+
+/// Records the route found for the request (for its metrics and log line, even when it is
+/// refused next), and refuses `%2F` unless the route lets it through.
+fn chosen(ctx: &mut RequestCtx, route: &Arc<Route>) -> Result<Arc<Route>, ProxyError> {
     ctx.route = Some(route.clone());
     if ctx.encoded_slashes && !route.allow_encoded_slashes {
         return Err(PathError::EncodedSlash.into());
     }
-    Ok(route)
+    Ok(route.clone())
 }
 
 /// Phase 5: an endpoint of the upstream.
@@ -429,17 +511,15 @@ fn upstream_request_filter(
     ctx: &RequestCtx,
     conn: &ConnState,
     snapshot: &Snapshot,
+    route: &Route,
     endpoint: &Endpoint,
     upgrade: bool,
 ) {
     let headers = req.headers_mut();
     remove_hop_by_hop(headers, upgrade);
-    // The client's claims go before the proxy adds its own forwarding headers.
-    let extra = snapshot
-        .identity
-        .as_deref()
-        .map_or(&[][..], |i| i.strip_headers.as_slice());
-    strip_gateway_claims(headers, extra);
+    // The client's claims go before the proxy adds its own forwarding headers: the built-in
+    // ones, `identity.strip_headers` and the route's own identity headers.
+    strip_gateway_claims(headers, &route.claims);
     set_forwarding_headers(
         headers,
         conn.peer.ip(),
@@ -493,18 +573,16 @@ fn upstream_request_filter(
     *req.version_mut() = Version::HTTP_11;
 }
 
-static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
-static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
-static X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 static X_SEKISHO_ASSERTION: HeaderName = HeaderName::from_static("x-sekisho-assertion");
 
-/// Phase 6, identity part: the proxy's cookies go, and a verified identity is set (whatever a
-/// gateway alone may say and the client claimed is gone already: see
-/// [`upstream_request_filter`]).
+/// Phase 6, identity part: the proxy's cookies go, and a verified identity is set in the
+/// route's identity headers (whatever a gateway alone may say and the client claimed, in those
+/// names too, is gone already: see [`upstream_request_filter`]).
 fn set_identity_headers(
     headers: &mut HeaderMap,
     snapshot: &Snapshot,
     ctx: &RequestCtx,
+    route: &Route,
     who: Option<&Who>,
 ) {
     if headers.contains_key(header::COOKIE) {
@@ -516,10 +594,11 @@ fn set_identity_headers(
     headers.remove(header::AUTHORIZATION);
     // Room for the four headers below at once, rather than growing the map on the way.
     headers.reserve(4);
+    let names = &route.identity_headers;
     for (name, value) in [
-        (&X_FORWARDED_USER, &who.headers.user),
-        (&X_FORWARDED_EMAIL, &who.headers.email),
-        (&X_FORWARDED_GROUPS, &who.headers.groups),
+        (&names.user, &who.headers.user),
+        (&names.email, &who.headers.email),
+        (&names.groups, &who.headers.groups),
     ] {
         if let Some(value) = value {
             headers.insert(name.clone(), value.clone());
@@ -659,38 +738,29 @@ fn requested_upgrade<B>(req: &Request<B>, route: &Route) -> Option<HeaderValue> 
     (one && route.allows_upgrade(protocol.as_bytes().trim_ascii())).then(|| protocol.clone())
 }
 
-/// The plain-HTTP listener's answer in redirect mode: the same URL over HTTPS, for known hosts.
-pub(crate) fn redirect_to_https(
+/// The plain-HTTP listener's answer in redirect mode: the same URL (its normal path) over
+/// HTTPS, on the host the request was decided on.
+fn redirect_to_https(
     shared: &Shared,
+    ctx: &RequestCtx,
     req: &Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let request_id = new_request_id();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(normalize_host);
-    let Some(host) = host.filter(|h| shared.snapshot.load().routes.knows_host(h)) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "no site is served for this host",
-            &request_id,
-            Format::of(req.headers()),
-        );
-    };
     let port = match shared.redirect_port {
         443 => String::new(),
         port => format!(":{port}"),
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{host}{port}{path}");
+    let location = format!("https://{}{port}{path}", ctx.host);
     let mut response = status_page(
         StatusCode::PERMANENT_REDIRECT,
         "this site is served over HTTPS",
-        &request_id,
+        &ctx.request_id,
     );
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
 }
+
+#[cfg(test)]
+mod tests;

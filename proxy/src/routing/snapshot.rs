@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::HeaderName;
 use ipnet::IpNet;
 
 use std::time::Duration;
@@ -13,12 +14,15 @@ use sekisho_wire::agent_auth::AgentPublicKey;
 
 use crate::auth::identity::{IdentityError, IdentityRuntime};
 use crate::config::origin::Origin;
+use crate::config::problem::check_host_pattern;
 use crate::config::{Config, HostConfig, Limits, PathConfig};
+use crate::forward::header::{IdentityHeaderNames, route_claims};
 use crate::forward::upstream::Upstream;
 use crate::frontdoor::tls::TlsError;
 use crate::observe::metrics::{Metrics, Name, RouteMetrics};
 use crate::policy::RouteAccess;
-use crate::routing::table::RouteTable;
+use crate::routing::path::config_path;
+use crate::routing::table::{PathType, RouteTable};
 
 /// Why a snapshot could not be built from a valid configuration.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +42,15 @@ pub enum SnapshotError {
 /// Every path under this prefix is the proxy's own, on every host (never an upstream's).
 pub(crate) const OWN_PREFIX: &str = "/.sekisho/";
 
+/// Where ACME HTTP-01 validators ask for a challenge's token (RFC 8555 §8.3).
+pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub routes: RouteTable<Arc<Route>>,
+    /// ACME HTTP-01 challenges: public `Exact` routes under [`ACME_CHALLENGE_PREFIX`], looked
+    /// up on the plain-HTTP listener only, before anything else there; never on HTTPS.
+    pub acme: RouteTable<Arc<Route>>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
@@ -92,6 +102,11 @@ pub(crate) struct Route {
     pub upgrades: Box<[Box<str>]>,
     /// Origins besides the route's own whose pages may open WebSockets on it.
     pub websocket_origins: Vec<Origin>,
+    /// The headers the upstream gets the verified identity in (the policy's names).
+    pub identity_headers: IdentityHeaderNames,
+    /// What a client may not send here besides the built-in claims: `identity.strip_headers`
+    /// and the route's identity header names (see [`route_claims`]).
+    pub claims: Box<[HeaderName]>,
 }
 
 impl Route {
@@ -137,6 +152,7 @@ impl Snapshot {
         for provider in identity.iter().flat_map(|i| &i.providers) {
             metrics.register_provider(&provider.name);
         }
+        let strip_headers = identity.as_ref().map_or(&[][..], |i| &i.strip_headers[..]);
         let mut routes = RouteTable::default();
         let mut route_list = Vec::new();
         for host in &config.hosts {
@@ -156,13 +172,20 @@ impl Snapshot {
                     }),
                     None => None,
                 };
+                let access = route_access(config, host, path);
+                let identity_headers = match &access {
+                    RouteAccess::Policy(policy) => policy.identity_header_names(),
+                    RouteAccess::Public | RouteAccess::DenyAll => IdentityHeaderNames::default(),
+                };
                 let route = Arc::new(Route {
                     metrics: RouteMetrics::new(metrics, name.clone()),
                     name,
                     host: host_name.clone(),
                     path: path.map_or("/", |p| p.path.as_str()).to_owned(),
                     upstream: upstreams[upstream].clone(),
-                    access: route_access(config, host, path),
+                    claims: route_claims(strip_headers, &identity_headers),
+                    identity_headers,
+                    access,
                     bearer: path.and_then(|p| p.bearer).unwrap_or(host.bearer),
                     max_session_age: path
                         .and_then(|p| p.max_session_age)
@@ -202,6 +225,8 @@ impl Snapshot {
             routes.insert_host(&host_name, paths, default);
         }
 
+        let acme = acme_routes(config, &upstreams, strip_headers, metrics);
+
         let tunnels = config
             .tunnels
             .iter()
@@ -227,6 +252,7 @@ impl Snapshot {
             tunnels,
             agents,
             routes,
+            acme,
             upstreams,
             limits: config.limits.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -247,6 +273,83 @@ impl Snapshot {
     pub(crate) fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// The ACME HTTP-01 challenge table. Whatever a source gives, it holds only what a validator
+/// asks for: `Exact` paths in normal form under [`ACME_CHALLENGE_PREFIX`] of exact hosts, to an
+/// upstream the snapshot has. Anything else is left out and logged, since these routes are
+/// public and pass the plain-HTTP listener's redirect. A host's `default`, `public` and
+/// `policy` mean nothing here: every challenge is public.
+fn acme_routes(
+    config: &Config,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    strip_headers: &[HeaderName],
+    metrics: &Metrics,
+) -> RouteTable<Arc<Route>> {
+    // A host listed twice keeps the paths of both.
+    let mut hosts: HashMap<String, Vec<(String, PathType, Arc<Route>)>> = HashMap::new();
+    for host in &config.acme_challenges {
+        let host_name = host.host.to_ascii_lowercase();
+        // One name per host for every token: a series per token would grow with each renewal.
+        let name = Name(format!("{host_name}{ACME_CHALLENGE_PREFIX}").into());
+        for path in &host.paths {
+            let upstream = upstreams.get(&path.upstream);
+            let refused = if check_host_pattern(&host_name).is_err() || host_name.starts_with("*.")
+            {
+                Some("not an exact host name")
+            } else if !is_acme_challenge(&path.path) || path.path_type != PathType::Exact {
+                Some("not an Exact path in normal form under /.well-known/acme-challenge/")
+            } else if upstream.is_none() {
+                Some("no such upstream")
+            } else {
+                None
+            };
+            let (Some(upstream), None) = (upstream, refused) else {
+                tracing::warn!(
+                    host = %host_name,
+                    path = %path.path,
+                    upstream = %path.upstream,
+                    reason = refused.unwrap_or_default(),
+                    "ACME challenge route left out"
+                );
+                continue;
+            };
+            let route = Route {
+                name: name.clone(),
+                metrics: RouteMetrics::new(metrics, name.clone()),
+                host: host_name.clone(),
+                path: path.path.clone(),
+                upstream: upstream.clone(),
+                access: RouteAccess::Public,
+                bearer: false,
+                max_session_age: None,
+                session_idle_timeout: None,
+                webhook: None,
+                allow_encoded_slashes: false,
+                upgrades: Box::default(),
+                websocket_origins: Vec::new(),
+                identity_headers: IdentityHeaderNames::default(),
+                claims: strip_headers.into(),
+            };
+            hosts.entry(host_name.clone()).or_default().push((
+                path.path.clone(),
+                PathType::Exact,
+                Arc::new(route),
+            ));
+        }
+    }
+    let mut table = RouteTable::default();
+    for (host, paths) in hosts {
+        table.insert_host(&host, paths, None);
+    }
+    table
+}
+
+/// A challenge path: normal, under [`ACME_CHALLENGE_PREFIX`], naming a token.
+fn is_acme_challenge(path: &str) -> bool {
+    path.strip_prefix(ACME_CHALLENGE_PREFIX)
+        .is_some_and(|token| !token.is_empty())
+        && config_path(path).is_ok_and(|normal| normal == path)
 }
 
 /// How a route is guarded: its own `public`/`policy`, else its host's; neither denies all.
@@ -323,5 +426,121 @@ hosts:
             [origin("https://b.example:8443")]
         );
         assert_eq!(websocket_origins(host, Some(&host.paths[2])), []);
+    }
+
+    #[test]
+    fn the_acme_table_holds_only_exact_challenge_paths_of_exact_hosts() {
+        let mut config = Config::parse(
+            "
+listen: {https: '127.0.0.1:8443', admin: '127.0.0.1:9901'}
+upstreams:
+  app: {endpoints: ['http://127.0.0.1:3000']}
+  solver: {endpoints: ['http://127.0.0.1:3001']}
+hosts:
+  - {host: shop.example.com, public: true, default: app}
+",
+            Path::new("test.yaml"),
+            Path::new("/"),
+        )
+        .unwrap();
+        config.acme_challenges = serde_yaml_ng::from_str(
+            "
+- host: Shop.Example.com
+  paths:
+    - {path: /.well-known/acme-challenge/good, type: Exact, upstream: solver}
+    - {path: /.well-known/acme-challenge/prefix, type: Prefix, upstream: solver}
+    - {path: /.well-known/acme-challenge/, type: Exact, upstream: solver}
+    - {path: /.well-known/acme-challenge/a/../b, type: Exact, upstream: solver}
+    - {path: /admin, type: Exact, upstream: solver}
+    - {path: /.well-known/acme-challenge/nowhere, type: Exact, upstream: gone}
+- host: shop.example.com
+  paths:
+    - {path: /.well-known/acme-challenge/second, type: Exact, upstream: solver}
+- host: '*.example.com'
+  paths:
+    - {path: /.well-known/acme-challenge/wild, type: Exact, upstream: solver}
+- host: solo.example.com
+  paths:
+    - {path: /.well-known/acme-challenge/solo, type: Exact, upstream: solver}
+",
+        )
+        .unwrap();
+        let snapshot = Snapshot::build(&config, None, 1, &Metrics::default()).unwrap();
+        let challenge = |host: &str, path: &str| {
+            snapshot
+                .acme
+                .find(host, path)
+                .map(|route| (route.upstream.name.to_string(), route.name.0.to_string()))
+        };
+        let solver = |host: &str| {
+            Some((
+                "solver".to_owned(),
+                format!("{host}/.well-known/acme-challenge/"),
+            ))
+        };
+        for (host, path, expected) in [
+            (
+                "shop.example.com",
+                "/.well-known/acme-challenge/good",
+                solver("shop.example.com"),
+            ),
+            (
+                "shop.example.com",
+                "/.well-known/acme-challenge/second",
+                solver("shop.example.com"),
+            ),
+            (
+                "solo.example.com",
+                "/.well-known/acme-challenge/solo",
+                solver("solo.example.com"),
+            ),
+            (
+                "shop.example.com",
+                "/.well-known/acme-challenge/prefix",
+                None,
+            ),
+            (
+                "shop.example.com",
+                "/.well-known/acme-challenge/prefix/x",
+                None,
+            ),
+            ("shop.example.com", "/.well-known/acme-challenge/", None),
+            (
+                "shop.example.com",
+                "/.well-known/acme-challenge/a/../b",
+                None,
+            ),
+            ("shop.example.com", "/.well-known/acme-challenge/b", None),
+            ("shop.example.com", "/admin", None),
+            (
+                "shop.example.com",
+                "/.well-known/acme-challenge/nowhere",
+                None,
+            ),
+            ("x.example.com", "/.well-known/acme-challenge/wild", None),
+        ] {
+            assert_eq!(challenge(host, path), expected, "{host}{path}");
+        }
+        let route = snapshot
+            .acme
+            .find("shop.example.com", "/.well-known/acme-challenge/good")
+            .unwrap();
+        assert!(matches!(route.access, RouteAccess::Public));
+        assert!(route.upgrades.is_empty());
+        // The challenges are not routes of the HTTPS listener, nor listed as the site's.
+        assert!(!snapshot.routes.knows_host("solo.example.com"));
+        assert_eq!(
+            snapshot
+                .routes
+                .find("shop.example.com", "/.well-known/acme-challenge/good")
+                .map(|route| route.upstream.name.to_string()),
+            Some("app".to_owned())
+        );
+        assert!(
+            snapshot
+                .route_list
+                .iter()
+                .all(|r| r.upstream.name.as_ref() == "app")
+        );
     }
 }

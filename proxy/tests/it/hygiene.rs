@@ -288,3 +288,101 @@ async fn a_malformed_chunked_body_is_the_clients_fault_400_not_502() {
     let (status, _) = gate.raw(&get("/public/x", "")).await;
     assert_eq!(status, 200);
 }
+
+/// Grafana behind a policy that names Grafana's auth-proxy headers, with a public path.
+#[tokio::test]
+async fn a_policys_identity_headers_carry_the_user_and_no_client_can_send_them() {
+    let pki = Pki::new();
+    let upstream = Upstream::start("grafana").await;
+    let (cert, key) = pki.write_leaf("site", &["grafana.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("session-keys");
+    sekisho_proxy::add_session_key(&keys).unwrap();
+    let proxy = Proxy::start(&format!(
+        "{certs}{identity}policies:
+  grafana:
+    allow: [{{group: staff}}]
+    rules: [{{paths: [{{path: /public}}], public: true}}]
+    identity_headers: {{user: X-WEBAUTH-USER, groups: X-Grafana-Groups}}
+upstreams:
+  grafana: {{endpoints: ['{grafana}']}}
+hosts:
+  - {{host: grafana.test, policy: grafana, default: grafana}}
+",
+        certs = certificates_yaml(&[(cert, key)]),
+        identity = identity_yaml(
+            dir.path(),
+            &format!("  session_keys_file: '{}'\n", keys.display())
+        ),
+        grafana = upstream.url(),
+    ));
+    let cookie = dev_session_cookie(
+        &proxy.config_path,
+        "grafana.test",
+        &[
+            "--subject",
+            "alice-sub",
+            "--email",
+            "alice@uniqe.example",
+            "--group",
+            "staff",
+        ],
+    );
+    // Every spelling of every identity header this route's upstream could trust.
+    let spoofed = [
+        ("X-WEBAUTH-USER", "admin"),
+        ("X_WEBAUTH_USER", "admin"),
+        ("x_webauth_User", "admin"),
+        ("X-Grafana-Groups", "admins"),
+        ("x_grafana_groups", "admins"),
+        ("X-Forwarded-User", "admin"),
+        ("X_Forwarded_Email", "admin@uniqe.example"),
+    ];
+    for http2 in [false, true] {
+        let client = TlsClient::new(&pki, proxy.https(), http2);
+        for (path, signed_in) in [("/dashboards", true), ("/public/snapshot", false)] {
+            let mut req = request("grafana.test", path, http2);
+            for (name, value) in spoofed {
+                req.headers_mut().append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_static(value),
+                );
+            }
+            if signed_in {
+                req.headers_mut().insert(
+                    "cookie",
+                    format!("__Host-sekisho={cookie}").parse().unwrap(),
+                );
+            }
+            let (status, _, body) = read_text(client.send("grafana.test", req).await).await;
+            assert_eq!(status, StatusCode::OK, "{path} (h2: {http2}): {body}");
+            let seen = echoed(&body);
+            let values = |name: &str| {
+                seen.get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            };
+            let expected = |value: &str| match signed_in {
+                true => vec![value.to_owned()],
+                false => Vec::new(),
+            };
+            assert_eq!(values("x-webauth-user"), expected("alice-sub"), "{body}");
+            assert_eq!(values("x-grafana-groups"), expected("staff"), "{body}");
+            // The email keeps its default name; the default user and groups names carry
+            // nothing here, and are stripped as everywhere.
+            assert_eq!(
+                values("x-forwarded-email"),
+                expected("alice@uniqe.example"),
+                "{body}"
+            );
+            assert!(values("x-forwarded-user").is_empty(), "{body}");
+            for name in ["x_webauth_user", "x_grafana_groups", "x_forwarded_email"] {
+                assert!(
+                    values(name).is_empty(),
+                    "{name} reached the upstream: {body}"
+                );
+            }
+        }
+    }
+}

@@ -5,22 +5,6 @@ use http::StatusCode;
 
 use crate::support::*;
 
-/// An `identity` section with `extra` lines and one provider (never contacted: providers are
-/// discovered on first use), whose client secret is written to `dir`.
-fn identity_yaml(dir: &std::path::Path, extra: &str) -> String {
-    let secret = dir.join("client-secret");
-    std::fs::write(&secret, "s3cret").unwrap();
-    format!(
-        "identity:
-  auth_host: auth.test
-  dangerous_allow_http_issuers: true
-{extra}  providers:
-    - {{name: corp, issuer: 'http://127.0.0.1:9', client_id: sekisho, client_secret_file: '{}'}}
-",
-        secret.display()
-    )
-}
-
 /// A site with a public path, a path no one may enter, an identity provider (never contacted:
 /// providers are discovered on first use) and an agent.
 async fn site() -> (Pki, Upstream, Proxy, tempfile::TempDir) {
@@ -205,25 +189,20 @@ hosts:
         app = upstream.url(),
     ));
     // carol is signed in (a cookie sealed with the site's keys) but not in `staff`.
-    let sealed = std::process::Command::new(env!("CARGO_BIN_EXE_sekisho-proxy"))
-        .arg("--config")
-        .arg(&proxy.config_path)
-        .args([
-            "dev-session",
-            "--host",
-            "app.test",
+    let cookie = dev_session_cookie(
+        &proxy.config_path,
+        "app.test",
+        &[
             "--subject",
             "carol-sub",
-        ])
-        .args(["--email", "carol@elsewhere.example"])
-        .output()
-        .unwrap();
-    assert!(sealed.status.success(), "{sealed:?}");
-    let cookie = String::from_utf8(sealed.stdout).unwrap();
+            "--email",
+            "carol@elsewhere.example",
+        ],
+    );
     let client = TlsClient::new(&pki, proxy.https(), false);
     let req = http::Request::get("/reports")
         .header("host", "app.test")
-        .header("cookie", format!("__Host-sekisho={}", cookie.trim()))
+        .header("cookie", format!("__Host-sekisho={cookie}"))
         .body(empty())
         .unwrap();
     let (status, headers, _) = read_text(client.send("app.test", req).await).await;

@@ -423,3 +423,33 @@ pub(crate) fn closed_port() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// An `identity:` section with one provider that is never contacted (providers are discovered
+/// on first use), and `extra` lines (indented two spaces) in it.
+pub(crate) fn identity_yaml(dir: &Path, extra: &str) -> String {
+    let secret = dir.join("client-secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    format!(
+        "identity:
+  auth_host: auth.test
+  dangerous_allow_http_issuers: true
+{extra}  providers:
+    - {{name: corp, issuer: 'http://127.0.0.1:9', client_id: sekisho, client_secret_file: '{}'}}
+",
+        secret.display()
+    )
+}
+
+/// A session cookie's value for `host`, sealed with the session keys of the configuration at
+/// `config` by `sekisho-proxy dev-session` (`args`: `--subject`, `--email`, `--group`, ...).
+pub(crate) fn dev_session_cookie(config: &Path, host: &str, args: &[&str]) -> String {
+    let sealed = std::process::Command::new(env!("CARGO_BIN_EXE_sekisho-proxy"))
+        .arg("--config")
+        .arg(config)
+        .args(["dev-session", "--host", host])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{sealed:?}");
+    String::from_utf8(sealed.stdout).unwrap().trim().to_owned()
+}
