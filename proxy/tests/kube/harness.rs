@@ -35,6 +35,8 @@ pub(crate) struct Gate {
     pub(crate) pki: Pki,
     pub(crate) pods: PodNetwork,
     pub(crate) https: SocketAddr,
+    /// The plain-HTTP listener (redirects to HTTPS, answers ACME challenges).
+    pub(crate) http: SocketAddr,
     proxy: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
 }
@@ -120,6 +122,9 @@ impl Gate {
             pki: Pki::new("Sekisho kube test CA")?,
             pods: PodNetwork::new()?,
             https: proxy.https_addr,
+            http: proxy
+                .http_addr
+                .context("the static settings have a plain listener")?,
             proxy: Some(proxy),
             namespace,
             _dir: dir,

@@ -6,6 +6,7 @@
 //! own IngressClass, whose controller name is unique to the test, so the proxies of tests that
 //! run at once never serve each other's Ingresses.
 
+mod acme;
 mod agent;
 mod backend;
 mod harness;

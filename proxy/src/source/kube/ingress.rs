@@ -35,7 +35,7 @@ use crate::config::problem::check_host_pattern;
 use crate::config::{HostConfig, PathConfig, UpstreamConfig};
 use crate::policy::AccessPolicy;
 use crate::routing::path::config_path;
-use crate::routing::snapshot::OWN_PREFIX;
+use crate::routing::snapshot::{ACME_CHALLENGE_PREFIX as ACME_PREFIX, OWN_PREFIX};
 use crate::routing::table::PathType;
 
 /// The controller name an IngressClass gives to be served by Sekisho.
@@ -47,7 +47,6 @@ pub(crate) const PUBLIC: &str = "public";
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 const SOLVER_LABEL: &str = "acme.cert-manager.io/http01-solver";
-const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 /// A policy name no policy has: a route given it lets no one through (after sign-in).
 const NO_POLICY: &str = "";
 /// The host of an Ingress rule without one: every host no other rule names.

@@ -350,6 +350,7 @@ impl KubeSource {
         });
         let mut config = self.base.clone();
         config.hosts = std::mem::take(&mut routes.hosts);
+        config.acme_challenges = std::mem::take(&mut routes.acme);
         config.upstreams = std::mem::take(&mut routes.upstreams);
         config.policies = std::mem::take(&mut routes.policies);
         config.policies.append(&mut tunnels.policies);

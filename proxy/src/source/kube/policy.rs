@@ -5,7 +5,7 @@
 use sekisho_api::AccessPolicySpec;
 
 use crate::config::problem::Problem;
-use crate::policy::{AccessPolicy, ClaimMatch, PolicyPath, Rule, Subject};
+use crate::policy::{AccessPolicy, ClaimMatch, IdentityHeaders, PolicyPath, Rule, Subject};
 use crate::routing::path::config_path;
 use crate::routing::table::PathType;
 
@@ -46,8 +46,23 @@ pub(crate) fn access_policy(spec: &AccessPolicySpec) -> Result<AccessPolicy, Vec
         allow,
         rules,
         cors_preflight: spec.cors_preflight,
+        identity_headers: spec
+            .identity_headers
+            .as_ref()
+            .map(|headers| IdentityHeaders {
+                user: headers.user.clone(),
+                email: headers.email.clone(),
+                groups: headers.groups.clone(),
+            }),
     };
     problems.extend(policy.validate("spec"));
+    // The object's fields are camelCase where the file's are snake_case.
+    for problem in &mut problems {
+        problem.field = problem
+            .field
+            .replace("identity_headers", "identityHeaders")
+            .replace("cors_preflight", "corsPreflight");
+    }
     if problems.is_empty() {
         Ok(policy)
     } else {
