@@ -37,6 +37,8 @@ pub(crate) struct Gate {
     pub(crate) https: SocketAddr,
     /// The plain-HTTP listener (redirects to HTTPS, answers ACME challenges).
     pub(crate) http: SocketAddr,
+    /// The admin listener (`/readyz`, `/metrics`).
+    pub(crate) admin: SocketAddr,
     proxy: Option<sekisho_proxy::Running>,
     _dir: tempfile::TempDir,
 }
@@ -73,7 +75,15 @@ impl Gate {
     }
 
     pub(crate) async fn start_as(prefix: &str, who: As) -> anyhow::Result<Self> {
-        let env = kube_testenv::TestEnv::shared().await?;
+        Self::start_on(kube_testenv::TestEnv::shared().await?, prefix, who).await
+    }
+
+    /// On a control plane of the test's own.
+    pub(crate) async fn start_on(
+        env: &kube_testenv::TestEnv,
+        prefix: &str,
+        who: As,
+    ) -> anyhow::Result<Self> {
         let client = env.client().await?;
         install_crds(&client).await?;
         let namespace = env.namespace(prefix).await?;
@@ -122,6 +132,7 @@ impl Gate {
             pki: Pki::new("Sekisho kube test CA")?,
             pods: PodNetwork::new()?,
             https: proxy.https_addr,
+            admin: proxy.admin_addr,
             http: proxy
                 .http_addr
                 .context("the static settings have a plain listener")?,
@@ -129,6 +140,26 @@ impl Gate {
             namespace,
             _dir: dir,
         })
+    }
+
+    /// The value of the metric series `series` (its whole name with labels) on the admin
+    /// listener.
+    pub(crate) async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = self.admin_get("/metrics").await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .with_context(|| format!("no {series} in the metrics"))
+    }
+
+    /// `GET path` on the admin listener: the whole answer, head and body.
+    pub(crate) async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = tokio::net::TcpStream::connect(self.admin).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await?;
+        Ok(text)
     }
 
     /// How many links the agent `name` has to the proxy.

@@ -13,7 +13,12 @@ use kube::api::DeleteParams;
 use crate::harness::{Gate, apply, until};
 
 /// An Ingress of `gate`'s class: `host` with `(path, pathType, service)` rules, public.
-fn ingress(gate: &Gate, name: &str, host: &str, paths: &[(&str, &str, &str)]) -> Ingress {
+pub(crate) fn ingress(
+    gate: &Gate,
+    name: &str,
+    host: &str,
+    paths: &[(&str, &str, &str)],
+) -> Ingress {
     let mut meta = gate.meta(name);
     meta.annotations = Some(BTreeMap::from([(
         "sekisho.dev/access-policy".to_owned(),

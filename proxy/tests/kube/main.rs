@@ -11,6 +11,7 @@ mod agent;
 mod backend;
 mod harness;
 mod ingress;
+mod outage;
 mod policy;
 mod rbac;
 mod secret;

@@ -43,8 +43,10 @@ pub struct TestEnv {
     // Held for their `Drop`. Field order is drop order: processes first, then the
     // watchdog, then the directory.
     _controller_manager: Process,
-    _apiserver: Process,
-    _etcd: Process,
+    apiserver: Process,
+    etcd: Process,
+    /// How kube-apiserver was started, to start it again ([`TestEnv::restart_apiserver`]).
+    apiserver_start: (PathBuf, Vec<String>, u32),
     _watchdog: Watchdog,
     dir: tempfile::TempDir,
     server: String,
@@ -106,10 +108,11 @@ impl TestEnv {
         })?;
         wait_for_port(&mut etcd, etcd_port, ETCD_START).await?;
 
+        let apiserver_args = apiserver_args(path, &pki, apiserver_port, etcd_port);
         let mut apiserver = Process::spawn(
             "kube-apiserver",
             &binaries.kube_apiserver,
-            &apiserver_args(path, &pki, apiserver_port, etcd_port),
+            &apiserver_args,
             path,
             group,
         )?;
@@ -148,8 +151,9 @@ impl TestEnv {
 
         Ok(Self {
             _controller_manager: controller_manager,
-            _apiserver: apiserver,
-            _etcd: etcd,
+            apiserver,
+            etcd,
+            apiserver_start: (binaries.kube_apiserver.clone(), apiserver_args, group),
             _watchdog: watchdog,
             server,
             ca_cert: pki.ca_cert,
@@ -180,6 +184,23 @@ impl TestEnv {
     /// runtime it was built in, and `#[tokio::test]` gives every test its own.
     pub async fn client(&self) -> Result<Client, Error> {
         Client::try_from(self.admin_config().await?).map_err(Error::Client)
+    }
+
+    /// Kills kube-apiserver (SIGKILL), as a crash would. Clients see their requests and
+    /// watches fail until [`TestEnv::start_apiserver`]; etcd keeps the objects. Only for a
+    /// private control plane ([`TestEnv::start`]): the shared one is in use by other tests.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.kill();
+    }
+
+    /// Starts kube-apiserver again on the same address (after [`TestEnv::stop_apiserver`])
+    /// and returns once it is ready.
+    pub async fn start_apiserver(&mut self) -> Result<(), Error> {
+        let (program, args, group) = self.apiserver_start.clone();
+        self.apiserver.kill();
+        self.apiserver = Process::spawn("kube-apiserver", &program, &args, self.dir.path(), group)?;
+        let admin = kubeconfig::load(&self.admin_kubeconfig).await?;
+        wait_for_readyz(&mut self.apiserver, &mut self.etcd, admin).await
     }
 
     /// The admin's client configuration, for a client built elsewhere (in another runtime,

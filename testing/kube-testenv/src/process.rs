@@ -53,6 +53,12 @@ impl Process {
         Ok(Self { name, child, log })
     }
 
+    /// Kills it (SIGKILL) and waits until it is gone.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn id(&self) -> u32 {
         self.child.id()
     }
@@ -95,7 +101,6 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         // SIGKILL: the data is thrown away with the temporary directory anyway.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
