@@ -39,6 +39,8 @@ pub(crate) struct Hub {
     nonces: Mutex<HashMap<[u8; 16], u64>>,
     /// Open tunnel streams, and for a while those that closed (so the client can ask why).
     streams: DashMap<StreamId, Arc<Stream>>,
+    /// Woken when an agent link comes or goes (for whoever reports agents' status).
+    pub(crate) links_changed: tokio::sync::Notify,
 }
 
 /// How long a closed stream's reason is kept.
@@ -58,6 +60,8 @@ pub(crate) struct Link {
     pub(crate) cancel: CancellationToken,
     /// Being drained: no new streams.
     pub(crate) draining: AtomicBool,
+    /// When the agent connected.
+    pub(crate) since: std::time::SystemTime,
 }
 
 /// The `101` that hands a connection to the hub for `protocol`.
@@ -81,6 +85,7 @@ pub(crate) fn switching_protocols(
 impl Hub {
     pub(crate) fn register(&self, link: Arc<Link>) {
         self.links.entry(link.agent.clone()).or_default().push(link);
+        self.links_changed.notify_one();
     }
 
     pub(crate) fn unregister(&self, link: &Link) {
@@ -90,6 +95,12 @@ impl Hub {
                 entry.remove();
             }
         }
+        self.links_changed.notify_one();
+    }
+
+    /// Since when the agent has been connected (its oldest link), if it is.
+    pub(crate) fn connected_since(&self, agent: &str) -> Option<std::time::SystemTime> {
+        self.links.get(agent)?.iter().map(|l| l.since).min()
     }
 
     pub(crate) fn new_link(
@@ -106,6 +117,7 @@ impl Hub {
             sender,
             cancel,
             draining: AtomicBool::new(false),
+            since: std::time::SystemTime::now(),
         }
     }
 

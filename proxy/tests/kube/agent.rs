@@ -113,6 +113,22 @@ async fn an_agent_object_lets_its_agent_connect_and_deleting_it_cuts_the_link() 
     })
     .await?;
 
+    // Its status says so.
+    let agents: Api<Agent> = gate.api();
+    until("the Agent's status", || async {
+        let status = agents.get(&name).await?.status.unwrap_or_default();
+        ensure!(
+            status.connected && status.replica.is_some() && status.connected_since.is_some(),
+            "{status:?}"
+        );
+        ensure!(
+            sekisho_api::condition::is_true(&status.conditions, "Ready"),
+            "{status:?}"
+        );
+        Ok(Answer::none())
+    })
+    .await?;
+
     // A Tunnel naming it (and a policy that does not exist) says why it is not served.
     let mut tunnel = Tunnel::new(
         "nas",

@@ -123,6 +123,8 @@ struct Memory {
 }
 
 pub(crate) struct KubeSource {
+    /// Who this process is to the API (the status Lease, Agents' `replica`).
+    replica: String,
     publish: status::Publish,
     lease_namespace: Option<String>,
     /// Whether this process holds the status Lease (and so writes Ingresses' status).
@@ -151,6 +153,7 @@ impl KubeSource {
             (None, _) => status::Publish::Nothing,
         };
         Self {
+            replica: identity(),
             publish,
             lease_namespace: options.lease_namespace,
             leader: Arc::default(),
@@ -300,11 +303,20 @@ impl KubeSource {
             () = crate::state::stopped(&mut stop) => return,
         }
         tracing::info!("the Kubernetes watches are in sync");
+        let rebuilt = Arc::new(Notify::new());
+        tokio::spawn(report_agents(
+            client.clone(),
+            stores.agents.clone(),
+            self.shared.clone(),
+            self.replica.clone(),
+            rebuilt.clone(),
+            stop.clone(),
+        ));
         if self.publish != status::Publish::Nothing {
             tokio::spawn(status::lead(
                 client.clone(),
                 self.lease(),
-                identity(),
+                self.replica.clone(),
                 self.leader.clone(),
                 changed.clone(),
                 stop.clone(),
@@ -321,6 +333,7 @@ impl KubeSource {
         loop {
             self.rebuild(&stores, &client, &wanted, &recorder, &mut memory)
                 .await;
+            rebuilt.notify_one();
             tokio::select! {
                 () = changed.notified() => {}
                 () = crate::state::stopped(&mut stop) => return,
@@ -499,6 +512,86 @@ impl KubeSource {
         }
         memory.certificates = kept;
         entries
+    }
+}
+
+/// Keeps each Agent's status to what this process sees: connected (and since when) while it
+/// holds the agent's links; not connected once the links it held are gone. An Agent connected
+/// to another replica is that replica's to report. Runs until `stop`.
+async fn report_agents(
+    client: Client,
+    agents: Store<api::Agent>,
+    shared: Arc<Shared>,
+    replica: String,
+    rebuilt: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        for agent in agents.state() {
+            let (Some(name), Some(namespace)) = (
+                agent.metadata.name.as_deref(),
+                agent.metadata.namespace.as_deref(),
+            ) else {
+                continue;
+            };
+            let current = agent.status.clone().unwrap_or_default();
+            let since = shared.hub.connected_since(name);
+            let mine = current.replica.as_deref() == Some(replica.as_str());
+            let mut next = current.clone();
+            match since {
+                Some(since) => {
+                    next.connected = true;
+                    next.replica = Some(replica.clone());
+                    next.connected_since = Some(Time(
+                        Timestamp::try_from(since).unwrap_or_else(|_| Timestamp::now()),
+                    ));
+                }
+                None if mine || current.replica.is_none() => {
+                    next.connected = false;
+                    next.replica = None;
+                    next.connected_since = None;
+                }
+                None => continue,
+            }
+            let (reason, message) = if next.connected {
+                (
+                    api::condition::reason::CONNECTED,
+                    format!("connected to {replica}"),
+                )
+            } else {
+                (
+                    api::condition::reason::NOT_CONNECTED,
+                    "the agent holds no connection to the proxy".to_owned(),
+                )
+            };
+            let condition = api::condition::ready(
+                next.connected,
+                reason,
+                message,
+                agent.metadata.generation,
+                Time(Timestamp::now()),
+            );
+            api::condition::set(&mut next.conditions, condition);
+            next.observed_generation = agent.metadata.generation;
+            // The transition time of a Ready condition that did not change stays, so an equal
+            // status compares equal.
+            if next == current {
+                continue;
+            }
+            let patch = serde_json::json!({ "status": next });
+            let api = Api::<api::Agent>::namespaced(client.clone(), namespace);
+            if let Err(error) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(agent = name, error = %crate::error_chain(&error), "cannot write an Agent's status");
+            }
+        }
+        tokio::select! {
+            () = shared.hub.links_changed.notified() => {}
+            () = rebuilt.notified() => {}
+            () = crate::state::stopped(&mut stop) => return,
+        }
     }
 }
 
