@@ -86,6 +86,16 @@ struct Cli {
     )]
     publish_address: Vec<String>,
 
+    /// `NAMESPACE/NAME` of a kubernetes.io/tls Secret served for names no Ingress's
+    /// certificate covers (Kubernetes mode; without it, a development certificate).
+    #[arg(
+        long,
+        env = "SEKISHO_DEFAULT_CERTIFICATE",
+        value_name = "NAMESPACE/NAME",
+        requires = "kubernetes"
+    )]
+    default_certificate: Option<String>,
+
     /// The proxy's own namespace, where the Lease of the replica that writes the Ingresses'
     /// status lives (Kubernetes mode; the downward API gives it).
     #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
@@ -192,6 +202,7 @@ fn main() -> ExitCode {
                 publish_service: cli.publish_service,
                 publish_addresses: cli.publish_address,
                 lease_namespace: cli.lease_namespace,
+                default_certificate: cli.default_certificate,
             }),
         ),
         Command::Keys(command) => add_key(command),

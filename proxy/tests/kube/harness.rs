@@ -123,6 +123,7 @@ impl Gate {
                 publish_service: None,
                 publish_addresses: vec!["192.0.2.10".to_owned(), "gate.example.test".to_owned()],
                 lease_namespace: Some(namespace.clone()),
+                default_certificate: Some(format!("{namespace}/default-tls")),
             }),
         })
         .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;

@@ -165,3 +165,20 @@ async fn a_broken_secret_is_told_on_the_ingress_and_the_last_good_certificate_ke
     assert_eq!(answer.status, StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_default_certificate_answers_names_no_ingress_covers() -> anyhow::Result<()> {
+    let gate = Gate::start("default-cert").await?;
+    let fallback = format!("fallback.{}.test", gate.namespace);
+    // The harness names `<namespace>/default-tls` as the default certificate.
+    let default = der(&gate.tls_secret("default-tls", &[&fallback]).await?)?;
+    let answer = until("the default certificate to be served", || async {
+        let answer = gate.get(&fallback, "/").await?;
+        ensure!(answer.certificate == default, "another certificate");
+        Ok(answer)
+    })
+    .await?;
+    // No Ingress names the host: the certificate answers, the route does not.
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{answer:?}");
+    Ok(())
+}

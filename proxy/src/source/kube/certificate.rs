@@ -32,7 +32,8 @@ pub(crate) enum CertificateError {
     },
 }
 
-/// The certificate in `secret`, serving those of `hosts` it covers.
+/// The certificate in `secret`, serving those of `hosts` it covers (with no hosts: every name
+/// it holds, as the default certificate does).
 pub(crate) fn from_secret(
     key: &Key,
     secret: &Secret,
@@ -63,6 +64,9 @@ pub(crate) fn from_secret(
         &format!("Secret {key}, {CERT_KEY}"),
         &format!("Secret {key}, {KEY_KEY}"),
     )?;
+    if hosts.is_empty() {
+        return Ok(loaded);
+    }
     let served: Vec<String> = hosts
         .iter()
         .filter(|host| loaded.names.iter().any(|name| covers(name, host)))

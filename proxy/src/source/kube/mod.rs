@@ -74,6 +74,9 @@ pub struct KubernetesOptions {
     /// The namespace of the Lease whose holder writes that status (the proxy's own); by
     /// default the published Service's, else `default`.
     pub lease_namespace: Option<String>,
+    /// `namespace/name` of a `kubernetes.io/tls` Secret served for names no Ingress's
+    /// certificate covers (and to clients that send no name).
+    pub default_certificate: Option<String>,
 }
 
 impl Default for KubernetesOptions {
@@ -85,6 +88,7 @@ impl Default for KubernetesOptions {
             publish_service: None,
             publish_addresses: Vec::new(),
             lease_namespace: None,
+            default_certificate: None,
         }
     }
 }
@@ -118,11 +122,14 @@ struct Stores {
 struct Memory {
     /// The last good certificate of each Secret, by the Secret and its resourceVersion.
     certificates: HashMap<Key, (Option<String>, LoadedCert)>,
+    /// Whether the default certificate's problem was logged (until it serves again).
+    default_told: bool,
     /// Notes already told (object, reason, message), so each distinct one becomes one Event.
     told: HashSet<(String, &'static str, String)>,
 }
 
 pub(crate) struct KubeSource {
+    default_certificate: Option<Key>,
     /// Who this process is to the API (the status Lease, Agents' `replica`).
     replica: String,
     publish: status::Publish,
@@ -152,7 +159,15 @@ impl KubeSource {
             },
             (None, _) => status::Publish::Nothing,
         };
+        let default_certificate =
+            options
+                .default_certificate
+                .map(|text| match text.split_once('/') {
+                    Some((namespace, name)) => Key::new(namespace, name),
+                    None => Key::new("default", &text),
+                });
         Self {
+            default_certificate,
             replica: identity(),
             publish,
             lease_namespace: options.lease_namespace,
@@ -389,12 +404,23 @@ impl KubeSource {
                 count(&self.shared, false);
             }
         }
+        // The default certificate first: it is what clients get for names nothing else covers.
+        let claims: Vec<ingress::TlsClaim> = self
+            .default_certificate
+            .iter()
+            .map(|secret| ingress::TlsClaim {
+                secret: secret.clone(),
+                hosts: Vec::new(),
+                ingress: Key::new("", ""),
+            })
+            .chain(routes.tls.iter().cloned())
+            .collect();
         {
             let mut wanted = wanted.write().unwrap_or_else(|e| e.into_inner());
-            *wanted = routes.tls.iter().map(|c| c.secret.clone()).collect();
+            *wanted = claims.iter().map(|c| c.secret.clone()).collect();
         }
         let entries = self
-            .certificates(stores, client, &routes.tls, &mut routes.reports, memory)
+            .certificates(stores, client, &claims, &mut routes.reports, memory)
             .await;
         self.shared.certs.replace(CertTable::new(entries));
         for report in routes.reports {
@@ -460,7 +486,7 @@ impl KubeSource {
         reports: &mut Vec<ingress::Report>,
         memory: &mut Memory,
     ) -> Vec<LoadedCert> {
-        let mut entries: Vec<LoadedCert> = self.fallback.iter().cloned().collect();
+        let mut entries: Vec<LoadedCert> = Vec::new();
         let mut kept = HashMap::new();
         for claim in claims {
             let stored = stores.secrets.get(
@@ -488,10 +514,24 @@ impl KubeSource {
             };
             match loaded {
                 Ok(cert) => {
+                    if claim.ingress.name.is_empty() {
+                        memory.default_told = false;
+                    }
                     if secret.is_some() {
                         kept.insert(claim.secret.clone(), (version, cert.clone()));
                     }
                     entries.push(cert);
+                }
+                Err(error) if claim.ingress.name.is_empty() => {
+                    // The default certificate: no Ingress to tell; the log says it once.
+                    if !memory.default_told {
+                        tracing::warn!(secret = %claim.secret, error = %crate::error_chain(&error), "the default certificate cannot be served; the last good one (or the development one) serves instead");
+                        memory.default_told = true;
+                    }
+                    if let Some((seen, cert)) = memory.certificates.get(&claim.secret) {
+                        kept.insert(claim.secret.clone(), (seen.clone(), cert.clone()));
+                        entries.push(cert.clone());
+                    }
                 }
                 Err(error) => {
                     reports.push(ingress::Report {
@@ -511,6 +551,11 @@ impl KubeSource {
             }
         }
         memory.certificates = kept;
+        // The development certificate answers what nothing else does (after the default one).
+        let at = usize::from(self.default_certificate.is_some() && !entries.is_empty());
+        if let Some(fallback) = &self.fallback {
+            entries.insert(at.min(entries.len()), fallback.clone());
+        }
         entries
     }
 }
