@@ -15,3 +15,4 @@ mod outage;
 mod policy;
 mod rbac;
 mod secret;
+mod tenant;

@@ -155,3 +155,28 @@ async fn an_ingress_without_a_policy_is_not_served_to_anyone() -> anyhow::Result
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_policy_the_schema_lets_through_but_the_proxy_cannot_use_is_reported_in_its_status()
+-> anyhow::Result<()> {
+    let gate = Gate::start("bad-policy").await?;
+    // `..` passes the schema (a leading `/`, no query) but is not a normal path.
+    let mut policy = AccessPolicy::new("odd", open_at("/a/../b"));
+    policy.metadata.namespace = Some(gate.namespace.clone());
+    apply(&gate.api(), &policy).await?;
+    let api: Api<AccessPolicy> = gate.api();
+    until("the policy's status to say why", || async {
+        let status = api.get("odd").await?.status.unwrap_or_default();
+        let ready = sekisho_api::condition::find(&status.conditions, "Ready")
+            .ok_or_else(|| anyhow::anyhow!("no Ready condition yet"))?;
+        ensure!(
+            ready.status == "False"
+                && ready.reason == "Invalid"
+                && ready.message.contains("spec.rules[0].paths[0].path"),
+            "{ready:?}"
+        );
+        Ok(crate::harness::Answer::none())
+    })
+    .await?;
+    Ok(())
+}

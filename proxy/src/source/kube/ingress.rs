@@ -87,6 +87,10 @@ pub(crate) struct Cluster {
     pub class_parameters: HashMap<String, Option<String>>,
     /// Hosts (lowercase) that namespaces besides their owner may serve paths on.
     pub shared_hosts: HashMap<String, BTreeSet<String>>,
+    /// Who owned each host in the routes served until now: an owner keeps its host while it
+    /// has an Ingress for it, so a newer Ingress created in the same second (creation times
+    /// have a resolution of a second) cannot win it by the order of names.
+    pub previous_owners: BTreeMap<String, String>,
 }
 
 /// A `kubernetes.io/tls` Secret an Ingress serves, and for which of its hosts.
@@ -170,19 +174,20 @@ pub(crate) fn routes(cluster: &Cluster, settings: &Settings) -> Routes {
     let mut ingresses: Vec<&Ingress> = cluster.ingresses.iter().map(AsRef::as_ref).collect();
     ingresses.sort_by(|a, b| age_order(a).cmp(&age_order(b)));
 
-    let mut hosts: BTreeMap<String, HostBuild> = BTreeMap::new();
+    let ingresses: Vec<(&Ingress, Key, &str)> = ingresses
+        .into_iter()
+        .filter_map(|ingress| {
+            let key = Key::of(&ingress.metadata)?;
+            let class = match class_of(ingress) {
+                Some(name) => ours.get_key_value(name).map(|(name, _)| *name),
+                None => default_class,
+            }?;
+            Some((ingress, key, class))
+        })
+        .collect();
+    let mut hosts = owned_hosts(&ingresses, &cluster.previous_owners);
     let mut solvers = Vec::new();
-    for ingress in ingresses {
-        let Some(key) = Key::of(&ingress.metadata) else {
-            continue;
-        };
-        let class = match class_of(ingress) {
-            Some(name) => ours.get(name).map(|_| name),
-            None => default_class,
-        };
-        let Some(class) = class else {
-            continue;
-        };
+    for (ingress, key, class) in ingresses {
         out.served.push(key.clone());
         let mut ctx = IngressCtx {
             cluster,
@@ -214,6 +219,53 @@ pub(crate) fn routes(cluster: &Cluster, settings: &Settings) -> Routes {
     out.hosts = finish(hosts);
     out.acme = finish(acme);
     out
+}
+
+/// Every host the Ingresses name (solvers aside), with its owner: the previous owner while it
+/// still names the host, else the namespace of the oldest Ingress that does.
+fn owned_hosts(
+    ingresses: &[(&Ingress, Key, &str)],
+    previous: &BTreeMap<String, String>,
+) -> BTreeMap<String, HostBuild> {
+    let mut claimants: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (ingress, key, _) in ingresses {
+        if is_acme_solver(ingress) {
+            continue;
+        }
+        let spec = ingress.spec.as_ref();
+        let rules = spec.and_then(|s| s.rules.as_deref()).unwrap_or_default();
+        let mut named: Vec<String> = rules
+            .iter()
+            .map(|r| match r.host.as_deref() {
+                None | Some("") => ANY_HOST.to_owned(),
+                Some(host) => host.to_ascii_lowercase(),
+            })
+            .collect();
+        if spec.is_some_and(|s| s.default_backend.is_some()) {
+            named.push(ANY_HOST.to_owned());
+        }
+        for host in named {
+            claimants.entry(host).or_default().push(&key.namespace);
+        }
+    }
+    claimants
+        .into_iter()
+        .map(|(host, namespaces)| {
+            // Oldest first, as the Ingresses are sorted.
+            let owner = previous
+                .get(&host)
+                .filter(|owner| namespaces.contains(&owner.as_str()))
+                .map_or(namespaces[0], String::as_str)
+                .to_owned();
+            let build = HostBuild {
+                owner,
+                paths: Vec::new(),
+                claimed: HashMap::new(),
+                default: None,
+            };
+            (host, build)
+        })
+        .collect()
 }
 
 fn finish(hosts: BTreeMap<String, HostBuild>) -> Vec<HostConfig> {
@@ -1132,6 +1184,44 @@ mod tests {
             table(&r)
         );
         assert_eq!(r.tls.len(), 2);
+    }
+
+    #[test]
+    fn the_namespace_serving_a_host_keeps_it_against_an_ingress_of_the_same_second() {
+        // Same creation second: by name, `a-intruder` would come before `z-owner`.
+        let ingresses = || {
+            vec![
+                ingress("z-owner", "site", 5).rule(Some("shop.example.com"), "/", "Prefix", "web"),
+                ingress("a-intruder", "site", 5).rule(
+                    Some("shop.example.com"),
+                    "/admin",
+                    "Exact",
+                    "web",
+                ),
+            ]
+        };
+        let mut c = cluster(ingresses());
+        c.services
+            .extend([service("z-owner", "web"), service("a-intruder", "web")]);
+        let fresh = routes(&c, &Settings::default());
+        assert_eq!(
+            fresh.owners["shop.example.com"], "a-intruder",
+            "without history, names decide"
+        );
+
+        c.previous_owners = BTreeMap::from([("shop.example.com".to_owned(), "z-owner".to_owned())]);
+        let kept = routes(&c, &Settings::default());
+        assert_eq!(kept.owners["shop.example.com"], "z-owner");
+        assert_eq!(
+            reasons(&kept),
+            [("a-intruder/site".to_owned(), "HostOwnedElsewhere")]
+        );
+
+        // Once the owner has no Ingress for it, the host is free again.
+        c.ingresses
+            .retain(|i| i.metadata.namespace.as_deref() != Some("z-owner"));
+        let freed = routes(&c, &Settings::default());
+        assert_eq!(freed.owners["shop.example.com"], "a-intruder");
     }
 
     #[test]

@@ -122,6 +122,8 @@ struct Stores {
 struct Memory {
     /// The last good certificate of each Secret, by the Secret and its resourceVersion.
     certificates: HashMap<Key, (Option<String>, LoadedCert)>,
+    /// The namespace that owned each host in the last routes built.
+    owners: std::collections::BTreeMap<String, String>,
     /// Whether the default certificate's problem was logged (until it serves again).
     default_told: bool,
     /// Notes already told (object, reason, message), so each distinct one becomes one Event.
@@ -366,8 +368,10 @@ impl KubeSource {
         memory: &mut Memory,
     ) {
         let mut notes = Vec::new();
-        let cluster = cluster(stores, &mut notes);
+        let mut cluster = cluster(stores, &mut notes);
+        cluster.previous_owners = std::mem::take(&mut memory.owners);
         let mut routes = ingress::routes(&cluster, &self.settings);
+        memory.owners = routes.owners.clone();
         let (agents, tunnel_objects) = (stores.agents.state(), stores.tunnels.state());
         let mut tunnels = tunnel::tunnels(&tunnel::Inputs {
             agents: &agents,
@@ -836,6 +840,7 @@ fn cluster(stores: &Stores, notes: &mut Vec<Note>) -> ingress::Cluster {
         cluster_policies,
         class_parameters,
         shared_hosts,
+        previous_owners: std::collections::BTreeMap::new(),
     }
 }
 
