@@ -1,52 +1,9 @@
 //! cert-manager's HTTP-01 solver Ingresses: answered on the plain-HTTP listener only.
 
-use std::collections::BTreeMap;
-
 use anyhow::ensure;
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, ServiceBackendPort,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Answer, Gate, apply, until};
-
-fn ingress(
-    gate: &Gate,
-    name: &str,
-    host: &str,
-    path: &str,
-    path_type: &str,
-    service: &str,
-) -> Ingress {
-    Ingress {
-        metadata: gate.meta(name),
-        spec: Some(IngressSpec {
-            ingress_class_name: Some(gate.class.clone()),
-            rules: Some(vec![IngressRule {
-                host: Some(host.to_owned()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some(path.to_owned()),
-                        path_type: path_type.to_owned(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: service.to_owned(),
-                                port: Some(ServiceBackendPort {
-                                    name: Some("http".into()),
-                                    number: None,
-                                }),
-                            }),
-                            resource: None,
-                        },
-                    }],
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    }
-}
+use crate::harness::{Answer, Gate, apply, named, until};
 
 /// A plain-HTTP GET; the status line and the whole answer.
 async fn plain(gate: &Gate, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
@@ -68,30 +25,20 @@ async fn a_solver_ingress_is_reachable_without_login_only_on_its_path_over_plain
     let _web = gate.backend("web").await?;
     let _solver = gate.backend("solver").await?;
     let host = format!("shop.{}.test", gate.namespace);
-    let mut shop = ingress(&gate, "shop", &host, "/", "Prefix", "web");
-    shop.metadata.annotations = Some(BTreeMap::from([(
-        "sekisho.dev/access-policy".to_owned(),
-        "public".to_owned(),
-    )]));
     gate.tls_secret("shop-tls", &[&host]).await?;
-    shop.spec.as_mut().unwrap().tls = Some(vec![k8s_openapi::api::networking::v1::IngressTLS {
-        hosts: Some(vec![host.clone()]),
-        secret_name: Some("shop-tls".into()),
-    }]);
-    apply(&gate.api(), &shop).await?;
-    let mut solver = ingress(
-        &gate,
-        "cm-acme-http-solver-x",
-        &host,
+    let shop = gate
+        .site("shop", &host)
+        .policy("public")
+        .tls("shop-tls")
+        .path("/", "Prefix", "web", named("http"));
+    apply(&gate.api(), &shop.build()).await?;
+    let solver = gate.site("cm-acme-http-solver-x", &host).solver().path(
         "/.well-known/acme-challenge/tok3n",
         "ImplementationSpecific",
         "solver",
+        named("http"),
     );
-    solver.metadata.labels = Some(BTreeMap::from([(
-        "acme.cert-manager.io/http01-solver".to_owned(),
-        "true".to_owned(),
-    )]));
-    apply(&gate.api(), &solver).await?;
+    apply(&gate.api(), &solver.build()).await?;
 
     until("the challenge to be answered", || async {
         let (status, text) = plain(&gate, &host, "/.well-known/acme-challenge/tok3n").await?;

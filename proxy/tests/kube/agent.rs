@@ -1,58 +1,13 @@
 //! Agents and Tunnels as objects: an Agent's keys let it connect; deleting the Agent cuts its
 //! link; a Tunnel that names no usable Agent or policy says why in its status.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
-};
 use kube::api::{Api, DeleteParams};
 use sekisho_api::{Agent, AgentSpec, Tunnel, TunnelSpec};
 
-use crate::harness::{Answer, Gate, apply, until};
-
-/// A public Ingress for `host`, so that the proxy has its certificate.
-fn site(gate: &Gate, host: &str) -> Ingress {
-    let mut meta = gate.meta("site");
-    meta.annotations = Some(BTreeMap::from([(
-        "sekisho.dev/access-policy".to_owned(),
-        "public".to_owned(),
-    )]));
-    Ingress {
-        metadata: meta,
-        spec: Some(IngressSpec {
-            ingress_class_name: Some(gate.class.clone()),
-            tls: Some(vec![IngressTLS {
-                hosts: Some(vec![host.to_owned()]),
-                secret_name: Some("site-tls".into()),
-            }]),
-            rules: Some(vec![IngressRule {
-                host: Some(host.to_owned()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/".into()),
-                        path_type: "Prefix".into(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: "web".into(),
-                                port: Some(ServiceBackendPort {
-                                    number: Some(80),
-                                    name: None,
-                                }),
-                            }),
-                            resource: None,
-                        },
-                    }],
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    }
-}
+use crate::harness::{Answer, Gate, apply, number, until};
 
 #[tokio::test]
 async fn an_agent_object_lets_its_agent_connect_and_deleting_it_cuts_the_link() -> anyhow::Result<()>
@@ -61,7 +16,12 @@ async fn an_agent_object_lets_its_agent_connect_and_deleting_it_cuts_the_link() 
     let _web = gate.backend("web").await?;
     let host = format!("site.{}.test", gate.namespace);
     gate.tls_secret("site-tls", &[&host]).await?;
-    apply(&gate.api(), &site(&gate, &host)).await?;
+    let site = gate
+        .site("site", &host)
+        .policy("public")
+        .tls("site-tls")
+        .path("/", "Prefix", "web", number(80));
+    apply(&gate.api(), &site.build()).await?;
     until("the site to be served", || async {
         let answer = gate.get(&host, "/").await?;
         ensure!(answer.status == http::StatusCode::OK, "{answer:?}");

@@ -7,56 +7,9 @@ use anyhow::ensure;
 use http::StatusCode;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
-};
 use sekisho_testkit::EchoUpstream;
 
-use crate::harness::{Gate, apply, until};
-
-/// A public Ingress for `host` with each `(path, service, port)`.
-fn site(gate: &Gate, host: &str, paths: &[(&str, &str, i32)]) -> Ingress {
-    let mut meta = gate.meta("site");
-    meta.annotations = Some(BTreeMap::from([(
-        "sekisho.dev/access-policy".to_owned(),
-        "public".to_owned(),
-    )]));
-    Ingress {
-        metadata: meta,
-        spec: Some(IngressSpec {
-            ingress_class_name: Some(gate.class.clone()),
-            tls: Some(vec![IngressTLS {
-                hosts: Some(vec![host.to_owned()]),
-                secret_name: Some("site-tls".into()),
-            }]),
-            rules: Some(vec![IngressRule {
-                host: Some(host.to_owned()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: paths
-                        .iter()
-                        .map(|(path, service, port)| HTTPIngressPath {
-                            path: Some((*path).into()),
-                            path_type: "Prefix".into(),
-                            backend: IngressBackend {
-                                service: Some(IngressServiceBackend {
-                                    name: (*service).into(),
-                                    port: Some(ServiceBackendPort {
-                                        number: Some(*port),
-                                        name: None,
-                                    }),
-                                }),
-                                resource: None,
-                            },
-                        })
-                        .collect(),
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    }
-}
+use crate::harness::{Gate, apply, number, until};
 
 #[tokio::test]
 async fn an_unready_endpoint_is_left_out_until_it_is_ready_again() -> anyhow::Result<()> {
@@ -64,7 +17,12 @@ async fn an_unready_endpoint_is_left_out_until_it_is_ready_again() -> anyhow::Re
     let web = gate.backend("web").await?;
     let host = format!("site.{}.test", gate.namespace);
     gate.tls_secret("site-tls", &[&host]).await?;
-    apply(&gate.api(), &site(&gate, &host, &[("/", "web", 80)])).await?;
+    let site = gate.site("site", &host).policy("public").tls("site-tls");
+    apply(
+        &gate.api(),
+        &site.path("/", "Prefix", "web", number(80)).build(),
+    )
+    .await?;
     until("the site to be served", || async {
         let answer = gate.get(&host, "/").await?;
         ensure!(answer.status == StatusCode::OK, "{answer:?}");
@@ -170,18 +128,18 @@ async fn ipv6_endpoints_and_external_name_services_are_served() -> anyhow::Resul
 
     let host = format!("site.{}.test", gate.namespace);
     gate.tls_secret("site-tls", &[&host]).await?;
-    apply(
-        &gate.api(),
-        &site(
-            &gate,
-            &host,
-            &[
-                ("/v6", "v6", 80),
-                ("/outside", "outside", i32::from(outside_port)),
-            ],
-        ),
-    )
-    .await?;
+    let site = gate
+        .site("site", &host)
+        .policy("public")
+        .tls("site-tls")
+        .path("/v6", "Prefix", "v6", number(80))
+        .path(
+            "/outside",
+            "Prefix",
+            "outside",
+            number(i32::from(outside_port)),
+        );
+    apply(&gate.api(), &site.build()).await?;
     let answer = until("the IPv6 endpoint to be served", || async {
         let answer = gate.get(&host, "/v6").await?;
         ensure!(answer.status == StatusCode::OK, "{answer:?}");

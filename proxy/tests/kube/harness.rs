@@ -522,3 +522,111 @@ async fn bind_cluster_role(client: &kube::Client, namespace: &str) -> anyhow::Re
     )
     .await
 }
+
+/// An Ingress of a gate's class for one host, built up by a test ([`Gate::site`]).
+pub(crate) struct Site(k8s_openapi::api::networking::v1::Ingress);
+
+/// A backend port by number.
+pub(crate) fn number(port: i32) -> k8s_openapi::api::networking::v1::ServiceBackendPort {
+    k8s_openapi::api::networking::v1::ServiceBackendPort {
+        number: Some(port),
+        name: None,
+    }
+}
+
+/// A backend port by name.
+pub(crate) fn named(port: &str) -> k8s_openapi::api::networking::v1::ServiceBackendPort {
+    k8s_openapi::api::networking::v1::ServiceBackendPort {
+        number: None,
+        name: Some(port.to_owned()),
+    }
+}
+
+impl Gate {
+    /// An Ingress `name` of this gate's class for `host`, without paths yet.
+    pub(crate) fn site(&self, name: &str, host: &str) -> Site {
+        use k8s_openapi::api::networking::v1::{HTTPIngressRuleValue, IngressRule, IngressSpec};
+        Site(k8s_openapi::api::networking::v1::Ingress {
+            metadata: self.meta(name),
+            spec: Some(IngressSpec {
+                ingress_class_name: Some(self.class.clone()),
+                rules: Some(vec![IngressRule {
+                    host: Some(host.to_owned()),
+                    http: Some(HTTPIngressRuleValue { paths: Vec::new() }),
+                }]),
+                ..IngressSpec::default()
+            }),
+            status: None,
+        })
+    }
+}
+
+impl Site {
+    /// `sekisho.dev/access-policy: policy`.
+    pub(crate) fn policy(mut self, policy: &str) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("sekisho.dev/access-policy".to_owned(), policy.to_owned());
+        self
+    }
+
+    /// The certificate of Secret `secret` for the site's host.
+    pub(crate) fn tls(mut self, secret: &str) -> Self {
+        let spec = self.0.spec.as_mut().expect("built with a spec");
+        let host = spec.rules.as_ref().and_then(|r| r[0].host.clone());
+        spec.tls
+            .get_or_insert_default()
+            .push(k8s_openapi::api::networking::v1::IngressTLS {
+                hosts: host.map(|h| vec![h]),
+                secret_name: Some(secret.to_owned()),
+            });
+        self
+    }
+
+    /// A path of `path_type` to `service`'s `port`.
+    pub(crate) fn path(
+        mut self,
+        path: &str,
+        path_type: &str,
+        service: &str,
+        port: k8s_openapi::api::networking::v1::ServiceBackendPort,
+    ) -> Self {
+        use k8s_openapi::api::networking::v1::{
+            HTTPIngressPath, IngressBackend, IngressServiceBackend,
+        };
+        let spec = self.0.spec.as_mut().expect("built with a spec");
+        let rules = spec.rules.as_mut().expect("built with a rule");
+        rules[0]
+            .http
+            .as_mut()
+            .expect("built with paths")
+            .paths
+            .push(HTTPIngressPath {
+                path: Some(path.to_owned()),
+                path_type: path_type.to_owned(),
+                backend: IngressBackend {
+                    service: Some(IngressServiceBackend {
+                        name: service.to_owned(),
+                        port: Some(port),
+                    }),
+                    resource: None,
+                },
+            });
+        self
+    }
+
+    /// The label that marks cert-manager's HTTP-01 solver Ingresses.
+    pub(crate) fn solver(mut self) -> Self {
+        self.0.metadata.labels.get_or_insert_default().insert(
+            "acme.cert-manager.io/http01-solver".to_owned(),
+            "true".to_owned(),
+        );
+        self
+    }
+
+    pub(crate) fn build(self) -> k8s_openapi::api::networking::v1::Ingress {
+        self.0
+    }
+}

@@ -1,59 +1,27 @@
 //! Ingresses become routes, follow their edits and go away with them.
 
-use std::collections::BTreeMap;
-
 use anyhow::ensure;
 use http::StatusCode;
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, ServiceBackendPort,
-};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::DeleteParams;
 
-use crate::harness::{Gate, apply, until};
+use crate::harness::{Gate, apply, named, until};
 
-/// An Ingress of `gate`'s class: `host` with `(path, pathType, service)` rules, public.
+/// An Ingress of `gate`'s class: `host` with `(path, pathType, service)` rules to each
+/// Service's port named `http`, public.
 pub(crate) fn ingress(
     gate: &Gate,
     name: &str,
     host: &str,
     paths: &[(&str, &str, &str)],
 ) -> Ingress {
-    let mut meta = gate.meta(name);
-    meta.annotations = Some(BTreeMap::from([(
-        "sekisho.dev/access-policy".to_owned(),
-        "public".to_owned(),
-    )]));
-    Ingress {
-        metadata: meta,
-        spec: Some(IngressSpec {
-            ingress_class_name: Some(gate.class.clone()),
-            rules: Some(vec![IngressRule {
-                host: Some(host.to_owned()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: paths
-                        .iter()
-                        .map(|(path, path_type, service)| HTTPIngressPath {
-                            path: Some((*path).to_owned()),
-                            path_type: (*path_type).to_owned(),
-                            backend: IngressBackend {
-                                service: Some(IngressServiceBackend {
-                                    name: (*service).to_owned(),
-                                    port: Some(ServiceBackendPort {
-                                        name: Some("http".into()),
-                                        number: None,
-                                    }),
-                                }),
-                                resource: None,
-                            },
-                        })
-                        .collect(),
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    }
+    paths
+        .iter()
+        .fold(
+            gate.site(name, host).policy("public"),
+            |site, (path, kind, service)| site.path(path, kind, service, named("http")),
+        )
+        .build()
 }
 
 #[tokio::test]

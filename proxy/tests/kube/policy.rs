@@ -1,54 +1,18 @@
 //! Access comes from AccessPolicy objects named by the Ingress's annotation; without one, a
 //! person must sign in (and is then refused); an invalid policy is reported in its status.
 
-use std::collections::BTreeMap;
-
 use anyhow::ensure;
 use http::StatusCode;
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
-};
 use kube::api::Api;
 use sekisho_api::{AccessPolicy, AccessPolicySpec, PolicyPath, Rule, Subject};
 
-use crate::harness::{Gate, apply, until};
+use crate::harness::{Gate, Site, apply, number, until};
 
-fn site(gate: &Gate, name: &str, host: &str, policy: Option<&str>) -> Ingress {
-    let mut meta = gate.meta(name);
-    meta.annotations =
-        policy.map(|p| BTreeMap::from([("sekisho.dev/access-policy".to_owned(), p.to_owned())]));
-    Ingress {
-        metadata: meta,
-        spec: Some(IngressSpec {
-            ingress_class_name: Some(gate.class.clone()),
-            tls: Some(vec![IngressTLS {
-                hosts: Some(vec![host.to_owned()]),
-                secret_name: Some("site-tls".into()),
-            }]),
-            rules: Some(vec![IngressRule {
-                host: Some(host.to_owned()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/".into()),
-                        path_type: "Prefix".into(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: "web".into(),
-                                port: Some(ServiceBackendPort {
-                                    number: Some(80),
-                                    name: None,
-                                }),
-                            }),
-                            resource: None,
-                        },
-                    }],
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    }
+/// A site for `host` to Service `web`, with its certificate from Secret `site-tls`.
+fn site(gate: &Gate, name: &str, host: &str) -> Site {
+    gate.site(name, host)
+        .tls("site-tls")
+        .path("/", "Prefix", "web", number(80))
 }
 
 /// A policy that lets `/open` through without login and everything else only to `staff`.
@@ -79,7 +43,11 @@ async fn an_access_policy_decides_and_its_edits_change_the_decisions() -> anyhow
     let mut policy = AccessPolicy::new("staff", open_at("/open"));
     policy.metadata.namespace = Some(gate.namespace.clone());
     apply(&gate.api(), &policy).await?;
-    apply(&gate.api(), &site(&gate, "site", &host, Some("staff"))).await?;
+    apply(
+        &gate.api(),
+        &site(&gate, "site", &host).policy("staff").build(),
+    )
+    .await?;
 
     until("the policy's public path to be served", || async {
         let answer = gate.get(&host, "/open/x").await?;
@@ -125,17 +93,9 @@ async fn an_ingress_without_a_policy_is_not_served_to_anyone() -> anyhow::Result
     let _web = gate.backend("web").await?;
     let host = format!("site.{}.test", gate.namespace);
     gate.tls_secret("site-tls", &[&host]).await?;
-    apply(&gate.api(), &site(&gate, "plain", &host, None)).await?;
-    apply(
-        &gate.api(),
-        &site(
-            &gate,
-            "missing",
-            &format!("missing.{host}"),
-            Some("nobody-wrote-it"),
-        ),
-    )
-    .await?;
+    apply(&gate.api(), &site(&gate, "plain", &host).build()).await?;
+    let missing = site(&gate, "missing", &format!("missing.{host}")).policy("nobody-wrote-it");
+    apply(&gate.api(), &missing.build()).await?;
     until("the unannotated Ingress to be routed", || async {
         let answer = gate.get(&host, "/").await?;
         // Routed (not 404), and refused: this proxy has no login to offer.

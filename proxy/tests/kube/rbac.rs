@@ -2,58 +2,14 @@
 //! (`deploy/kubernetes/proxy-clusterrole.yaml`): it watches, reads a Secret, writes a policy's
 //! status and records Events, and that account can do nothing else.
 
-use std::collections::BTreeMap;
-
 use anyhow::ensure;
 use http::StatusCode;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
-};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use sekisho_api::{AccessPolicy, AccessPolicySpec, PolicyPath, Rule};
 
-use crate::harness::{Answer, As, Gate, apply, until};
-
-fn site(gate: &Gate, name: &str, host: &str, policy: &str) -> Ingress {
-    let mut meta = gate.meta(name);
-    meta.annotations = Some(BTreeMap::from([(
-        "sekisho.dev/access-policy".to_owned(),
-        policy.to_owned(),
-    )]));
-    Ingress {
-        metadata: meta,
-        spec: Some(IngressSpec {
-            ingress_class_name: Some(gate.class.clone()),
-            tls: Some(vec![IngressTLS {
-                hosts: Some(vec![host.to_owned()]),
-                secret_name: Some("site-tls".into()),
-            }]),
-            rules: Some(vec![IngressRule {
-                host: Some(host.to_owned()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/".into()),
-                        path_type: "Prefix".into(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: "web".into(),
-                                port: Some(ServiceBackendPort {
-                                    number: Some(80),
-                                    name: None,
-                                }),
-                            }),
-                            resource: None,
-                        },
-                    }],
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    }
-}
+use crate::harness::{Answer, As, Gate, apply, number, until};
 
 #[tokio::test]
 async fn the_proxy_serves_with_only_its_cluster_role() -> anyhow::Result<()> {
@@ -77,17 +33,16 @@ async fn the_proxy_serves_with_only_its_cluster_role() -> anyhow::Result<()> {
     );
     policy.metadata.namespace = Some(gate.namespace.clone());
     apply(&gate.api(), &policy).await?;
-    apply(&gate.api(), &site(&gate, "site", &host, "open")).await?;
-    apply(
-        &gate.api(),
-        &site(
-            &gate,
-            "missing",
-            &format!("other.{host}"),
-            "nobody-wrote-it",
-        ),
-    )
-    .await?;
+    let site = |name: &str, host: &str, policy: &str| {
+        gate.site(name, host)
+            .policy(policy)
+            .tls("site-tls")
+            .path("/", "Prefix", "web", number(80))
+            .build()
+    };
+    apply(&gate.api(), &site("site", &host, "open")).await?;
+    let other = format!("other.{host}");
+    apply(&gate.api(), &site("missing", &other, "nobody-wrote-it")).await?;
 
     // Watched, read the Secret, served.
     until("the Ingress to be served", || async {

@@ -1,8 +1,6 @@
 //! Certificates come from `kubernetes.io/tls` Secrets, are renewed in place without dropping
 //! a connection, and a broken Secret changes nothing but an Event.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context as _, ensure};
 use http::StatusCode;
 use http_body_util::{BodyExt as _, Empty};
@@ -10,52 +8,18 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
-};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::harness::{Answer, Gate, apply, until};
+use crate::harness::{Answer, Gate, apply, number, until};
 
-fn site(gate: &Gate, host: &str, secret: &str) -> Ingress {
-    let mut meta = gate.meta("site");
-    meta.annotations = Some(BTreeMap::from([(
-        "sekisho.dev/access-policy".to_owned(),
-        "public".to_owned(),
-    )]));
-    Ingress {
-        metadata: meta,
-        spec: Some(IngressSpec {
-            ingress_class_name: Some(gate.class.clone()),
-            tls: Some(vec![IngressTLS {
-                hosts: Some(vec![host.to_owned()]),
-                secret_name: Some(secret.to_owned()),
-            }]),
-            rules: Some(vec![IngressRule {
-                host: Some(host.to_owned()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/".into()),
-                        path_type: "Prefix".into(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: "web".into(),
-                                port: Some(ServiceBackendPort {
-                                    number: Some(80),
-                                    name: None,
-                                }),
-                            }),
-                            resource: None,
-                        },
-                    }],
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    }
+/// A public site for `host` to Service `web`, with its certificate from Secret `secret`.
+fn site(gate: &Gate, host: &str, secret: &str) -> k8s_openapi::api::networking::v1::Ingress {
+    gate.site("site", host)
+        .policy("public")
+        .tls(secret)
+        .path("/", "Prefix", "web", number(80))
+        .build()
 }
 
 /// The DER of the first certificate in `pem`.
