@@ -152,3 +152,68 @@ async fn ipv6_endpoints_and_external_name_services_are_served() -> anyhow::Resul
     assert_eq!(outside.received_at("/outside").len(), 1);
     Ok(())
 }
+
+/// An HTTP/2-only server without TLS (h2c, prior knowledge) on the pod network, answering
+/// with the protocol version it got.
+fn h2c_upstream(listener: std::net::TcpListener) -> anyhow::Result<std::net::SocketAddr> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: http::Request<_>| {
+                    let answer = format!("upstream: h2c\nversion: {:?}\n", request.version());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(hyper::body::Bytes::from(answer)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn a_service_port_with_app_protocol_h2c_is_spoken_to_in_http2() -> anyhow::Result<()> {
+    let gate = Gate::start("h2c").await?;
+    let addr = h2c_upstream(gate.pods.listen(false)?)?;
+    let service = Service {
+        metadata: gate.meta("grpc"),
+        spec: Some(ServiceSpec {
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                app_protocol: Some("kubernetes.io/h2c".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    apply(&gate.api(), &service).await?;
+    gate.endpoints("grpc", &[(addr, true)]).await?;
+    let host = format!("grpc.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    let site = gate
+        .site("site", &host)
+        .policy("public")
+        .tls("site-tls")
+        .path("/", "Prefix", "grpc", number(80));
+    apply(&gate.api(), &site.build()).await?;
+    // The client speaks HTTP/1.1 to the proxy; the proxy speaks HTTP/2 to the upstream.
+    let answer = until("the h2c upstream to answer", || async {
+        let answer = gate.get(&host, "/").await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    assert!(answer.body.contains("version: HTTP/2.0"), "{}", answer.body);
+    Ok(())
+}
