@@ -126,7 +126,7 @@ fn config(
         let host = crate::routing::table::normalize_host(host);
         let serves = host.is_some_and(|h| {
             h == identity.auth_host
-                || snapshot.routes.knows_host(&h)
+                || snapshot.routes.names_host(&h)
                 || snapshot.tunnels.contains_key(h.as_ref())
         });
         body["serves_host"] = serves.into();

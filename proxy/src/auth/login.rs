@@ -114,7 +114,7 @@ fn check_return_url(
         .strip_prefix(':')
         .and_then(|p| p.parse().ok());
     return_url(rd, &identity.auth_host, port, &|host| {
-        snapshot.routes.knows_host(host)
+        snapshot.routes.names_host(host)
     })
 }
 

@@ -25,6 +25,8 @@ pub(crate) struct RouteTable<T> {
     exact: HashMap<Box<str>, HostRoutes<T>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, HostRoutes<T>>,
+    /// The routes of the host `*`: for hosts nothing else names.
+    any: Option<HostRoutes<T>>,
 }
 
 #[derive(Debug)]
@@ -47,6 +49,7 @@ impl<T> Default for RouteTable<T> {
         Self {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
+            any: None,
         }
     }
 }
@@ -80,15 +83,29 @@ impl<T> RouteTable<T> {
             default,
         };
         let host = host.to_ascii_lowercase();
+        if host == "*" {
+            self.any = Some(routes);
+            return;
+        }
         match host.strip_prefix("*.") {
             Some(suffix) => self.wildcard.insert(suffix.into(), routes),
             None => self.exact.insert(host.into(), routes),
         };
     }
 
-    /// Whether any rule covers this host (exactly or by wildcard).
+    /// Whether any rule covers this host (exactly, by wildcard, or through `*`).
     pub(crate) fn knows_host(&self, host: &str) -> bool {
         self.host_routes(host).is_some()
+    }
+
+    /// Whether an exact or wildcard entry names this host: `*` names no host. What may be
+    /// redirected to after a login is decided on this, so that a catch-all route never makes
+    /// every host a known one.
+    pub(crate) fn names_host(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, suffix)| self.wildcard.contains_key(suffix))
     }
 
     /// Finds the target for a normalised host (lowercase, no port) and an absolute path.
@@ -106,8 +123,9 @@ impl<T> RouteTable<T> {
         if let Some(routes) = self.exact.get(host) {
             return Some(routes);
         }
-        let (_, suffix) = host.split_once('.')?;
-        self.wildcard.get(suffix)
+        host.split_once('.')
+            .and_then(|(_, suffix)| self.wildcard.get(suffix))
+            .or(self.any.as_ref())
     }
 }
 
@@ -224,6 +242,34 @@ mod tests {
         for (host, path, expected) in cases {
             assert_eq!(table.find(host, path).copied(), expected, "{host}{path}");
         }
+    }
+
+    #[test]
+    fn the_any_host_serves_only_hosts_nothing_else_names() {
+        let mut table = table();
+        assert!(!table.knows_host("unknown.test"));
+        table.insert_host(
+            "*",
+            [("/status".to_string(), Prefix, "any-status")],
+            Some("any"),
+        );
+        for (host, path, expected) in [
+            ("unknown.test", "/", Some("any")),
+            ("unknown.test", "/status/x", Some("any-status")),
+            ("192.0.2.1", "/status", Some("any-status")),
+            ("localhost", "/", Some("any")),
+            // Hosts with entries keep them, and do not fall through.
+            ("no-default.test", "/b", None),
+            ("no-default.test", "/status", None),
+            ("x.example.com", "/status", Some("wild-default")),
+            ("a.b.example.com", "/", Some("any")),
+        ] {
+            assert_eq!(table.find(host, path).copied(), expected, "{host}{path}");
+        }
+        assert!(table.knows_host("unknown.test"));
+        // But `*` names no host: nothing may be sent there after a login because of it.
+        assert!(!table.names_host("unknown.test"));
+        assert!(table.names_host("app.example.com") && table.names_host("x.example.com"));
     }
 
     #[test]

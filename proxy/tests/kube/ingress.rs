@@ -148,3 +148,38 @@ async fn an_ingress_of_another_class_is_not_served_and_a_conflict_is_told_on_the
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rule_without_a_host_serves_the_hosts_no_other_rule_names() -> anyhow::Result<()> {
+    let gate = Gate::start("hostless").await?;
+    let _web = gate.backend("web").await?;
+    let _api = gate.backend("api").await?;
+    let named = format!("named.{}.test", gate.namespace);
+    let other = format!("anything.{}.test", gate.namespace);
+    // The harness's default certificate covers both names.
+    gate.tls_secret("default-tls", &[&named, &other]).await?;
+    let mut any = ingress(&gate, "any", "placeholder", &[("/", "Prefix", "web")]);
+    any.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].host = None;
+    apply(&gate.api(), &any).await?;
+    apply(
+        &gate.api(),
+        &ingress(&gate, "named", &named, &[("/only", "Exact", "api")]),
+    )
+    .await?;
+    until("the rule without a host to serve another host", || async {
+        let answer = gate.get(&other, "/x").await?;
+        ensure!(answer.body.starts_with("upstream: web\n"), "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    until("the named host to be served", || async {
+        let answer = gate.get(&named, "/only").await?;
+        ensure!(answer.body.starts_with("upstream: api\n"), "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    // A host with rules of its own does not fall through to the catch-all.
+    let answer = gate.get(&named, "/x").await?;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{answer:?}");
+    Ok(())
+}
