@@ -91,6 +91,9 @@ pub(crate) struct Cluster {
     /// has an Ingress for it, so a newer Ingress created in the same second (creation times
     /// have a resolution of a second) cannot win it by the order of names.
     pub previous_owners: BTreeMap<String, String>,
+    /// The Ingresses served until now: within one creation second they win a path over a
+    /// newcomer, whatever their names.
+    pub previous_served: std::collections::HashSet<Key>,
 }
 
 /// A `kubernetes.io/tls` Secret an Ingress serves, and for which of its hosts.
@@ -126,6 +129,8 @@ pub(crate) struct Routes {
     pub served: Vec<Key>,
     /// The namespace that owns each host an Ingress serves.
     pub owners: BTreeMap<String, String>,
+    /// The Ingresses that serve at least one path or default.
+    pub winners: std::collections::HashSet<Key>,
     pub reports: Vec<Report>,
 }
 
@@ -172,7 +177,10 @@ pub(crate) fn routes(cluster: &Cluster, settings: &Settings) -> Routes {
         defaults.first().copied()
     };
     let mut ingresses: Vec<&Ingress> = cluster.ingresses.iter().map(AsRef::as_ref).collect();
-    ingresses.sort_by(|a, b| age_order(a).cmp(&age_order(b)));
+    let incumbent = |i: &Ingress| {
+        Key::of(&i.metadata).is_some_and(|key| cluster.previous_served.contains(&key))
+    };
+    ingresses.sort_by_cached_key(|i| age_order(i, incumbent(i)));
 
     let ingresses: Vec<(&Ingress, Key, &str)> = ingresses
         .into_iter()
@@ -211,6 +219,15 @@ pub(crate) fn routes(cluster: &Cluster, settings: &Settings) -> Routes {
         };
         ctx.add_acme(ingress, &hosts, &mut acme);
     }
+    out.winners = hosts
+        .values()
+        .flat_map(|b| {
+            b.claimed
+                .values()
+                .chain(b.default.iter().map(|(_, _, key)| key))
+        })
+        .cloned()
+        .collect();
     out.owners = hosts
         .iter()
         .filter(|(_, b)| !b.paths.is_empty() || b.default.is_some())
@@ -295,13 +312,15 @@ fn finish(hosts: BTreeMap<String, HostBuild>) -> Vec<HostConfig> {
         .collect()
 }
 
-/// Oldest first, then by namespace and name.
-fn age_order(ingress: &Ingress) -> (Option<Time>, &str, &str) {
+/// Oldest first; within one second (creation times count whole seconds), those served
+/// already before a newcomer; then by namespace and name.
+fn age_order(ingress: &Ingress, incumbent: bool) -> (Option<Time>, bool, String, String) {
     let meta = &ingress.metadata;
     (
         meta.creation_timestamp.clone(),
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default(),
+        !incumbent,
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
     )
 }
 
@@ -1222,6 +1241,29 @@ mod tests {
             .retain(|i| i.metadata.namespace.as_deref() != Some("z-owner"));
         let freed = routes(&c, &Settings::default());
         assert_eq!(freed.owners["shop.example.com"], "a-intruder");
+    }
+
+    #[test]
+    fn an_ingress_serving_a_path_keeps_it_against_one_of_the_same_second() {
+        let mut c = cluster(vec![
+            ingress("shop", "z-served", 5).rule(Some("a.example.com"), "/", "Prefix", "web"),
+            ingress("shop", "a-newcomer", 5).rule(Some("a.example.com"), "/", "Prefix", "api"),
+        ]);
+        let fresh = routes(&c, &Settings::default());
+        assert_eq!(
+            reasons(&fresh),
+            [("shop/z-served".to_owned(), "PathConflict")]
+        );
+        c.previous_served = [Key::new("shop", "z-served")].into_iter().collect();
+        let kept = routes(&c, &Settings::default());
+        assert_eq!(
+            reasons(&kept),
+            [("shop/a-newcomer".to_owned(), "PathConflict")]
+        );
+        assert_eq!(
+            table(&kept),
+            ["a.example.com / Prefix -> shop/web:80 [no-policy]"]
+        );
     }
 
     #[test]

@@ -122,6 +122,8 @@ struct Stores {
 struct Memory {
     /// The last good certificate of each Secret, by the Secret and its resourceVersion.
     certificates: HashMap<Key, (Option<String>, LoadedCert)>,
+    /// The Ingresses that served a path or default in the last routes built.
+    served: HashSet<Key>,
     /// The namespace that owned each host in the last routes built.
     owners: std::collections::BTreeMap<String, String>,
     /// Whether the default certificate's problem was logged (until it serves again).
@@ -370,8 +372,10 @@ impl KubeSource {
         let mut notes = Vec::new();
         let mut cluster = cluster(stores, &mut notes);
         cluster.previous_owners = std::mem::take(&mut memory.owners);
+        cluster.previous_served = std::mem::take(&mut memory.served);
         let mut routes = ingress::routes(&cluster, &self.settings);
         memory.owners = routes.owners.clone();
+        memory.served = routes.winners.clone();
         let (agents, tunnel_objects) = (stores.agents.state(), stores.tunnels.state());
         let mut tunnels = tunnel::tunnels(&tunnel::Inputs {
             agents: &agents,
@@ -841,6 +845,7 @@ fn cluster(stores: &Stores, notes: &mut Vec<Note>) -> ingress::Cluster {
         class_parameters,
         shared_hosts,
         previous_owners: std::collections::BTreeMap::new(),
+        previous_served: HashSet::new(),
     }
 }
 
