@@ -33,7 +33,7 @@ impl Reloader {
         let text = std::fs::read_to_string(&path).ok();
         let (tx, changes) = mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|event| is_change(&event.kind)) {
                 let _ = tx.try_send(());
             }
         })
@@ -179,6 +179,17 @@ impl Reloader {
     }
 }
 
+/// Whether a file event may have changed what the file holds. Opening and reading a file are
+/// events too, and a reload reads every watched file: counting those would reload for ever.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Loads every configured certificate. A file pair that fails keeps its previous certificate
 /// (when there was one); each failure is logged and counted. Returns the table and whether it
 /// differs from `previous`.
@@ -215,4 +226,37 @@ pub(crate) fn load_certificates(
             .zip(&previous.entries)
             .any(|(new, old)| new.files != old.files || new.key.cert != old.key.cert);
     (CertTable::new(entries), changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    use super::is_change;
+
+    #[test]
+    fn reading_a_file_is_not_a_change_but_writing_creating_renaming_and_removing_are() {
+        for (kind, change) in [
+            (EventKind::Access(AccessKind::Open(AccessMode::Read)), false),
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (EventKind::Access(AccessKind::Read), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Remove(RemoveKind::File), true),
+        ] {
+            assert_eq!(is_change(&kind), change, "{kind:?}");
+        }
+    }
 }

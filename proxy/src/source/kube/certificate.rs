@@ -32,13 +32,8 @@ pub(crate) enum CertificateError {
     },
 }
 
-/// The certificate in `secret`, serving those of `hosts` it covers (with no hosts: every name
-/// it holds, as the default certificate does).
-pub(crate) fn from_secret(
-    key: &Key,
-    secret: &Secret,
-    hosts: &[String],
-) -> Result<LoadedCert, CertificateError> {
+/// The certificate in `secret`, with every name it holds.
+pub(crate) fn from_secret(key: &Key, secret: &Secret) -> Result<LoadedCert, CertificateError> {
     let found = secret.type_.as_deref().unwrap_or("Opaque");
     if found != TLS_TYPE {
         return Err(CertificateError::NotTls {
@@ -58,12 +53,21 @@ pub(crate) fn from_secret(
             })
     };
     let (cert, private) = (field(CERT_KEY)?, field(KEY_KEY)?);
-    let mut loaded = tls::certified_pem(
+    Ok(tls::certified_pem(
         &cert.0,
         &private.0,
         &format!("Secret {key}, {CERT_KEY}"),
         &format!("Secret {key}, {KEY_KEY}"),
-    )?;
+    )?)
+}
+
+/// `loaded` (a certificate with all its names) serving those of `hosts` it covers; with no
+/// hosts, every name it holds (as the default certificate does).
+pub(crate) fn for_hosts(
+    key: &Key,
+    mut loaded: LoadedCert,
+    hosts: &[String],
+) -> Result<LoadedCert, CertificateError> {
     if hosts.is_empty() {
         return Ok(loaded);
     }
@@ -129,18 +133,15 @@ mod tests {
     fn a_certificate_serves_only_the_hosts_of_its_ingress_that_it_covers() {
         let (cert, key) = pair(&["shop.example.com", "*.example.com", "bank.example.org"]);
         let id = Key::new("shop", "web-tls");
-        let loaded = from_secret(
-            &id,
-            &secret(TLS_TYPE, &cert, &key),
-            &[
-                "shop.example.com".into(),
-                "api.example.com".into(),
-                "other.test".into(),
-            ],
-        )
-        .unwrap();
+        let whole = from_secret(&id, &secret(TLS_TYPE, &cert, &key)).unwrap();
+        let hosts = [
+            "shop.example.com".to_owned(),
+            "api.example.com".to_owned(),
+            "other.test".to_owned(),
+        ];
+        let loaded = for_hosts(&id, whole.clone(), &hosts).unwrap();
         assert_eq!(loaded.names, ["shop.example.com", "api.example.com"]);
-        let error = from_secret(&id, &secret(TLS_TYPE, &cert, &key), &["x.test".into()])
+        let error = for_hosts(&id, whole, &["x.test".into()])
             .unwrap_err()
             .to_string();
         assert!(error.contains("covers none of x.test"), "{error}");
@@ -165,7 +166,9 @@ mod tests {
             ),
         ];
         for (secret, words) in cases {
-            let error = from_secret(&id, &secret, &hosts).unwrap_err();
+            let error = from_secret(&id, &secret)
+                .and_then(|whole| for_hosts(&id, whole, &hosts))
+                .unwrap_err();
             let text = crate::error_chain(&error);
             assert!(text.contains(words), "{words}: {text}");
         }

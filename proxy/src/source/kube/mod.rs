@@ -52,6 +52,8 @@ use object::Key;
 
 /// How long a burst of changes may last before the routes are rebuilt once for all of it.
 const COALESCE: Duration = Duration::from_millis(100);
+/// What `kubectl apply` keeps of the last object it applied: a second copy, unread here.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -239,7 +241,10 @@ impl KubeSource {
             }
         };
         let changed = Arc::new(Notify::new());
-        let metrics = self.shared.metrics.kubernetes.clone();
+        let metrics = Health {
+            metrics: self.shared.metrics.kubernetes.clone(),
+            failing: Arc::default(),
+        };
         let wanted: Arc<RwLock<HashSet<Key>>> = Arc::default();
         let stores = Stores {
             classes: watch_all(
@@ -404,7 +409,6 @@ impl KubeSource {
                 self.shared.snapshot.store(snapshot.clone());
                 // Agents (or keys) that are gone lose their connections now.
                 self.shared.hub.prune(&snapshot);
-                self.shared.synced.store(true, Ordering::Relaxed);
                 count(&self.shared, true);
             }
             Err(error) => {
@@ -431,6 +435,8 @@ impl KubeSource {
             .certificates(stores, client, &claims, &mut routes.reports, memory)
             .await;
         self.shared.certs.replace(CertTable::new(entries));
+        // Ready once the first round has put in both the routes and their certificates.
+        self.shared.synced.store(true, Ordering::Relaxed);
         for report in routes.reports {
             let Some(found) = stores.ingresses.get(
                 &reflector::ObjectRef::new(&report.ingress.name).within(&report.ingress.namespace),
@@ -485,7 +491,9 @@ impl KubeSource {
     }
 
     /// Each claimed Secret's certificate, for the hosts claimed; a broken or missing one keeps
-    /// its last good certificate and is reported on the Ingress.
+    /// its last good certificate and is reported on the Ingress. A Secret is parsed once per
+    /// resourceVersion, and read from the API only when the store holds it without its data
+    /// (it was not named when it arrived) and its version is new.
     async fn certificates(
         &self,
         stores: &Stores,
@@ -495,66 +503,52 @@ impl KubeSource {
         memory: &mut Memory,
     ) -> Vec<LoadedCert> {
         let mut entries: Vec<LoadedCert> = Vec::new();
-        let mut kept = HashMap::new();
+        // Secret -> (the resourceVersion parsed, the whole certificate with all its names).
+        let mut kept: HashMap<Key, (Option<String>, LoadedCert)> = HashMap::new();
         for claim in claims {
-            let stored = stores.secrets.get(
-                &reflector::ObjectRef::new(&claim.secret.name).within(&claim.secret.namespace),
-            );
-            // The store keeps only metadata of Secrets nobody named before; read a newly named
-            // one once.
-            let secret = match stored {
-                Some(secret) if secret.data.is_some() => Some(secret),
-                Some(_) => Api::<Secret>::namespaced(client.clone(), &claim.secret.namespace)
-                    .get_opt(&claim.secret.name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(Arc::new),
-                None => None,
-            };
-            let version = secret.as_ref().and_then(|s| s.resource_version());
-            let loaded = match (&secret, memory.certificates.get(&claim.secret)) {
-                (Some(_), Some((seen, cert))) if *seen == version && version.is_some() => {
-                    Ok(restricted(cert, &claim.hosts))
+            let key = &claim.secret;
+            let whole = match kept.get(key) {
+                Some((_, cert)) => Ok(cert.clone()),
+                None => {
+                    let loaded = load_secret(stores, client, key, memory).await;
+                    if let Ok((version, cert)) = &loaded {
+                        kept.insert(key.clone(), (version.clone(), cert.clone()));
+                    }
+                    loaded.map(|(_, cert)| cert)
                 }
-                (Some(secret), _) => certificate::from_secret(&claim.secret, secret, &claim.hosts),
-                (None, _) => Err(certificate::CertificateError::Missing(claim.secret.clone())),
             };
-            match loaded {
+            let served = whole.and_then(|cert| certificate::for_hosts(key, cert, &claim.hosts));
+            let default = claim.ingress.name.is_empty();
+            match served {
                 Ok(cert) => {
-                    if claim.ingress.name.is_empty() {
+                    if default {
                         memory.default_told = false;
                     }
-                    if secret.is_some() {
-                        kept.insert(claim.secret.clone(), (version, cert.clone()));
-                    }
                     entries.push(cert);
+                    continue;
                 }
-                Err(error) if claim.ingress.name.is_empty() => {
-                    // The default certificate: no Ingress to tell; the log says it once.
+                // The default certificate: no Ingress to tell; the log says it once.
+                Err(error) if default => {
                     if !memory.default_told {
-                        tracing::warn!(secret = %claim.secret, error = %crate::error_chain(&error), "the default certificate cannot be served; the last good one (or the development one) serves instead");
+                        tracing::warn!(secret = %key, error = %crate::error_chain(&error), "the default certificate cannot be served; the last good one (or the development one) serves instead");
                         memory.default_told = true;
                     }
-                    if let Some((seen, cert)) = memory.certificates.get(&claim.secret) {
-                        kept.insert(claim.secret.clone(), (seen.clone(), cert.clone()));
-                        entries.push(cert.clone());
-                    }
                 }
-                Err(error) => {
-                    reports.push(ingress::Report {
-                        ingress: claim.ingress.clone(),
-                        warning: true,
-                        reason: "BadCertificate",
-                        message: format!(
-                            "{}; the last good certificate keeps serving, if there was one",
-                            crate::error_chain(&error)
-                        ),
-                    });
-                    if let Some((seen, cert)) = memory.certificates.get(&claim.secret) {
-                        kept.insert(claim.secret.clone(), (seen.clone(), cert.clone()));
-                        entries.push(restricted(cert, &claim.hosts));
-                    }
+                Err(error) => reports.push(ingress::Report {
+                    ingress: claim.ingress.clone(),
+                    warning: true,
+                    reason: "BadCertificate",
+                    message: format!(
+                        "{}; the last good certificate keeps serving, if there was one",
+                        crate::error_chain(&error)
+                    ),
+                }),
+            }
+            if let Some((seen, cert)) = memory.certificates.get(key) {
+                kept.entry(key.clone())
+                    .or_insert_with(|| (seen.clone(), cert.clone()));
+                if let Ok(cert) = certificate::for_hosts(key, cert.clone(), &claim.hosts) {
+                    entries.push(cert);
                 }
             }
         }
@@ -566,6 +560,41 @@ impl KubeSource {
         }
         entries
     }
+}
+
+/// The whole certificate of Secret `key` and the resourceVersion it came from: the one parsed
+/// before when the version is the same, else parsed from the store's copy, or from the API when
+/// the store holds the Secret without its data.
+async fn load_secret(
+    stores: &Stores,
+    client: &Client,
+    key: &Key,
+    memory: &Memory,
+) -> Result<(Option<String>, LoadedCert), certificate::CertificateError> {
+    let stored = stores
+        .secrets
+        .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
+        .ok_or_else(|| certificate::CertificateError::Missing(key.clone()))?;
+    let version = stored.resource_version();
+    if let Some((seen, cert)) = memory.certificates.get(key)
+        && version.is_some()
+        && *seen == version
+    {
+        return Ok((version, cert.clone()));
+    }
+    let secret = if stored.data.is_some() {
+        stored
+    } else {
+        Api::<Secret>::namespaced(client.clone(), &key.namespace)
+            .get_opt(&key.name)
+            .await
+            .ok()
+            .flatten()
+            .map(Arc::new)
+            .ok_or_else(|| certificate::CertificateError::Missing(key.clone()))?
+    };
+    let version = secret.resource_version();
+    certificate::from_secret(key, &secret).map(|cert| (version, cert))
 }
 
 /// Keeps each Agent's status to what this process sees: connected (and since when) while it
@@ -671,21 +700,12 @@ fn count(shared: &Shared, ok: bool) {
         .inc();
 }
 
-/// `cert` serving `hosts` (which it was checked to cover when it was loaded for them).
-fn restricted(cert: &LoadedCert, hosts: &[String]) -> LoadedCert {
-    let mut cert = cert.clone();
-    if !hosts.is_empty() {
-        cert.names = hosts.to_vec();
-    }
-    cert
-}
-
 /// A reflector over `api`, driven on its own task, waking `changed` on every event.
 fn watch_all<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: &Arc<Notify>,
-    metrics: &KubernetesMetrics,
+    health: &Health,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()>
@@ -697,12 +717,22 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    // managedFields say who wrote which field: nothing the proxy reads, often half an object.
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| {
+            let meta = object.meta_mut();
+            meta.managed_fields = None;
+            if let Some(annotations) = &mut meta.annotations {
+                annotations.remove(LAST_APPLIED);
+            }
+        })
+        .reflect(writer);
     tokio::spawn(drive(
         stream,
         changed.clone(),
         K::kind(&()).into_owned(),
-        metrics.clone(),
+        health.clone(),
     ));
     reader
 }
@@ -712,7 +742,7 @@ fn watch_secrets(
     client: Client,
     wanted: Arc<RwLock<HashSet<Key>>>,
     changed: &Arc<Notify>,
-    metrics: &KubernetesMetrics,
+    health: &Health,
 ) -> Store<Secret> {
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default().fields("type=kubernetes.io/tls");
@@ -725,10 +755,10 @@ fn watch_secrets(
                     .unwrap_or_else(|e| e.into_inner())
                     .contains(&key)
             });
+            secret.metadata.managed_fields = None;
             if !named {
                 secret.data = None;
                 secret.string_data = None;
-                secret.metadata.managed_fields = None;
             }
         })
         .reflect(writer);
@@ -736,30 +766,50 @@ fn watch_secrets(
         stream,
         changed.clone(),
         "Secret".to_owned(),
-        metrics.clone(),
+        health.clone(),
     ));
     reader
 }
 
-async fn drive<S, K>(stream: S, changed: Arc<Notify>, kind: String, metrics: KubernetesMetrics)
+/// Which watches fail now: `sekisho_kubernetes_api_reachable` is 1 only while none does.
+#[derive(Clone, Default)]
+struct Health {
+    metrics: KubernetesMetrics,
+    failing: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+impl Health {
+    fn watch(&self, kind: &str, ok: bool) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            failing.remove(kind);
+        } else {
+            failing.insert(kind.to_owned());
+        }
+        self.metrics
+            .api_reachable
+            .set(i64::from(failing.is_empty()));
+    }
+}
+
+/// Drives one watch, waking `changed` on every change and keeping `health` up to date.
+async fn drive<S, K>(stream: S, changed: Arc<Notify>, kind: String, health: Health)
 where
     S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
-    let failures = metrics
+    let failures = health
+        .metrics
         .watch_errors
         .get_or_create(&KindLabels { kind: kind.clone() })
         .clone();
     while let Some(event) = stream.next().await {
-        if event.is_ok() {
-            metrics.api_reachable.set(1);
-        }
+        health.watch(&kind, event.is_ok());
         match event {
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
             Ok(_) => changed.notify_one(),
             Err(error) => {
                 failures.inc();
-                metrics.api_reachable.set(0);
                 tracing::warn!(kind, error = %crate::error_chain(&error), "watching the Kubernetes API failed; retrying, the last state keeps serving");
             }
         }
