@@ -122,9 +122,18 @@ async fn main() -> anyhow::Result<()> {
         .context("the control plane's binaries are in a directory")?
         .to_path_buf();
     let facts = machine::facts(&options.sekisho, &options.sekisho_rev, &kube_bin);
-    let work = tempfile::Builder::new()
+    let work_dir = tempfile::Builder::new()
         .prefix("sekisho-kube-bench-")
         .tempdir()?;
+    // Kept from the start, so that a run that fails leaves its logs too.
+    let keep = options.keep || std::env::var_os("KEEP_TMP").is_some_and(|v| !v.is_empty());
+    let (work, _removed_on_drop) = if keep {
+        let path = work_dir.keep();
+        eprintln!("[setup] the work directory is kept: {}", path.display());
+        (path, None)
+    } else {
+        (work_dir.path().to_path_buf(), Some(work_dir))
+    };
 
     let pods = PodNetwork::new()?;
     let site_echo = EchoUpstream::on("site", pods.listen(false)?)?;
@@ -185,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
     let (kube_run, mut kube_cost) = watched(
         "Kubernetes mode",
         &mut noise,
-        kubernetes::run(&sites, &plane, &options.sekisho, work.path()),
+        kubernetes::run(&sites, &plane, &options.sekisho, &work),
     )
     .await?;
     runs.push(kube_run);
@@ -197,11 +206,11 @@ async fn main() -> anyhow::Result<()> {
         watched(
             "file mode",
             &mut noise,
-            file::run(&sites, &options.sekisho, work.path()),
+            file::run(&sites, &options.sekisho, &work),
         )
         .await?,
     );
-    kube_cost.empty_file_mode = Some(file::floor(&sites, &options.sekisho, work.path()).await?);
+    kube_cost.empty_file_mode = Some(file::floor(&sites, &options.sekisho, &work).await?);
     let nginx_found = std::process::Command::new("nginx")
         .arg("-v")
         .output()
@@ -211,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
     } else if !nginx_found {
         Some("nginx is not installed.".to_owned())
     } else {
-        runs.push(watched("nginx", &mut noise, nginx::run(&sites, work.path())).await?);
+        runs.push(watched("nginx", &mut noise, nginx::run(&sites, &work)).await?);
         None
     };
 
@@ -241,9 +250,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &options.results {
         report::write_results(path, &section)?;
         eprintln!("[report] written into {}", path.display());
-    }
-    if options.keep || std::env::var_os("KEEP_TMP").is_some_and(|v| !v.is_empty()) {
-        eprintln!("[report] work directory kept: {}", work.keep().display());
     }
     Ok(())
 }

@@ -26,8 +26,6 @@ const ATTEMPT: Duration = Duration::from_secs(2);
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: String,
-    /// The leaf certificate presented (DER).
-    pub(crate) certificate: Vec<u8>,
 }
 
 /// A TLS client that trusts the bench's CA alone and never resumes a session, so that every
@@ -96,13 +94,9 @@ impl Probe {
         path: &str,
     ) -> anyhow::Result<Answer> {
         timeout(ATTEMPT, async {
-            let (stream, certificate) = self.connect(addr, host).await?;
+            let (stream, _) = self.connect(addr, host).await?;
             let (status, body) = exchange(stream, host, path).await?;
-            Ok(Answer {
-                status,
-                body,
-                certificate,
-            })
+            Ok(Answer { status, body })
         })
         .await
         .context("the request took too long")?

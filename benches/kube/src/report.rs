@@ -138,7 +138,9 @@ pub(crate) fn render(r: &Report<'_>) -> String {
     out.push_str("### Start and memory\n\n");
     out.push_str(
         "Times from the spawn. \"Served\": the first, middle and last site each answered 200 from \
-         the upstream over a new TLS connection that presented the site's own certificate. Memory \
+         the upstream over a new TLS connection that presented the site's own certificate (the probe \
+         trusts only the bench's CA, which signed nothing but the sites' certificates, and checks \
+         the name). Memory \
          after start-up had settled (no rebuild for 0.5 s, then 2 s), summed over the processes \
          (nginx: master and worker; they share pages, so PSS is the fairer sum).\n\n",
     );

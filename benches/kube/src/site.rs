@@ -39,16 +39,14 @@ impl Sites {
         [0, n / 2, n - 1]
     }
 
-    /// `Some` once every sample site answers 200 from its upstream with its own first
-    /// certificate.
+    /// `Some` once every sample site answers 200 from its upstream over a handshake that
+    /// presented the site's own certificate: the probe trusts the bench's CA alone and checks
+    /// the host name, and only the site's Secret (or files) holds a certificate of that CA for
+    /// it (the proxy's fallback is its development CA's).
     pub(crate) async fn samples_served(&self, addr: SocketAddr) -> anyhow::Result<Option<()>> {
         for i in self.samples() {
             let answer = self.probe.get(addr, &Layout::host(i), "/").await?;
-            let first = probe::der(&self.leaves[i].cert_pem)?;
-            if answer.status != http::StatusCode::OK
-                || !answer.body.starts_with(SITE_UPSTREAM)
-                || answer.certificate != first
-            {
+            if answer.status != http::StatusCode::OK || !answer.body.starts_with(SITE_UPSTREAM) {
                 return Ok(None);
             }
         }
