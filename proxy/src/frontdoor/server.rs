@@ -423,9 +423,7 @@ fn run_control(
         if let Some(reloader) = reloader {
             tokio::spawn(reloader.run(reload_rx, stop.clone()));
         }
-        if let Some(source) = kube_source {
-            tokio::spawn(source.run(stop.clone()));
-        }
+        let kube_task = kube_source.map(|source| tokio::spawn(source.run(stop.clone())));
         if handle_signals {
             tokio::spawn(handle_signals_until_stop(
                 shared.clone(),
@@ -435,6 +433,10 @@ fn run_control(
         }
         let mut stop = stop;
         stopped(&mut stop).await;
+        // The Kubernetes source lets its Lease go before the runtime ends.
+        if let Some(task) = kube_task {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
     });
 }
 

@@ -40,7 +40,73 @@ pub(crate) struct Gate {
     /// The admin listener (`/readyz`, `/metrics`).
     pub(crate) admin: SocketAddr,
     proxy: Option<sekisho_proxy::Running>,
+    replica: Replica,
     _dir: tempfile::TempDir,
+}
+
+/// How the gate's proxies are started.
+struct Replica {
+    config: kube::Config,
+    controller: String,
+    namespace: String,
+}
+
+impl Replica {
+    /// A proxy in Kubernetes mode with loopback listeners; its files under `dir/name`.
+    fn start(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        addresses: &[&str],
+    ) -> anyhow::Result<sekisho_proxy::Running> {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let config_path = dir.join("static.yaml");
+        std::fs::write(&config_path, STATIC)?;
+        let namespace = &self.namespace;
+        sekisho_proxy::start(sekisho_proxy::Options {
+            config_path: Some(config_path),
+            access_log: Some(Box::new(std::io::sink())),
+            handle_signals: false,
+            dev_ca_dir: Some(dir.join("dev-ca")),
+            kubernetes: Some(sekisho_proxy::KubernetesOptions {
+                config: Some(self.config.clone()),
+                controller: self.controller.clone(),
+                default_policy: None,
+                publish_service: None,
+                publish_addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+                lease_namespace: Some(namespace.clone()),
+                default_certificate: Some(format!("{namespace}/default-tls")),
+            }),
+        })
+        .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))
+    }
+}
+
+/// A proxy that stops when dropped.
+pub(crate) struct Running(Option<sekisho_proxy::Running>);
+
+impl Running {
+    /// Whether its `/readyz` says ready.
+    pub(crate) async fn ready(&self) -> anyhow::Result<bool> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let admin = self.0.as_ref().context("running")?.admin_addr;
+        let mut tcp = tokio::net::TcpStream::connect(admin).await?;
+        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await?;
+        Ok(text.starts_with("HTTP/1.1 200"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(running) = self.0.take() {
+            running.shutdown();
+            std::thread::spawn(move || running.wait());
+        }
+    }
 }
 
 impl Drop for Gate {
@@ -109,24 +175,12 @@ impl Gate {
         };
         apply(&Api::<IngressClass>::all(client.clone()), &gate_class).await?;
         let dir = tempfile::tempdir()?;
-        let config_path = dir.path().join("static.yaml");
-        std::fs::write(&config_path, STATIC)?;
-        let proxy = sekisho_proxy::start(sekisho_proxy::Options {
-            config_path: Some(config_path),
-            access_log: Some(Box::new(std::io::sink())),
-            handle_signals: false,
-            dev_ca_dir: Some(dir.path().join("dev-ca")),
-            kubernetes: Some(sekisho_proxy::KubernetesOptions {
-                config: Some(config),
-                controller,
-                default_policy: None,
-                publish_service: None,
-                publish_addresses: vec!["192.0.2.10".to_owned(), "gate.example.test".to_owned()],
-                lease_namespace: Some(namespace.clone()),
-                default_certificate: Some(format!("{namespace}/default-tls")),
-            }),
-        })
-        .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
+        let replica = Replica {
+            config,
+            controller,
+            namespace: namespace.clone(),
+        };
+        let proxy = replica.start(dir.path(), "main", &["192.0.2.10", "gate.example.test"])?;
         Ok(Self {
             client,
             class,
@@ -138,9 +192,29 @@ impl Gate {
                 .http_addr
                 .context("the static settings have a plain listener")?,
             proxy: Some(proxy),
+            replica,
             namespace,
             _dir: dir,
         })
+    }
+
+    /// Another proxy process of this gate (same controller name, same Lease), publishing
+    /// `addresses` into the Ingresses' status when it holds the Lease.
+    pub(crate) fn another_replica(&self, addresses: &[&str]) -> anyhow::Result<Running> {
+        let name = format!("replica-{}", addresses.join("-"));
+        Ok(Running(Some(self.replica.start(
+            self._dir.path(),
+            &name,
+            addresses,
+        )?)))
+    }
+
+    /// Stops this gate's own proxy (as a rolling restart would), letting its Lease go.
+    pub(crate) fn stop_proxy(&mut self) {
+        if let Some(running) = self.proxy.take() {
+            running.shutdown();
+            running.wait();
+        }
     }
 
     /// The value of the metric series `series` (its whole name with labels) on the admin
@@ -294,7 +368,7 @@ impl Gate {
     fn trust(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         use rustls_pki_types::pem::PemObject as _;
         let mut roots = rustls::RootCertStore::empty();
-        let dev_ca = std::fs::read(self._dir.path().join("dev-ca/ca.pem"))?;
+        let dev_ca = std::fs::read(self._dir.path().join("main/dev-ca/ca.pem"))?;
         for pem in [self.pki.ca_pem.as_bytes(), &dev_ca] {
             roots.add(rustls_pki_types::CertificateDer::from_pem_slice(pem)?)?;
         }

@@ -14,5 +14,6 @@ mod ingress;
 mod outage;
 mod policy;
 mod rbac;
+mod replicas;
 mod secret;
 mod tenant;

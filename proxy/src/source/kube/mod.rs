@@ -54,6 +54,8 @@ use object::Key;
 const COALESCE: Duration = Duration::from_millis(100);
 /// What `kubectl apply` keeps of the last object it applied: a second copy, unread here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// How long stopping waits for the status Lease to be released.
+const RELEASE: Duration = Duration::from_secs(2);
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -336,7 +338,7 @@ impl KubeSource {
             rebuilt.clone(),
             stop.clone(),
         ));
-        if self.publish != status::Publish::Nothing {
+        let leading = (self.publish != status::Publish::Nothing).then(|| {
             tokio::spawn(status::lead(
                 client.clone(),
                 self.lease(),
@@ -344,8 +346,8 @@ impl KubeSource {
                 self.leader.clone(),
                 changed.clone(),
                 stop.clone(),
-            ));
-        }
+            ))
+        });
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -360,9 +362,13 @@ impl KubeSource {
             rebuilt.notify_one();
             tokio::select! {
                 () = changed.notified() => {}
-                () = crate::state::stopped(&mut stop) => return,
+                () = crate::state::stopped(&mut stop) => break,
             }
             tokio::time::sleep(COALESCE).await;
+        }
+        // Let the Lease go, so that another replica writes the status at once.
+        if let Some(leading) = leading {
+            let _ = tokio::time::timeout(RELEASE, leading).await;
         }
     }
 
