@@ -59,6 +59,12 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the first sync with the Kubernetes API\n",
         ),
+        // Still ready while the Kubernetes API is away: the last state keeps serving, and the
+        // body (and sekisho_kubernetes_api_reachable) says so.
+        "/readyz" if shared.metrics.kubernetes_unreachable() => text(
+            StatusCode::OK,
+            "ready; the Kubernetes API cannot be reached, the last state it gave keeps serving\n",
+        ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         "/metrics" => {
             refresh_certificate_expiry(shared);

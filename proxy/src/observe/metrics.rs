@@ -274,6 +274,8 @@ pub(crate) struct KubernetesMetrics {
     pub watch_errors: Family<KindLabels, Counter>,
     /// 1 while every watch works, 0 from a failure until the next success.
     pub api_reachable: Gauge,
+    /// Whether Kubernetes mode registered these.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -415,8 +417,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Whether Kubernetes mode is on and a watch of the API fails now.
+    pub(crate) fn kubernetes_unreachable(&self) -> bool {
+        self.kubernetes.enabled && self.kubernetes.api_reachable.get() == 0
+    }
+
     /// Registers the Kubernetes-mode metrics (before the metrics are shared).
     pub(crate) fn enable_kubernetes(&mut self) {
+        self.kubernetes.enabled = true;
         let registry = self.registry.sub_registry_with_prefix("sekisho_kubernetes");
         registry.register(
             "watch_errors",

@@ -48,6 +48,10 @@ async fn the_last_state_serves_while_the_api_server_is_down_and_changes_follow_o
     );
     let ready = gate.admin_get("/readyz").await?;
     assert!(ready.starts_with("HTTP/1.1 200"), "still ready: {ready}");
+    assert!(
+        ready.contains("the Kubernetes API cannot be reached"),
+        "and says why: {ready}"
+    );
 
     env.start_apiserver().await?;
     let mut edited = ingress(

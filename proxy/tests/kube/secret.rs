@@ -126,6 +126,10 @@ async fn a_broken_secret_is_told_on_the_ingress_and_the_last_good_certificate_ke
     .await?;
     let answer = gate.get(&host, "/").await?;
     assert_eq!(answer.certificate, good, "the last good certificate serves");
+    let failures = gate
+        .metric(r#"sekisho_certificate_reloads_total{result="failure"}"#)
+        .await?;
+    assert!(failures >= 1.0, "counted: {failures}");
     assert_eq!(answer.status, StatusCode::OK);
     Ok(())
 }

@@ -54,6 +54,8 @@ use object::Key;
 const COALESCE: Duration = Duration::from_millis(100);
 /// What `kubectl apply` keeps of the last object it applied: a second copy, unread here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The reason of the Event on an Ingress whose certificate cannot be served.
+const BAD_CERTIFICATE: &str = "BadCertificate";
 /// How long stopping waits for the status Lease to be released.
 const RELEASE: Duration = Duration::from_secs(2);
 /// The label an EndpointSlice names its Service with.
@@ -476,7 +478,7 @@ impl KubeSource {
                 });
             }
         }
-        tell(recorder, notes, memory).await;
+        tell(recorder, notes, memory, &self.shared.metrics).await;
         if self.leader.load(Ordering::Relaxed)
             && let Some(addresses) = status::addresses(&self.publish, |key| {
                 stores
@@ -518,6 +520,13 @@ impl KubeSource {
                 None => {
                     let loaded = load_secret(stores, client, key, memory).await;
                     if let Ok((version, cert)) = &loaded {
+                        if memory
+                            .certificates
+                            .get(key)
+                            .is_none_or(|(seen, _)| seen != version)
+                        {
+                            count_certificate(&self.shared.metrics);
+                        }
                         kept.insert(key.clone(), (version.clone(), cert.clone()));
                     }
                     loaded.map(|(_, cert)| cert)
@@ -543,7 +552,7 @@ impl KubeSource {
                 Err(error) => reports.push(ingress::Report {
                     ingress: claim.ingress.clone(),
                     warning: true,
-                    reason: "BadCertificate",
+                    reason: BAD_CERTIFICATE,
                     message: format!(
                         "{}; the last good certificate keeps serving, if there was one",
                         crate::error_chain(&error)
@@ -601,6 +610,14 @@ async fn load_secret(
     };
     let version = secret.resource_version();
     certificate::from_secret(key, &secret).map(|cert| (version, cert))
+}
+
+/// Counts a certificate read anew from a Secret (a first one or a renewal).
+fn count_certificate(metrics: &Metrics) {
+    metrics
+        .certificate_reloads
+        .get_or_create(&Metrics::result(true))
+        .inc();
 }
 
 /// Keeps each Agent's status to what this process sees: connected (and since when) while it
@@ -915,7 +932,7 @@ struct Note {
 }
 
 /// Publishes each note not told before as an Event on its object (and logs it).
-async fn tell(recorder: &Recorder, notes: Vec<Note>, memory: &mut Memory) {
+async fn tell(recorder: &Recorder, notes: Vec<Note>, memory: &mut Memory, metrics: &Metrics) {
     let id = |note: &Note| {
         let o = &note.object;
         let object = format!(
@@ -931,6 +948,12 @@ async fn tell(recorder: &Recorder, notes: Vec<Note>, memory: &mut Memory) {
     for note in &notes {
         if !now.insert(id(note)) || memory.told.contains(&id(note)) {
             continue;
+        }
+        if note.reason == BAD_CERTIFICATE {
+            metrics
+                .certificate_reloads
+                .get_or_create(&Metrics::result(false))
+                .inc();
         }
         tracing::warn!(
             kind = note.object.kind.as_deref().unwrap_or_default(),
