@@ -12,8 +12,11 @@ use sekisho_watchdog::Watchdog;
 
 use crate::{Error, log, process::spawn_watched};
 
-/// How long devidp may take from spawn to its ready line (it takes about half a second).
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long devidp may take from spawn to its ready line. It takes about half a second on an
+/// idle machine; with two cores shared by parallel tests (each with a browser, a proxy and a
+/// devidp), Node.js's start has been seen to take over 30 s, so the wait is generous: it only
+/// bounds a failure.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The repository's root: this crate lives in `<root>/testing/testkit`.
 fn repo_root() -> &'static Path {
