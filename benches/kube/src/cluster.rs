@@ -91,40 +91,6 @@ fn meta(namespace: &str, name: &str) -> ObjectMeta {
     }
 }
 
-/// Installs Sekisho's CRDs and waits until each is served.
-pub(crate) async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{ApiResource, DynamicObject};
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in sekisho_api::crd::all() {
-        let name = crd.metadata.name.clone().context("CRDs have names")?;
-        crds.patch(
-            &name,
-            &PatchParams::apply("sekisho-bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("installing {name}"))?;
-        let version = &crd.spec.versions[0].name;
-        let resource = ApiResource {
-            group: crd.spec.group.clone(),
-            version: version.clone(),
-            api_version: format!("{}/{version}", crd.spec.group),
-            kind: crd.spec.names.kind.clone(),
-            plural: crd.spec.names.plural.clone(),
-        };
-        let objects = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        let deadline = Instant::now() + REQUEST;
-        while let Err(error) = objects.list(&ListParams::default().limit(1)).await {
-            if Instant::now() >= deadline {
-                bail!("{name} is not served: {error}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
 /// Creates everything, kind by kind, and says how long each kind took.
 pub(crate) async fn populate(client: &Client, plan: &Plan<'_>) -> anyhow::Result<Vec<Created>> {
     let layout = plan.layout;

@@ -151,7 +151,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("[setup] starting the control plane");
     let env = TestEnv::start_with(&binaries).await?;
     let client = env.client().await?;
-    cluster::install_crds(&client).await?;
+    env.install_crds(&sekisho_api::crd::all(), "sekisho-bench")
+        .await?;
     eprintln!("[setup] creating the objects");
     let created = cluster::populate(
         &client,

@@ -151,7 +151,8 @@ impl Gate {
         who: As,
     ) -> anyhow::Result<Self> {
         let client = env.client().await?;
-        install_crds(&client).await?;
+        env.install_crds(&sekisho_api::crd::all(), "sekisho-test")
+            .await?;
         let namespace = env.namespace(prefix).await?;
         let config = match who {
             As::Admin => env.admin_config().await?,
@@ -484,42 +485,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Installs Sekisho's CRDs (server-side apply: any test may) and waits until each is
-/// Established and its objects can be listed.
-async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{ApiResource, DynamicObject};
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in sekisho_api::crd::all() {
-        let name = crd.metadata.name.clone().context("CRDs have names")?;
-        crds.patch(
-            &name,
-            &PatchParams::apply("sekisho-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("installing {name}"))?;
-        let version = &crd.spec.versions[0].name;
-        let resource = ApiResource {
-            group: crd.spec.group.clone(),
-            version: version.clone(),
-            api_version: format!("{}/{version}", crd.spec.group),
-            kind: crd.spec.names.kind.clone(),
-            plural: crd.spec.names.plural.clone(),
-        };
-        let objects = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        let deadline = tokio::time::Instant::now() + CHANGE;
-        while let Err(error) = objects.list(&ListParams::default().limit(1)).await {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{name} is not served: {error}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
 }
 
 /// Binds the committed ClusterRole (renamed for this namespace, so tests don't share it) to

@@ -8,9 +8,12 @@ use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Namespace, ServiceAccount},
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Client,
-    api::{Api, ObjectMeta, PostParams},
+    api::{
+        Api, ApiResource, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams,
+    },
 };
 use sekisho_watchdog::Watchdog;
 use tokio::sync::OnceCell;
@@ -29,6 +32,8 @@ const ETCD_START: Duration = Duration::from_secs(30);
 /// API and bootstraps RBAC first, which takes several seconds of CPU on a 2-core machine.
 const APISERVER_START: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(200);
+/// How long a new CustomResourceDefinition may take to be served.
+const CRD_SERVED: Duration = Duration::from_secs(30);
 /// Lifetime asked for service-account tokens; the API server's minimum is 10 minutes.
 const TOKEN_SECONDS: i64 = 3600;
 
@@ -184,6 +189,53 @@ impl TestEnv {
     /// runtime it was built in, and `#[tokio::test]` gives every test its own.
     pub async fn client(&self) -> Result<Client, Error> {
         Client::try_from(self.admin_config().await?).map_err(Error::Client)
+    }
+
+    /// Installs `crds` by server-side apply as `manager` (so that any number of tests may) and
+    /// waits until the objects of each can be listed.
+    pub async fn install_crds(
+        &self,
+        crds: &[CustomResourceDefinition],
+        manager: &str,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let api = Api::<CustomResourceDefinition>::all(client.clone());
+        for crd in crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(
+                &name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .map_err(|source| Error::Api {
+                action: format!("install the CustomResourceDefinition {name}"),
+                source,
+            })?;
+            let Some(version) = crd.spec.versions.first() else {
+                continue;
+            };
+            let resource = ApiResource {
+                group: crd.spec.group.clone(),
+                version: version.name.clone(),
+                api_version: format!("{}/{}", crd.spec.group, version.name),
+                kind: crd.spec.names.kind.clone(),
+                plural: crd.spec.names.plural.clone(),
+            };
+            let objects = Api::<DynamicObject>::all_with(client.clone(), &resource);
+            let start = Instant::now();
+            // Served a moment after it is Established.
+            while let Err(source) = objects.list(&ListParams::default().limit(1)).await {
+                if start.elapsed() > CRD_SERVED {
+                    return Err(Error::Api {
+                        action: format!("list the objects of {name} after installing it"),
+                        source,
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Ok(())
     }
 
     /// Kills kube-apiserver (SIGKILL), as a crash would. Clients see their requests and
