@@ -383,7 +383,8 @@ impl KubeSource {
         memory: &mut Memory,
     ) {
         let mut notes = Vec::new();
-        let mut cluster = cluster(stores, &mut notes);
+        let mut rejected = Rejected::default();
+        let mut cluster = cluster(stores, &mut notes, &mut rejected);
         cluster.previous_owners = std::mem::take(&mut memory.owners);
         cluster.previous_served = std::mem::take(&mut memory.served);
         let mut routes = ingress::routes(&cluster, &self.settings);
@@ -494,7 +495,7 @@ impl KubeSource {
             )
             .await;
         }
-        write_policy_status(client, stores).await;
+        write_policy_status(client, stores, &rejected).await;
         write_tunnel_status(client, &tunnel_objects, &tunnels.findings).await;
     }
 
@@ -839,10 +840,18 @@ where
     }
 }
 
+/// The policy objects that cannot be used, with why: read once per rebuild, for their Events
+/// and their status.
+#[derive(Default)]
+struct Rejected {
+    policies: HashMap<Key, Vec<crate::config::Problem>>,
+    cluster_policies: HashMap<String, Vec<crate::config::Problem>>,
+}
+
 /// The stores' objects, grouped as the translation wants them; what cannot be used becomes a
-/// note.
-fn cluster(stores: &Stores, notes: &mut Vec<Note>) -> ingress::Cluster {
-    let mut invalid = |object: ObjectReference, problems: Vec<crate::config::Problem>| {
+/// note and is in `rejected`.
+fn cluster(stores: &Stores, notes: &mut Vec<Note>, rejected: &mut Rejected) -> ingress::Cluster {
+    let mut invalid = |object: ObjectReference, problems: &[crate::config::Problem]| {
         notes.push(Note {
             object,
             warning: true,
@@ -863,7 +872,10 @@ fn cluster(stores: &Stores, notes: &mut Vec<Note>) -> ingress::Cluster {
             Ok(found) => {
                 policies.insert(key, Arc::new(found));
             }
-            Err(problems) => invalid(object.object_ref(&()), problems),
+            Err(problems) => {
+                invalid(object.object_ref(&()), &problems);
+                rejected.policies.insert(key, problems);
+            }
         }
     }
     let mut cluster_policies = HashMap::new();
@@ -875,7 +887,10 @@ fn cluster(stores: &Stores, notes: &mut Vec<Note>) -> ingress::Cluster {
             Ok(found) => {
                 cluster_policies.insert(name, Arc::new(found));
             }
-            Err(problems) => invalid(object.object_ref(&()), problems),
+            Err(problems) => {
+                invalid(object.object_ref(&()), &problems);
+                rejected.cluster_policies.insert(name, problems);
+            }
         }
     }
     let class_parameters = stores
@@ -982,18 +997,26 @@ async fn tell(recorder: &Recorder, notes: Vec<Note>, memory: &mut Memory, metric
 }
 
 /// Writes each policy object's `Ready` condition (valid or not, and why) when it changed.
-async fn write_policy_status(client: &Client, stores: &Stores) {
+async fn write_policy_status(client: &Client, stores: &Stores, rejected: &Rejected) {
+    let verdict = |problems: Option<&Vec<crate::config::Problem>>| match problems {
+        Some(problems) => Err(problems.clone()),
+        None => Ok(()),
+    };
     for object in stores.policies.state() {
-        let Some(namespace) = object.metadata.namespace.as_deref() else {
+        let (Some(key), Some(namespace)) = (
+            Key::of(&object.metadata),
+            object.metadata.namespace.as_deref(),
+        ) else {
             continue;
         };
         let api = Api::<api::AccessPolicy>::namespaced(client.clone(), namespace);
-        let verdict = policy::access_policy(&object.spec).map(|_| ());
+        let verdict = verdict(rejected.policies.get(&key));
         write_ready(&api, &object.metadata, object.status.as_ref(), verdict).await;
     }
     for object in stores.cluster_policies.state() {
         let api = Api::<api::ClusterAccessPolicy>::all(client.clone());
-        let verdict = policy::access_policy(&object.spec.0).map(|_| ());
+        let name = object.metadata.name.as_deref().unwrap_or_default();
+        let verdict = verdict(rejected.cluster_policies.get(name));
         write_ready(&api, &object.metadata, object.status.as_ref(), verdict).await;
     }
 }
