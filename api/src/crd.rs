@@ -12,6 +12,7 @@ use crate::agent::Agent;
 use crate::host::SharedHost;
 use crate::ingress_class::IngressClassParameters;
 use crate::policy::{AccessPolicy, ClusterAccessPolicy};
+use crate::proxy::Proxy;
 use crate::tunnel::Tunnel;
 
 /// The command that writes the files, for their header and for the drift test's message.
@@ -27,6 +28,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Tunnel::crd(),
         IngressClassParameters::crd(),
         SharedHost::crd(),
+        Proxy::crd(),
     ];
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for crd in &mut crds {
@@ -178,6 +180,7 @@ mod tests {
                 "agents.sekisho.dev.yaml",
                 "clusteraccesspolicies.sekisho.dev.yaml",
                 "ingressclassparameters.sekisho.dev.yaml",
+                "proxies.sekisho.dev.yaml",
                 "sharedhosts.sekisho.dev.yaml",
                 "tunnels.sekisho.dev.yaml",
                 "kustomization.yaml",

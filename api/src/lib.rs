@@ -1,7 +1,8 @@
 //! `sekisho-api`: Sekisho's Kubernetes custom resources (group `sekisho.dev`, version
 //! `v1alpha1`) as Rust types, the CustomResourceDefinitions generated from them ([`crd`]) and
 //! the status-condition logic their readers share ([`condition`]). The proxy reads these
-//! objects and reports on them; the operator will manage them; both depend on this crate.
+//! objects and reports on them; the operator deploys gates from [`Proxy`] objects; both depend
+//! on this crate.
 //!
 //! Types and pure functions only: no API client, no I/O. It must not depend on the proxy, the
 //! agent, the CLI or the operator (they depend on it), and nothing of how a request is served
@@ -15,6 +16,7 @@
 //! | [`Tunnel`] | namespace | a host that `sekisho tunnel` reaches: target, agent, policy |
 //! | [`IngressClassParameters`] | cluster | an IngressClass's defaults: its default access policy |
 //! | [`SharedHost`] | cluster | namespaces allowed on a host besides the one that claimed it first |
+//! | [`Proxy`] | namespace | a gate the operator deploys: replicas, domain, providers, certificate, keys |
 //!
 //! The schemas refuse what they can say (required fields, patterns, CEL rules); what they
 //! cannot (a policy that does not exist, a path that is not in normal form, two Tunnels
@@ -27,6 +29,7 @@ pub mod crd;
 mod host;
 mod ingress_class;
 mod policy;
+mod proxy;
 mod schema;
 mod status;
 mod tunnel;
@@ -37,6 +40,11 @@ pub use ingress_class::{IngressClassParameters, IngressClassParametersSpec};
 pub use policy::{
     AccessPolicy, AccessPolicySpec, ClaimMatch, ClusterAccessPolicy, ClusterAccessPolicySpec,
     IdentityHeaders, PUBLIC_POLICY, PathType, PolicyPath, Rule, Subject,
+};
+pub use proxy::{
+    CertificateSpec, IdentityProvider, IngressClassSpec, IpFamilyPolicy, IssuerKind, IssuerRef,
+    KeysSpec, KeysStatus, MonitoringSpec, NetworkPolicySpec, ProviderKind, Proxy, ProxySpec,
+    ProxyStatus, SecretKeyRef, ServiceSpec, ServiceType,
 };
 pub use status::ObservedStatus;
 pub use tunnel::{Tunnel, TunnelSpec};
@@ -113,6 +121,7 @@ mod tests {
                 Some("Tunnel") => round_trip::<Tunnel>(name, value),
                 Some("IngressClassParameters") => round_trip::<IngressClassParameters>(name, value),
                 Some("SharedHost") => round_trip::<SharedHost>(name, value),
+                Some("Proxy") => round_trip::<Proxy>(name, value),
                 other => panic!("{name}: no type for kind {other:?}"),
             }
         }

@@ -213,6 +213,11 @@ async fn every_installed_crd_has_printer_columns_and_a_status_subresource_where_
             false,
         ),
         ("sharedhosts.sekisho.dev", vec!["Host", "Age"], false),
+        (
+            "proxies.sekisho.dev",
+            vec!["Domain", "Replicas", "Version", "Ready", "Age"],
+            true,
+        ),
     ];
     ensure!(
         expected.len() == installed.kinds.len(),

@@ -21,6 +21,10 @@ pub struct Listen {
     pub http_mode: HttpMode,
     /// The internal listener for health and metrics; never the public one.
     pub admin: SocketAddr,
+    /// An optional listener that serves `/metrics` alone: what a Service may expose to a
+    /// metrics scraper, while the admin listener (health) stays unexposed.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
     /// The HTTPS port written into redirects, when clients reach the proxy on another port
     /// than it listens on (443 in front of 8443). Default: the HTTPS listener's port.
     #[serde(default)]
@@ -71,13 +75,16 @@ impl Default for Limits {
 
 impl Listen {
     pub(crate) fn validate(&self, problems: &mut Problems) {
-        let fixed = |a: &SocketAddr| a.port() != 0;
-        if (self.admin == self.https && fixed(&self.admin))
-            || self
-                .http
-                .is_some_and(|h| fixed(&h) && (h == self.https || h == self.admin))
-        {
-            problems.add("listen", "https, http and admin need different addresses");
+        let fixed: Vec<SocketAddr> = [Some(self.https), self.http, Some(self.admin), self.metrics]
+            .into_iter()
+            .flatten()
+            .filter(|a| a.port() != 0)
+            .collect();
+        if fixed.iter().collect::<std::collections::HashSet<_>>().len() != fixed.len() {
+            problems.add(
+                "listen",
+                "https, http, admin and metrics need different addresses",
+            );
         }
     }
 }

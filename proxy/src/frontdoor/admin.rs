@@ -1,5 +1,6 @@
 //! The internal listener: `/healthz`, `/readyz` and `/metrics`. It is bound to its own
-//! address and never serves the public routes, nor they it.
+//! address and never serves the public routes, nor they it. The optional metrics listener
+//! serves `/metrics` alone, for a Service to expose to a scraper.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,9 +18,19 @@ use crate::observe::metrics::CertificateLabels;
 use crate::respond::body::ResponseBody;
 use crate::state::Shared;
 
+/// What an internal listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// `/healthz`, `/readyz` and `/metrics`.
+    Admin,
+    /// `/metrics` alone.
+    Metrics,
+}
+
 /// Serves until `stop` turns true. Cancel-safe: the accept loop only awaits `accept`.
 pub(crate) async fn serve(
     listener: TcpListener,
+    scope: Scope,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -38,7 +49,7 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = respond(&shared, &req);
+                let response = respond(&shared, scope, &req);
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -48,11 +59,16 @@ pub(crate) async fn serve(
     }
 }
 
-fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
+fn respond(shared: &Shared, scope: Scope, req: &Request<Incoming>) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
     match req.uri().path() {
+        "/metrics" => metrics(shared),
+        _ if scope == Scope::Metrics => text(
+            StatusCode::NOT_FOUND,
+            "not found: this listener serves /metrics\n",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if shared.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" if !shared.synced.load(std::sync::atomic::Ordering::Relaxed) => text(
@@ -66,22 +82,21 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
             "ready; the Kubernetes API cannot be reached, the last state it gave keeps serving\n",
         ),
         "/readyz" => text(StatusCode::OK, "ready\n"),
-        "/metrics" => {
-            refresh_certificate_expiry(shared);
-            let mut response = text(StatusCode::OK, shared.metrics.encode());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz or /metrics\n",
         ),
     }
+}
+
+fn metrics(shared: &Shared) -> Response<ResponseBody> {
+    refresh_certificate_expiry(shared);
+    let mut response = text(StatusCode::OK, shared.metrics.encode());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 fn refresh_certificate_expiry(shared: &Shared) {

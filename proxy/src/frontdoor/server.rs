@@ -85,6 +85,8 @@ pub struct Running {
     pub https_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The metrics-only listener's address, when `listen.metrics` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// The development CA certificate (PEM file, kept across restarts) when no certificate
     /// was configured.
     pub dev_ca_file: Option<PathBuf>,
@@ -266,12 +268,21 @@ fn serve(
         .map(|addr| bind_group(addr, workers))
         .transpose()?;
     let admin = bind(config.listen.admin, false)?;
+    let metrics_listener = config
+        .listen
+        .metrics
+        .map(|addr| bind(addr, false))
+        .transpose()?;
     let https_addr = https[0].local_addr().map_err(StartError::Runtime)?;
     let http_addr = match &http {
         Some(group) => Some(group[0].local_addr().map_err(StartError::Runtime)?),
         None => None,
     };
     let admin_addr = admin.local_addr().map_err(StartError::Runtime)?;
+    let metrics_addr = match &metrics_listener {
+        Some(listener) => Some(listener.local_addr().map_err(StartError::Runtime)?),
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
@@ -312,7 +323,10 @@ fn serve(
             .spawn(move || {
                 run_control(
                     shared,
-                    admin,
+                    [
+                        Some((admin, admin::Scope::Admin)),
+                        metrics_listener.map(|m| (m, admin::Scope::Metrics)),
+                    ],
                     reloader,
                     kube_source,
                     shutdown,
@@ -345,6 +359,7 @@ fn serve(
         https = %https_addr,
         http = http_addr.map(|a| a.to_string()),
         admin = %admin_addr,
+        metrics = metrics_addr.map(|a| a.to_string()),
         workers,
         "sekisho-proxy is serving"
     );
@@ -352,6 +367,7 @@ fn serve(
         https_addr,
         http_addr,
         admin_addr,
+        metrics_addr,
         dev_ca_file,
         shared,
         shutdown,
@@ -393,7 +409,7 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, Sta
 
 fn run_control(
     shared: Arc<Shared>,
-    admin: std::net::TcpListener,
+    internal: [Option<(std::net::TcpListener, admin::Scope)>; 2],
     reloader: Option<Reloader>,
     kube_source: Option<KubeSource>,
     shutdown: watch::Sender<bool>,
@@ -411,15 +427,18 @@ fn run_control(
         }
     };
     runtime.block_on(async move {
-        let admin = match TcpListener::from_std(admin) {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::error!(%error, "cannot use the admin listener");
-                return;
+        for (listener, scope) in internal.into_iter().flatten() {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(admin::serve(listener, scope, shared.clone(), stop.clone()));
+                }
+                Err(error) => {
+                    tracing::error!(%error, ?scope, "cannot use an internal listener");
+                    return;
+                }
             }
-        };
+        }
         let (reload_now, reload_rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(admin::serve(admin, shared.clone(), stop.clone()));
         if let Some(reloader) = reloader {
             tokio::spawn(reloader.run(reload_rx, stop.clone()));
         }
