@@ -1,27 +1,20 @@
 //! `status.loadBalancer.ingress` of the Ingresses served: where clients reach the proxy, from
 //! `--publish-address` or the `--publish-service`'s load balancer. Only one replica writes it:
-//! the holder of a Lease, renewed while it lives and taken over when it expires.
+//! the holder of a Lease (`sekisho-lease`), renewed while it lives and taken over when it
+//! expires.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::watch;
 
 use super::object::Key;
-
-/// How long a Lease holds without renewal.
-const LEASE: Duration = Duration::from_secs(15);
-/// How often the holder renews it (and the others look whether it expired).
-const RENEW: Duration = Duration::from_secs(5);
 
 /// Where the Ingresses say the proxy is reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,100 +106,27 @@ pub(crate) async fn write(
     }
 }
 
-/// Holds the Lease `key` while it can, telling `leader` whether it does, until `stop`.
+/// Holds the Lease `key` while it can ([`sekisho_lease::hold`]), telling `leader` whether it
+/// does, until `stop`.
 pub(crate) async fn lead(
     client: Client,
     key: Key,
     identity: String,
     leader: Arc<AtomicBool>,
     changed: Arc<tokio::sync::Notify>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let api = Api::<Lease>::namespaced(client, &key.namespace);
-    loop {
-        let holds = match try_hold(&api, &key.name, &identity).await {
-            Ok(holds) => holds,
-            Err(error) => {
-                tracing::warn!(lease = %key, error = %crate::error_chain(&error), "cannot read or renew the status Lease");
-                false
-            }
-        };
-        if holds != leader.swap(holds, Ordering::Relaxed) {
-            tracing::info!(lease = %key, holds, "status Lease");
+    let (holds, mut held) = watch::channel(false);
+    let holding = tokio::spawn(sekisho_lease::hold(api, key.name, identity, holds, stop));
+    while held.changed().await.is_ok() {
+        let now = *held.borrow_and_update();
+        if now != leader.swap(now, Ordering::Relaxed) {
             // A new holder writes the status of everything at once.
             changed.notify_one();
         }
-        tokio::select! {
-            () = tokio::time::sleep(RENEW) => {}
-            () = crate::state::stopped(&mut stop) => break,
-        }
     }
-    if leader.swap(false, Ordering::Relaxed) {
-        release(&api, &key.name, &identity).await;
-    }
-}
-
-/// One round: create, renew or take over the Lease. Whether this process holds it.
-async fn try_hold(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, kube::Error> {
-    let now = MicroTime(Timestamp::now());
-    let duration = i32::try_from(LEASE.as_secs()).unwrap_or(15);
-    let Some(mut lease) = api.get_opt(name).await? else {
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(identity.to_owned()),
-                lease_duration_seconds: Some(duration),
-                acquire_time: Some(now.clone()),
-                renew_time: Some(now),
-                lease_transitions: Some(0),
-                ..LeaseSpec::default()
-            }),
-        };
-        return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(error) => Err(error),
-        };
-    };
-    let spec = lease.spec.get_or_insert_default();
-    let mine = spec.holder_identity.as_deref() == Some(identity);
-    let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
-        let lasts =
-            SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(duration)));
-        renewed.0.checked_add(lasts).is_ok_and(|end| end < now.0)
-    }) || spec.holder_identity.is_none();
-    if !mine && !expired {
-        return Ok(false);
-    }
-    if !mine {
-        spec.holder_identity = Some(identity.to_owned());
-        spec.acquire_time = Some(now.clone());
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-    }
-    spec.lease_duration_seconds = Some(duration);
-    spec.renew_time = Some(now);
-    // The resourceVersion read makes this a compare-and-swap: two takers cannot both win.
-    match api.replace(name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(error) => Err(error),
-    }
-}
-
-/// Lets the Lease go at shutdown, so another replica takes over at once.
-async fn release(api: &Api<Lease>, name: &str, identity: &str) {
-    let Ok(Some(mut lease)) = api.get_opt(name).await else {
-        return;
-    };
-    let spec = lease.spec.get_or_insert_default();
-    if spec.holder_identity.as_deref() != Some(identity) {
-        return;
-    }
-    spec.holder_identity = None;
-    let _ = api.replace(name, &PostParams::default(), &lease).await;
+    let _ = holding.await;
 }
 
 #[cfg(test)]
