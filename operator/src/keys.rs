@@ -387,7 +387,10 @@ mod tests {
         assert_eq!(step.expect("step"), Step::Generated);
         // The old key still seals; the new one is only accepted.
         assert_eq!(ring.session_keys(), "1:key-1\n2:key-2\n");
-        assert!(ring.signing_keys().starts_with("-----BEGIN PRIVATE KEY-----\nsigning-1\n"));
+        assert!(
+            ring.signing_keys()
+                .starts_with("-----BEGIN PRIVATE KEY-----\nsigning-1\n")
+        );
         let mut ring = round_trip(&ring);
         assert_eq!(ring.phase, Phase::Introducing);
 
@@ -401,13 +404,28 @@ mod tests {
         assert_eq!(ring.phase, Phase::Retiring);
         assert_eq!(ring.next_deadline(overlap), Some(at(30 + 13 * 3600)));
 
-        let step = ring.advance(Some("2026-12"), overlap, at(30 + 13 * 3600 - 1), true, &mut keys);
+        let step = ring.advance(
+            Some("2026-12"),
+            overlap,
+            at(30 + 13 * 3600 - 1),
+            true,
+            &mut keys,
+        );
         assert_eq!(step.expect("step"), Step::Keep);
-        let step = ring.advance(Some("2026-12"), overlap, at(30 + 13 * 3600), true, &mut keys);
+        let step = ring.advance(
+            Some("2026-12"),
+            overlap,
+            at(30 + 13 * 3600),
+            true,
+            &mut keys,
+        );
         assert_eq!(step.expect("step"), Step::Retired);
         assert_eq!(ring.session_keys(), "2:key-2\n");
         let mut ring = round_trip(&ring);
-        assert_eq!((ring.phase, ring.rotation.as_deref()), (Phase::Stable, Some("2026-12")));
+        assert_eq!(
+            (ring.phase, ring.rotation.as_deref()),
+            (Phase::Stable, Some("2026-12"))
+        );
 
         // The same request again changes nothing; a new one starts over.
         let step = ring.advance(Some("2026-12"), overlap, at(99_999_999), true, &mut keys);
@@ -422,9 +440,21 @@ mod tests {
         let overlap = SignedDuration::from_hours(1);
         let mut keys = Counter(0);
         let mut ring = Ring::first(Some("a"), at(0), &mut keys).expect("keys");
-        assert_eq!(ring.advance(Some("a"), overlap, at(1), true, &mut keys).expect("step"), Step::Keep);
-        assert_eq!(ring.advance(Some("b"), overlap, at(2), false, &mut keys).expect("step"), Step::Generated);
-        assert_eq!(ring.advance(Some("c"), overlap, at(3), false, &mut keys).expect("step"), Step::Keep);
+        assert_eq!(
+            ring.advance(Some("a"), overlap, at(1), true, &mut keys)
+                .expect("step"),
+            Step::Keep
+        );
+        assert_eq!(
+            ring.advance(Some("b"), overlap, at(2), false, &mut keys)
+                .expect("step"),
+            Step::Generated
+        );
+        assert_eq!(
+            ring.advance(Some("c"), overlap, at(3), false, &mut keys)
+                .expect("step"),
+            Step::Keep
+        );
         assert_eq!(ring.rotation.as_deref(), Some("b"));
         assert_eq!(ring.session_keys().lines().count(), 2);
     }
@@ -440,17 +470,33 @@ mod tests {
     #[test]
     fn a_secret_that_does_not_match_its_phase_is_refused_rather_than_overwritten() {
         let pem = "-----BEGIN PRIVATE KEY-----\na\n-----END PRIVATE KEY-----\n";
-        let phase = |p: &'static str| move |name: &str| (name == PHASE_ANNOTATION).then(|| p.to_owned());
+        let phase =
+            |p: &'static str| move |name: &str| (name == PHASE_ANNOTATION).then(|| p.to_owned());
         assert_eq!(
             Ring::read(Some("1:a\n"), Some(pem), phase("Retiring")),
-            Err(ReadError::Count { expected: 2, found: 1 })
+            Err(ReadError::Count {
+                expected: 2,
+                found: 1
+            })
         );
-        assert_eq!(Ring::read(None, Some(pem), phase("Stable")), Err(ReadError::Missing(SESSION_KEYS)));
-        assert_eq!(Ring::read(Some("1:a\n"), Some("nothing"), phase("Stable")), Err(ReadError::SigningKeys));
-        assert_eq!(Ring::read(Some("1:a\n"), Some(pem), phase("Sideways")), Err(ReadError::Phase));
+        assert_eq!(
+            Ring::read(None, Some(pem), phase("Stable")),
+            Err(ReadError::Missing(SESSION_KEYS))
+        );
+        assert_eq!(
+            Ring::read(Some("1:a\n"), Some("nothing"), phase("Stable")),
+            Err(ReadError::SigningKeys)
+        );
+        assert_eq!(
+            Ring::read(Some("1:a\n"), Some(pem), phase("Sideways")),
+            Err(ReadError::Phase)
+        );
         assert_eq!(
             Ring::read(Some("1:a\n2:b\n"), Some(&pem.repeat(2)), phase("Stable")),
-            Err(ReadError::Count { expected: 1, found: 2 })
+            Err(ReadError::Count {
+                expected: 1,
+                found: 2
+            })
         );
     }
 
@@ -461,7 +507,10 @@ mod tests {
         assert_ne!(a, b);
         let (id, key) = a.session.split_once(':').expect("ID:KEY");
         assert_eq!(id, "7");
-        assert_eq!(URL_SAFE_NO_PAD.decode(key).expect("base64url").len(), SESSION_KEY_LEN);
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(key).expect("base64url").len(),
+            SESSION_KEY_LEN
+        );
         sekisho_identity::signing::SigningKeys::from_pem(a.signing.as_bytes())
             .expect("the proxy reads the signing key");
         assert!(!format!("{a:?}").contains(key), "Debug shows no key");

@@ -37,6 +37,8 @@ pub struct Options {
     pub identity: String,
     /// The proxy version deployed when a Proxy names none.
     pub proxy_version: String,
+    /// Only the Proxies of this namespace; all namespaces when `None`.
+    pub watch_namespace: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +87,7 @@ pub async fn run(
         let mut controller = tokio::spawn(reconcile::run(
             client.clone(),
             metrics.clone(),
-            options.proxy_version.clone(),
-            Some(options.identity.clone()),
+            options.clone(),
             lost_rx,
         ));
         tokio::select! {

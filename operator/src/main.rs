@@ -18,7 +18,11 @@ use sekisho_operator::{Options, run};
 #[command(name = "sekisho-operator", version)]
 struct Cli {
     /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "SEKISHO_OPERATOR_METRICS_ADDRESS", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "SEKISHO_OPERATOR_METRICS_ADDRESS",
+        default_value = "0.0.0.0:9090"
+    )]
     metrics_address: SocketAddr,
 
     /// The namespace of the leader Lease: the operator's own (the downward API gives it).
@@ -32,6 +36,10 @@ struct Cli {
     /// The proxy version deployed for Proxies that name none.
     #[arg(long, env = "SEKISHO_PROXY_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     proxy_version: String,
+
+    /// Reconcile only the Proxies of this namespace (default: every namespace).
+    #[arg(long, env = "SEKISHO_WATCH_NAMESPACE", value_name = "NAMESPACE")]
+    watch_namespace: Option<String>,
 
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
@@ -95,6 +103,7 @@ fn main() -> ExitCode {
             lease_namespace: cli.lease_namespace,
             identity,
             proxy_version: cli.proxy_version,
+            watch_namespace: cli.watch_namespace,
         };
         match run(client, options, stopped).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,12 @@ struct ReasonLabels {
 }
 
 /// Every failure reason, registered at zero so that dashboards and alerts see the series.
-const REASONS: [&str; 4] = ["ApiError", "KeysUnreadable", "RandomUnavailable", "CleanupFailed"];
+const REASONS: [&str; 4] = [
+    "ApiError",
+    "KeysUnreadable",
+    "RandomUnavailable",
+    "CleanupFailed",
+];
 
 pub(crate) struct Metrics {
     registry: Registry,
@@ -39,7 +44,11 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("sekisho_operator");
         let reconciles = Counter::default();
-        registry.register("reconciles", "Reconcile passes over a Proxy", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconcile passes over a Proxy",
+            reconciles.clone(),
+        );
         let failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconcile_failures",

@@ -4,7 +4,7 @@
 use sekisho_api::{ProviderKind, Proxy};
 use serde_json::{Value, json};
 
-use super::Names;
+use super::object::Names;
 
 pub(crate) const FILE_NAME: &str = "config.yaml";
 /// Where the pods mount the ConfigMap, the keys Secret and each client secret.
@@ -75,7 +75,7 @@ pub(crate) fn file(proxy: &Proxy, names: &Names) -> String {
         },
         "limits": {"shutdown_grace": format!("{}s", shutdown_grace_seconds(proxy))},
         "identity": {
-            "auth_host": super::auth_host(proxy),
+            "auth_host": super::object::auth_host(proxy),
             "session_keys_file": format!("{KEYS_DIR}/{}", crate::keys::SESSION_KEYS),
             "signing_keys_file": format!("{KEYS_DIR}/{}", crate::keys::SIGNING_KEYS),
             "providers": providers,

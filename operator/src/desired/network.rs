@@ -4,7 +4,7 @@ use sekisho_api::{IpFamilyPolicy, Proxy, ServiceType};
 use serde_json::json;
 
 use super::config::METRICS_PORT;
-use super::{Child, Kind, Names, child, child_in, selector};
+use super::object::{Child, Kind, Names, child, child_in, selector};
 
 /// The public Service (NAME) and the metrics Service (NAME-metrics). The admin port (health)
 /// is in neither: only the kubelet reaches it, at the pod's address.
@@ -37,17 +37,27 @@ pub(super) fn services(proxy: &Proxy, names: &Names) -> Vec<Child> {
     {
         spec["loadBalancerClass"] = json!(class);
     }
-    let mut public = child(names, Kind::Service, names.name.clone(), json!({"spec": spec}));
+    let mut public = child(
+        names,
+        Kind::Service,
+        names.name.clone(),
+        json!({"spec": spec}),
+    );
     if !service.annotations.is_empty() {
         public.object["metadata"]["annotations"] = json!(service.annotations);
     }
-    let mut metrics = child(names, Kind::Service, names.suffixed("metrics"), json!({
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector(names),
-            "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}],
-        },
-    }));
+    let mut metrics = child(
+        names,
+        Kind::Service,
+        names.suffixed("metrics"),
+        json!({
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector(names),
+                "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}],
+            },
+        }),
+    );
     for (key, value) in metrics_service_labels(names) {
         metrics.object["metadata"]["labels"][key] = json!(value);
     }

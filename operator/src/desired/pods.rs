@@ -10,7 +10,7 @@ use super::config::{
     ADMIN_PORT, CONFIG_DIR, FILE_NAME, HTTP_PORT, HTTPS_PORT, KEYS_DIR, METRICS_PORT,
     PROVIDERS_DIR, shutdown_grace_seconds,
 };
-use super::{DEFAULT_IMAGE, INPUTS_ANNOTATION, Names, World, selector};
+use super::object::{DEFAULT_IMAGE, INPUTS_ANNOTATION, Names, World, selector};
 
 /// The pods' user and group (the images' non-root user).
 const USER: i64 = 65532;

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use serde_json::{Value, json};
 
-use super::{Child, Kind, Names, child};
+use super::object::{Child, Kind, Names, child};
 
 const PROXY_RBAC: &str = include_str!("../../../deploy/kubernetes/proxy-clusterrole.yaml");
 
@@ -34,20 +34,35 @@ pub(super) fn children(names: &Names) -> Vec<Child> {
     }]);
     let lease = names.suffixed("lease");
     vec![
-        child(names, Kind::ClusterRole, names.cluster_role(), json!({"rules": RULES.0})),
-        child(names, Kind::ClusterRoleBinding, names.cluster_role(), json!({
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": names.cluster_role(),
-            },
-            "subjects": subject,
-        })),
+        child(
+            names,
+            Kind::ClusterRole,
+            names.cluster_role(),
+            json!({"rules": RULES.0}),
+        ),
+        child(
+            names,
+            Kind::ClusterRoleBinding,
+            names.cluster_role(),
+            json!({
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": names.cluster_role(),
+                },
+                "subjects": subject,
+            }),
+        ),
         child(names, Kind::Role, lease.clone(), json!({"rules": RULES.1})),
-        child(names, Kind::RoleBinding, lease.clone(), json!({
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": lease},
-            "subjects": subject,
-        })),
+        child(
+            names,
+            Kind::RoleBinding,
+            lease.clone(),
+            json!({
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": lease},
+                "subjects": subject,
+            }),
+        ),
     ]
 }
 

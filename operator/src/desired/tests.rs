@@ -2,6 +2,8 @@
 //! rewritten with `SEKISHO_UPDATE_GOLDEN=1 cargo test -p sekisho-operator --lib`), and the
 //! properties that must hold whatever the spec.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::jiff::Timestamp;
 use sekisho_api::Proxy;
 use serde_json::{Value, json};
@@ -47,7 +49,9 @@ fn world(cert_manager: bool, service_monitors: bool) -> World {
         keys: Ring {
             current: KeyPair {
                 session: "1:session-key-one".into(),
-                signing: "-----BEGIN PRIVATE KEY-----\nsigning-key-one\n-----END PRIVATE KEY-----\n".into(),
+                signing:
+                    "-----BEGIN PRIVATE KEY-----\nsigning-key-one\n-----END PRIVATE KEY-----\n"
+                        .into(),
             },
             other: None,
             phase: Phase::Stable,
@@ -70,7 +74,12 @@ fn find<'a>(children: &'a [Child], kind: Kind, name: &str) -> &'a Value {
 fn golden(name: &str, children: &[Child]) {
     let text: String = children
         .iter()
-        .map(|c| format!("---\n{}", serde_yaml_ng::to_string(&c.object).expect("YAML")))
+        .map(|c| {
+            format!(
+                "---\n{}",
+                serde_yaml_ng::to_string(&c.object).expect("YAML")
+            )
+        })
         .collect();
     let path = format!("{GOLDEN}/{name}.yaml");
     if std::env::var_os("SEKISHO_UPDATE_GOLDEN").is_some() {
@@ -87,12 +96,18 @@ fn golden(name: &str, children: &[Child]) {
 
 #[test]
 fn a_minimal_proxy_has_the_children_of_its_golden_file() {
-    golden("minimal", &children(&minimal(), &world(false, false)).expect("children"));
+    golden(
+        "minimal",
+        &children(&minimal(), &world(false, false)).expect("children"),
+    );
 }
 
 #[test]
 fn the_example_proxy_has_the_children_of_its_golden_file() {
-    golden("example", &children(&example(), &world(true, true)).expect("children"));
+    golden(
+        "example",
+        &children(&example(), &world(true, true)).expect("children"),
+    );
 }
 
 #[test]
@@ -100,15 +115,26 @@ fn every_child_is_labelled_as_the_gates_and_scoped_by_its_kind() {
     let children = children(&example(), &world(true, true)).expect("children");
     let names = Names::of(&example()).expect("names");
     let kinds: BTreeSet<Kind> = children.iter().map(|c| c.kind).collect();
-    assert_eq!(kinds, Kind::ALL.into_iter().collect(), "every kind is made for the example");
+    assert_eq!(
+        kinds,
+        Kind::ALL.into_iter().collect(),
+        "every kind is made for the example"
+    );
     for child in &children {
         for (key, value) in labels(&names) {
-            assert_eq!(child.object["metadata"]["labels"][&key], json!(value), "{child:?}");
+            assert_eq!(
+                child.object["metadata"]["labels"][&key],
+                json!(value),
+                "{child:?}"
+            );
         }
         match child.kind.scope() {
             Scope::Owned => assert_eq!(child.namespace.as_deref(), Some("sekisho-system")),
             Scope::Cluster => assert_eq!(child.namespace, None),
-            Scope::Elsewhere => assert!(matches!(child.namespace.as_deref(), Some("grafana" | "wiki"))),
+            Scope::Elsewhere => assert!(matches!(
+                child.namespace.as_deref(),
+                Some("grafana" | "wiki")
+            )),
         }
         assert_eq!(child.object["metadata"]["name"], json!(child.name));
     }
@@ -140,12 +166,20 @@ fn no_service_exposes_the_admin_port_that_the_probes_use() {
     let children = children(&example(), &world(true, true)).expect("children");
     let pod = &find(&children, Kind::Deployment, "gate")["spec"]["template"]["spec"];
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert_eq!(pod["containers"][0][probe]["httpGet"]["port"], json!("admin"));
+        assert_eq!(
+            pod["containers"][0][probe]["httpGet"]["port"],
+            json!("admin")
+        );
     }
     for service in children.iter().filter(|c| c.kind == Kind::Service) {
         for port in service.object["spec"]["ports"].as_array().expect("ports") {
             assert_ne!(port["targetPort"], json!("admin"), "{}", service.name);
-            assert_ne!(port["targetPort"], json!(config::ADMIN_PORT), "{}", service.name);
+            assert_ne!(
+                port["targetPort"],
+                json!(config::ADMIN_PORT),
+                "{}",
+                service.name
+            );
         }
     }
     let public = &find(&children, Kind::Service, "gate")["spec"];
@@ -160,16 +194,26 @@ fn a_new_version_a_new_client_secret_or_new_keys_roll_the_pods() {
         find(&children, Kind::Deployment, "gate")["spec"]["template"].clone()
     };
     let base = template(&minimal(), &world(false, false));
-    assert_eq!(base, template(&minimal(), &world(false, false)), "the same inputs, the same pods");
+    assert_eq!(
+        base,
+        template(&minimal(), &world(false, false)),
+        "the same inputs, the same pods"
+    );
 
     let mut newer = minimal();
     newer.spec.version = Some("0.2.0".into());
     let rolled = template(&newer, &world(false, false));
-    assert_eq!(rolled["spec"]["containers"][0]["image"], json!("ghcr.io/sekisho/sekisho-proxy:0.2.0"));
+    assert_eq!(
+        rolled["spec"]["containers"][0]["image"],
+        json!("ghcr.io/sekisho/sekisho-proxy:0.2.0")
+    );
 
     let mut secret_changed = world(false, false);
     secret_changed.client_secrets_digest = "another".into();
-    assert_ne!(base["metadata"], template(&minimal(), &secret_changed)["metadata"]);
+    assert_ne!(
+        base["metadata"],
+        template(&minimal(), &secret_changed)["metadata"]
+    );
 
     let mut rotated = world(false, false);
     rotated.keys.other = Some(KeyPair {
@@ -184,7 +228,11 @@ fn a_new_version_a_new_client_secret_or_new_keys_roll_the_pods() {
 fn the_certificate_and_the_service_monitor_are_made_only_when_their_crds_exist() {
     let proxy = example();
     let kinds = |world: World| -> BTreeSet<Kind> {
-        children(&proxy, &world).expect("children").iter().map(|c| c.kind).collect()
+        children(&proxy, &world)
+            .expect("children")
+            .iter()
+            .map(|c| c.kind)
+            .collect()
     };
     let without = kinds(world(false, false));
     assert!(!without.contains(&Kind::Certificate) && !without.contains(&Kind::ServiceMonitor));
@@ -193,22 +241,39 @@ fn the_certificate_and_the_service_monitor_are_made_only_when_their_crds_exist()
 
     let children = children(&proxy, &world(true, true)).expect("children");
     let certificate = &find(&children, Kind::Certificate, "gate-tls")["spec"];
-    assert_eq!(certificate["dnsNames"], json!(["auth.example.org", "*.example.org"]));
+    assert_eq!(
+        certificate["dnsNames"],
+        json!(["auth.example.org", "*.example.org"])
+    );
     assert_eq!(certificate["issuerRef"]["kind"], json!("ClusterIssuer"));
-    let args = &find(&children, Kind::Deployment, "gate")["spec"]["template"]["spec"]["containers"][0]["args"];
-    assert!(args.as_array().expect("args").contains(&json!("--default-certificate=sekisho-system/gate-tls")));
+    let args = &find(&children, Kind::Deployment, "gate")["spec"]["template"]["spec"]["containers"]
+        [0]["args"];
+    assert!(
+        args.as_array()
+            .expect("args")
+            .contains(&json!("--default-certificate=sekisho-system/gate-tls"))
+    );
 }
 
 #[test]
 fn the_ingress_class_names_this_gate_as_its_controller() {
     let children = children(&example(), &world(false, false)).expect("children");
     let class = find(&children, Kind::IngressClass, "sekisho");
-    assert_eq!(class["spec"]["controller"], json!("sekisho.dev/proxy/sekisho-system/gate"));
-    assert_eq!(class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"], json!("true"));
+    assert_eq!(
+        class["spec"]["controller"],
+        json!("sekisho.dev/proxy/sekisho-system/gate")
+    );
+    assert_eq!(
+        class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"],
+        json!("true")
+    );
     let parameters = find(&children, Kind::IngressClassParameters, "sekisho");
     assert_eq!(parameters["spec"]["defaultPolicy"], json!("staff"));
-    let args = &find(&children, Kind::Deployment, "gate")["spec"]["template"]["spec"]["containers"][0]["args"];
-    assert!(args.as_array().expect("args").contains(&json!("--ingress-controller=sekisho.dev/proxy/sekisho-system/gate")));
+    let args = &find(&children, Kind::Deployment, "gate")["spec"]["template"]["spec"]["containers"]
+        [0]["args"];
+    assert!(args.as_array().expect("args").contains(&json!(
+        "--ingress-controller=sekisho.dev/proxy/sekisho-system/gate"
+    )));
 }
 
 #[test]
@@ -222,8 +287,14 @@ fn upstream_namespaces_admit_only_the_gates_pods_and_their_own() {
     assert_eq!(policy["podSelector"], json!({}));
     assert_eq!(policy["policyTypes"], json!(["Ingress"]));
     let from = &policy["ingress"][0]["from"][0];
-    assert_eq!(from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], json!("sekisho-system"));
-    assert_eq!(from["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], json!("gate"));
+    assert_eq!(
+        from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        json!("sekisho-system")
+    );
+    assert_eq!(
+        from["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        json!("gate")
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::networking::v1::IngressClass;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::{Client, Resource as _, ResourceExt as _};
 use sekisho_api::Proxy;
 use serde_json::json;
@@ -41,7 +43,10 @@ pub(super) async fn class_taken(
         return Ok(None);
     };
     let labels = class.labels();
-    let ours = labels.get("app.kubernetes.io/managed-by").map(String::as_str) == Some(MANAGER);
+    let ours = labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some(MANAGER);
     let instance = labels.get("app.kubernetes.io/instance");
     let namespace = labels.get(NAMESPACE_LABEL);
     if ours && instance == Some(&names.name) && namespace == Some(&names.namespace) {
@@ -76,7 +81,11 @@ pub(super) async fn all(
         }
     }
     for child in children {
-        if class_taken && matches!(child.kind, Kind::IngressClass | Kind::IngressClassParameters)
+        if class_taken
+            && matches!(
+                child.kind,
+                Kind::IngressClass | Kind::IngressClassParameters
+            )
         {
             continue;
         }
@@ -111,7 +120,12 @@ pub(super) async fn prune(
             let name = object.name_any();
             if !wanted.contains(&(kind, namespace.as_deref(), name.as_str())) {
                 delete(client, kind, namespace.as_deref(), &name).await?;
-                tracing::info!(kind = kind.gvkp().2, namespace, name, "removed a child no longer wanted");
+                tracing::info!(
+                    kind = kind.gvkp().2,
+                    namespace,
+                    name,
+                    "removed a child no longer wanted"
+                );
             }
         }
     }
@@ -125,7 +139,13 @@ pub(super) async fn remove_unowned(client: &Client, names: &Names) -> Result<(),
             continue;
         }
         for object in applied_by_us(client, names, kind).await? {
-            delete(client, kind, object.namespace().as_deref(), &object.name_any()).await?;
+            delete(
+                client,
+                kind,
+                object.namespace().as_deref(),
+                &object.name_any(),
+            )
+            .await?;
         }
     }
     Ok(())

@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::IngressClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use ring::digest::{SHA256, digest};
@@ -53,7 +56,9 @@ pub(crate) struct Context {
 pub(crate) enum Error {
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
-    #[error("the keys Secret cannot be read: {0}; fix or delete it (deleting makes new keys and ends every session)")]
+    #[error(
+        "the keys Secret cannot be read: {0}; fix or delete it (deleting makes new keys and ends every session)"
+    )]
     Keys(#[from] keys::ReadError),
     #[error(transparent)]
     Random(#[from] keys::GenerateError),
@@ -77,30 +82,59 @@ impl Error {
 pub(crate) async fn run(
     client: Client,
     metrics: Arc<Metrics>,
-    version: String,
-    instance: Option<String>,
+    options: crate::Options,
     mut stop: watch::Receiver<bool>,
 ) {
-    let proxies = Api::<Proxy>::all(client.clone());
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match namespace {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        }
+    }
+    let namespace = options.watch_namespace.as_deref();
     let children = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={MANAGER},app.kubernetes.io/name=sekisho-proxy"
     ));
+    // Cluster-scoped children name their Proxy in labels (owner references cannot).
+    let by_labels = |object: IngressClass| {
+        let labels = object.labels();
+        Some(
+            ObjectRef::<Proxy>::new(labels.get("app.kubernetes.io/instance")?)
+                .within(labels.get(desired::NAMESPACE_LABEL)?),
+        )
+    };
     let context = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
             Reporter {
                 controller: MANAGER.into(),
-                instance,
+                instance: Some(options.identity),
             },
         ),
         client: client.clone(),
         metrics,
-        version,
+        version: options.proxy_version,
         failures: std::sync::Mutex::default(),
     });
-    let controller = Controller::new(proxies, watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), children.clone())
-        .owns(Api::<Secret>::all(client.clone()), children)
+    let controller = Controller::new(api::<Proxy>(&client, namespace), watcher::Config::default())
+        .owns(api::<Deployment>(&client, namespace), children.clone())
+        .owns(api::<Secret>(&client, namespace), children.clone())
+        .owns(api::<Service>(&client, namespace), children.clone())
+        .owns(api::<ConfigMap>(&client, namespace), children.clone())
+        .owns(api::<ServiceAccount>(&client, namespace), children.clone())
+        .owns(
+            api::<PodDisruptionBudget>(&client, namespace),
+            children.clone(),
+        )
+        .watches(
+            Api::<IngressClass>::all(client.clone()),
+            children,
+            by_labels,
+        )
         .graceful_shutdown_on(async move { crate::until(&mut stop, true).await })
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -162,15 +196,17 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
         Err(error) => return spec_error(proxy, context, &error).await,
     };
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    let cert_manager = crds.get_opt("certificates.cert-manager.io").await?.is_some();
+    let cert_manager = crds
+        .get_opt("certificates.cert-manager.io")
+        .await?
+        .is_some();
     let service_monitors = crds
         .get_opt("servicemonitors.monitoring.coreos.com")
         .await?
         .is_some();
 
     let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
-    let (client_secrets_digest, missing_secrets) =
-        client_secrets(proxy, &secrets).await?;
+    let (client_secrets_digest, missing_secrets) = client_secrets(proxy, &secrets).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &names.namespace);
     let deployment = deployments.get_opt(&names.name).await?;
 
@@ -201,7 +237,14 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
     let step = ring.advance(wanted_rotation, overlap, now, rolled_out, &mut OsRandom)?;
     world.keys = ring.clone();
     if first {
-        status::event(context, proxy, EventType::Normal, "KeysGenerated", "made the session and signing keys from the OS random number generator").await;
+        status::event(
+            context,
+            proxy,
+            EventType::Normal,
+            "KeysGenerated",
+            "made the session and signing keys from the OS random number generator",
+        )
+        .await;
     }
     match step {
         Step::Keep => {}
@@ -244,7 +287,14 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
         ));
     }
     for problem in &problems {
-        status::event(context, proxy, EventType::Warning, problem.reason, &problem.message).await;
+        status::event(
+            context,
+            proxy,
+            EventType::Warning,
+            problem.reason,
+            &problem.message,
+        )
+        .await;
     }
     let deployment = deployments.get_opt(&names.name).await?;
     let progressing = status::write(context, proxy, deployment.as_ref(), &ring, &problems).await?;
@@ -270,7 +320,14 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
 /// Reports a Proxy that cannot be built, and leaves what exists as it is.
 async fn spec_error(proxy: &Proxy, context: &Context, error: &SpecError) -> Result<Action, Error> {
     let problem = status::Problem::new("InvalidSpec", error.to_string());
-    status::event(context, proxy, EventType::Warning, problem.reason, &problem.message).await;
+    status::event(
+        context,
+        proxy,
+        EventType::Warning,
+        problem.reason,
+        &problem.message,
+    )
+    .await;
     status::write_invalid(context, proxy, &problem).await?;
     Ok(Action::await_change())
 }
@@ -320,7 +377,10 @@ async fn client_secrets(
     }
     let digest = digest(&SHA256, &input);
     Ok((
-        digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect(),
+        digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         missing,
     ))
 }

@@ -52,9 +52,14 @@ struct Rollout {
 }
 
 fn rollout(deployment: &Deployment) -> Rollout {
-    let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
     let status = deployment.status.clone().unwrap_or_default();
-    let observed = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let observed =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
@@ -66,7 +71,13 @@ fn rollout(deployment: &Deployment) -> Rollout {
     }
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.to_owned(),
         status: if status { "True" } else { "False" }.to_owned(),
@@ -90,28 +101,90 @@ pub(super) async fn write(
     let old = proxy.status.clone().unwrap_or_default();
     let mut conditions = old.conditions.clone();
     let (ready, ready_reason, ready_message) = match &rollout {
-        Some(r) if r.available > 0 => (true, "PodsAvailable", format!("{} of {} pods are ready", r.available, r.wanted)),
-        Some(r) => (false, "NoPodAvailable", format!("none of {} pods is ready yet", r.wanted)),
-        None => (false, "NoDeployment", "the proxy's Deployment does not exist yet".to_owned()),
+        Some(r) if r.available > 0 => (
+            true,
+            "PodsAvailable",
+            format!("{} of {} pods are ready", r.available, r.wanted),
+        ),
+        Some(r) => (
+            false,
+            "NoPodAvailable",
+            format!("none of {} pods is ready yet", r.wanted),
+        ),
+        None => (
+            false,
+            "NoDeployment",
+            "the proxy's Deployment does not exist yet".to_owned(),
+        ),
     };
     let rotating = ring.phase == Phase::Introducing;
     let (progressing, progress_reason, progress_message) = match &rollout {
-        Some(r) if !r.done => (true, "RollingOut", format!("{} of {} pods run the current configuration, {} ready", r.updated, r.wanted, r.available)),
-        _ if rotating => (true, "KeysRotating", "new keys are being rolled out".to_owned()),
-        Some(_) => (false, "RolledOut", "every pod runs the current configuration".to_owned()),
-        None => (true, "Creating", "the proxy's Deployment is being created".to_owned()),
+        Some(r) if !r.done => (
+            true,
+            "RollingOut",
+            format!(
+                "{} of {} pods run the current configuration, {} ready",
+                r.updated, r.wanted, r.available
+            ),
+        ),
+        _ if rotating => (
+            true,
+            "KeysRotating",
+            "new keys are being rolled out".to_owned(),
+        ),
+        Some(_) => (
+            false,
+            "RolledOut",
+            "every pod runs the current configuration".to_owned(),
+        ),
+        None => (
+            true,
+            "Creating",
+            "the proxy's Deployment is being created".to_owned(),
+        ),
     };
     let (degraded, degraded_reason, degraded_message) = match problems {
         [] => (false, "AsExpected", "nothing is in the way".to_owned()),
         [first, ..] => (
             true,
             first.reason,
-            problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; "),
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
         ),
     };
-    condition::set(&mut conditions, condition(condition::READY, ready, ready_reason, ready_message, generation));
-    condition::set(&mut conditions, condition(PROGRESSING, progressing, progress_reason, progress_message, generation));
-    condition::set(&mut conditions, condition(DEGRADED, degraded, degraded_reason, degraded_message, generation));
+    condition::set(
+        &mut conditions,
+        condition(
+            condition::READY,
+            ready,
+            ready_reason,
+            ready_message,
+            generation,
+        ),
+    );
+    condition::set(
+        &mut conditions,
+        condition(
+            PROGRESSING,
+            progressing,
+            progress_reason,
+            progress_message,
+            generation,
+        ),
+    );
+    condition::set(
+        &mut conditions,
+        condition(
+            DEGRADED,
+            degraded,
+            degraded_reason,
+            degraded_message,
+            generation,
+        ),
+    );
     let status = ProxyStatus {
         conditions,
         observed_generation: generation,
@@ -136,14 +209,49 @@ pub(super) async fn write(
 }
 
 /// The status of a Proxy whose spec cannot be built: Degraded, and nothing else changes.
-pub(super) async fn write_invalid(context: &Context, proxy: &Proxy, problem: &Problem) -> Result<(), kube::Error> {
+pub(super) async fn write_invalid(
+    context: &Context,
+    proxy: &Proxy,
+    problem: &Problem,
+) -> Result<(), kube::Error> {
     let generation = proxy.metadata.generation;
     let mut status = proxy.status.clone().unwrap_or_default();
     let old = status.clone();
-    condition::set(&mut status.conditions, condition(DEGRADED, true, problem.reason, problem.message.clone(), generation));
-    condition::set(&mut status.conditions, condition(PROGRESSING, false, problem.reason, "waiting for a spec that can be built".to_owned(), generation));
-    if !status.conditions.iter().any(|c| c.type_ == condition::READY) {
-        condition::set(&mut status.conditions, condition(condition::READY, false, problem.reason, problem.message.clone(), generation));
+    condition::set(
+        &mut status.conditions,
+        condition(
+            DEGRADED,
+            true,
+            problem.reason,
+            problem.message.clone(),
+            generation,
+        ),
+    );
+    condition::set(
+        &mut status.conditions,
+        condition(
+            PROGRESSING,
+            false,
+            problem.reason,
+            "waiting for a spec that can be built".to_owned(),
+            generation,
+        ),
+    );
+    if !status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::READY)
+    {
+        condition::set(
+            &mut status.conditions,
+            condition(
+                condition::READY,
+                false,
+                problem.reason,
+                problem.message.clone(),
+                generation,
+            ),
+        );
     }
     status.observed_generation = generation;
     if status != old {
@@ -153,7 +261,10 @@ pub(super) async fn write_invalid(context: &Context, proxy: &Proxy, problem: &Pr
 }
 
 async fn patch(context: &Context, proxy: &Proxy, status: &ProxyStatus) -> Result<(), kube::Error> {
-    let api = Api::<Proxy>::namespaced(context.client.clone(), &proxy.namespace().unwrap_or_default());
+    let api = Api::<Proxy>::namespaced(
+        context.client.clone(),
+        &proxy.namespace().unwrap_or_default(),
+    );
     api.patch_status(
         &proxy.name_any(),
         &PatchParams::default(),
@@ -164,7 +275,13 @@ async fn patch(context: &Context, proxy: &Proxy, status: &ProxyStatus) -> Result
 }
 
 /// Records an Event on the Proxy (and logs it).
-pub(super) async fn event(context: &Context, proxy: &Proxy, type_: EventType, reason: &str, message: &str) {
+pub(super) async fn event(
+    context: &Context,
+    proxy: &Proxy,
+    type_: EventType,
+    reason: &str,
+    message: &str,
+) {
     tracing::info!(
         namespace = proxy.namespace().unwrap_or_default(),
         name = proxy.name_any(),
