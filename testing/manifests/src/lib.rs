@@ -6,7 +6,8 @@
 //! CRDs and cert-manager's and the Prometheus operator's. They also keep the copies honest: the
 //! chart's CRDs are the generated ones, its ClusterRole has the rules of
 //! `deploy/operator/rbac.yaml`, it installs what the kustomize base installs, and each
-//! `Dockerfile` builds a binary of the workspace and runs it as a non-root user.
+//! `Dockerfile` builds a binary of the workspace and runs it as a non-root user; the agent's
+//! example configuration is one the agent accepts, where its systemd unit reads it.
 //!
 //! `helm`, `kustomize` and the third-party CRDs come from `testing/deploy-tools/build.sh`
 //! (into `.cache/deploy-tools`, or `$SEKISHO_DEPLOY_TOOLS`); without them the tests fail with
