@@ -73,14 +73,19 @@ fn every_dockerfile_builds_a_binary_of_the_workspace_statically_and_runs_it_as_a
         let name = path.display();
         declares(dir, package, bin)?;
 
+        // As whole words: `--bin sekisho` must not match `--bin sekisho-cli`.
         let build = format!(
             "cargo build --release --locked --target x86_64-unknown-linux-musl -p {package} --bin {bin}"
         );
+        let build: Vec<&str> = build.split_whitespace().collect();
         ensure!(
-            steps
-                .iter()
-                .any(|s| s.starts_with("RUN ") && s.contains(&build)),
-            "{name}: no `{build}`"
+            steps.iter().any(|s| s.starts_with("RUN ")
+                && s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(build.len())
+                    .any(|w| w == build.as_slice())),
+            "{name}: no `{}`",
+            build.join(" ")
         );
 
         // The image is the last stage: a minimal base, the binary, a non-root user.
