@@ -31,6 +31,11 @@ fi
 log "building (or reusing) kube-apiserver, kube-controller-manager and etcd"
 testing/kube/build.sh
 
+# The manifest tests (testing/manifests) render the Helm chart and the kustomize base and
+# install cert-manager's and the Prometheus operator's CRDs beside Sekisho's.
+log "building (or reusing) helm and kustomize; fetching cert-manager's and the Prometheus operator's CRDs"
+testing/deploy-tools/build.sh
+
 # Before cargo test: the identity and proxy tests start devidp, which needs its npm packages.
 log "devidp: npm ci (the dev OpenID provider the identity tests log in against)"
 (cd testing/devidp && npm ci --no-audit --no-fund --silent)

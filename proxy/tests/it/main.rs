@@ -1,6 +1,7 @@
 //! Integration tests: the proxy on real sockets, with real TLS and real upstreams.
 
 mod check_config;
+mod dashboard;
 mod forwarding;
 mod grpc;
 mod hygiene;
