@@ -11,13 +11,9 @@ use kube::{Client, Resource as _, ResourceExt as _};
 use sekisho_api::Proxy;
 use serde_json::json;
 
-use crate::desired::{Child, Kind, MANAGER, NAMESPACE_LABEL, Names, Scope, children_selector};
-
-/// What one apply pass saw.
-pub(super) struct Applied {
-    /// The kinds the API serves (cert-manager's and the Prometheus operator's may be absent).
-    pub(super) kinds_served: BTreeSet<Kind>,
-}
+use crate::desired::{
+    Child, Kind, MANAGER, NAMESPACE_LABEL, Names, Scope, World, children_selector,
+};
 
 fn resource(kind: Kind) -> ApiResource {
     let (group, version, kind_name, plural) = kind.gvkp();
@@ -68,18 +64,12 @@ pub(super) async fn all(
     proxy: &Proxy,
     children: &[Child],
     class_taken: bool,
-) -> Result<Applied, kube::Error> {
+) -> Result<(), kube::Error> {
     let owner = proxy.controller_owner_ref(&()).map(|mut owner| {
         owner.block_owner_deletion = Some(true);
         owner
     });
     let params = PatchParams::apply(MANAGER).force();
-    let mut kinds_served: BTreeSet<Kind> = Kind::ALL.into_iter().collect();
-    for kind in [Kind::Certificate, Kind::ServiceMonitor] {
-        if !children.iter().any(|c| c.kind == kind) {
-            kinds_served.remove(&kind);
-        }
-    }
     for child in children {
         if class_taken
             && matches!(
@@ -97,7 +87,7 @@ pub(super) async fn all(
             .patch(&child.name, &params, &Patch::Apply(&object))
             .await?;
     }
-    Ok(Applied { kinds_served })
+    Ok(())
 }
 
 /// Deletes the children this operator applied that are no longer wanted.
@@ -105,14 +95,20 @@ pub(super) async fn prune(
     client: &Client,
     names: &Names,
     children: &[Child],
-    kinds_served: &BTreeSet<Kind>,
+    world: &World,
 ) -> Result<(), kube::Error> {
     let wanted: BTreeSet<(Kind, Option<&str>, &str)> = children
         .iter()
         .map(|c| (c.kind, c.namespace.as_deref(), c.name.as_str()))
         .collect();
     for kind in Kind::ALL {
-        if !kinds_served.contains(&kind) {
+        // cert-manager's and the Prometheus operator's kinds may not be served.
+        let served = match kind {
+            Kind::Certificate => world.cert_manager,
+            Kind::ServiceMonitor => world.service_monitors,
+            _ => true,
+        };
+        if !served {
             continue;
         }
         for object in applied_by_us(client, names, kind).await? {

@@ -214,7 +214,24 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
     let now = Timestamp::now();
     let wanted_rotation = proxy.spec.keys.rotation.as_deref();
     let (mut ring, first) = match secrets.get_opt(&names.suffixed("keys")).await? {
-        Some(secret) => (read_ring(&secret)?, false),
+        Some(secret) => match read_ring(&secret) {
+            Ok(ring) => (ring, false),
+            Err(error) => {
+                // Never overwritten: those keys open every session there is.
+                let error = Error::Keys(error);
+                let problem = status::Problem::new("KeysUnreadable", error.to_string());
+                status::event(
+                    context,
+                    proxy,
+                    EventType::Warning,
+                    problem.reason,
+                    &problem.message,
+                )
+                .await;
+                status::write_invalid(context, proxy, &problem).await?;
+                return Err(error);
+            }
+        },
         None => (Ring::first(wanted_rotation, now, &mut OsRandom)?, true),
     };
     let mut world = World {
@@ -268,8 +285,8 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
             ),
         ));
     }
-    let applied = apply::all(client, proxy, &children, taken.is_some()).await?;
-    apply::prune(client, &names, &children, &applied.kinds_served).await?;
+    apply::all(client, proxy, &children, taken.is_some()).await?;
+    apply::prune(client, &names, &children, &world).await?;
 
     if proxy.spec.certificate.is_some() && !cert_manager {
         problems.push(status::Problem::new(

@@ -208,7 +208,8 @@ pub(super) async fn write(
     Ok(progressing)
 }
 
-/// The status of a Proxy whose spec cannot be built: Degraded, and nothing else changes.
+/// The status of a Proxy the operator cannot act on (a spec that cannot be built, keys it
+/// cannot read): Degraded, and nothing else changes.
 pub(super) async fn write_invalid(
     context: &Context,
     proxy: &Proxy,
@@ -233,7 +234,7 @@ pub(super) async fn write_invalid(
             PROGRESSING,
             false,
             problem.reason,
-            "waiting for a spec that can be built".to_owned(),
+            "waiting until this is fixed; what runs is left as it is".to_owned(),
             generation,
         ),
     );

@@ -29,7 +29,16 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) async fn new(prefix: &str) -> anyhow::Result<Self> {
-        let env = TestEnv::shared().await?;
+        Self::on(TestEnv::shared().await?, prefix).await
+    }
+
+    /// On a control plane of its own, for a test that installs what others must not see.
+    pub(crate) async fn alone(prefix: &str) -> anyhow::Result<Self> {
+        let env: &'static TestEnv = Box::leak(Box::new(TestEnv::start().await?));
+        Self::on(env, prefix).await
+    }
+
+    async fn on(env: &'static TestEnv, prefix: &str) -> anyhow::Result<Self> {
         env.install_crds(&sekisho_api::crd::all(), "operator-tests")
             .await?;
         let admin = env.client().await?;
@@ -209,7 +218,8 @@ impl Operator {
         Ok(())
     }
 
-    /// The value of an unlabelled metric, e.g. `sekisho_operator_leader`.
+    /// The value of a series: a metric's name and, if it has any, its labels as /metrics
+    /// writes them (`sekisho_operator_reconcile_failures_total{reason="ApiError"}`).
     pub(crate) async fn metric(&self, name: &str) -> anyhow::Result<f64> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut stream = tokio::net::TcpStream::connect(self.metrics_address).await?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -92,10 +92,19 @@ async fn children(cluster: &Cluster) -> anyhow::Result<BTreeMap<String, String>>
         for (gvkp, name, namespaced) in expected(cluster) {
             match cluster.dynamic(gvkp, namespaced).get_opt(&name).await? {
                 Some(object) => {
-                    versions.insert(
-                        format!("{} {name}", gvkp.2),
-                        object.resource_version().unwrap_or_default(),
-                    );
+                    let version = match gvkp.2 {
+                        "Deployment" | "PodDisruptionBudget" => format!(
+                            "generation {:?}, applied {:?}",
+                            object.metadata.generation,
+                            object
+                                .managed_fields()
+                                .iter()
+                                .find(|m| m.manager.as_deref() == Some("sekisho-operator"))
+                                .and_then(|m| m.time.clone())
+                        ),
+                        _ => object.resource_version().unwrap_or_default(),
+                    };
+                    versions.insert(format!("{} {name}", gvkp.2), version);
                 }
                 None => return Ok(None),
             }
@@ -401,4 +410,94 @@ async fn a_second_replica_waits_while_the_first_leads_and_takes_over_when_it_sto
     })
     .await?;
     second.stop().await
+}
+
+#[tokio::test]
+async fn unreadable_keys_are_reported_counted_and_never_overwritten() -> anyhow::Result<()> {
+    let cluster = Cluster::new("op-badkeys").await?;
+    let operator = cluster.operator("only").await?;
+    cluster.create_proxy("gate", json!({})).await?;
+    children(&cluster).await?;
+    let secrets = Api::<Secret>::namespaced(cluster.admin.clone(), &cluster.namespace);
+    secrets
+        .patch(
+            "gate-keys",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"session-keys": "not a key file"}})),
+        )
+        .await?;
+    let proxies = cluster.proxies();
+    eventually("Degraded: KeysUnreadable", || async {
+        let proxy = proxies.get("gate").await?;
+        Ok(
+            (condition(&proxy, "Degraded") == Some(("True".into(), "KeysUnreadable".into())))
+                .then_some(()),
+        )
+    })
+    .await?;
+    let failures = r#"sekisho_operator_reconcile_failures_total{reason="KeysUnreadable"}"#;
+    eventually("the failure counted", || async {
+        Ok((operator.metric(failures).await? >= 1.0).then_some(()))
+    })
+    .await?;
+    let secret = secrets.get("gate-keys").await?;
+    let data = secret.data.unwrap_or_default();
+    assert_eq!(
+        data.get("session-keys").map(|v| v.0.as_slice()),
+        Some(b"not a key file".as_slice()),
+        "the operator overwrote keys it could not read"
+    );
+    operator.stop().await
+}
+
+#[tokio::test]
+async fn a_new_version_rolls_the_pods_and_the_status_says_which_runs() -> anyhow::Result<()> {
+    let cluster = Cluster::new("op-version").await?;
+    let operator = cluster.operator("only").await?;
+    cluster.create_proxy("gate", json!({"replicas": 1})).await?;
+    let proxies = cluster.proxies();
+    let rolled_out =
+        |version: &'static str| {
+            let proxies = proxies.clone();
+            let cluster = &cluster;
+            async move {
+                eventually(&format!("version {version} rolled out"), || async {
+                    cluster.kubelet_marks_pods_ready().await?;
+                    let proxy = proxies.get("gate").await?;
+                    let status = proxy.status.clone().unwrap_or_default();
+                    Ok((condition(&proxy, "Progressing")
+                        == Some(("False".into(), "RolledOut".into()))
+                        && status.version.as_deref() == Some(version)
+                        && status.observed_generation == proxy.metadata.generation)
+                        .then_some(()))
+                })
+                .await
+            }
+        };
+    rolled_out("0.1.0").await?;
+    proxies
+        .patch(
+            "gate",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"version": "0.2.0"}})),
+        )
+        .await?;
+    rolled_out("0.2.0").await?;
+    let deployment = Api::<Deployment>::namespaced(cluster.admin.clone(), &cluster.namespace)
+        .get("gate")
+        .await?;
+    let image = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.first().and_then(|c| c.image.clone()));
+    assert_eq!(
+        image.as_deref(),
+        Some("ghcr.io/sekisho/sekisho-proxy:0.2.0")
+    );
+    let sets = cluster
+        .dynamic(("apps", "v1", "ReplicaSet", "replicasets"), true)
+        .list(&Default::default())
+        .await?;
+    assert_eq!(sets.items.len(), 2, "one ReplicaSet per version");
+    operator.stop().await
 }

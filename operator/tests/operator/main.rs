@@ -4,6 +4,7 @@
 //! ready, as one would. The operator runs as a ServiceAccount bound only to
 //! `deploy/operator/rbac.yaml`.
 
+mod addons;
 mod harness;
 mod lifecycle;
 mod rotation;
