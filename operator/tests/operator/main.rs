@@ -5,6 +5,7 @@
 //! `deploy/operator/rbac.yaml`.
 
 mod addons;
+mod gate;
 mod harness;
 mod lifecycle;
 mod rotation;
