@@ -35,8 +35,7 @@ fn the_charts_crds_are_the_generated_ones() -> anyhow::Result<()> {
     assert!(!generated.is_empty(), "no CRDs in deploy/crds");
     let names =
         |files: &[(String, Vec<u8>)]| files.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    let fix = "copy them: cp deploy/crds/*.sekisho.dev.yaml deploy/helm/sekisho/crds/ \
-               (and remove the chart's copies of CRDs that are gone)";
+    let fix = "run `cargo run -p sekisho-api --example crdgen`, which writes both";
     assert_eq!(
         names(&chart),
         names(&generated),
