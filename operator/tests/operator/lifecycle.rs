@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Event, Secret, Service};
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::harness::{Cluster, condition, eventually};
@@ -146,6 +146,20 @@ async fn a_proxy_gets_its_children_and_is_ready_once_its_pods_are() -> anyhow::R
             .iter()
             .all(|c| c.observed_generation == proxy.metadata.generation)
     );
+    let events = Api::<Event>::namespaced(cluster.admin.clone(), &cluster.namespace);
+    eventually("the KeysGenerated Event on the Proxy", || async {
+        let list = events
+            .list(
+                &ListParams::default().fields("involvedObject.kind=Proxy,involvedObject.name=gate"),
+            )
+            .await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("KeysGenerated"))
+            .then_some(()))
+    })
+    .await?;
 
     // The kube-controller-manager made a ReplicaSet and pods; once they are ready, so is the gate.
     eventually("the gate's pods, marked ready", || async {
