@@ -9,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 use crate::agent::Agent;
+use crate::github::GitHubWebhook;
 use crate::host::SharedHost;
 use crate::ingress_class::IngressClassParameters;
 use crate::policy::{AccessPolicy, ClusterAccessPolicy};
@@ -29,6 +30,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         IngressClassParameters::crd(),
         SharedHost::crd(),
         Proxy::crd(),
+        GitHubWebhook::crd(),
     ];
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for crd in &mut crds {
@@ -179,6 +181,7 @@ mod tests {
                 "accesspolicies.sekisho.dev.yaml",
                 "agents.sekisho.dev.yaml",
                 "clusteraccesspolicies.sekisho.dev.yaml",
+                "githubwebhooks.sekisho.dev.yaml",
                 "ingressclassparameters.sekisho.dev.yaml",
                 "proxies.sekisho.dev.yaml",
                 "sharedhosts.sekisho.dev.yaml",

@@ -17,6 +17,7 @@
 //! | [`IngressClassParameters`] | cluster | an IngressClass's defaults: its default access policy |
 //! | [`SharedHost`] | cluster | namespaces allowed on a host besides the one that claimed it first |
 //! | [`Proxy`] | namespace | a gate the operator deploys: replicas, domain, providers, certificate, keys |
+//! | [`GitHubWebhook`] | namespace | GitHub repositories whose webhooks the operator points at a route |
 //!
 //! The schemas refuse what they can say (required fields, patterns, CEL rules); what they
 //! cannot (a policy that does not exist, a path that is not in normal form, two Tunnels
@@ -26,6 +27,7 @@
 mod agent;
 pub mod condition;
 pub mod crd;
+mod github;
 mod host;
 mod ingress_class;
 mod policy;
@@ -35,6 +37,10 @@ mod status;
 mod tunnel;
 
 pub use agent::{Agent, AgentSpec, AgentStatus};
+pub use github::{
+    AppSecretRef, GITHUB_API_URL, GitHubApp, GitHubHook, GitHubWebhook, GitHubWebhookSpec,
+    GitHubWebhookStatus, WebhookSecretRef,
+};
 pub use host::{SharedHost, SharedHostSpec};
 pub use ingress_class::{IngressClassParameters, IngressClassParametersSpec};
 pub use policy::{
@@ -122,6 +128,7 @@ mod tests {
                 Some("IngressClassParameters") => round_trip::<IngressClassParameters>(name, value),
                 Some("SharedHost") => round_trip::<SharedHost>(name, value),
                 Some("Proxy") => round_trip::<Proxy>(name, value),
+                Some("GitHubWebhook") => round_trip::<GitHubWebhook>(name, value),
                 other => panic!("{name}: no type for kind {other:?}"),
             }
         }

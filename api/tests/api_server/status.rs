@@ -218,6 +218,11 @@ async fn every_installed_crd_has_printer_columns_and_a_status_subresource_where_
             vec!["Domain", "Replicas", "Version", "Ready", "Age"],
             true,
         ),
+        (
+            "githubwebhooks.sekisho.dev",
+            vec!["Host", "Path", "Ready", "Age"],
+            true,
+        ),
     ];
     ensure!(
         expected.len() == installed.kinds.len(),
