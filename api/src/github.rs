@@ -14,8 +14,7 @@ pub const GITHUB_API_URL: &str = "https://api.github.com";
 
 /// A GitHub repository, `owner/name`: an owner of letters, digits and `-` (at most 39), a
 /// name of letters, digits, `-`, `_` and `.` that is neither `.` nor `..`.
-const REPOSITORY: &str =
-    r"^[A-Za-z0-9][-A-Za-z0-9]{0,38}/(\.?[-_A-Za-z0-9][-._A-Za-z0-9]{0,99}|\.\.[-._A-Za-z0-9]{1,98})$";
+const REPOSITORY: &str = r"^[A-Za-z0-9][-A-Za-z0-9]{0,38}/(\.?[-_A-Za-z0-9][-._A-Za-z0-9]{0,99}|\.\.[-._A-Za-z0-9]{1,98})$";
 /// A GitHub webhook event name (`push`, `pull_request`, …) or `*`, every event.
 const EVENT: &str = r"^(\*|[a-z][a-z_]*)$";
 /// `https://` and a host, or `http://` to a loopback address (a test's stand-in for GitHub).

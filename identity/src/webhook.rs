@@ -88,22 +88,28 @@ impl WebhookSecret {
         })
     }
 
-    /// Reads a secret file. One trailing newline (`\n` or `\r\n`), as editors and
-    /// `kubectl create secret --from-file` leave, is not part of the secret; anything else is.
+    /// Reads a secret file ([`WebhookSecret::stored`]).
     pub fn load(path: &Path) -> Result<Self, WebhookSecretError> {
         let bytes =
             std::fs::read(path).map_err(|source| WebhookSecretError::SecretFileUnreadable {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let secret = bytes
-            .strip_suffix(b"\r\n")
-            .or_else(|| bytes.strip_suffix(b"\n"))
-            .unwrap_or(&bytes);
-        Self::new(secret).map_err(|source| WebhookSecretError::SecretFileInvalid {
+        Self::stored(&bytes).map_err(|source| WebhookSecretError::SecretFileInvalid {
             path: path.to_path_buf(),
             source: Box::new(source),
         })
+    }
+
+    /// A secret as it is stored (a file's or a Kubernetes Secret's bytes): one trailing
+    /// newline (`\n` or `\r\n`), as editors and `kubectl create secret --from-file` leave, is
+    /// not part of the secret; anything else is.
+    pub fn stored(bytes: &[u8]) -> Result<Self, WebhookSecretError> {
+        let secret = bytes
+            .strip_suffix(b"\r\n")
+            .or_else(|| bytes.strip_suffix(b"\n"))
+            .unwrap_or(bytes);
+        Self::new(secret)
     }
 
     /// Starts checking one request body of at most `max_body` bytes.

@@ -69,7 +69,7 @@ pub fn check_config(file: &Path, online: bool) -> Result<CheckedConfig, Vec<Stri
     }
     for (i, host) in config.hosts.iter().enumerate() {
         for (j, path) in host.paths.iter().enumerate() {
-            if let Some(webhook) = &path.webhook
+            if let Some(webhook) = path.webhook.as_ref().filter(|w| w.inline.is_none())
                 && let Err(error) =
                     sekisho_identity::webhook::WebhookSecret::load(&webhook.secret_file)
             {

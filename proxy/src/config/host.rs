@@ -85,10 +85,48 @@ pub struct PathConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// The file that holds the secret; in Kubernetes mode, names the Secret it came from.
     pub secret_file: PathBuf,
     /// The largest body accepted (bytes); the whole body is checked before it is forwarded.
     #[serde(default = "default_webhook_max_body")]
     pub max_body: u64,
+    /// The secret itself, when it comes from the API rather than a file (Kubernetes mode).
+    #[serde(skip)]
+    pub(crate) inline: Option<InlineWebhookSecret>,
+}
+
+/// A webhook secret read from a Kubernetes Secret. Two are equal when their bytes are (by
+/// digest), so that an unchanged Secret keeps the route as it is.
+#[derive(Clone)]
+pub(crate) struct InlineWebhookSecret {
+    pub(crate) secret: std::sync::Arc<sekisho_identity::webhook::WebhookSecret>,
+    digest: [u8; 32],
+}
+
+impl InlineWebhookSecret {
+    pub(crate) fn new(
+        stored: &[u8],
+    ) -> Result<Self, sekisho_identity::webhook::WebhookSecretError> {
+        let secret = sekisho_identity::webhook::WebhookSecret::stored(stored)?;
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, stored).as_ref());
+        Ok(Self {
+            secret: std::sync::Arc::new(secret),
+            digest,
+        })
+    }
+}
+
+impl PartialEq for InlineWebhookSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl std::fmt::Debug for InlineWebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InlineWebhookSecret(<redacted>)")
+    }
 }
 
 fn default_webhook_max_body() -> u64 {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub(crate) use host::{HostConfig, PathConfig};
+pub(crate) use host::{HostConfig, InlineWebhookSecret, PathConfig, WebhookConfig};
 pub use identity::IdentityConfig;
 pub(crate) use listen::{HttpMode, Limits, Listen};
 pub use problem::Problem;

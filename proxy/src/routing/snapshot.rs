@@ -121,7 +121,7 @@ impl Route {
 /// A webhook route's signature check.
 #[derive(Debug)]
 pub(crate) struct RouteWebhook {
-    pub secret: WebhookSecret,
+    pub secret: Arc<WebhookSecret>,
     pub max_body: u64,
 }
 
@@ -162,12 +162,15 @@ impl Snapshot {
                 let name = Name(format!("{host_name}{label}").into());
                 let webhook = match path.and_then(|p| p.webhook.as_ref()) {
                     Some(webhook) => Some(RouteWebhook {
-                        secret: WebhookSecret::load(&webhook.secret_file).map_err(|source| {
-                            SnapshotError::WebhookSecret {
-                                route: name.0.to_string(),
-                                source,
-                            }
-                        })?,
+                        secret: match &webhook.inline {
+                            Some(inline) => inline.secret.clone(),
+                            None => Arc::new(WebhookSecret::load(&webhook.secret_file).map_err(
+                                |source| SnapshotError::WebhookSecret {
+                                    route: name.0.to_string(),
+                                    source,
+                                },
+                            )?),
+                        },
                         max_body: webhook.max_body,
                     }),
                     None => None,

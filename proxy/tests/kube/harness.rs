@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use http::StatusCode;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::ByteString;
@@ -364,6 +364,22 @@ impl Gate {
         request(self.https, self.trust()?, host, path).await
     }
 
+    /// A POST of `body` with `headers` to `https://host/path`.
+    pub(crate) async fn post(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> anyhow::Result<Answer> {
+        let mut request = http::Request::post(path).header(http::header::HOST, host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from_static(body)))?;
+        send(self.https, self.trust()?, host, request).await
+    }
+
     /// TLS trusting the test CA and the proxy's development CA (whose certificate it serves
     /// for names no Secret covers).
     fn trust(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -419,6 +435,19 @@ pub(crate) async fn request(
     host: &str,
     path: &str,
 ) -> anyhow::Result<Answer> {
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Full::new(Bytes::new()))?;
+    send(addr, tls, host, request).await
+}
+
+/// Sends `request` to `host` over TLS and reads the whole answer.
+pub(crate) async fn send(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    host: &str,
+    request: http::Request<Full<Bytes>>,
+) -> anyhow::Result<Answer> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(host.to_owned())?;
     let stream = TlsConnector::from(tls).connect(name, tcp).await?;
@@ -432,13 +461,7 @@ pub(crate) async fn request(
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let response = sender
-        .send_request(
-            http::Request::get(path)
-                .header(http::header::HOST, host)
-                .body(Empty::<Bytes>::new())?,
-        )
-        .await?;
+    let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     Ok(Answer {

@@ -17,3 +17,4 @@ mod rbac;
 mod replicas;
 mod secret;
 mod tenant;
+mod webhook;

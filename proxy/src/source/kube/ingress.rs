@@ -94,6 +94,8 @@ pub(crate) struct Cluster {
     /// The Ingresses served until now: within one creation second they win a path over a
     /// newcomer, whatever their names.
     pub previous_served: std::collections::HashSet<Key>,
+    /// The GitHubWebhooks' paths ([`super::webhook`]).
+    pub webhooks: Vec<super::webhook::Mark>,
 }
 
 /// A `kubernetes.io/tls` Secret an Ingress serves, and for which of its hosts.
@@ -132,6 +134,8 @@ pub(crate) struct Routes {
     /// The Ingresses that serve at least one path or default.
     pub winners: std::collections::HashSet<Key>,
     pub reports: Vec<Report>,
+    /// The GitHubWebhooks not served as they ask.
+    pub webhook_findings: Vec<super::webhook::Finding>,
 }
 
 /// How one Ingress's routes are guarded.
@@ -233,6 +237,16 @@ pub(crate) fn routes(cluster: &Cluster, settings: &Settings) -> Routes {
         .filter(|(_, b)| !b.paths.is_empty() || b.default.is_some())
         .map(|(host, b)| (host.clone(), b.owner.clone()))
         .collect();
+    out.webhook_findings = super::webhook::apply(
+        hosts.iter_mut().flat_map(|(host, build)| {
+            let claimed = &build.claimed;
+            build.paths.iter_mut().filter_map(move |path| {
+                let claimant = claimed.get(&(path.path.clone(), path.path_type))?;
+                Some((host.as_str(), claimant.namespace.as_str(), path))
+            })
+        }),
+        &cluster.webhooks,
+    );
     out.hosts = finish(hosts);
     out.acme = finish(acme);
     out

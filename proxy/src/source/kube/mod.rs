@@ -19,6 +19,7 @@ mod object;
 mod policy;
 mod status;
 mod tunnel;
+mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -121,6 +122,10 @@ struct Stores {
     shared_hosts: Store<api::SharedHost>,
     agents: Store<api::Agent>,
     tunnels: Store<api::Tunnel>,
+    webhooks: Store<api::GitHubWebhook>,
+    /// Secrets of other types than TLS, each held with its data only while a GitHubWebhook
+    /// names it.
+    webhook_secrets: Store<Secret>,
 }
 
 /// What the rebuild keeps between rounds.
@@ -249,7 +254,7 @@ impl KubeSource {
             metrics: self.shared.metrics.kubernetes.clone(),
             failing: Arc::default(),
         };
-        let wanted: Arc<RwLock<HashSet<Key>>> = Arc::default();
+        let wanted = Wanted::default();
         let stores = Stores {
             classes: watch_all(
                 Api::all(client.clone()),
@@ -275,7 +280,26 @@ impl KubeSource {
                 &changed,
                 &metrics,
             ),
-            secrets: watch_secrets(client.clone(), wanted.clone(), &changed, &metrics),
+            secrets: watch_secrets(
+                client.clone(),
+                "type=kubernetes.io/tls",
+                wanted.certificates.clone(),
+                &changed,
+                &metrics,
+            ),
+            webhook_secrets: watch_secrets(
+                client.clone(),
+                "type!=kubernetes.io/tls",
+                wanted.webhook_secrets.clone(),
+                &changed,
+                &metrics,
+            ),
+            webhooks: watch_all(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+                &metrics,
+            ),
             policies: watch_all(
                 Api::all(client.clone()),
                 watcher::Config::default(),
@@ -325,6 +349,8 @@ impl KubeSource {
             let _ = stores.shared_hosts.wait_until_ready().await;
             let _ = stores.agents.wait_until_ready().await;
             let _ = stores.tunnels.wait_until_ready().await;
+            let _ = stores.webhooks.wait_until_ready().await;
+            let _ = stores.webhook_secrets.wait_until_ready().await;
         };
         tokio::select! {
             () = ready => {}
@@ -378,7 +404,7 @@ impl KubeSource {
         &self,
         stores: &Stores,
         client: &Client,
-        wanted: &RwLock<HashSet<Key>>,
+        wanted: &Wanted,
         recorder: &Recorder,
         memory: &mut Memory,
     ) {
@@ -387,6 +413,7 @@ impl KubeSource {
         let mut cluster = cluster(stores, &mut notes, &mut rejected);
         cluster.previous_owners = std::mem::take(&mut memory.owners);
         cluster.previous_served = std::mem::take(&mut memory.served);
+        cluster.webhooks = webhook_marks(stores, client, &wanted.webhook_secrets, &mut notes).await;
         let mut routes = ingress::routes(&cluster, &self.settings);
         memory.owners = routes.owners.clone();
         memory.served = routes.winners.clone();
@@ -437,7 +464,10 @@ impl KubeSource {
             .chain(routes.tls.iter().cloned())
             .collect();
         {
-            let mut wanted = wanted.write().unwrap_or_else(|e| e.into_inner());
+            let mut wanted = wanted
+                .certificates
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             *wanted = claims.iter().map(|c| c.secret.clone()).collect();
         }
         let entries = self
@@ -458,6 +488,20 @@ impl KubeSource {
                 reason: report.reason,
                 message: report.message,
             });
+        }
+        let webhooks = stores.webhooks.state();
+        for finding in routes.webhook_findings {
+            if let Some(object) = webhooks
+                .iter()
+                .find(|w| Key::of(&w.metadata).as_ref() == Some(&finding.key))
+            {
+                notes.push(Note {
+                    object: object.object_ref(&()),
+                    warning: true,
+                    reason: finding.reason,
+                    message: finding.message,
+                });
+            }
         }
         for finding in &tunnels.findings {
             let object = match finding.kind {
@@ -575,6 +619,71 @@ impl KubeSource {
             entries.insert(at.min(entries.len()), fallback.clone());
         }
         entries
+    }
+}
+
+/// The Secrets whose data the watches keep: those the served Ingresses' TLS sections (and the
+/// default certificate) name, and those the GitHubWebhooks name.
+#[derive(Default)]
+struct Wanted {
+    certificates: Arc<RwLock<HashSet<Key>>>,
+    webhook_secrets: Arc<RwLock<HashSet<Key>>>,
+}
+
+/// Each GitHubWebhook's path and secret, after telling the Secret watch which Secrets to keep
+/// the data of. An object whose path cannot be served is a note.
+async fn webhook_marks(
+    stores: &Stores,
+    client: &Client,
+    wanted: &RwLock<HashSet<Key>>,
+    notes: &mut Vec<Note>,
+) -> Vec<webhook::Mark> {
+    let objects = stores.webhooks.state();
+    let secret_of = |object: &api::GitHubWebhook| {
+        let namespace = object.metadata.namespace.as_deref()?;
+        Some(Key::new(namespace, &object.spec.secret_ref.name))
+    };
+    *wanted.write().unwrap_or_else(|e| e.into_inner()) =
+        objects.iter().filter_map(|o| secret_of(o)).collect();
+    let mut marks = Vec::with_capacity(objects.len());
+    for object in objects {
+        let Some(key) = secret_of(&object) else {
+            continue;
+        };
+        let data = webhook_secret(stores, client, &key).await.map(|secret| {
+            secret
+                .and_then(|s| s.data.clone())
+                .and_then(|d| d.get(&object.spec.secret_ref.key).map(|v| v.0.clone()))
+        });
+        match webhook::mark(&object, data) {
+            Ok(mark) => marks.push(mark),
+            Err(finding) => notes.push(Note {
+                object: object.object_ref(&()),
+                warning: true,
+                reason: finding.reason,
+                message: finding.message,
+            }),
+        }
+    }
+    marks
+}
+
+/// Secret `key` with its data: the store's copy, or the API's when the store holds it without
+/// (it was named only now). `None` when it does not exist.
+async fn webhook_secret(
+    stores: &Stores,
+    client: &Client,
+    key: &Key,
+) -> Result<Option<Arc<Secret>>, String> {
+    let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+    match stores.webhook_secrets.get(&reference) {
+        Some(stored) if stored.data.is_some() => Ok(Some(stored)),
+        Some(_) => Api::<Secret>::namespaced(client.clone(), &key.namespace)
+            .get_opt(&key.name)
+            .await
+            .map(|found| found.map(Arc::new))
+            .map_err(|error| crate::error_chain(&error)),
+        None => Ok(None),
     }
 }
 
@@ -761,15 +870,17 @@ where
     reader
 }
 
-/// TLS Secrets only, each held with its data only while an Ingress names it.
+/// The Secrets whose `type` the field selector `types` picks, each held with its data only
+/// while something names it (`wanted`).
 fn watch_secrets(
     client: Client,
+    types: &str,
     wanted: Arc<RwLock<HashSet<Key>>>,
     changed: &Arc<Notify>,
     health: &Health,
 ) -> Store<Secret> {
     let (reader, writer) = reflector::store();
-    let config = watcher::Config::default().fields("type=kubernetes.io/tls");
+    let config = watcher::Config::default().fields(types);
     let stream = watcher(Api::<Secret>::all(client), config)
         .default_backoff()
         .modify(move |secret: &mut Secret| {
@@ -934,6 +1045,7 @@ fn cluster(stores: &Stores, notes: &mut Vec<Note>, rejected: &mut Rejected) -> i
         shared_hosts,
         previous_owners: std::collections::BTreeMap::new(),
         previous_served: HashSet::new(),
+        webhooks: Vec::new(),
     }
 }
 
