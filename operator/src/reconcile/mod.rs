@@ -220,15 +220,7 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
                 // Never overwritten: those keys open every session there is.
                 let error = Error::Keys(error);
                 let problem = status::Problem::new("KeysUnreadable", error.to_string());
-                status::event(
-                    context,
-                    proxy,
-                    EventType::Warning,
-                    problem.reason,
-                    &problem.message,
-                )
-                .await;
-                status::write_invalid(context, proxy, &problem).await?;
+                status::halt(context, proxy, &problem).await?;
                 return Err(error);
             }
         },
@@ -337,15 +329,7 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
 /// Reports a Proxy that cannot be built, and leaves what exists as it is.
 async fn spec_error(proxy: &Proxy, context: &Context, error: &SpecError) -> Result<Action, Error> {
     let problem = status::Problem::new("InvalidSpec", error.to_string());
-    status::event(
-        context,
-        proxy,
-        EventType::Warning,
-        problem.reason,
-        &problem.message,
-    )
-    .await;
-    status::write_invalid(context, proxy, &problem).await?;
+    status::halt(context, proxy, &problem).await?;
     Ok(Action::await_change())
 }
 

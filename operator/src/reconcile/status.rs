@@ -208,9 +208,26 @@ pub(super) async fn write(
     Ok(progressing)
 }
 
+/// Reports a Proxy the operator cannot act on: a Warning Event and [`write_invalid`].
+pub(super) async fn halt(
+    context: &Context,
+    proxy: &Proxy,
+    problem: &Problem,
+) -> Result<(), kube::Error> {
+    event(
+        context,
+        proxy,
+        EventType::Warning,
+        problem.reason,
+        &problem.message,
+    )
+    .await;
+    write_invalid(context, proxy, problem).await
+}
+
 /// The status of a Proxy the operator cannot act on (a spec that cannot be built, keys it
 /// cannot read): Degraded, and nothing else changes.
-pub(super) async fn write_invalid(
+async fn write_invalid(
     context: &Context,
     proxy: &Proxy,
     problem: &Problem,

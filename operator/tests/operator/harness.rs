@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
@@ -83,34 +83,17 @@ impl Cluster {
 
     async fn bind_operator_role(&self) -> anyhow::Result<()> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/operator/rbac.yaml");
-        let text = std::fs::read_to_string(path)?;
-        let mut role: ClusterRole =
-            serde_yaml_ng::from_str(&text).context("deploy/operator/rbac.yaml")?;
+        let role: ClusterRole = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)
+            .context("deploy/operator/rbac.yaml")?;
         let name = format!("sekisho-operator-{}", self.namespace);
-        role.metadata.name = Some(name.clone());
-        let params = PatchParams::apply("operator-tests").force();
-        Api::<ClusterRole>::all(self.admin.clone())
-            .patch(&name, &params, &Patch::Apply(&role))
-            .await?;
-        let binding = ClusterRoleBinding {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..ObjectMeta::default()
-            },
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "ClusterRole".into(),
-                name: name.clone(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: "sekisho-operator".into(),
-                namespace: Some(self.namespace.clone()),
-                api_group: None,
-            }]),
-        };
-        Api::<ClusterRoleBinding>::all(self.admin.clone())
-            .patch(&name, &params, &Patch::Apply(&binding))
+        self.env
+            .bind_cluster_role(
+                role,
+                &name,
+                &self.namespace,
+                "sekisho-operator",
+                "operator-tests",
+            )
             .await?;
         Ok(())
     }
@@ -273,4 +256,14 @@ pub(crate) fn condition(proxy: &Proxy, type_: &str) -> Option<(String, String)> 
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The message of condition `type_` of `proxy` (empty when it has none).
+pub(crate) fn message(proxy: &Proxy, type_: &str) -> String {
+    proxy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use crate::harness::{Cluster, condition, eventually};
+use crate::harness::{Cluster, condition, eventually, message};
 
 /// `((group, version, kind, plural), name, namespaced)`.
 type Expected = (
@@ -320,17 +320,10 @@ async fn a_spec_that_cannot_be_built_is_degraded_and_missing_pieces_are_named() 
         )
     })
     .await?;
-    let message = &proxy
-        .status
-        .unwrap_or_default()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let degraded = message(&proxy, "Degraded");
     assert!(
-        message.contains("two identity providers are named `google`"),
-        "{message}"
+        degraded.contains("two identity providers are named `google`"),
+        "{degraded}"
     );
     let deployments = Api::<Deployment>::namespaced(cluster.admin.clone(), &cluster.namespace);
     assert!(
@@ -370,22 +363,15 @@ async fn a_spec_that_cannot_be_built_is_degraded_and_missing_pieces_are_named() 
         )
     })
     .await?;
-    let message = proxy
-        .status
-        .unwrap_or_default()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let degraded = message(&proxy, "Degraded");
     assert!(
-        message.contains("provider unique (Secret not-there, key client-secret)"),
-        "{message}"
+        degraded.contains("provider unique (Secret not-there, key client-secret)"),
+        "{degraded}"
     );
     assert_eq!(
-        message.contains("cert-manager's CRDs are not installed"),
+        degraded.contains("cert-manager's CRDs are not installed"),
         !cert_manager,
-        "{message}"
+        "{degraded}"
     );
     operator.stop().await
 }

@@ -513,34 +513,23 @@ where
 /// Binds the committed ClusterRole (renamed for this namespace, so tests don't share it) to
 /// ServiceAccount `namespace/sekisho-proxy`.
 async fn bind_cluster_role(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, RoleRef, Subject};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/kubernetes/proxy-clusterrole.yaml");
     let text = std::fs::read_to_string(&path)?;
     let first = text.split("\n---\n").next().unwrap_or_default();
-    let mut role: ClusterRole =
+    let role: ClusterRole =
         serde_yaml_ng::from_str(first).with_context(|| format!("reading {}", path.display()))?;
-    let name = format!("sekisho-proxy-{namespace}");
-    role.metadata.name = Some(name.clone());
-    apply(&Api::<ClusterRole>::all(client.clone()), &role).await?;
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "sekisho-proxy".into(),
-            namespace: Some(namespace.to_owned()),
-            api_group: None,
-        }]),
-    };
-    apply(&Api::<ClusterRoleBinding>::all(client.clone()), &binding).await?;
+    kube_testenv::TestEnv::shared()
+        .await?
+        .bind_cluster_role(
+            role,
+            &format!("sekisho-proxy-{namespace}"),
+            namespace,
+            "sekisho-proxy",
+            "sekisho-test",
+        )
+        .await?;
     // The Role for the status Lease, from the same file, bound in the proxy's namespace.
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let text = std::fs::read_to_string(&path)?;

@@ -7,6 +7,7 @@ use std::{
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject},
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
@@ -235,6 +236,52 @@ impl TestEnv {
                 tokio::time::sleep(POLL).await;
             }
         }
+        Ok(())
+    }
+
+    /// Grants ServiceAccount `namespace/account` what `role` allows, cluster-wide: applies
+    /// `role` as ClusterRole `name` and a ClusterRoleBinding of the same name (server-side
+    /// apply as `manager`). Tests name it after their namespace, so that they share none.
+    pub async fn bind_cluster_role(
+        &self,
+        mut role: ClusterRole,
+        name: &str,
+        namespace: &str,
+        account: &str,
+        manager: &str,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let params = PatchParams::apply(manager).force();
+        role.metadata.name = Some(name.to_owned());
+        let binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: name.to_owned(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: account.to_owned(),
+                namespace: Some(namespace.to_owned()),
+                api_group: None,
+            }]),
+        };
+        let refused = |source| Error::Api {
+            action: format!("bind ClusterRole {name} to {namespace}/{account}"),
+            source,
+        };
+        Api::<ClusterRole>::all(client.clone())
+            .patch(name, &params, &Patch::Apply(&role))
+            .await
+            .map_err(refused)?;
+        Api::<ClusterRoleBinding>::all(client)
+            .patch(name, &params, &Patch::Apply(&binding))
+            .await
+            .map_err(refused)?;
         Ok(())
     }
 
