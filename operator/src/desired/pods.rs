@@ -35,9 +35,10 @@ pub(super) fn deployment(proxy: &Proxy, names: &Names, world: &World) -> Value {
             names.tls_secret()
         ));
     }
+    // Secrets readable by the pod's group (fsGroup) and no one else.
     let mut volumes = vec![
         json!({"name": "config", "configMap": {"name": names.suffixed("config")}}),
-        json!({"name": "keys", "secret": {"secretName": names.suffixed("keys"), "defaultMode": 0o400}}),
+        json!({"name": "keys", "secret": {"secretName": names.suffixed("keys"), "defaultMode": 0o440}}),
         json!({"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}),
     ];
     let mut mounts = vec![
@@ -52,7 +53,7 @@ pub(super) fn deployment(proxy: &Proxy, names: &Names, world: &World) -> Value {
             "secret": {
                 "secretName": provider.client_secret_ref.name,
                 "items": [{"key": provider.client_secret_ref.key, "path": provider.client_secret_ref.key}],
-                "defaultMode": 0o400,
+                "defaultMode": 0o440,
             },
         }));
         mounts.push(json!({
