@@ -232,7 +232,7 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, request).await) }
+                async move { Ok::<_, Infallible>(response(respond(&state, request).await)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -247,7 +247,19 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+/// A status and a JSON body (`null`: none).
+type Answer = (StatusCode, Value);
+
+fn answer(status: StatusCode, body: &Value) -> Answer {
+    (status, body.clone())
+}
+
+fn response((status, body): Answer) -> Response<Full<Bytes>> {
+    if body.is_null() {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = status;
+        return response;
+    }
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -257,15 +269,15 @@ fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn message(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn message(status: StatusCode, message: &str) -> Answer {
     answer(status, &json!({ "message": message }))
 }
 
-fn not_found() -> Response<Full<Bytes>> {
+fn not_found() -> Answer {
     message(StatusCode::NOT_FOUND, "Not Found")
 }
 
-async fn respond(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: &Mutex<State>, request: Request<Incoming>) -> Answer {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
@@ -363,7 +375,7 @@ async fn respond(state: &Mutex<State>, request: Request<Incoming>) -> Response<F
 
 impl State {
     /// Checks the App's JWT.
-    fn app(&self, jwt: &str) -> Result<(), Response<Full<Bytes>>> {
+    fn app(&self, jwt: &str) -> Result<(), Answer> {
         jwt::verify(jwt, self.app_id, &self.app_public_key, now())
             .map_err(|text| message(StatusCode::UNAUTHORIZED, &text))
     }
@@ -376,7 +388,7 @@ impl State {
     }
 
     /// Checks an installation token that reaches `repository`.
-    fn installation(&self, token: &str, repository: &str) -> Result<(), Response<Full<Bytes>>> {
+    fn installation(&self, token: &str, repository: &str) -> Result<(), Answer> {
         match self.tokens.get(token) {
             Some((id, expires)) if *expires > now() => {
                 if self.installation_of(repository) == Some(*id) {
@@ -396,7 +408,7 @@ impl State {
         shown: &str,
         id: Option<i64>,
         body: Option<&Value>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Answer {
         let base = self.base.clone();
         let next_id = self.next_hook_id;
         let hooks = self.hooks.entry(repository.to_owned()).or_default();
@@ -443,9 +455,7 @@ impl State {
             }
             (&Method::DELETE, Some(_), Some(i)) => {
                 hooks.remove(i);
-                let mut response = Response::new(Full::new(Bytes::new()));
-                *response.status_mut() = StatusCode::NO_CONTENT;
-                response
+                (StatusCode::NO_CONTENT, Value::Null)
             }
             (_, Some(_), None) => not_found(),
             _ => not_found(),
@@ -453,7 +463,7 @@ impl State {
     }
 }
 
-fn invalid(text: &str) -> Response<Full<Bytes>> {
+fn invalid(text: &str) -> Answer {
     answer(
         StatusCode::UNPROCESSABLE_ENTITY,
         &json!({"message": "Validation Failed", "errors": [{"resource": "Hook", "code": "custom", "message": text}]}),
@@ -462,7 +472,7 @@ fn invalid(text: &str) -> Response<Full<Bytes>> {
 
 /// A hook from a create (`old` is `None`) or update request's body. An update's `config`
 /// replaces the whole configuration, as GitHub's does (a secret left out is removed).
-fn read_hook(body: &Value, old: Option<&Hook>) -> Result<Hook, Response<Full<Bytes>>> {
+fn read_hook(body: &Value, old: Option<&Hook>) -> Result<Hook, Answer> {
     if !body.is_object() {
         return Err(message(StatusCode::BAD_REQUEST, "Problems parsing JSON"));
     }
