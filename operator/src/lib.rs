@@ -11,6 +11,7 @@
 //! Replicas elect a leader through a Lease (`sekisho-lease`); only the leader reconciles.
 
 pub mod desired;
+pub mod github;
 pub mod keys;
 mod metrics;
 mod reconcile;
@@ -88,6 +89,14 @@ pub async fn run(
             client.clone(),
             metrics.clone(),
             options.clone(),
+            lost_rx.clone(),
+        ));
+        let github = tokio::spawn(github::run(
+            client.clone(),
+            github::Options {
+                instance: Some(options.identity.clone()),
+                ..github::Options::default()
+            },
             lost_rx,
         ));
         tokio::select! {
@@ -99,6 +108,7 @@ pub async fn run(
         }
         let _ = lost.send(true);
         let _ = controller.await;
+        let _ = github.await;
         metrics.set_leader(false);
     }
     let _ = lease.await;
