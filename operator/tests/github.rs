@@ -338,7 +338,7 @@ async fn each_repository_gets_one_hook_to_the_route_with_a_generated_secret_and_
 }
 
 #[tokio::test]
-async fn changed_events_update_the_hook_and_a_removed_repository_loses_its_hook()
+async fn changed_events_update_the_hook_a_rotated_secret_reaches_it_and_a_removed_repository_loses_its_hook()
 -> anyhow::Result<()> {
     let setup = Setup::new("github-change", APP_KEY).await?;
     // A secret of the user's own is used as it is.
@@ -397,6 +397,25 @@ async fn changed_events_update_the_hook_and_a_removed_repository_loses_its_hook(
         "status {:?}",
         ids(&object)
     );
+
+    // A rotated secret reaches the hook without waiting for the next periodic pass.
+    setup
+        .secrets()
+        .patch(
+            "deploys-webhook",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"secret": "rotated"}})),
+        )
+        .await?;
+    eventually("the rotated secret at GitHub", || async {
+        Ok(setup
+            .github
+            .hooks(WEBSITE)
+            .iter()
+            .any(|h| h.id == website.id && h.secret.as_deref() == Some("rotated"))
+            .then_some(()))
+    })
+    .await?;
     let made = setup.secrets().get("deploys-webhook").await?;
     ensure!(
         made.metadata.owner_references.is_none(),
@@ -427,7 +446,7 @@ async fn a_key_that_is_not_the_apps_is_ready_false_with_a_reason_and_nothing_is_
     ensure!(setup.github.hooks(WEBSITE).is_empty() && setup.hook_writes().is_empty());
     ensure!(status.hooks.is_empty());
 
-    // The retries pick up the right key (the App's Secret is not watched).
+    // Fixing the App's Secret is acted on.
     setup.app_secret(APP_KEY).await?;
     let object = setup.ready(true, generation).await?;
     let hook = only_hook(&setup.github, WEBSITE)?;

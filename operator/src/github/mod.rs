@@ -32,6 +32,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use ring::rand::{SecureRandom as _, SystemRandom};
@@ -49,8 +50,8 @@ use crate::desired::MANAGER;
 pub const FINALIZER: &str = "sekisho.dev/github-webhooks";
 /// The label (`app.kubernetes.io/component`) of the webhook Secrets the operator makes.
 const SECRET_COMPONENT: &str = "github-webhook-secret";
-/// How often a settled GitHubWebhook is looked at again: webhooks edited by hand at GitHub,
-/// and a webhook secret changed in a Secret the operator did not make, are put back then.
+/// How often a settled GitHubWebhook is looked at again: webhooks edited by hand at GitHub are
+/// put back then.
 const SETTLED: Duration = Duration::from_secs(600);
 /// The first retry after a failure; each further one doubles, up to [`SETTLED`].
 const FIRST_RETRY: Duration = Duration::from_secs(2);
@@ -168,13 +169,30 @@ pub async fn run(client: Client, options: Options, mut stop: watch::Receiver<boo
         failures: Mutex::default(),
         secrets: Mutex::default(),
     });
-    // The webhook Secrets it made: deleting or editing one makes (or spreads) a new secret
-    // at once.
-    let made = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by={MANAGER},app.kubernetes.io/component={SECRET_COMPONENT}"
-    ));
-    Controller::new(webhooks, watcher::Config::default())
-        .owns(secrets, made)
+    // A change to a Secret a GitHubWebhook names (its webhook secret, its App's credentials)
+    // is acted on at once: a rotated secret reaches GitHub as soon as the proxy checks with
+    // it. Only the triggers are kept, not the Secrets.
+    let controller = Controller::new(webhooks, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches(
+            secrets,
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let namespace = secret.namespace();
+                let name = secret.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|w| {
+                        w.namespace() == namespace
+                            && (w.spec.secret_ref.name == name
+                                || w.spec.app.secret_ref.name == name)
+                    })
+                    .map(|w| ObjectRef::from_obj(&*w))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(async move { crate::until(&mut stop, true).await })
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -634,7 +652,15 @@ async fn cleanup(webhook: &GitHubWebhook, context: &Context) -> Result<Action, E
         }
     }
     match summarize(&problems) {
-        None => Ok(Action::await_change()),
+        None => {
+            let uid = webhook.uid().unwrap_or_default();
+            context
+                .secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(of, _), _| *of != uid);
+            Ok(Action::await_change())
+        }
         Some(problem) => {
             write_status(context, webhook, &left, Some(&problem)).await?;
             Err(Error::Problem(problem))
@@ -836,5 +862,29 @@ async fn event(
         .await
     {
         tracing::warn!(%error, "cannot record an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_keeps_the_first_reason_and_each_message_once_up_to_five() {
+        assert_eq!(summarize(&[]), None);
+        let mut problems = vec![
+            Problem::new(reason::INSTALLATION_NOT_FOUND, "a"),
+            Problem::new(reason::GITHUB_ERROR, "b"),
+            Problem::new(reason::GITHUB_ERROR, "a"),
+        ];
+        assert_eq!(
+            summarize(&problems),
+            Some(Problem::new(reason::INSTALLATION_NOT_FOUND, "a; b"))
+        );
+        problems.extend(["c", "d", "e", "f", "g"].map(|m| Problem::new(reason::GITHUB_ERROR, m)));
+        assert_eq!(
+            summarize(&problems).map(|p| p.message),
+            Some("a; b; c; d; e; and 2 more".to_owned())
+        );
     }
 }
