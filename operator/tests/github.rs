@@ -361,6 +361,24 @@ async fn changed_events_update_the_hook_a_rotated_secret_reaches_it_and_a_remove
     let website = only_hook(&setup.github, WEBSITE)?;
     ensure!(website.secret.as_deref() == Some("chosen by hand"));
 
+    // Another writer's condition (the proxy's, some day) stays through the operator's writes.
+    let served = json!({
+        "type": "Served", "status": "True", "reason": "RouteFound", "message": "",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    });
+    setup
+        .webhooks()
+        .patch_status(
+            "deploys",
+            &PatchParams::apply("proxy-test"),
+            &Patch::Apply(json!({
+                "apiVersion": "sekisho.dev/v1alpha1",
+                "kind": "GitHubWebhook",
+                "metadata": {"name": "deploys"},
+                "status": {"conditions": [served]},
+            })),
+        )
+        .await?;
     let changed = setup
         .webhooks()
         .patch(
@@ -374,6 +392,11 @@ async fn changed_events_update_the_hook_a_rotated_secret_reaches_it_and_a_remove
     let generation = changed.metadata.generation.context("a generation")?;
     let object = setup.ready(true, generation).await?;
 
+    let conditions = object.status.clone().unwrap_or_default().conditions;
+    ensure!(
+        condition::is_true(&conditions, "Served"),
+        "the other writer's condition went: {conditions:?}"
+    );
     let updated = only_hook(&setup.github, WEBSITE)?;
     ensure!(
         updated.id == website.id,

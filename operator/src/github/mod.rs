@@ -50,6 +50,8 @@ use crate::desired::MANAGER;
 pub const FINALIZER: &str = "sekisho.dev/github-webhooks";
 /// The label (`app.kubernetes.io/component`) of the webhook Secrets the operator makes.
 const SECRET_COMPONENT: &str = "github-webhook-secret";
+/// The field manager of the status this controller writes.
+const STATUS_MANAGER: &str = "sekisho-operator-github";
 /// How often a settled GitHubWebhook is looked at again: webhooks edited by hand at GitHub are
 /// put back then.
 const SETTLED: Duration = Duration::from_secs(600);
@@ -817,18 +819,23 @@ async fn write_status(
         context.client.clone(),
         &webhook.namespace().unwrap_or_default(),
     );
-    // Every field written, so that a merge patch also empties `hooks`.
+    // Server-side apply as this controller: it owns `Ready`, `observedGeneration` and `hooks`
+    // (an empty list empties them), and leaves conditions of other writers (the proxy's) alone.
+    let ready = condition::find(&conditions, condition::READY).cloned();
     let status = json!({
+        "apiVersion": "sekisho.dev/v1alpha1",
+        "kind": "GitHubWebhook",
+        "metadata": {"name": webhook.name_any()},
         "status": {
-            "conditions": conditions,
+            "conditions": ready.into_iter().collect::<Vec<_>>(),
             "observedGeneration": generation,
             "hooks": hooks,
         }
     });
     api.patch_status(
         &webhook.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(status),
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(status),
     )
     .await?;
     Ok(())
