@@ -18,10 +18,6 @@ impl fmt::Debug for WebhookSecret {
 }
 
 impl WebhookSecret {
-    pub(crate) fn new(secret: String) -> Self {
-        Self(secret)
-    }
-
     /// A SHA-256 of the secret, kept in memory only, to tell whether a hook already has it
     /// (GitHub never shows a hook's secret).
     pub(crate) fn digest(&self) -> [u8; 32] {
@@ -29,6 +25,19 @@ impl WebhookSecret {
         out.copy_from_slice(digest(&SHA256, self.0.as_bytes()).as_ref());
         out
     }
+}
+
+/// The webhook secret held in a Secret's value: UTF-8 text (GitHub takes a string), not empty,
+/// without one trailing newline (`\n` or `\r\n`), which `kubectl create secret --from-file`
+/// keeps from the file. The proxy reads a secret the same way
+/// (`sekisho_identity::webhook::WebhookSecret::load`), so both sign with the same bytes.
+pub(crate) fn secret_from_bytes(bytes: &[u8]) -> Option<WebhookSecret> {
+    let bytes = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(bytes);
+    let text = std::str::from_utf8(bytes).ok()?;
+    (!text.is_empty()).then(|| WebhookSecret(text.to_owned()))
 }
 
 /// The webhook every repository of a GitHubWebhook should have.
@@ -150,7 +159,7 @@ mod tests {
         Wanted::new(
             URL.into(),
             &["push".into(), "release".into(), "push".into()],
-            WebhookSecret::new("s3cret".into()),
+            WebhookSecret("s3cret".into()),
         )
     }
 
@@ -165,6 +174,18 @@ mod tests {
                 insecure_ssl: Some(json!("0")),
             },
         }
+    }
+
+    #[test]
+    fn a_secret_loses_one_trailing_newline_and_must_be_text() {
+        let text = |bytes: &[u8]| secret_from_bytes(bytes).map(|s| s.0);
+        assert_eq!(text(b"abc\n"), Some("abc".to_owned()));
+        assert_eq!(text(b"abc\r\n"), Some("abc".to_owned()));
+        assert_eq!(text(b"abc\n\n"), Some("abc\n".to_owned()));
+        assert_eq!(text(b" abc "), Some(" abc ".to_owned()));
+        assert_eq!(text(b"\n"), None);
+        assert_eq!(text(b""), None);
+        assert_eq!(text(&[0xff, 0xfe]), None);
     }
 
     #[test]

@@ -737,15 +737,10 @@ async fn webhook_secret(
             }
         }
     };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&reference.key))
-        .map(|v| v.0.clone())
-        .unwrap_or_default();
-    match String::from_utf8(value) {
-        Ok(value) if !value.is_empty() => Ok(WebhookSecret::new(value)),
-        _ => Err(Error::Problem(Problem::new(
+    let value = secret.data.as_ref().and_then(|d| d.get(&reference.key));
+    match value.and_then(|v| hook::secret_from_bytes(&v.0)) {
+        Some(secret) => Ok(secret),
+        None => Err(Error::Problem(Problem::new(
             reason::WEBHOOK_SECRET_INVALID,
             format!(
                 "Secret {} has no text under the key `{}`: put the webhook secret there, or delete the Secret and the operator makes one",
