@@ -29,8 +29,8 @@ impl WebhookSecret {
 
 /// The webhook secret held in a Secret's value: UTF-8 text (GitHub takes a string), not empty,
 /// without one trailing newline (`\n` or `\r\n`), which `kubectl create secret --from-file`
-/// keeps from the file. The proxy reads a secret the same way
-/// (`sekisho_identity::webhook::WebhookSecret::load`), so both sign with the same bytes.
+/// keeps from the file. The proxy reads the Secret by the same rule
+/// (`sekisho_identity::webhook::WebhookSecret::stored`), so both sign with the same bytes.
 pub(crate) fn secret_from_bytes(bytes: &[u8]) -> Option<WebhookSecret> {
     let bytes = bytes
         .strip_suffix(b"\r\n")
