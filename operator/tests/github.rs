@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail, ensure};
 use github_fake::{APP_KEY, APP_KEY_PKCS8, GitHub, Hook, OTHER_KEY};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube_testenv::TestEnv;
 use sekisho_api::{GitHubWebhook, condition};
@@ -52,7 +52,7 @@ impl Setup {
             .await?;
         let namespace = env.namespace(prefix).await?;
         let admin = env.client().await?;
-        bind_operator_role(&admin, &namespace).await?;
+        bind_operator_role(env, &namespace).await?;
         let client = env
             .service_account_client(&namespace, "sekisho-operator")
             .await?;
@@ -188,36 +188,18 @@ impl Setup {
 
 /// Binds the committed ClusterRole (under a name of this namespace's) to the ServiceAccount
 /// `sekisho-operator` of `namespace`.
-async fn bind_operator_role(admin: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+async fn bind_operator_role(env: &TestEnv, namespace: &str) -> anyhow::Result<()> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/operator/rbac.yaml");
-    let mut role: ClusterRole = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)
+    let role: ClusterRole = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)
         .context("deploy/operator/rbac.yaml")?;
-    let name = format!("sekisho-operator-{namespace}");
-    role.metadata.name = Some(name.clone());
-    let params = PatchParams::apply("github-test").force();
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(&name, &params, &Patch::Apply(&role))
-        .await?;
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "sekisho-operator".into(),
-            namespace: Some(namespace.to_owned()),
-            api_group: None,
-        }]),
-    };
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch(&name, &params, &Patch::Apply(&binding))
-        .await?;
+    env.bind_cluster_role(
+        role,
+        &format!("sekisho-operator-{namespace}"),
+        namespace,
+        "sekisho-operator",
+        "github-test",
+    )
+    .await?;
     Ok(())
 }
 
