@@ -94,6 +94,7 @@ pub async fn run(
         let github = tokio::spawn(github::run(
             client.clone(),
             github::Options {
+                namespace: options.watch_namespace.clone(),
                 instance: Some(options.identity.clone()),
                 ..github::Options::default()
             },
