@@ -5,11 +5,16 @@
 //! |---|---|
 //! | [`desired`] | the children a Proxy should have: a pure function, unit-tested, golden files |
 //! | [`keys`] | the session and signing keys and their rotation: a pure state machine |
-//! | `reconcile` | the controller: apply, prune, status, Events, finalizer, backoff |
+//! | `reconcile` | the Proxy controller: apply, prune, status, Events, finalizer |
+//! | [`github`] | the GitHubWebhook controller: the repositories' webhooks, through a GitHub App |
+//! | `backoff` | the growing delay between tries of an object that fails |
 //! | `metrics` | the operator's metrics and health listener |
 //!
 //! Replicas elect a leader through a Lease (`sekisho-lease`); only the leader reconciles.
+//! The module dependency: `reconcile` and `github` use `desired`, `keys`, `backoff` and
+//! `metrics`, never each other.
 
+mod backoff;
 pub mod desired;
 pub mod github;
 pub mod keys;
@@ -91,13 +96,14 @@ pub async fn run(
             options.clone(),
             lost_rx.clone(),
         ));
-        let github = tokio::spawn(github::run(
+        let github = tokio::spawn(github::run_counted(
             client.clone(),
             github::Options {
                 namespace: options.watch_namespace.clone(),
                 instance: Some(options.identity.clone()),
                 ..github::Options::default()
             },
+            Some(metrics.clone()),
             lost_rx,
         ));
         tokio::select! {

@@ -52,7 +52,7 @@ impl Metrics {
         let failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconcile_failures",
-            "Reconcile passes that failed, by reason (each is retried with a growing delay)",
+            "Reconcile passes of a Proxy or a GitHubWebhook that failed, by reason (each is retried with a growing delay)",
             failures.clone(),
         );
         for reason in REASONS {

@@ -18,7 +18,7 @@ mod app;
 mod hook;
 mod rest;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,7 +44,11 @@ use tokio::sync::watch;
 use self::app::App;
 use self::hook::{Plan, Wanted, WebhookSecret};
 use self::rest::{ApiUrl, CallError, GitHub, Token};
+use sekisho_wire::error_chain;
+
+use crate::backoff::Backoff;
 use crate::desired::MANAGER;
+use crate::metrics::Metrics;
 
 /// The finalizer that deletes an object's webhooks at GitHub before the object goes.
 pub const FINALIZER: &str = "sekisho.dev/github-webhooks";
@@ -129,15 +133,27 @@ struct Context {
     client: Client,
     http: HttpClient,
     recorder: Recorder,
-    /// Failures in a row, per object, for the backoff.
-    failures: Mutex<BTreeMap<(String, String), u32>>,
+    /// Failures in a row, per object.
+    backoff: Backoff,
+    /// The operator's metrics, when it runs in the operator (not in a test of its own).
+    metrics: Option<Arc<Metrics>>,
     /// The digest of the secret this process last gave each webhook (object uid, hook id):
     /// GitHub never shows a webhook's secret, so a webhook not in here is updated once.
     secrets: Mutex<HashMap<(String, i64), [u8; 32]>>,
 }
 
 /// Runs the controller until `stop` turns true. Errors are logged here.
-pub async fn run(client: Client, options: Options, mut stop: watch::Receiver<bool>) {
+pub async fn run(client: Client, options: Options, stop: watch::Receiver<bool>) {
+    run_counted(client, options, None, stop).await;
+}
+
+/// [`run`], counting failures in the operator's `sekisho_operator_reconcile_failures_total`.
+pub(crate) async fn run_counted(
+    client: Client,
+    options: Options,
+    metrics: Option<Arc<Metrics>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let http = match HttpClient::new(&HttpClientConfig {
         timeout: CALL_TIMEOUT,
         extra_ca_pem: options.extra_ca_pem.clone(),
@@ -168,7 +184,8 @@ pub async fn run(client: Client, options: Options, mut stop: watch::Receiver<boo
         ),
         client,
         http,
-        failures: Mutex::default(),
+        backoff: Backoff::new(FIRST_RETRY, SETTLED),
+        metrics,
         secrets: Mutex::default(),
     });
     // A change to a Secret a GitHubWebhook names (its webhook secret, its App's credentials)
@@ -226,15 +243,10 @@ async fn reconcile(webhook: Arc<GitHubWebhook>, context: Arc<Context>) -> Result
 
 fn error_policy(webhook: Arc<GitHubWebhook>, error: &Error, context: Arc<Context>) -> Action {
     let key = (webhook.namespace().unwrap_or_default(), webhook.name_any());
-    let failures = {
-        let mut failures = context.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let count = failures.entry(key).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
-    let delay = FIRST_RETRY
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(SETTLED);
+    if let Some(metrics) = &context.metrics {
+        metrics.failed(error.reason());
+    }
+    let delay = context.backoff.failed(key);
     tracing::warn!(
         namespace = webhook.namespace().unwrap_or_default(),
         name = webhook.name_any(),
@@ -244,18 +256,6 @@ fn error_policy(webhook: Arc<GitHubWebhook>, error: &Error, context: Arc<Context
         "cannot reconcile a GitHubWebhook"
     );
     Action::requeue(delay)
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The Unix time in seconds.
@@ -376,10 +376,8 @@ async fn apply(webhook: &GitHubWebhook, context: &Context) -> Result<Action, Err
         Some(problem) => Err(Error::Problem(problem)),
         None => {
             context
-                .failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(webhook.namespace().unwrap_or_default(), webhook.name_any()));
+                .backoff
+                .succeeded(&(webhook.namespace().unwrap_or_default(), webhook.name_any()));
             Ok(Action::requeue(SETTLED))
         }
     }

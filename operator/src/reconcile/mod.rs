@@ -5,7 +5,6 @@
 mod apply;
 mod status;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use ring::digest::{SHA256, digest};
 use sekisho_api::Proxy;
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::desired::{self, MANAGER, Names, SpecError, World};
 use crate::keys::{self, OsRandom, Ring, Step};
 use crate::metrics::Metrics;
@@ -48,8 +48,8 @@ pub(crate) struct Context {
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) version: String,
-    /// Failures in a row, per Proxy, for the backoff.
-    failures: std::sync::Mutex<BTreeMap<(String, String), u32>>,
+    /// Failures in a row, per Proxy.
+    backoff: Backoff,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ pub(crate) async fn run(
         client: client.clone(),
         metrics,
         version: options.proxy_version,
-        failures: std::sync::Mutex::default(),
+        backoff: Backoff::new(FIRST_RETRY, SETTLED),
     });
     let controller = Controller::new(api::<Proxy>(&client, namespace), watcher::Config::default())
         .owns(api::<Deployment>(&client, namespace), children.clone())
@@ -169,15 +169,7 @@ async fn reconcile(proxy: Arc<Proxy>, context: Arc<Context>) -> Result<Action, E
 fn error_policy(proxy: Arc<Proxy>, error: &Error, context: Arc<Context>) -> Action {
     context.metrics.failed(error.reason());
     let key = (proxy.namespace().unwrap_or_default(), proxy.name_any());
-    let failures = {
-        let mut failures = context.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let count = failures.entry(key).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
-    let delay = FIRST_RETRY
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(SETTLED);
+    let delay = context.backoff.failed(key);
     tracing::warn!(
         namespace = proxy.namespace().unwrap_or_default(),
         name = proxy.name_any(),
@@ -308,10 +300,8 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
     let deployment = deployments.get_opt(&names.name).await?;
     let progressing = status::write(context, proxy, deployment.as_ref(), &ring, &problems).await?;
     context
-        .failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&(names.namespace.clone(), names.name.clone()));
+        .backoff
+        .succeeded(&(names.namespace.clone(), names.name.clone()));
 
     let next = if progressing {
         ROLLING

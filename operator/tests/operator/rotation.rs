@@ -125,17 +125,22 @@ async fn a_rotation_keeps_every_session_open_on_every_pod_until_the_overlap_ends
     assert!(!opens(&after, &old_session)?);
     assert!(opens(&after, &new_session)?);
 
-    let proxy = cluster.proxies().get("gate").await?;
-    let keys = proxy
-        .status
-        .clone()
-        .unwrap_or_default()
-        .keys
-        .unwrap_or_default();
-    assert_eq!(
-        (keys.rotation.as_deref(), keys.phase.as_deref()),
-        (Some("2026-12"), Some("Stable"))
-    );
+    // The status follows the Secret within the same pass.
+    let proxies = cluster.proxies();
+    let proxy =
+        eventually("the status to say the rotation is done", || async {
+            let proxy = proxies.get("gate").await?;
+            let keys = proxy
+                .status
+                .clone()
+                .unwrap_or_default()
+                .keys
+                .unwrap_or_default();
+            Ok((keys.rotation.as_deref() == Some("2026-12")
+                && keys.phase.as_deref() == Some("Stable"))
+            .then_some(proxy))
+        })
+        .await?;
     assert_eq!(
         condition(&proxy, "Degraded").map(|c| c.0).as_deref(),
         Some("False")
