@@ -154,6 +154,12 @@ async fn another_namespaces_github_webhook_cannot_open_a_path_and_is_told_why() 
         .path("/hooks/github", "Exact", "web", number(80))
         .build();
     apply(&gate.api(), &site).await?;
+    until("the owner's path, behind its login", || async {
+        let answer = deliver(&gate, &host, "known").await?;
+        ensure!(answer.status != StatusCode::NOT_FOUND, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
 
     let env = kube_testenv::TestEnv::shared().await?;
     let intruder = env.namespace("webhook-intruder").await?;
