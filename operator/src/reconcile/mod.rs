@@ -247,11 +247,24 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
         )
         .await;
     }
-    match step {
-        Step::Keep => {}
-        Step::Generated => status::event(context, proxy, EventType::Normal, "KeysIntroduced", "new keys are being rolled out; the old ones still seal and sign").await,
-        Step::Promoted => status::event(context, proxy, EventType::Normal, "KeysPromoted", "every pod has the new keys: they seal and sign now; the old ones keep opening what they made until the overlap has passed").await,
-        Step::Retired => status::event(context, proxy, EventType::Normal, "KeysRetired", "the overlap has passed: the old keys are removed").await,
+    let told = match step {
+        Step::Keep => None,
+        Step::Generated => Some((
+            "KeysIntroduced",
+            "new keys are being rolled out; the old ones still seal and sign",
+        )),
+        Step::Promoted => Some((
+            "KeysPromoted",
+            "every pod has the new keys: they seal and sign now; the old ones keep opening \
+             what they made until the overlap has passed",
+        )),
+        Step::Retired => Some((
+            "KeysRetired",
+            "the overlap has passed: the old keys are removed",
+        )),
+    };
+    if let Some((reason, message)) = told {
+        status::event(context, proxy, EventType::Normal, reason, message).await;
     }
 
     let children = match desired::children(proxy, &world) {
