@@ -18,7 +18,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sekisho_wire::agent_auth::{AgentCredential, AgentPublicKey};
+use sekisho_wire::agent_auth::{AgentCredential, AgentPublicKey, CredentialError};
 use sekisho_wire::{
     AGENT_AUTH_HEADER, AGENT_DRAIN_PATH, AGENT_PROTOCOL, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
 };
@@ -137,8 +137,18 @@ fn admit(
             Err(error) => last_error = Some(error),
         }
     }
-    let error = last_error.map_or_else(|| "the agent has no keys".to_owned(), |e| e.to_string());
-    Err(unauthorized("bad_signature", error))
+    Err(match last_error {
+        // The time is checked before the signature, and is the same for every key.
+        Some(CredentialError::Skewed(seconds)) => unauthorized(
+            "clock_skew",
+            format!(
+                "the agent's clock is {seconds} s away from the proxy's (at most \
+                 {MAX_CLOCK_SKEW_SECS} s): set the time on both (NTP)"
+            ),
+        ),
+        Some(error) => unauthorized("bad_signature", error.to_string()),
+        None => unauthorized("bad_signature", "the agent has no keys".to_owned()),
+    })
 }
 
 /// Serves one agent connection until it ends.

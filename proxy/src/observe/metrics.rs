@@ -167,13 +167,14 @@ pub(crate) const LOGIN_RESULTS: [&str; 3] = ["success", "refused", "failed"];
 pub(crate) const PROVIDER_OPERATIONS: [&str; 2] = ["discovery", "token"];
 
 /// Why an agent connection can be refused (the `reason` of `sekisho_agent_refusals_total`).
-pub(crate) const AGENT_REFUSAL_REASONS: [&str; 6] = [
+pub(crate) const AGENT_REFUSAL_REASONS: [&str; 7] = [
     "bad_request",
     "no_credential",
     "malformed",
     "unknown_agent",
     "replay",
     "bad_signature",
+    "clock_skew",
 ];
 
 /// What can go wrong with an upstream (the `kind` of `sekisho_upstream_errors_total`).

@@ -51,6 +51,7 @@ async fn before_any_traffic_the_metrics_list_every_series_an_alert_may_watch_at_
         r#"sekisho_logins_total{provider="corp",result="failed"} 0"#,
         r#"sekisho_provider_errors_total{provider="corp",operation="discovery"} 0"#,
         r#"sekisho_agent_refusals_total{reason="bad_signature"} 0"#,
+        r#"sekisho_agent_refusals_total{reason="clock_skew"} 0"#,
         r#"sekisho_tunnel_stream_failures_total{reason="agent_offline"} 0"#,
         r#"sekisho_tunnel_bytes_total{direction="to_target"} 0"#,
         r#"sekisho_upstream_errors_total{upstream="app",kind="connect"} 0"#,
@@ -221,4 +222,56 @@ hosts:
         serde_json::from_str(log.lines().find(|l| l.contains(&id)).unwrap()).unwrap();
     assert_eq!(line["status"], 403);
     assert_eq!(line["user"], "carol@elsewhere.example", "{line}");
+}
+
+#[tokio::test]
+async fn an_agent_whose_clock_is_off_is_refused_as_clock_skew_with_words_that_say_so() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write_leaf("site", &["agents.test"]);
+    let (agent_key, _) = sekisho_wire::agent_auth::AgentKey::generate().unwrap();
+    let proxy = Proxy::start(&format!(
+        "{certs}agents:\n  nas: {{public_keys: ['{public}']}}\n",
+        certs = certificates_yaml(&[(cert, key)]),
+        public = agent_key.public_key(),
+    ));
+    let client = TlsClient::new(&pki, proxy.https(), false);
+    let connect = |credential: String| {
+        http::Request::get(sekisho_wire::AGENT_CONNECT_PATH)
+            .header(http::header::HOST, "agents.test")
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, sekisho_wire::AGENT_PROTOCOL)
+            .header(sekisho_wire::AGENT_AUTH_HEADER, credential)
+            .body(empty())
+            .unwrap()
+    };
+    let now = sekisho_proxy::unix_now();
+    let late = agent_key
+        .credential("agents.test", "nas", now - 600)
+        .unwrap();
+    let (status, _, body) =
+        read_text(client.send("agents.test", connect(late.to_string())).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("clock is 600 s away"), "{body}");
+    assert_eq!(
+        proxy
+            .metric(r#"sekisho_agent_refusals_total{reason="clock_skew"}"#)
+            .await,
+        1.0
+    );
+    // Another key, on time: a bad signature, as before.
+    let (stranger, _) = sekisho_wire::agent_auth::AgentKey::generate().unwrap();
+    let forged = stranger.credential("agents.test", "nas", now).unwrap();
+    let (status, _, _) = read_text(
+        client
+            .send("agents.test", connect(forged.to_string()))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        proxy
+            .metric(r#"sekisho_agent_refusals_total{reason="bad_signature"}"#)
+            .await,
+        1.0
+    );
 }
