@@ -42,8 +42,9 @@ pub enum HttpMode {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Time allowed for a client to send a complete request head (slowloris defence), and for
-    /// the TLS handshake.
+    /// Time allowed for a client to send a complete request head (slowloris defence), for
+    /// the TLS handshake, and for a new connection's first request to start (HTTP/2 too).
+    /// The idle timeout counts only after that.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Largest request head accepted; larger heads get 431.

@@ -167,6 +167,10 @@ async fn serve_h2<IO>(
 
     let idle = limits.idle_timeout;
     let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    // A client that completed TLS but sends no request is held for the header timeout, as
+    // over HTTP/1.1; the idle timeout is for connections that have served.
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -174,6 +178,12 @@ async fn serve_h2<IO>(
                 if let Err(error) = result {
                     tracing::debug!(%peer, error = %crate::error_chain(&error), "connection ended");
                 }
+                break;
+            }
+            () = &mut first_request, if !closing && !state.started.load(Ordering::Relaxed) => {
+                // Nothing to finish: closed at once (a GOAWAY would wait for a preface the
+                // client may never send).
+                tracing::debug!(%peer, "no request within the header timeout");
                 break;
             }
             _ = idle_check.tick(), if !closing => {

@@ -29,6 +29,9 @@ pub(crate) struct ConnState {
     /// Bytes of a request arrived that hyper has not handed to the pipeline yet.
     pub(crate) partial: AtomicBool,
     pub(crate) inflight: AtomicUsize,
+    /// A request has started on this connection (HTTP/2: until then the header timeout, not
+    /// the idle timeout, bounds how long a client may stay silent).
+    pub(crate) started: AtomicBool,
     /// What takes the socket over once the `101` on its way to the client is written.
     upgrade: Mutex<Option<TakeoverSlot>>,
     /// Held as long as anything uses the connection, including an upgrade's relay task.
@@ -80,6 +83,7 @@ impl ConnState {
             write_blocked: AtomicBool::new(false),
             partial: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             _admission: admission,
         }
@@ -91,6 +95,7 @@ impl ConnState {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.active.store(true, Ordering::Relaxed);
         self.partial.store(false, Ordering::Relaxed);
+        self.started.store(true, Ordering::Relaxed);
         InFlight(self.clone())
     }
 

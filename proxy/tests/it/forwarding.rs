@@ -484,3 +484,41 @@ async fn an_absolute_form_request_reaches_the_upstream_with_the_host_it_was_rout
     assert_eq!(seen["host"], "app.test");
     assert_eq!(seen.get_all("host").iter().count(), 1);
 }
+
+/// After the handshake a client that sends nothing is held for the header timeout, not the
+/// idle timeout (which starts after a first request), whatever protocol ALPN chose.
+async fn tls_then_silent(alpn: &'static [u8]) {
+    use tokio::io::AsyncReadExt;
+    let sites = TwoSites::start("limits: {header_read_timeout: 1s, idle_timeout: 60s}\n").await;
+    let tcp = tokio::net::TcpStream::connect(sites.proxy.https())
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(sites.pki.client_config(&[alpn]))
+        .connect(
+            rustls_pki_types::ServerName::try_from("app.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        // HTTP/2 servers open with their SETTINGS; read until the close.
+        while tls.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent {} client was still connected 10 s after its handshake (header timeout 1 s)",
+        String::from_utf8_lossy(alpn)
+    );
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_tls_handshake_is_cut_at_the_header_timeout_over_http1() {
+    tls_then_silent(b"http/1.1").await;
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_tls_handshake_is_cut_at_the_header_timeout_over_http2() {
+    tls_then_silent(b"h2").await;
+}
