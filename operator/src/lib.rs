@@ -16,6 +16,7 @@
 
 mod backoff;
 pub mod desired;
+mod event;
 pub mod github;
 pub mod keys;
 mod metrics;

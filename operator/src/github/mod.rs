@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -842,27 +842,7 @@ async fn event(
     reason: &str,
     message: &str,
 ) {
-    tracing::info!(
-        namespace = webhook.namespace().unwrap_or_default(),
-        name = webhook.name_any(),
-        reason,
-        message,
-        "GitHubWebhook event"
-    );
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(error) = context
-        .recorder
-        .publish(&event, &webhook.object_ref(&()))
-        .await
-    {
-        tracing::warn!(%error, "cannot record an Event");
-    }
+    crate::event::record(&context.recorder, webhook, type_, reason, message).await;
 }
 
 #[cfg(test)]

@@ -17,11 +17,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Client, Resource as _, ResourceExt as _};
+use kube::{Client, ResourceExt as _};
 use ring::digest::{SHA256, digest};
 use sekisho_api::Proxy;
 use tokio::sync::watch;
@@ -399,14 +399,4 @@ async fn cleanup(proxy: &Proxy, context: &Context) -> Result<Action, Error> {
     apply::remove_unowned(&context.client, &names).await?;
     status::event(context, proxy, EventType::Normal, "CleanedUp", "removed the IngressClass, the proxy's cluster role and the NetworkPolicies in upstream namespaces").await;
     Ok(Action::await_change())
-}
-
-pub(crate) async fn publish(context: &Context, proxy: &Proxy, event: Event) {
-    if let Err(error) = context
-        .recorder
-        .publish(&event, &proxy.object_ref(&()))
-        .await
-    {
-        tracing::warn!(%error, "cannot record an Event");
-    }
 }

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use sekisho_api::{KeysStatus, Proxy, ProxyStatus, condition};
 use serde_json::json;
 
@@ -300,19 +300,5 @@ pub(super) async fn event(
     reason: &str,
     message: &str,
 ) {
-    tracing::info!(
-        namespace = proxy.namespace().unwrap_or_default(),
-        name = proxy.name_any(),
-        reason,
-        message,
-        "Proxy event"
-    );
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    super::publish(context, proxy, event).await;
+    crate::event::record(&context.recorder, proxy, type_, reason, message).await;
 }
