@@ -203,25 +203,18 @@ impl Ring {
                 found: sessions.len(),
             });
         }
-        let pairs: Vec<KeyPair> = sessions
+        // The first key of each file seals and signs: `current` in every phase.
+        let mut pairs = sessions
             .iter()
-            .zip(&signing)
+            .zip(signing)
             .map(|(session, signing)| KeyPair {
                 session: (*session).to_owned(),
-                signing: signing.clone(),
-            })
-            .collect();
-        // The file order is "first seals"; which of the two is `current` depends on the phase.
-        let mut pairs = pairs.into_iter();
-        let first = pairs.next().ok_or(ReadError::SessionKeys)?;
-        let second = pairs.next();
-        let (current, other) = match (phase, second) {
-            (Phase::Introducing, Some(new)) => (first, Some(new)),
-            (_, second) => (first, second),
-        };
+                signing,
+            });
+        let current = pairs.next().ok_or(ReadError::SessionKeys)?;
         Ok(Self {
             current,
-            other,
+            other: pairs.next(),
             phase,
             rotation: annotation(ROTATION_ANNOTATION),
             since,

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 
 pub(crate) use object::{
     Child, INPUTS_ANNOTATION, Kind, MANAGER, NAMESPACE_LABEL, Names, Scope, SpecError, World,
-    auth_host, child, children_selector, labels, selector,
+    auth_host, child, children_selector, labels, selector, short_digest,
 };
 pub(crate) use pods::inputs_digest;
 

@@ -296,3 +296,13 @@ pub(crate) fn child_in(
         object,
     }
 }
+
+/// The first 16 bytes of the SHA-256 of `input`, in hex: what the pod template's inputs
+/// annotation and the client secrets' digest are written as.
+pub(crate) fn short_digest(input: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, input);
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

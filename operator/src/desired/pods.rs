@@ -2,7 +2,6 @@
 //! nodes, rolled one at a time without dropping capacity, and rolled again whenever what they
 //! read at start changes (the config, the keys, a client secret).
 
-use ring::digest::{SHA256, digest};
 use sekisho_api::Proxy;
 use serde_json::{Value, json};
 
@@ -158,9 +157,5 @@ pub(crate) fn inputs_digest(proxy: &Proxy, names: &Names, world: &World) -> Stri
     input.push_str(&world.keys.session_keys());
     input.push_str(&world.keys.signing_keys());
     input.push_str(&world.client_secrets_digest);
-    let digest = digest(&SHA256, input.as_bytes());
-    digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::object::short_digest(input.as_bytes())
 }

@@ -22,7 +22,6 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt as _};
-use ring::digest::{SHA256, digest};
 use sekisho_api::Proxy;
 use tokio::sync::watch;
 
@@ -301,14 +300,7 @@ async fn apply_proxy(proxy: &Proxy, context: &Context) -> Result<Action, Error> 
         ));
     }
     for problem in &problems {
-        status::event(
-            context,
-            proxy,
-            EventType::Warning,
-            problem.reason,
-            &problem.message,
-        )
-        .await;
+        status::warn(context, proxy, problem).await;
     }
     let deployment = deployments.get_opt(&names.name).await?;
     let progressing = status::write(context, proxy, deployment.as_ref(), &ring, &problems).await?;
@@ -379,14 +371,7 @@ async fn client_secrets(
             )),
         }
     }
-    let digest = digest(&SHA256, &input);
-    Ok((
-        digest.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        missing,
-    ))
+    Ok((desired::short_digest(&input), missing))
 }
 
 /// Removes what owner references cannot: cluster-scoped children and NetworkPolicies in

@@ -214,6 +214,12 @@ pub(super) async fn halt(
     proxy: &Proxy,
     problem: &Problem,
 ) -> Result<(), kube::Error> {
+    warn(context, proxy, problem).await;
+    write_invalid(context, proxy, problem).await
+}
+
+/// A Warning Event for `problem` on the Proxy.
+pub(super) async fn warn(context: &Context, proxy: &Proxy, problem: &Problem) {
     event(
         context,
         proxy,
@@ -222,7 +228,6 @@ pub(super) async fn halt(
         &problem.message,
     )
     .await;
-    write_invalid(context, proxy, problem).await
 }
 
 /// The status of a Proxy the operator cannot act on (a spec that cannot be built, keys it

@@ -133,6 +133,9 @@ struct Stores {
 struct Memory {
     /// The last good certificate of each Secret, by the Secret and its resourceVersion.
     certificates: HashMap<Key, (Option<String>, LoadedCert)>,
+    /// The webhook Secrets read from the API (the watch held them without their data), by
+    /// resourceVersion: read again only when they change.
+    webhook_secrets: HashMap<Key, Arc<Secret>>,
     /// The Ingresses that served a path or default in the last routes built.
     served: HashSet<Key>,
     /// The namespace that owned each host in the last routes built.
@@ -413,7 +416,8 @@ impl KubeSource {
         let mut cluster = cluster(stores, &mut notes, &mut rejected);
         cluster.previous_owners = std::mem::take(&mut memory.owners);
         cluster.previous_served = std::mem::take(&mut memory.served);
-        cluster.webhooks = webhook_marks(stores, client, &wanted.webhook_secrets, &mut notes).await;
+        cluster.webhooks =
+            webhook_marks(stores, client, &wanted.webhook_secrets, memory, &mut notes).await;
         let mut routes = ingress::routes(&cluster, &self.settings);
         memory.owners = routes.owners.clone();
         memory.served = routes.winners.clone();
@@ -636,6 +640,7 @@ async fn webhook_marks(
     stores: &Stores,
     client: &Client,
     wanted: &RwLock<HashSet<Key>>,
+    memory: &mut Memory,
     notes: &mut Vec<Note>,
 ) -> Vec<webhook::Mark> {
     let objects = stores.webhooks.state();
@@ -643,18 +648,21 @@ async fn webhook_marks(
         let namespace = object.metadata.namespace.as_deref()?;
         Some(Key::new(namespace, &object.spec.secret_ref.name))
     };
-    *wanted.write().unwrap_or_else(|e| e.into_inner()) =
-        objects.iter().filter_map(|o| secret_of(o)).collect();
+    let named: HashSet<Key> = objects.iter().filter_map(|o| secret_of(o)).collect();
+    memory.webhook_secrets.retain(|key, _| named.contains(key));
+    *wanted.write().unwrap_or_else(|e| e.into_inner()) = named;
     let mut marks = Vec::with_capacity(objects.len());
     for object in objects {
         let Some(key) = secret_of(&object) else {
             continue;
         };
-        let data = webhook_secret(stores, client, &key).await.map(|secret| {
-            secret
-                .and_then(|s| s.data.clone())
-                .and_then(|d| d.get(&object.spec.secret_ref.key).map(|v| v.0.clone()))
-        });
+        let data = webhook_secret(stores, client, &key, memory)
+            .await
+            .map(|secret| {
+                secret
+                    .and_then(|s| s.data.clone())
+                    .and_then(|d| d.get(&object.spec.secret_ref.key).map(|v| v.0.clone()))
+            });
         match webhook::mark(&object, data) {
             Ok(mark) => marks.push(mark),
             Err(finding) => notes.push(Note {
@@ -668,23 +676,36 @@ async fn webhook_marks(
     marks
 }
 
-/// Secret `key` with its data: the store's copy, or the API's when the store holds it without
-/// (it was named only now). `None` when it does not exist.
+/// Secret `key` with its data: the store's copy, or, when the store holds it without (it was
+/// named only after the watch last saw it), the API's, read once per resourceVersion. `None`
+/// when it does not exist.
 async fn webhook_secret(
     stores: &Stores,
     client: &Client,
     key: &Key,
+    memory: &mut Memory,
 ) -> Result<Option<Arc<Secret>>, String> {
     let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
-    match stores.webhook_secrets.get(&reference) {
-        Some(stored) if stored.data.is_some() => Ok(Some(stored)),
-        Some(_) => Api::<Secret>::namespaced(client.clone(), &key.namespace)
-            .get_opt(&key.name)
-            .await
-            .map(|found| found.map(Arc::new))
-            .map_err(|error| crate::error_chain(&error)),
-        None => Ok(None),
+    let Some(stored) = stores.webhook_secrets.get(&reference) else {
+        return Ok(None);
+    };
+    if stored.data.is_some() {
+        return Ok(Some(stored));
     }
+    if let Some(read) = memory.webhook_secrets.get(key)
+        && read.resource_version() == stored.resource_version()
+    {
+        return Ok(Some(read.clone()));
+    }
+    let read = Api::<Secret>::namespaced(client.clone(), &key.namespace)
+        .get_opt(&key.name)
+        .await
+        .map_err(|error| crate::error_chain(&error))?
+        .map(Arc::new);
+    if let Some(read) = &read {
+        memory.webhook_secrets.insert(key.clone(), read.clone());
+    }
+    Ok(read)
 }
 
 /// The whole certificate of Secret `key` and the resourceVersion it came from: the one parsed

@@ -73,6 +73,9 @@ pub(crate) fn apply<'a>(
     paths: impl IntoIterator<Item = (&'a str, &'a str, &'a mut PathConfig)>,
     marks: &[Mark],
 ) -> Vec<Finding> {
+    if marks.is_empty() {
+        return Vec::new();
+    }
     let mut found = vec![false; marks.len()];
     for (host, namespace, path) in paths {
         for (i, mark) in marks.iter().enumerate() {
