@@ -2,8 +2,9 @@
 # Side-by-side tunnel benchmark: Sekisho's tunnel (sekisho CLI -> TLS -> sekisho-proxy -> HTTP/2
 # over the agent's TLS connection -> sekisho-agent), rathole 0.5 (TLS transport; plain TCP as an
 # extra row) and direct, to the same iperf3 and echo servers, in interleaved rounds. Then the
-# proxy's memory per idle agent connection, how many idle agent connections one proxy holds, and
-# memory per idle open tunnel stream.
+# proxy's memory per idle agent connection, how many idle agent connections one proxy holds, how
+# fast a thousand agents come back after the proxy is killed or stopped (and its CPU meanwhile),
+# and memory per idle open tunnel stream.
 #
 #   benches/tunnel.sh            # full run, 4 min on a quiet machine (plus waits for builds), writes benches/RESULTS.md
 #   benches/tunnel.sh --quick    # smoke test: 1 round, short runs, few agents and streams
@@ -638,6 +639,53 @@ idle_agents() {
     stop proxy-mem
 }
 
+# Agents coming back: AGENTS fleet connections on a fresh proxy-mem; the proxy killed (SIGKILL)
+# or stopped (SIGTERM: it asks every agent to drain first), kept away OUTAGE seconds, started
+# again. How long from its listening until every connection is back (polled every 0.1 s, at
+# most 60 s), and the CPU the new proxy process used until then (its start included).
+reconnect_agents() {
+    wait_quiet "the reconnect measurement"
+    start proxy-mem
+    FLEET_LINKS=0
+    grow_fleet "$AGENTS" 120 || log "  the fleet did not reach $AGENTS within 120 s"
+    local how outage want pid t0 back connected cpu
+    want=$(metric $MEM_ADMIN sekisho_agents_connected)
+    for how in kill term; do
+        for outage in 5 30; do
+            ((QUICK)) && ((outage > 5)) && continue
+            pid=${PID[proxy-mem]}
+            if [[ $how == kill ]]; then
+                kill -KILL "$pid" 2>/dev/null || true
+                wait "$pid" 2>/dev/null || true
+                unset "PID[proxy-mem]"
+            else
+                stop proxy-mem
+            fi
+            sleep "$outage"
+            start proxy-mem
+            t0=$(date +%s%N)
+            pid=${PID[proxy-mem]}
+            back=-1
+            for _ in $(seq 600); do
+                connected=$(metric $MEM_ADMIN sekisho_agents_connected)
+                if ((connected >= want)); then
+                    back=$((($(date +%s%N) - t0) / 1000000))
+                    break
+                fi
+                sleep 0.1
+            done
+            cpu=$(($(cpu_ticks "$pid") * 1000 / $(getconf CLK_TCK)))
+            printf 'reconnect\t%s\t%s\t%s\t%s\t%s\t%s\n' "$how" "$outage" "$want" "$connected" \
+                "$back" "$cpu" >>"$T/results.tsv"
+            log "  after SIG${how^^} and ${outage}s away: $connected of $want back in ${back} ms;" \
+                "proxy CPU ${cpu} ms"
+        done
+    done
+    kill_pids "${FLEET[@]}"
+    FLEET=()
+    stop proxy-mem
+}
+
 # Memory per idle open stream: sekisho (proxy, agent, CLI) and rathole TLS (server, client),
 # each freshly started, STREAMS connections held open to the echo server.
 idle_streams() {
@@ -758,6 +806,7 @@ main() {
     stop rathole-tcp-client
     stop rathole-tcp-server
     idle_agents
+    reconnect_agents
     idle_streams
 
     cleanup_servers

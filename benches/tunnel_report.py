@@ -12,6 +12,7 @@ Records (tab-separated, one per run):
   agents   mem target connected seconds rss_before_kib rss_after_kib processes alive fleet_rss_kib
   agents   max target connected seconds rss_before_kib rss_after_kib processes alive fleet_rss_kib
            proxy_fds refusals
+  reconnect how(kill|term) outage_s connections_before connections_after back_ms proxy_cpu_ms
   streams  peer JSON (from idle_streams.py)
 """
 
@@ -33,6 +34,7 @@ LABEL = {
 REF = "rathole"
 AGENT_MEM_TARGET = 64 * 1024
 AGENTS_TARGET = 10_000
+RECONNECT_TARGET_MS = 5_000
 
 
 def num(v):
@@ -41,6 +43,7 @@ def num(v):
 
 def load(path):
     tput, ping, agents, streams = defaultdict(dict), defaultdict(dict), {}, {}
+    reconnects = []
     for line in open(path):
         f = line.rstrip("\n").split("\t")
         if f[0] == "tput":
@@ -66,12 +69,17 @@ def load(path):
             if len(f) > 11:
                 a["fds"], a["refusals"] = int(f[10]), int(float(f[11]))
             agents[f[1]] = a
+        elif f[0] == "reconnect":
+            reconnects.append({
+                "how": f[1], "outage": int(f[2]), "before": int(float(f[3])),
+                "after": int(float(f[4])), "back_ms": int(f[5]), "cpu_ms": int(f[6]),
+            })
         elif f[0] == "streams":
             try:
                 streams[f[1]] = json.loads(f[2])
             except (ValueError, IndexError):
                 streams[f[1]] = {"error": "no output"}
-    return tput, ping, agents, streams
+    return tput, ping, agents, reconnects, streams
 
 
 def med(values):
@@ -229,6 +237,30 @@ def agents_table(agents, verdicts):
     return out
 
 
+def reconnect_table(reconnects, verdicts):
+    if not reconnects:
+        return []
+    out = ["### Agents coming back", "",
+           "The fleet's connections on a fresh proxy; the proxy killed (SIGKILL) or stopped "
+           "(SIGTERM, which first asks every agent to drain), kept away for the outage, started "
+           "again. Time from its listening until every connection is back, and the CPU the new "
+           "proxy process used until then (its own start included).", "",
+           "| proxy | away | connections back (of) | all back after | proxy CPU until then |",
+           "|---|---|---|---|---|"]
+    for r in reconnects:
+        how = "killed" if r["how"] == "kill" else "stopped (drain)"
+        back = "not within 60 s" if r["back_ms"] < 0 else f"{r['back_ms'] / 1000:.2f} s"
+        out.append(f"| {how} | {r['outage']} s | {r['after']:,} ({r['before']:,}) | {back} "
+                   f"| {r['cpu_ms']:,} ms |")
+    worst = max(reconnects, key=lambda r: r["back_ms"] if r["back_ms"] >= 0 else 10**9)
+    ok = all(0 <= r["back_ms"] <= RECONNECT_TARGET_MS for r in reconnects)
+    verdicts.append((f"every agent back ≤ 5 s after the proxy restarts ({worst['before']:,} connections)",
+                     "slowest: " + ("never" if worst["back_ms"] < 0 else f"{worst['back_ms'] / 1000:.2f} s"),
+                     ok))
+    out.append("")
+    return out
+
+
 def streams_table(streams):
     if not streams:
         return []
@@ -279,12 +311,13 @@ def noise_lines(tput, ping, machine):
 
 
 def tables(results, machine):
-    tput, ping, agents, streams = results
+    tput, ping, agents, reconnects, streams = results
     verdicts = []
     body = []
     body += throughput_tables(tput, verdicts)
     body += latency_table(ping, verdicts, int(machine.get("pings", 0) or 0))
     body += agents_table(agents, verdicts)
+    body += reconnect_table(reconnects, verdicts)
     body += streams_table(streams)
     body += noise_lines(tput, ping, machine)
     head = ["### Targets", "", "| target | sekisho | met |", "|---|---|---|"]

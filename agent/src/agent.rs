@@ -116,6 +116,7 @@ impl Agent {
             "stopping: no new connections; open streams have {:?} to finish",
             settings.shutdown_grace
         );
+        self.streams.stop_taking_streams();
         let _ = phase_tx.send(Phase::Stopping);
         // Every link and connection task holds a sender; `recv` returns `None` once all are gone.
         let finished = tokio::time::timeout(settings.shutdown_grace, all_ended.recv()).await;

@@ -1,5 +1,10 @@
 //! Exponential backoff with full jitter: the n-th wait in a row is uniform in
 //! `[0, min(cap, base × 2ⁿ)]`, so many agents that lost the same proxy do not come back in step.
+//!
+//! The backoff spares a proxy that answers and refuses (TLS, the upgrade, a 503). A proxy that
+//! cannot be reached at all (the TCP connection refused or timed out) costs nothing to try
+//! again: such failures wait only a [`probe_delay`] and leave the ceiling where it was, so an
+//! agent is back within about a second of its proxy, however long the proxy was away.
 
 use std::time::Duration;
 
@@ -11,6 +16,17 @@ pub const BASE: Duration = Duration::from_millis(500);
 pub const CAP: Duration = Duration::from_secs(30);
 /// A connection that lived longer than this counts as a success: the next wait starts over.
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// The longest wait before trying again a proxy that could not be reached.
+pub const PROBE_CEILING: Duration = Duration::from_secs(1);
+
+/// The wait before trying again a proxy whose address did not accept a TCP connection: uniform
+/// in `[PROBE_CEILING / 4, PROBE_CEILING]`, never growing (a refused SYN costs the proxy's host
+/// nothing; the jitter spreads thousands of agents over the interval).
+pub fn probe_delay(rng: &mut impl Rng) -> Duration {
+    let ceiling = u64::try_from(PROBE_CEILING.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rng.random_range(ceiling / 4..=ceiling))
+}
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -100,6 +116,19 @@ mod tests {
             .collect();
         assert!(delays.iter().any(|d| *d < BASE / 4));
         assert!(delays.iter().any(|d| *d > BASE * 3 / 4));
+    }
+
+    #[test]
+    fn probe_delays_stay_within_a_second_and_are_spread_over_it() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let delays: Vec<Duration> = (0..200).map(|_| probe_delay(&mut rng)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= PROBE_CEILING / 4 && *d <= PROBE_CEILING)
+        );
+        assert!(delays.iter().any(|d| *d < PROBE_CEILING / 2));
+        assert!(delays.iter().any(|d| *d > PROBE_CEILING * 3 / 4));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! ([`serve`]) and waits. A connection that ends sends the link into backoff; one the proxy
 //! asks to drain keeps serving its open streams while the link dials a replacement at once
 //! (or after a backoff, when the connection was drained within [`HEALTHY_AFTER`] of connecting,
-//! so that a proxy draining everything cannot make the agent spin).
+//! so that a proxy draining everything cannot make the agent spin). An address where nothing
+//! accepts the TCP connection is tried again after a short [`probe_delay`] instead: the agent is
+//! back within about a second of the proxy, however long it was away.
 
 use std::fmt;
 use std::pin::pin;
@@ -14,7 +16,7 @@ use std::time::Instant;
 use hyper::upgrade::Upgraded;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::backoff::{Backoff, HEALTHY_AFTER};
+use crate::backoff::{Backoff, HEALTHY_AFTER, probe_delay};
 use crate::config::Proxy;
 use crate::dial::{DialError, Dialer};
 use crate::error_chain;
@@ -61,6 +63,7 @@ impl Link {
     /// Dials and serves until the phase leaves `Running`. Cancel-safe.
     pub(crate) async fn run(self, mut phase: watch::Receiver<Phase>, alive: Alive) {
         let mut backoff = self.backoff.clone();
+        let mut unreachable = Unreachable::default();
         loop {
             if *phase.borrow_and_update() != Phase::Running {
                 return;
@@ -72,7 +75,13 @@ impl Link {
             match dialed {
                 Ok(io) => {
                     let connected = Instant::now();
-                    tracing::info!("connected to {self}");
+                    match std::mem::take(&mut unreachable).since {
+                        Some(since) => tracing::info!(
+                            "connected to {self} after {} s unreachable",
+                            since.elapsed().as_secs()
+                        ),
+                        None => tracing::info!("connected to {self}"),
+                    }
                     let (ended_tx, ended_rx) = oneshot::channel();
                     tokio::spawn(serve_connection(
                         io,
@@ -100,6 +109,25 @@ impl Link {
                         }
                         tracing::info!("the proxy asked {self} to drain soon after it connected");
                     }
+                }
+                Err(error @ (DialError::Connect { .. } | DialError::ConnectTimeout(_))) => {
+                    // Nobody answers at the address: try again soon, it costs the proxy nothing.
+                    let error = error_chain(&error);
+                    let delay = probe_delay(&mut rand::rng());
+                    if unreachable.failed() {
+                        tracing::warn!(
+                            "cannot connect to {self}: {error}; trying again every second or so \
+                             ({} attempts so far)",
+                            unreachable.attempts
+                        );
+                    } else {
+                        tracing::debug!("cannot connect to {self}: {error}");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = left_running(&mut phase) => return,
+                    }
+                    continue;
                 }
                 Err(error @ DialError::NotAccepted { .. }) => {
                     tracing::error!("cannot connect to {self}: {error}");
@@ -174,6 +202,34 @@ async fn serve_connection(
     }
     if let Some(ended) = ended.take() {
         let _ = ended.send(Ended::Closed);
+    }
+}
+
+/// How often a link that keeps finding nobody at its proxy's address says so at `warn`.
+const UNREACHABLE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A run of dials that found nobody at the proxy's address.
+#[derive(Default)]
+struct Unreachable {
+    since: Option<Instant>,
+    attempts: u64,
+    logged: Option<Instant>,
+}
+
+impl Unreachable {
+    /// Counts a failure; whether it is one to log at `warn` (the first, then one per
+    /// [`UNREACHABLE_LOG_EVERY`]), so an outage of hours is not thousands of lines.
+    fn failed(&mut self) -> bool {
+        let now = Instant::now();
+        self.since.get_or_insert(now);
+        self.attempts += 1;
+        let due = self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= UNREACHABLE_LOG_EVERY);
+        if due {
+            self.logged = Some(now);
+        }
+        due
     }
 }
 

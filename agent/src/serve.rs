@@ -7,12 +7,17 @@
 //!   WebSocket, say): the HTTP/1.1 upgrade made with an allowed HTTP target, then a byte stream;
 //! - `POST` [`sekisho_wire::AGENT_DRAIN_PATH`]: the proxy is going away; the connection stops
 //!   taking streams and the agent dials a new one;
+//! - [`sekisho_wire::AGENT_PING_PATH`]: `204` at once, the proxy's check that the link answers;
 //! - anything else: 404.
 //!
-//! Refusals carry the status of [`TunnelError::status`], so the proxy can tell the CLI why.
+//! Refusals carry the status of [`TunnelError::status`], so the proxy can tell the CLI why. Once
+//! the agent is stopping, new streams are refused with `503` and
+//! [`sekisho_wire::AGENT_DRAINING_HEADER`], so the proxy tries another link of the same agent,
+//! while the open ones keep the whole grace period.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +32,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sekisho_wire::tunnel::TunnelError;
-use sekisho_wire::{AGENT_DRAIN_PATH, COPY_BUFFER, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, h2};
+use sekisho_wire::{
+    AGENT_DRAIN_PATH, AGENT_DRAINING_HEADER, AGENT_PING_PATH, COPY_BUFFER, KEEPALIVE_INTERVAL,
+    KEEPALIVE_TIMEOUT, h2,
+};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -60,6 +68,8 @@ pub struct Streams {
     allow: AllowList,
     connect_timeout: Duration,
     client: Client<HttpConnector, Incoming>,
+    /// Set once the agent is stopping: new streams are refused.
+    stopping: AtomicBool,
 }
 
 impl Streams {
@@ -74,7 +84,13 @@ impl Streams {
             allow,
             connect_timeout,
             client,
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// From now on, new streams are refused as "draining"; open ones go on.
+    pub fn stop_taking_streams(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Answers one stream. `drain` is notified when the proxy asks this connection to drain.
@@ -83,16 +99,31 @@ impl Streams {
         drain: &Notify,
         mut req: Request<Incoming>,
     ) -> Response<ResponseBody> {
-        if req.method() == Method::CONNECT {
-            if let Some(protocol) = req.extensions_mut().remove::<Protocol>() {
-                return self.upgrade(protocol, req).await;
-            }
-            return self.connect(req).await;
+        if req.uri().path() == AGENT_PING_PATH && req.method() != Method::CONNECT {
+            let mut pong = Response::new(Either::Left(Full::default()));
+            *pong.status_mut() = StatusCode::NO_CONTENT;
+            return pong;
         }
         if req.method() == Method::POST && req.uri().path() == AGENT_DRAIN_PATH {
             tracing::debug!("the proxy asked this connection to drain");
             drain.notify_one();
             return text(StatusCode::OK, "draining\n".into());
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            let mut refused = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is draining: it is stopping and takes no new streams\n".into(),
+            );
+            refused
+                .headers_mut()
+                .insert(AGENT_DRAINING_HEADER, HeaderValue::from_static("1"));
+            return refused;
+        }
+        if req.method() == Method::CONNECT {
+            if let Some(protocol) = req.extensions_mut().remove::<Protocol>() {
+                return self.upgrade(protocol, req).await;
+            }
+            return self.connect(req).await;
         }
         if let Some(target) = http_target(req.uri()) {
             remove_hop_by_hop(req.headers_mut());

@@ -34,6 +34,13 @@ pub const AGENT_AUTH_HEADER: &str = "sekisho-agent-auth";
 /// about to go away: the agent answers, stops taking new streams (GOAWAY) and dials again while
 /// the streams it has finish.
 pub const AGENT_DRAIN_PATH: &str = "/.sekisho/agent/drain";
+/// Answered at once (`204`) by the agent, whatever the method: how the proxy checks that a link
+/// still answers while a stream waits on it. (An agent older than this path answers `404`,
+/// which proves the link alive just as well.)
+pub const AGENT_PING_PATH: &str = "/.sekisho/agent/ping";
+/// Set on the agent's `503` refusal of a new stream while it stops: the proxy tries another
+/// link of the same agent instead.
+pub const AGENT_DRAINING_HEADER: &str = "sekisho-agent-draining";
 
 /// Where `sekisho tunnel` asks for a byte stream to the host it names (HTTP/1.1 `Upgrade`).
 pub const TUNNEL_PATH: &str = "/.sekisho/tunnel";

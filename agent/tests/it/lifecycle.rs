@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sekisho_agent::backoff::{BASE, Backoff};
+use sekisho_agent::backoff::{BASE, Backoff, PROBE_CEILING};
 use tokio::time::Instant;
 
 use http::{Method, Request, StatusCode};
@@ -101,6 +101,82 @@ async fn a_lost_connection_is_dialed_again_after_a_backoff() {
         "dialed again {waited:?} after the second loss, beyond the second ceiling {:?}",
         BASE * 2
     );
+}
+
+#[tokio::test]
+async fn a_proxy_that_was_unreachable_for_long_is_connected_within_a_second_of_coming_back() {
+    let setup = Setup::new();
+    // An address where nothing listens yet: every dial is refused until the peer starts.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _agent = RunningAgent::start(setup.settings_at(addr, &[], &[]));
+    // Long enough for a doubling backoff to reach waits of 8 s (0.5 + 1 + 2 + 4 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut peer = setup.peer_at(addr).await;
+    let back = Instant::now();
+    assert!(
+        peer.agent_within(PROBE_CEILING + DIAL_SLACK)
+            .await
+            .is_some(),
+        "not connected within {:?} of the proxy coming back",
+        PROBE_CEILING + DIAL_SLACK
+    );
+    eprintln!("connected {:?} after the proxy came back", back.elapsed());
+}
+
+#[tokio::test]
+async fn a_stopping_agent_refuses_new_streams_as_draining_while_its_open_one_goes_on() {
+    let setup = Setup::new();
+    let echo = Echo::start().await;
+    let mut peer = setup.peer().await;
+    let mut agent = RunningAgent::start(setup.settings(&peer, &[echo.addr], &[]));
+    let mut conn = peer.next_agent().await;
+    let mut open = conn.tunnel(echo.addr).await;
+
+    agent.stop();
+    // The stream reaches the stopping agent, which refuses it as draining; or the agent's
+    // GOAWAY reaches this end first, and hyper fails the request or (when it notices the GOAWAY
+    // only through this request) leaves it unsent and unanswered. Never is it served.
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(echo.addr.to_string())
+        .body(empty())
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), conn.sender.send_request(request));
+    if let Ok(Ok(response)) = answer.await {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            response
+                .headers()
+                .contains_key(sekisho_wire::AGENT_DRAINING_HEADER)
+        );
+    }
+    round_trip(&mut open, b"the open stream goes on").await;
+    assert!(!agent.is_finished());
+    drop(open);
+    agent.finished(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_ping_is_answered_at_once_with_no_content_whatever_its_method() {
+    let setup = Setup::new();
+    let mut peer = setup.peer().await;
+    let _agent = RunningAgent::start(setup.settings(&peer, &[], &[]));
+    let mut conn = peer.next_agent().await;
+    for method in [Method::GET, Method::POST, Method::HEAD] {
+        let ping = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://nas{}", sekisho_wire::AGENT_PING_PATH))
+            .body(empty())
+            .unwrap();
+        assert_eq!(
+            conn.request(ping).await.status(),
+            StatusCode::NO_CONTENT,
+            "{method}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -110,12 +110,18 @@ impl Setup {
 
     /// A fake proxy that accepts this setup's agent key.
     pub(crate) async fn peer(&self) -> Peer {
-        Peer::start(Arc::clone(&self.server_tls), self.public_key).await
+        self.peer_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A fake proxy that accepts this setup's agent key, listening on `addr`.
+    pub(crate) async fn peer_at(&self, addr: SocketAddr) -> Peer {
+        Peer::start(Arc::clone(&self.server_tls), self.public_key, addr).await
     }
 
     /// A fake proxy that knows only some other key.
     pub(crate) async fn peer_with_key(&self, key: AgentPublicKey) -> Peer {
-        Peer::start(Arc::clone(&self.server_tls), key).await
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Peer::start(Arc::clone(&self.server_tls), key, any).await
     }
 
     /// Settings for an agent named `nas` that dials `peer` and allows the given targets.
@@ -125,7 +131,17 @@ impl Setup {
         tcp: &[SocketAddr],
         http: &[SocketAddr],
     ) -> Settings {
-        let port = peer.addr.port();
+        self.settings_at(peer.addr, tcp, http)
+    }
+
+    /// Settings for an agent named `nas` that dials `proxy` (where a peer may start later).
+    pub(crate) fn settings_at(
+        &self,
+        proxy: SocketAddr,
+        tcp: &[SocketAddr],
+        http: &[SocketAddr],
+    ) -> Settings {
+        let port = proxy.port();
         Config::empty()
             .settings(
                 None,
@@ -134,7 +150,7 @@ impl Setup {
                     key_file: Some(self.key_path.clone()),
                     proxies: vec![Proxy {
                         url: format!("https://localhost:{port}").parse().unwrap(),
-                        address: Some(peer.addr.to_string().parse().unwrap()),
+                        address: Some(proxy.to_string().parse().unwrap()),
                     }],
                     ca_file: Some(self.ca_path.clone()),
                     allow_tcp: tcp.iter().map(|a| a.to_string().parse().unwrap()).collect(),
@@ -165,8 +181,8 @@ impl Drop for Peer {
 }
 
 impl Peer {
-    async fn start(tls: Arc<rustls::ServerConfig>, key: AgentPublicKey) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start(tls: Arc<rustls::ServerConfig>, key: AgentPublicKey, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (agents_tx, agents) = mpsc::unbounded_channel();
         let (refused, refusals) = watch::channel(Vec::new());

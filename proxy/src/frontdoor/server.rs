@@ -284,6 +284,7 @@ fn serve(
         None => None,
     };
 
+    let hub = crate::hub::registry::Hub::new(metrics.tunnel.links_unresponsive.clone());
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         tls: tls::server_config(certs.clone())?,
@@ -293,7 +294,7 @@ fn serve(
             options.access_log.unwrap_or_else(|| Box::new(io::stdout())),
         )),
         unrouted,
-        hub: crate::hub::registry::Hub::default(),
+        hub,
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         draining: AtomicBool::new(false),
         synced: AtomicBool::new(kubernetes.is_none()),

@@ -164,9 +164,12 @@ async fn serve(
     // handle and drains gracefully when that is dropped; a link that must be cut is cut at
     // the socket instead, which fails every stream on it at once.
     let cancel = tokio_util::sync::CancellationToken::new();
+    // Cancelled when hyper drops the socket: the connection is over, streams and all.
+    let closed = tokio_util::sync::CancellationToken::new();
     let io = Cuttable {
         inner: io,
         cut: Box::pin(cancel.clone().cancelled_owned()),
+        _closed: closed.clone().drop_guard(),
     };
     let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -200,7 +203,22 @@ async fn serve(
     tokio::pin!(connection);
     let why = tokio::select! {
         result = &mut connection => match result {
-            Ok(()) => "the agent closed the connection".to_owned(),
+            Ok(()) => {
+                link.draining.store(true, Ordering::Relaxed);
+                link.ended.cancel();
+                // The agent said GOAWAY (it is stopping, or it was asked to drain): no new
+                // streams here, but the open ones keep the socket, which hyper keeps driving,
+                // until they end or the agent's grace runs out.
+                tokio::select! {
+                    () = closed.cancelled() => {}
+                    () = link.cancel.cancelled() => {}
+                    () = stopped(&mut shutdown) => {
+                        let grace = shared.snapshot.load().limits.shutdown_grace;
+                        let _ = tokio::time::timeout(grace, closed.cancelled()).await;
+                    }
+                }
+                "the agent closed the connection".to_owned()
+            }
             Err(error) => format!("the connection failed: {}", crate::error_chain(&error)),
         },
         () = link.cancel.cancelled() => {
@@ -217,13 +235,19 @@ async fn serve(
             tokio::spawn(async move {
                 let _ = drain_sender.send_request(drain).await;
             });
-            // The agent answers GOAWAY once the streams it has are done; the server's grace
-            // period bounds how long that may take.
+            // The agent answers GOAWAY, and closes once the streams it has are done; the
+            // server's grace period bounds how long that may take. The connection is polled
+            // meanwhile: it is what sends the drain request.
             let grace = shared.snapshot.load().limits.shutdown_grace;
-            let _ = tokio::time::timeout(grace, &mut connection).await;
+            let _ = tokio::time::timeout(grace, async {
+                let _ = (&mut connection).await;
+                closed.cancelled().await;
+            })
+            .await;
             "the proxy is shutting down".to_owned()
         }
     };
+    link.ended.cancel();
     link.cancel.cancel();
     shared.hub.unregister(&link);
     gauge.dec();
@@ -234,6 +258,8 @@ async fn serve(
 struct Cuttable {
     inner: ClientIo,
     cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// Tells the link's task that the socket is gone.
+    _closed: tokio_util::sync::DropGuard,
 }
 
 impl Cuttable {

@@ -15,6 +15,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use sekisho_wire::agent_auth::AgentPublicKey;
 use sekisho_wire::tunnel::TunnelError;
+use sekisho_wire::{AGENT_DRAINING_HEADER, AGENT_PING_PATH};
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::body::RequestBody;
@@ -41,7 +42,28 @@ pub(crate) struct Hub {
     streams: DashMap<StreamId, Arc<Stream>>,
     /// Woken when an agent link comes or goes (for whoever reports agents' status).
     pub(crate) links_changed: tokio::sync::Notify,
+    /// Links cut because they stopped answering while a stream waited.
+    unresponsive_links: prometheus_client::metrics::counter::Counter,
 }
+
+/// How long a new stream waits for the agent's answer before its link is asked whether it is
+/// alive at all (a target that takes long to connect is the agent's business; a link that
+/// stopped answering must not hold streams for the keep-alive's ten seconds).
+const LINK_CHECK_AFTER: Duration = Duration::from_millis(500);
+/// How long a link has to answer that check; one silent this long is hung and is cut. With
+/// [`LINK_CHECK_AFTER`], a hung link is found within 3 s of a stream waiting on it.
+const LINK_CHECK_DEADLINE: Duration = Duration::from_millis(2500);
+/// How long a stream waits for the link's task to say why the link ended, or for an answer on a
+/// link that just ended.
+const LINK_ENDING: Duration = Duration::from_millis(100);
+/// Links a new stream tries when they turn out hung: the first, and one other.
+const HUNG_LINK_ATTEMPTS: usize = 2;
+/// The detail of a refusal when every link of the agent is draining.
+const AGENT_DRAINING: &str =
+    "the agent is draining (it is stopping or restarting); try again in a moment";
+
+/// Why a stream could not be opened, and what more can be said about it.
+pub(crate) type StreamRefusal = (TunnelError, Option<String>);
 
 /// How long a closed stream's reason is kept.
 const CLOSED_STREAM_KEPT: Duration = Duration::from_secs(60);
@@ -60,6 +82,9 @@ pub(crate) struct Link {
     pub(crate) cancel: CancellationToken,
     /// Being drained: no new streams.
     pub(crate) draining: AtomicBool,
+    /// Cancelled once the connection stopped taking streams (and `draining` says whether that
+    /// was the agent's own GOAWAY).
+    pub(crate) ended: CancellationToken,
     /// When the agent connected.
     pub(crate) since: std::time::SystemTime,
 }
@@ -83,6 +108,14 @@ pub(crate) fn switching_protocols(
 }
 
 impl Hub {
+    /// A hub that counts the links it cuts for not answering in `unresponsive_links`.
+    pub(crate) fn new(unresponsive_links: prometheus_client::metrics::counter::Counter) -> Self {
+        Self {
+            unresponsive_links,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn register(&self, link: Arc<Link>) {
         self.links.entry(link.agent.clone()).or_default().push(link);
         self.links_changed.notify_one();
@@ -117,6 +150,7 @@ impl Hub {
             sender,
             cancel,
             draining: AtomicBool::new(false),
+            ended: CancellationToken::new(),
             since: std::time::SystemTime::now(),
         }
     }
@@ -124,6 +158,13 @@ impl Hub {
     /// How many links the agent has.
     pub(crate) fn connected(&self, agent: &str) -> usize {
         self.links.get(agent).map_or(0, |links| links.len())
+    }
+
+    /// Whether some link of the agent is draining (it is stopping, or was asked to move).
+    fn is_draining(&self, agent: &str) -> bool {
+        self.links
+            .get(agent)
+            .is_some_and(|links| links.iter().any(|l| l.draining.load(Ordering::Relaxed)))
     }
 
     /// The agent's usable links, starting at the next in turn.
@@ -144,6 +185,17 @@ impl Hub {
         let mut ordered = usable;
         ordered.rotate_left(start);
         ordered
+    }
+
+    /// Cuts a link that did not answer its check in time, so no stream chooses it again.
+    fn cut_unresponsive(&self, link: &Link) {
+        tracing::warn!(
+            agent = %link.agent,
+            link = link.id,
+            "agent link stopped answering (no answer to a check within {LINK_CHECK_DEADLINE:?}): cut"
+        );
+        self.unresponsive_links.inc();
+        link.cancel.cancel();
     }
 
     /// Cuts the links whose agent, or whose key, the snapshot no longer has.
@@ -202,45 +254,87 @@ impl Hub {
     }
 
     /// Opens a byte stream to `target` through one of the agent's links: an HTTP/2 `CONNECT`,
-    /// tried on the next link when a link turns out to be gone.
+    /// tried on the next link when a link turns out to be gone or draining, and on one other
+    /// when it turns out hung ([`Link::unresponsive`]). Only the agent's own answer, or its
+    /// silence on a link that still answers checks, blames the target.
     pub(crate) async fn open_stream(
         &self,
         agent: &str,
         target: &str,
         timeout: Duration,
-    ) -> Result<Upgraded, TunnelError> {
+    ) -> Result<Upgraded, StreamRefusal> {
         let links = self.links_in_turn(agent);
-        if links.is_empty() {
-            return Err(TunnelError::AgentOffline);
-        }
+        let mut draining = links.is_empty() && self.is_draining(agent);
+        let mut hung = 0;
         for link in links {
             let req = Request::builder()
                 .method(Method::CONNECT)
                 .uri(target)
                 .body(RequestBody::buffered(Bytes::new()))
-                .map_err(|_| TunnelError::BadRequest)?;
+                .map_err(|_| (TunnelError::BadRequest, None))?;
             let mut sender = link.sender.clone();
             // The agent dials within its own connect timeout; allow it a little longer.
             let answer =
-                tokio::time::timeout(timeout + Duration::from_secs(1), sender.send_request(req))
-                    .await;
+                tokio::time::timeout(timeout + Duration::from_secs(1), sender.send_request(req));
+            tokio::pin!(answer);
+            let answer = tokio::select! {
+                answer = &mut answer => answer,
+                () = link.ended.cancelled() => {
+                    // hyper notices the agent's GOAWAY only when a request comes, and leaves
+                    // that request queued, never sent and never answered: what is not answered
+                    // moments after the link ended never will be.
+                    if let Ok(answer) = tokio::time::timeout(LINK_ENDING, &mut answer).await {
+                        answer
+                    } else {
+                        draining |= link.draining.load(Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                () = link.unresponsive() => {
+                    self.cut_unresponsive(&link);
+                    hung += 1;
+                    if hung >= HUNG_LINK_ATTEMPTS {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let mut response = match answer {
-                Err(_) => return Err(TunnelError::TargetTimeout),
+                Err(_) => return Err((TunnelError::TargetTimeout, None)),
                 Ok(Err(error)) => {
                     tracing::debug!(agent, link = link.id, %error, "agent link failed; trying the next");
+                    // The link's own task learns within moments whether its agent said GOAWAY.
+                    let _ = tokio::time::timeout(LINK_ENDING, link.ended.cancelled()).await;
+                    draining |= link.draining.load(Ordering::Relaxed);
                     continue;
                 }
                 Ok(Ok(response)) => response,
             };
+            if is_draining(&response) {
+                tracing::debug!(
+                    agent,
+                    link = link.id,
+                    "agent is draining; trying the next link"
+                );
+                link.draining.store(true, Ordering::Relaxed);
+                draining = true;
+                continue;
+            }
             if response.status() != StatusCode::OK {
-                return Err(TunnelError::from_agent_status(response.status().as_u16()));
+                let error = TunnelError::from_agent_status(response.status().as_u16());
+                return Err((error, None));
             }
             return hyper::upgrade::on(&mut response).await.map_err(|error| {
                 tracing::debug!(agent, %error, "agent stream did not open");
-                TunnelError::TargetUnreachable
+                (TunnelError::TargetUnreachable, None)
             });
         }
-        Err(TunnelError::AgentOffline)
+        let detail = match (draining, hung) {
+            (true, _) => Some(AGENT_DRAINING.to_owned()),
+            (false, 0) => None,
+            (false, _) => Some("the agent's connection stopped answering".to_owned()),
+        };
+        Err((TunnelError::AgentOffline, detail))
     }
     /// Sends an HTTP request to `endpoint` (`http://host:port`, as the agent sees it) over one
     /// of the agent's links; the next link is tried when a link turns out to be gone.
@@ -283,10 +377,19 @@ impl Hub {
                 continue;
             }
             let Some(request) = req.take() else { break };
-            let mut response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?;
+            // The request (and its body) is sent: a hung link fails it instead of holding it.
+            let mut response = tokio::select! {
+                response = sender.send_request(request) => {
+                    response.map_err(|e| ProxyError::UpstreamProtocol(Box::new(e)))?
+                }
+                // Queued on a link that ended: never sent (see `open_stream`), and the body
+                // is gone with it.
+                () = link.ended.cancelled() => return Err(ProxyError::AgentOffline),
+                () = link.unresponsive() => {
+                    self.cut_unresponsive(&link);
+                    return Err(ProxyError::AgentOffline);
+                }
+            };
             if let Some(protocol) = upgrade
                 && response.status() == StatusCode::OK
             {
@@ -297,6 +400,30 @@ impl Hub {
         }
         Err(ProxyError::AgentOffline)
     }
+}
+
+impl Link {
+    /// Resolves when the link fails a check: after [`LINK_CHECK_AFTER`], a request for
+    /// [`AGENT_PING_PATH`] that gets no answer within [`LINK_CHECK_DEADLINE`]. Pending forever
+    /// when the link answers: meant to race a stream that waits.
+    async fn unresponsive(&self) {
+        tokio::time::sleep(LINK_CHECK_AFTER).await;
+        let ping = Request::builder()
+            .uri(format!("http://{}{AGENT_PING_PATH}", self.agent))
+            .body(RequestBody::buffered(Bytes::new()))
+            .expect("a ping request is well formed");
+        let mut sender = self.sender.clone();
+        let answered = tokio::time::timeout(LINK_CHECK_DEADLINE, sender.send_request(ping)).await;
+        if let Ok(Ok(_)) = answered {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Whether an agent's answer is its refusal to take new streams while it stops.
+fn is_draining<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().contains_key(AGENT_DRAINING_HEADER)
 }
 
 /// The protocol an upgrade request ([`crate::forward::header::is_upgrade_request`]) asks for, when it is

@@ -234,8 +234,7 @@ async fn open(
             shared
                 .hub
                 .open_stream(agent, &route.target, route.connect_timeout)
-                .await
-                .map_err(|error| (error, None))?,
+                .await?,
         ),
     };
     let mut id = [0u8; 16];

@@ -197,6 +197,8 @@ pub(crate) struct TunnelMetrics {
     pub streams_open: Gauge,
     pub bytes: Family<DirectionLabels, Counter>,
     pub stream_failures: Family<ReasonLabels, Counter>,
+    /// Shared with the hub, which counts.
+    pub links_unresponsive: Counter,
 }
 
 impl TunnelMetrics {
@@ -243,6 +245,11 @@ impl TunnelMetrics {
             "tunnel_stream_failures",
             "Tunnel streams that could not be opened, by reason",
             self.stream_failures.clone(),
+        );
+        registry.register(
+            "agent_links_unresponsive",
+            "Agent links cut because they did not answer a check while a stream waited on them",
+            self.links_unresponsive.clone(),
         );
     }
 }

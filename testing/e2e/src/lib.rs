@@ -183,6 +183,14 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// Sends it the signal `name` (`TERM`, `STOP`, `CONT`, ...) with kill(1).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        run(Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string()))?;
+        Ok(())
+    }
+
     /// Whether it has exited.
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use sekisho_e2e::{
     PROXY_HOST, Pki, Process, Proxy, Segment, Sshd, agent_key, binary, run, wait_until,
 };
@@ -222,20 +222,202 @@ fn a_100_mib_file_goes_through_scp_intact() -> Result<()> {
     Ok(())
 }
 
+/// How soon after its proxy is back an agent must be connected again, whatever the outage.
+const BACK_WITHIN: Duration = Duration::from_secs(5);
+
 #[test]
-fn the_agent_reconnects_after_the_proxy_restarts() -> Result<()> {
+fn the_agent_is_back_within_5_s_of_the_proxy_after_outages_of_5_and_30_s() -> Result<()> {
     let mut site = Site::new()?;
     let addr = site.proxy.addr;
-    site.proxy.stop();
-    site.proxy = Proxy::start(
-        &site.pki,
-        addr,
-        &config(&[&site.nas_public], &site.rogue_public),
-    )?;
+    for outage in [Duration::from_secs(5), Duration::from_secs(30)] {
+        site.proxy.stop();
+        // The outage itself: nothing to wait for but time.
+        std::thread::sleep(outage);
+        site.proxy = Proxy::start(
+            &site.pki,
+            addr,
+            &config(&[&site.nas_public], &site.rogue_public),
+        )?;
+        let restarted = Instant::now();
+        site.proxy
+            .wait_for_links("nas", 1, BACK_WITHIN)
+            .with_context(|| format!("after an outage of {outage:?}"))?;
+        eprintln!(
+            "after {outage:?} away: back {:?} after the restart",
+            restarted.elapsed()
+        );
+        let output = run(&mut site.ssh("echo back again")?)?;
+        ensure!(stdout(&output).trim() == "back again");
+    }
+    Ok(())
+}
+
+/// An interactive ssh session (`cat` on the box) that echoes the lines it is sent.
+struct Session {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    fn open(site: &Site) -> Result<Self> {
+        let mut command = site.ssh("cat")?;
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = command.spawn()?;
+        let input = child.stdin.take().context("stdin is piped")?;
+        let output = std::io::BufReader::new(child.stdout.take().context("stdout is piped")?);
+        let mut session = Self {
+            child,
+            input,
+            output,
+        };
+        session.echo("opened")?;
+        Ok(session)
+    }
+
+    /// Sends `line` and reads it back.
+    fn echo(&mut self, line: &str) -> Result<()> {
+        use std::io::BufRead as _;
+        writeln!(self.input, "{line}")?;
+        self.input.flush()?;
+        let mut back = String::new();
+        self.output.read_line(&mut back)?;
+        ensure!(back.trim_end() == line, "sent {line:?}, read back {back:?}");
+        Ok(())
+    }
+
+    /// Ends the session the way a person does, and checks that ssh exits well.
+    fn close(self) -> Result<()> {
+        let Self {
+            mut child, input, ..
+        } = self;
+        drop(input);
+        let status = child.wait()?;
+        ensure!(status.success(), "ssh exited with {status}");
+        Ok(())
+    }
+}
+
+impl Site {
+    /// `sekisho tunnel BOX` as alice until the proxy refuses it as `agent_offline` (exit 12),
+    /// within `within`; its message. A stream opened meanwhile (before the agent's stop took
+    /// effect, say) is fine; any other failure is not.
+    fn tunnel_until_offline(&self, within: Duration) -> Result<String> {
+        let token = self.proxy.user_token(ALICE)?;
+        let deadline = Instant::now() + within;
+        loop {
+            let output = self.tunnel(BOX, Some(&token)).output()?;
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            match output.status.code() {
+                Some(12) => return Ok(stderr),
+                Some(0) if Instant::now() < deadline => {}
+                code => bail!("exit {code:?} instead of 12: {stderr}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stopping_agent_keeps_its_open_session_and_refuses_new_streams_as_draining() -> Result<()> {
+    let mut site = Site::new()?;
+    let mut session = Session::open(&site)?;
+    site.agents[0].signal("TERM")?;
+    let refused = site.tunnel_until_offline(Duration::from_secs(5))?;
+    ensure!(refused.contains("draining"), "the refusal says: {refused}");
+    // The refusal cut nothing: the session goes on within the agent's grace period.
+    session.echo("still open after a refused stream")?;
+    ensure!(!site.agents[0].exited());
+    session.close()?;
+    // With its last stream done, the agent leaves before its grace period is over.
+    wait_until(Duration::from_secs(8), || site.agents[0].exited())
+        .context("the agent did not exit once its last stream ended")?;
+    Ok(())
+}
+
+#[test]
+fn a_stopping_agents_new_streams_go_to_its_twin_while_its_session_goes_on() -> Result<()> {
+    let mut site = Site::new()?;
+    // The session is on the first agent, the only one yet.
+    let mut session = Session::open(&site)?;
+    let key = site.nas_key.clone();
+    site.start_agent(&key)?;
     site.proxy
-        .wait_for_links("nas", 1, Duration::from_secs(45))?;
-    let output = run(&mut site.ssh("echo back again")?)?;
-    ensure!(stdout(&output).trim() == "back again");
+        .wait_for_links("nas", 2, Duration::from_secs(20))?;
+    site.agents[0].signal("TERM")?;
+    for round in 0..4 {
+        let output = run(&mut site.ssh("echo twin")?)?;
+        ensure!(stdout(&output).trim() == "twin", "round {round}");
+        session.echo(&format!("still open after round {round}"))?;
+    }
+    session.close()?;
+    wait_until(Duration::from_secs(8), || site.agents[0].exited())
+        .context("the stopping agent did not exit once its last stream ended")?;
+    ensure!(!site.agents[1].exited());
+    Ok(())
+}
+
+/// `sekisho_agent_links_unresponsive_total` as the proxy counts it now.
+fn unresponsive_links(site: &Site) -> Result<u64> {
+    let metrics = site.proxy.metrics()?;
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("sekisho_agent_links_unresponsive_total "))
+        .context("no sekisho_agent_links_unresponsive_total")?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
+}
+
+#[test]
+fn a_frozen_agents_new_streams_succeed_on_its_healthy_twin() -> Result<()> {
+    let mut site = Site::new()?;
+    let key = site.nas_key.clone();
+    site.start_agent(&key)?;
+    site.proxy
+        .wait_for_links("nas", 2, Duration::from_secs(20))?;
+    site.agents[0].signal("STOP")?;
+    // Links are taken in turn: among four streams, some are sent to the frozen agent first.
+    for round in 0..4 {
+        let started = Instant::now();
+        let output = run(&mut site.ssh("echo twin")?)?;
+        ensure!(stdout(&output).trim() == "twin", "round {round}");
+        eprintln!("round {round}: {:?}", started.elapsed());
+    }
+    // The frozen link was found out by its check, not by the keep-alive, and is gone.
+    ensure!(unresponsive_links(&site)? == 1);
+    ensure!(site.proxy.agent_links("nas") == 1);
+    site.agents[0].signal("CONT")?;
+    Ok(())
+}
+
+/// How long after a stream is asked for a hung link must be found: the check's 0.5 s of
+/// waiting and 2.5 s for an answer, and a little for the CLI to start and say so.
+const HUNG_FOUND_WITHIN: Duration = Duration::from_millis(4500);
+
+#[test]
+fn a_black_holed_link_is_found_within_3_s_by_a_stream_waiting_on_it() -> Result<()> {
+    let site = Site::new()?;
+    // Whatever the segment sends to the proxy is dropped from now on, without a word.
+    run(site.segment.command("ip").args([
+        "route",
+        "add",
+        "blackhole",
+        &format!("{}/32", site.segment.host_ip),
+    ]))?;
+    let started = Instant::now();
+    let output = site
+        .tunnel(BOX, Some(&site.proxy.user_token(ALICE)?))
+        .output()?;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(12),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(stderr.contains("stopped answering"), "{stderr}");
+    // Found by the check, long before the keep-alive (5 s + 5 s) would have.
+    ensure!(took < HUNG_FOUND_WITHIN, "the stream waited {took:?}");
+    ensure!(unresponsive_links(&site)? == 1);
+    ensure!(site.proxy.agent_links("nas") == 0);
     Ok(())
 }
 
