@@ -892,3 +892,111 @@ fn a_tunnel_whose_target_closes_exits_with_success_and_says_nothing() -> Result<
     ensure!(end["to_client"].as_u64() > Some(8), "sshd's banner: {end}");
     Ok(())
 }
+
+/// A TCP relay to the proxy that can be cut: its connections end without a TLS close, and
+/// nothing listens at its address any more, as when the proxy's process is killed.
+struct Cuttable {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    sockets: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Cuttable {
+    fn to(proxy: SocketAddr) -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sockets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, kept) = (cut.clone(), sockets.clone());
+        let accepting = std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(upstream) = TcpStream::connect(proxy) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                for (mut from, mut to) in [
+                    (client.try_clone(), upstream.try_clone()),
+                    (upstream.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(from, to)| Some((from.ok()?, to.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                kept.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend([client, upstream]);
+            }
+        });
+        Ok(Self {
+            addr,
+            cut,
+            sockets,
+            accepting: Some(accepting),
+        })
+    }
+
+    /// Closes every connection and the listener.
+    fn cut(&mut self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.join();
+        }
+        for socket in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[test]
+fn a_tunnel_whose_proxy_vanishes_without_a_tls_close_says_the_proxy_went_away() -> Result<()> {
+    let site = Site::new()?;
+    let mut relay = Cuttable::to(site.proxy.addr)?;
+    let mut command = Command::new(binary("sekisho"));
+    command
+        .arg("--ca")
+        .arg(&site.pki.ca_file)
+        .args(["--connect-to", &relay.addr.to_string()])
+        .args(["tunnel", "--no-login"])
+        .arg(format!("{BOX}:{}", site.proxy.addr.port()))
+        .env("SEKISHO_TOKEN", site.proxy.user_token(ALICE)?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut tunnel = command.spawn()?;
+    let mut banner = [0u8; 8];
+    tunnel
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read_exact(&mut banner)?;
+    ensure!(&banner == b"SSH-2.0-", "the tunnel brought {banner:?}");
+    relay.cut();
+    let (code, stderr) = ended(tunnel)?;
+    ensure!(
+        code == Some(21) && stderr.starts_with("sekisho: the proxy went away"),
+        "exit {code:?}, stderr {stderr}"
+    );
+    ensure!(!stderr.contains("close_notify"), "rustls's words: {stderr}");
+    Ok(())
+}
