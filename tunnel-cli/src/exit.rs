@@ -1,6 +1,6 @@
-//! The CLI's exit codes: distinct for each way a tunnel can fail and each way the proxy can be
-//! out of reach (a name, a refusal, the wrong protocol, a certificate), so scripts and people can
-//! tell them apart (ssh passes a `ProxyCommand`'s failure on as its own exit 255, and the
+//! The CLI's exit codes: distinct for each way a tunnel can fail, each way the proxy can be
+//! out of reach (a name, a refusal, the wrong protocol, a certificate) and each way an open
+//! tunnel can be lost, so scripts and people can tell them apart (ssh passes a `ProxyCommand`'s failure on as its own exit 255, and the
 //! message on stderr says which it was).
 
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use sekisho_wire::tunnel::TunnelError;
 
 use crate::net::NetError;
+use crate::tunnel::Outcome;
 
 /// Success.
 pub const OK: u8 = 0;
@@ -39,9 +40,14 @@ pub const NO_SUCH_HOST: u8 = 18;
 pub const CONNECTION_REFUSED: u8 = 19;
 /// The proxy refused the token in `SEKISHO_TOKEN`.
 pub const TOKEN_REFUSED: u8 = 20;
+/// An open tunnel was lost with the proxy: it stopped or restarted, or the connection to it
+/// broke or timed out. Running the command again may work at once.
+pub const PROXY_WENT_AWAY: u8 = 21;
+/// An open tunnel was lost with the host's agent: it stopped, or its link to the proxy broke.
+pub const AGENT_WENT_AWAY: u8 = 22;
 
 /// Every code and what it means, as `--help` lists them.
-pub const ALL: [(u8, &str); 14] = [
+pub const ALL: [(u8, &str); 16] = [
     (OK, "success"),
     (
         FAILURE,
@@ -83,6 +89,15 @@ pub const ALL: [(u8, &str); 14] = [
         TOKEN_REFUSED,
         "the proxy refused the token in SEKISHO_TOKEN",
     ),
+    (
+        PROXY_WENT_AWAY,
+        "the proxy went away under an open tunnel (it restarted, or the connection broke or \
+         timed out)",
+    ),
+    (
+        AGENT_WENT_AWAY,
+        "the host's agent went away under an open tunnel",
+    ),
 ];
 
 /// The exit codes, for `--help`.
@@ -105,6 +120,17 @@ pub fn for_tunnel_error(error: TunnelError) -> u8 {
         | TunnelError::TargetTimeout => TARGET_UNREACHABLE,
         TunnelError::UnknownHost => UNKNOWN_HOST,
         TunnelError::BadRequest => PROXY_UNREACHABLE,
+    }
+}
+
+/// The exit code for how an open tunnel ended.
+pub fn for_outcome(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Normal => OK,
+        Outcome::Cut { error, .. } => for_tunnel_error(*error),
+        Outcome::AgentWentAway => AGENT_WENT_AWAY,
+        Outcome::TargetBroke => TARGET_UNREACHABLE,
+        Outcome::ProxyWentAway | Outcome::TimedOut => PROXY_WENT_AWAY,
     }
 }
 
@@ -147,6 +173,8 @@ mod tests {
             NO_SUCH_HOST,
             CONNECTION_REFUSED,
             TOKEN_REFUSED,
+            for_outcome(&Outcome::ProxyWentAway),
+            for_outcome(&Outcome::AgentWentAway),
         ];
         let mut unique = codes.to_vec();
         unique.sort();
@@ -168,8 +196,27 @@ mod tests {
         sorted.dedup();
         assert_eq!(listed, sorted, "{help}");
         assert_eq!(listed.len(), ALL.len());
-        for code in [NOT_HTTPS, TOKEN_REFUSED, UNTRUSTED_CERTIFICATE] {
+        for code in [
+            NOT_HTTPS,
+            TOKEN_REFUSED,
+            UNTRUSTED_CERTIFICATE,
+            PROXY_WENT_AWAY,
+            AGENT_WENT_AWAY,
+        ] {
             assert!(listed.contains(&code), "{code}: {help}");
         }
+    }
+
+    #[test]
+    fn a_tunnel_that_ends_normally_exits_with_success_and_a_cut_with_its_refusals_code() {
+        assert_eq!(for_outcome(&Outcome::Normal), OK);
+        let cut = |error| Outcome::Cut {
+            error,
+            reason: String::new(),
+        };
+        assert_eq!(for_outcome(&cut(TunnelError::Denied)), DENIED);
+        assert_eq!(for_outcome(&cut(TunnelError::NotLoggedIn)), NOT_LOGGED_IN);
+        assert_eq!(for_outcome(&Outcome::TimedOut), PROXY_WENT_AWAY);
+        assert_eq!(for_outcome(&Outcome::TargetBroke), TARGET_UNREACHABLE);
     }
 }

@@ -102,7 +102,9 @@ enum Command {
     ///
     /// Exit codes: 10 not logged in, 11 denied by policy, 12 the host's agent is offline,
     /// 13 the target cannot be reached, 14 the proxy cannot be reached, 15 no tunnel for HOST,
-    /// 16-19 the proxy's certificate, protocol, name or address (see `sekisho --help`).
+    /// 16-19 the proxy's certificate, protocol, name or address, 21 the proxy and 22 the agent
+    /// went away under the open tunnel (see `sekisho --help`). SEKISHO_DEBUG=1 adds the
+    /// details behind a lost tunnel's message.
     Tunnel {
         /// The host to reach, as ssh names it (`%h`), and the proxy's HTTPS port.
         #[arg(value_name = "HOST[:PORT]")]
@@ -616,8 +618,8 @@ async fn tunnel(
 }
 
 /// Joins an opened tunnel to stdin/stdout. With the login it came from, the stream's token is
-/// renewed before it expires (an ssh session outlives a token); when the proxy cuts the
-/// stream, says why.
+/// renewed before it expires (an ssh session outlives a token); when the stream ends other
+/// than normally (cut by the proxy, the proxy or the agent gone), says how in one sentence.
 async fn stdio(
     net: &Net,
     host: &Origin,
@@ -645,22 +647,26 @@ async fn stdio(
         spliced = tunnel::splice(tokio::io::stdin(), tokio::io::stdout(), opened.io) => spliced,
         () = renewing => unreachable!("renewing never ends"),
     };
-    // Ended from the far side: if it was the proxy that cut it, say why.
-    if !matches!(spliced, Ok(tunnel::Ended::Both))
-        && let Some(id) = &opened.stream_id
-        && let Some(status) = tunnel::closed_reason(net, host, id).await
-        && let Some(error) = status.error
+    if let Err(error) = &spliced
+        && debugging()
     {
-        eprintln!(
-            "sekisho: the proxy closed the tunnel: {}",
-            status.reason.as_deref().unwrap_or(error.message())
-        );
-        return Err(exit::for_tunnel_error(error));
+        eprintln!("sekisho: debug: the stream ended with: {}", chain(error));
     }
-    match spliced {
-        Ok(_) => Ok(exit::OK),
-        Err(error) => Err(fail(&error, exit::FAILURE)),
+    // Ended from the far side: one sentence for how, from the proxy when it can be asked.
+    let outcome = tunnel::ended(net, host, opened.stream_id.as_deref(), spliced).await;
+    if let Some(message) = outcome.message() {
+        eprintln!("sekisho: {message}");
     }
+    match exit::for_outcome(&outcome) {
+        exit::OK => Ok(exit::OK),
+        code => Err(code),
+    }
+}
+
+/// Whether `SEKISHO_DEBUG` asks for the details behind the sentences (error chains, as the
+/// libraries word them).
+fn debugging() -> bool {
+    env("SEKISHO_DEBUG").is_some_and(|value| !value.is_empty() && value != "0")
 }
 
 /// Presents a fresh token for the stream shortly before the current one expires, for as long

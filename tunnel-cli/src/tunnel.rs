@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use sekisho_wire::tunnel::{ErrorBody, StreamStatus, TunnelError};
+use sekisho_wire::tunnel::{ErrorBody, StreamEnd, StreamStatus, TunnelError};
 use sekisho_wire::{
     COPY_BUFFER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_RENEW_PATH, TUNNEL_STATUS_PATH,
 };
@@ -207,8 +207,10 @@ pub async fn serve_listener(
             match open(&net, &host, token.as_deref()).await {
                 Ok(tunnel) => {
                     let (read, write) = socket.into_split();
-                    if let Err(error) = splice(read, write, tunnel.io).await {
-                        eprintln!("sekisho: tunnel for {peer} ended: {error}");
+                    let spliced = splice(read, write, tunnel.io).await;
+                    let id = tunnel.stream_id.as_deref();
+                    if let Some(message) = ended(&net, &host, id, spliced).await.message() {
+                        eprintln!("sekisho: tunnel for {peer}: {message}");
                     }
                 }
                 Err(error) => eprintln!("sekisho: no tunnel for {peer}: {error}"),
@@ -242,9 +244,8 @@ pub async fn renew(
     }
 }
 
-/// Why the proxy closed the stream, if it did and says so (asked right after a stream ended
-/// from the far side).
-pub async fn closed_reason(net: &Net, host: &Origin, stream_id: &str) -> Option<StreamStatus> {
+/// What the proxy says about the stream `stream_id`, if it answers in time with a status.
+pub async fn stream_status(net: &Net, host: &Origin, stream_id: &str) -> Option<StreamStatus> {
     let req = Request::builder()
         .method(Method::GET)
         .uri(format!("{TUNNEL_STATUS_PATH}?stream={stream_id}"))
@@ -255,8 +256,139 @@ pub async fn closed_reason(net: &Net, host: &Origin, stream_id: &str) -> Option<
         .await
         .ok()?
         .ok()?;
-    let status: StreamStatus = serde_json::from_slice(response.body()).ok()?;
-    (status.state == "closed" && status.error.is_some()).then_some(status)
+    serde_json::from_slice(response.body()).ok()
+}
+
+/// How an open tunnel ended, as the person reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// One of its ends closed it: nothing to say.
+    Normal,
+    /// The proxy cut it (the login ended, the policy or the route changed), in its words.
+    Cut { error: TunnelError, reason: String },
+    /// The host's agent went away under it.
+    AgentWentAway,
+    /// The connection from the proxy to the target broke.
+    TargetBroke,
+    /// The proxy went away under it (it stopped or restarted), or the connection to it broke.
+    ProxyWentAway,
+    /// The connection to the proxy timed out.
+    TimedOut,
+}
+
+impl Outcome {
+    /// The one sentence to print, if there is anything to say.
+    pub fn message(&self) -> Option<String> {
+        Some(match self {
+            Self::Normal => return None,
+            Self::Cut { reason, .. } => format!("the proxy closed the tunnel: {reason}"),
+            Self::AgentWentAway => "the agent for this host went away (it stopped, or lost its \
+                                    connection to the proxy); run the command again once it is \
+                                    back"
+                .to_owned(),
+            Self::TargetBroke => format!(
+                "the proxy closed the tunnel: {}",
+                StreamEnd::TargetFailed.message()
+            ),
+            Self::ProxyWentAway => "the proxy went away (it restarted, or the connection to it \
+                                    was cut); run the command again"
+                .to_owned(),
+            Self::TimedOut => "the connection to the proxy timed out (the network between here \
+                               and the proxy stopped carrying it); run the command again"
+                .to_owned(),
+        })
+    }
+}
+
+/// How a splice ended, as far as this side can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Input ended, then the stream: the normal end, nothing to ask.
+    Done,
+    /// The stream ended cleanly while input was open: the far side or the proxy closed it.
+    Closed,
+    /// Reading or writing the stream failed (reset, no TLS close, timed out).
+    Broke(std::io::ErrorKind),
+}
+
+impl SpliceEnd {
+    pub fn of(spliced: &std::io::Result<Ended>) -> Self {
+        match spliced {
+            Ok(Ended::Both) => Self::Done,
+            Ok(Ended::Remote) => Self::Closed,
+            Err(error) => Self::Broke(error.kind()),
+        }
+    }
+}
+
+/// What the proxy answered when asked about the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Not asked: the splice ended normally, or the proxy named no stream.
+    NotAsked,
+    /// No status came: the proxy is not there, or it is another process that does not know
+    /// the stream.
+    NoAnswer,
+    Status(StreamStatus),
+}
+
+/// How the tunnel ended, from how the splice ended and what the proxy says about it.
+///
+/// A stream the proxy ended for a reason of its own (a cut, the agent, the target) is recorded
+/// before the proxy closes it, so a status without one, or a proxy that cannot be asked,
+/// tell apart a normal end from the proxy going away.
+pub fn outcome(splice: SpliceEnd, answer: &Answer) -> Outcome {
+    let gone = match splice {
+        SpliceEnd::Done => return Outcome::Normal,
+        SpliceEnd::Broke(std::io::ErrorKind::TimedOut) => Outcome::TimedOut,
+        SpliceEnd::Closed | SpliceEnd::Broke(_) => Outcome::ProxyWentAway,
+    };
+    let status = match answer {
+        Answer::Status(status) => status,
+        Answer::NotAsked if splice == SpliceEnd::Closed => return Outcome::Normal,
+        Answer::NotAsked | Answer::NoAnswer => return gone,
+    };
+    let cut = |error: TunnelError| Outcome::Cut {
+        error,
+        reason: status
+            .reason
+            .as_deref()
+            .map(|reason| printable(reason, 300))
+            .unwrap_or_else(|| error.message().to_owned()),
+    };
+    match (status.cause, status.error) {
+        (Some(StreamEnd::ClientClosed | StreamEnd::TargetClosed), _) => Outcome::Normal,
+        (Some(StreamEnd::AgentGone), _) => Outcome::AgentWentAway,
+        (Some(StreamEnd::TargetFailed), _) => Outcome::TargetBroke,
+        (Some(StreamEnd::ClientFailed | StreamEnd::ProxyShutdown), _) => gone,
+        (
+            Some(end @ (StreamEnd::LoginEnded | StreamEnd::PolicyDenied | StreamEnd::RouteRemoved)),
+            _,
+        ) => cut(end.tunnel_error().unwrap_or(TunnelError::Denied)),
+        // A proxy that does not say `cause`: its `error` for a cut.
+        (None, Some(error)) if status.state == "closed" => cut(error),
+        // Still open to the proxy, or ended normally: the stream itself says which.
+        (None, _) if splice == SpliceEnd::Closed => Outcome::Normal,
+        (None, _) => gone,
+    }
+}
+
+/// How a tunnel that opened ended: asks the proxy about the stream unless it ended normally.
+pub async fn ended(
+    net: &Net,
+    host: &Origin,
+    stream_id: Option<&str>,
+    spliced: std::io::Result<Ended>,
+) -> Outcome {
+    let splice = SpliceEnd::of(&spliced);
+    let answer = match (splice, stream_id) {
+        (SpliceEnd::Done, _) | (_, None) => Answer::NotAsked,
+        (_, Some(id)) => match stream_status(net, host, id).await {
+            Some(status) => Answer::Status(status),
+            None => Answer::NoAnswer,
+        },
+    };
+    outcome(splice, &answer)
 }
 
 #[cfg(test)]
@@ -298,6 +430,127 @@ mod tests {
             body: None,
         };
         assert_eq!(silent.to_string(), TunnelError::Denied.message());
+    }
+
+    fn status(cause: Option<StreamEnd>, error: Option<TunnelError>, reason: &str) -> Answer {
+        Answer::Status(StreamStatus {
+            state: "closed".into(),
+            error,
+            reason: Some(reason.into()),
+            cause,
+        })
+    }
+
+    #[test]
+    fn every_way_a_stream_ends_says_one_thing() {
+        let closed = SpliceEnd::Closed;
+        let reset = SpliceEnd::Broke(std::io::ErrorKind::ConnectionReset);
+        let agent = status(Some(StreamEnd::AgentGone), None, "the agent went");
+        assert_eq!(outcome(closed, &agent), Outcome::AgentWentAway);
+        assert_eq!(outcome(reset, &agent), Outcome::AgentWentAway);
+        let denied = status(
+            Some(StreamEnd::PolicyDenied),
+            Some(TunnelError::Denied),
+            "the policy no longer allows you here",
+        );
+        assert_eq!(
+            outcome(closed, &denied),
+            Outcome::Cut {
+                error: TunnelError::Denied,
+                reason: "the policy no longer allows you here".into()
+            }
+        );
+        let login = status(Some(StreamEnd::LoginEnded), None, "expired");
+        assert!(matches!(
+            outcome(closed, &login),
+            Outcome::Cut {
+                error: TunnelError::NotLoggedIn,
+                ..
+            }
+        ));
+        let target = status(Some(StreamEnd::TargetFailed), None, "");
+        assert_eq!(outcome(closed, &target), Outcome::TargetBroke);
+        let shutdown = status(Some(StreamEnd::ProxyShutdown), None, "");
+        assert_eq!(outcome(closed, &shutdown), Outcome::ProxyWentAway);
+    }
+
+    #[test]
+    fn a_normal_end_says_nothing() {
+        assert_eq!(outcome(SpliceEnd::Done, &Answer::NotAsked), Outcome::Normal);
+        // ssh's own end: the target closed, the proxy says so (or has not noticed yet).
+        for cause in [StreamEnd::TargetClosed, StreamEnd::ClientClosed] {
+            let answer = status(Some(cause), None, cause.message());
+            assert_eq!(outcome(SpliceEnd::Closed, &answer), Outcome::Normal);
+        }
+        let open = Answer::Status(StreamStatus {
+            state: "open".into(),
+            error: None,
+            reason: None,
+            cause: None,
+        });
+        assert_eq!(outcome(SpliceEnd::Closed, &open), Outcome::Normal);
+        // A proxy that names no stream cannot be asked.
+        assert_eq!(
+            outcome(SpliceEnd::Closed, &Answer::NotAsked),
+            Outcome::Normal
+        );
+        assert_eq!(Outcome::Normal.message(), None);
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_be_asked_went_away() {
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+        ] {
+            assert_eq!(
+                outcome(SpliceEnd::Broke(kind), &Answer::NoAnswer),
+                Outcome::ProxyWentAway,
+                "{kind:?}"
+            );
+        }
+        // Closed cleanly (a proxy shutting down does), and then nothing answers.
+        assert_eq!(
+            outcome(SpliceEnd::Closed, &Answer::NoAnswer),
+            Outcome::ProxyWentAway
+        );
+        assert_eq!(
+            outcome(
+                SpliceEnd::Broke(std::io::ErrorKind::TimedOut),
+                &Answer::NoAnswer
+            ),
+            Outcome::TimedOut
+        );
+    }
+
+    #[test]
+    fn an_older_proxys_status_still_says_why_it_cut() {
+        let older = status(None, Some(TunnelError::NotLoggedIn), "the login expired");
+        assert_eq!(
+            outcome(SpliceEnd::Closed, &older),
+            Outcome::Cut {
+                error: TunnelError::NotLoggedIn,
+                reason: "the login expired".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_sentences_carry_no_library_words() {
+        for outcome in [
+            Outcome::AgentWentAway,
+            Outcome::TargetBroke,
+            Outcome::ProxyWentAway,
+            Outcome::TimedOut,
+        ] {
+            let message = outcome.message().unwrap();
+            assert!(
+                !message.contains("://") && !message.contains("os error"),
+                "{message}"
+            );
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
     }
 
     #[tokio::test]

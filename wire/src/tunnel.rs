@@ -1,4 +1,4 @@
-//! Why a tunnel could not be opened, as the proxy tells the CLI.
+//! Why a tunnel could not be opened, and how an open one ended, as the proxy tells the CLI.
 //!
 //! A refused tunnel request gets an HTTP status and a small JSON body,
 //! `{"error": "<code>", "message": "<for people>"}` (plus `login_url` when a login would help).
@@ -94,6 +94,101 @@ impl TunnelError {
     }
 }
 
+/// How an open tunnel stream ended, by stable code: the `cause` of a closed stream's status,
+/// the log line and the metric label.
+///
+/// Apart from [`TunnelError`], which says why a stream could not be opened (and answers with an
+/// HTTP status): a stream that ends has no status to answer with, and most of its ends are
+/// normal ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEnd {
+    /// The client closed its side (or went away): the normal end when ssh exits.
+    ClientClosed,
+    /// The connection to the client broke.
+    ClientFailed,
+    /// The target closed its side (directly, or through the agent).
+    TargetClosed,
+    /// The connection to a target the proxy dials itself broke.
+    TargetFailed,
+    /// The agent's connection to the proxy failed under the stream (killed, cut off, removed).
+    AgentGone,
+    /// The proxy was shutting down, and the stream outlived its grace.
+    ProxyShutdown,
+    /// The token expired or its login was revoked.
+    LoginEnded,
+    /// The policy stopped letting the person through.
+    PolicyDenied,
+    /// The host's tunnel route was removed.
+    RouteRemoved,
+}
+
+impl StreamEnd {
+    pub const ALL: [Self; 9] = [
+        Self::ClientClosed,
+        Self::ClientFailed,
+        Self::TargetClosed,
+        Self::TargetFailed,
+        Self::AgentGone,
+        Self::ProxyShutdown,
+        Self::LoginEnded,
+        Self::PolicyDenied,
+        Self::RouteRemoved,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::ClientFailed => "client_failed",
+            Self::TargetClosed => "target_closed",
+            Self::TargetFailed => "target_failed",
+            Self::AgentGone => "agent_gone",
+            Self::ProxyShutdown => "proxy_shutdown",
+            Self::LoginEnded => "login_ended",
+            Self::PolicyDenied => "policy_denied",
+            Self::RouteRemoved => "route_removed",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.code() == code)
+    }
+
+    /// The sentence people read.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "the client closed the connection",
+            Self::ClientFailed => "the connection to the client broke",
+            Self::TargetClosed => "the target closed the connection",
+            Self::TargetFailed => "the connection to the target broke",
+            Self::AgentGone => "the agent for this host went away",
+            Self::ProxyShutdown => "the proxy is shutting down",
+            Self::LoginEnded => "the login expired or was revoked",
+            Self::PolicyDenied => "the policy no longer allows you here",
+            Self::RouteRemoved => "the tunnel route was removed",
+        }
+    }
+
+    /// Whether the stream ended as streams do: one of its two ends closed it.
+    pub fn is_normal(self) -> bool {
+        matches!(self, Self::ClientClosed | Self::TargetClosed)
+    }
+
+    /// The code a status's `error` carried for this end before `cause` existed, so that older
+    /// CLIs keep telling the same things apart: a cut by the proxy, or a broken stream.
+    pub fn tunnel_error(self) -> Option<TunnelError> {
+        match self {
+            Self::LoginEnded => Some(TunnelError::NotLoggedIn),
+            Self::PolicyDenied => Some(TunnelError::Denied),
+            Self::RouteRemoved => Some(TunnelError::UnknownHost),
+            Self::AgentGone | Self::TargetFailed | Self::ClientFailed => {
+                Some(TunnelError::TargetUnreachable)
+            }
+            Self::ClientClosed | Self::TargetClosed | Self::ProxyShutdown => None,
+        }
+    }
+}
+
 /// The JSON body of a refused tunnel request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -109,11 +204,26 @@ pub struct ErrorBody {
 pub struct StreamStatus {
     /// `open` or `closed`.
     pub state: String,
-    /// For a stream the proxy closed: the code of why, and the sentence.
+    /// For a stream the proxy cut or that broke: the code of why (see
+    /// [`StreamEnd::tunnel_error`]; `cause` says more), and the sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TunnelError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a closed stream: how it ended. Absent from older proxies, and unknown codes (from
+    /// newer ones) read as absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_cause"
+    )]
+    pub cause: Option<StreamEnd>,
+}
+
+/// A `cause` this version knows, else none.
+fn known_cause<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<StreamEnd>, D::Error> {
+    let code: Option<String> = Option::deserialize(de)?;
+    Ok(code.as_deref().and_then(StreamEnd::from_code))
 }
 
 #[cfg(test)]
@@ -128,6 +238,55 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", error.code()));
         }
         assert_eq!(TunnelError::from_code("nope"), None);
+    }
+
+    #[test]
+    fn every_stream_end_reads_back_as_itself() {
+        for end in StreamEnd::ALL {
+            assert_eq!(StreamEnd::from_code(end.code()), Some(end));
+            let json = serde_json::to_string(&end).unwrap();
+            assert_eq!(json, format!("\"{}\"", end.code()));
+        }
+        assert_eq!(StreamEnd::from_code("nope"), None);
+    }
+
+    #[test]
+    fn a_status_from_another_version_reads_without_its_unknown_cause() {
+        let older: StreamStatus =
+            serde_json::from_str(r#"{"state":"closed","error":"denied","reason":"no"}"#).unwrap();
+        assert_eq!(older.cause, None);
+        assert_eq!(older.error, Some(TunnelError::Denied));
+        let newer: StreamStatus =
+            serde_json::from_str(r#"{"state":"closed","cause":"moon_phase"}"#).unwrap();
+        assert_eq!(newer.cause, None);
+        let status = StreamStatus {
+            state: "closed".into(),
+            error: StreamEnd::AgentGone.tunnel_error(),
+            reason: Some(StreamEnd::AgentGone.message().into()),
+            cause: Some(StreamEnd::AgentGone),
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<StreamStatus>(&json).unwrap(), status);
+        assert!(json.contains(r#""cause":"agent_gone""#), "{json}");
+    }
+
+    #[test]
+    fn a_cut_keeps_the_error_code_older_clis_know_it_by() {
+        assert_eq!(
+            StreamEnd::LoginEnded.tunnel_error(),
+            Some(TunnelError::NotLoggedIn)
+        );
+        assert_eq!(
+            StreamEnd::PolicyDenied.tunnel_error(),
+            Some(TunnelError::Denied)
+        );
+        assert_eq!(
+            StreamEnd::RouteRemoved.tunnel_error(),
+            Some(TunnelError::UnknownHost)
+        );
+        for end in StreamEnd::ALL.into_iter().filter(|e| e.is_normal()) {
+            assert_eq!(end.tunnel_error(), None, "{end:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sekisho_wire::tunnel::TunnelError;
+use sekisho_wire::tunnel::StreamEnd;
 
 /// A tunnel stream's id: random, known only to the client that opened it.
 pub(crate) type StreamId = [u8; 16];
@@ -16,6 +16,10 @@ pub(crate) struct Stream {
     pub(crate) id: StreamId,
     pub(crate) host: String,
     pub(crate) user: Arc<str>,
+    /// The agent whose link carries the stream, if the target is behind one.
+    pub(crate) agent: Option<String>,
+    /// When the stream was accepted.
+    pub(crate) opened: Instant,
     /// Who the token was for: a renewal must be for the same person.
     pub(crate) issuer: String,
     pub(crate) subject: String,
@@ -35,7 +39,8 @@ impl std::fmt::Debug for Stream {
 
 pub(crate) struct Closed {
     pub(crate) at: Instant,
-    pub(crate) error: Option<TunnelError>,
+    pub(crate) end: StreamEnd,
+    /// The sentence for people: `end`'s, or the proxy's own words for a cut.
     pub(crate) reason: String,
 }
 
@@ -44,12 +49,19 @@ impl Stream {
         lock(&self.closed).as_ref().map(|c| c.at)
     }
 
-    pub(crate) fn close(&self, error: Option<TunnelError>, reason: String) {
-        *lock(&self.closed) = Some(Closed {
+    /// Records how the stream ended, unless it has already: the first end is the one that
+    /// counts. False when it had.
+    pub(crate) fn close(&self, end: StreamEnd, reason: String) -> bool {
+        let mut closed = lock(&self.closed);
+        if closed.is_some() {
+            return false;
+        }
+        *closed = Some(Closed {
             at: Instant::now(),
-            error,
+            end,
             reason,
         });
+        true
     }
 }
 

@@ -6,38 +6,47 @@
 //! proxy dials, or an HTTP/2 `CONNECT` stream through the target's agent. Every
 //! [`RECHECK_EVERY`] the token is verified again and the current policy asked again; the stream
 //! is cut when the token expires or is revoked, or the policy stops allowing it.
+//!
+//! However a stream ends, its end is recorded once ([`StreamEnd`]): kept for the client to ask
+//! about, logged as one `tunnel closed` line (target `sekisho::access`) with the bytes each
+//! way, and counted in `sekisho_tunnel_stream_ends_total{cause}`.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sekisho_wire::tunnel::{StreamStatus, TunnelError};
+use sekisho_wire::tunnel::{StreamEnd, StreamStatus, TunnelError};
 use sekisho_wire::{COPY_BUFFER, STREAM_HEADER, TUNNEL_PROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::stream::{Stream, StreamId, lock};
 use crate::auth::access::{bearer_token, decision_reason, verify_bearer};
 use crate::auth::endpoint::auth_origin;
 use crate::auth::session::unix_now;
 use crate::auth::who::bearer_identity;
+use crate::observe::metrics::{CauseLabels, DirectionLabels, ReasonLabels};
 use crate::observe::metrics::{DecisionKind, DecisionReason};
-use crate::observe::metrics::{DirectionLabels, ReasonLabels};
 use crate::policy::{Decision, Identity};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
 use crate::respond::json_error;
 use crate::routing::snapshot::{Snapshot, TunnelRoute};
-use crate::state::Shared;
 use crate::state::client::ConnState;
+use crate::state::{Shared, stopped};
 
 /// How often an open tunnel's token and policy are checked again.
 pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long before the end of the shutdown grace an open tunnel is closed, so that its end is
+/// recorded and its client gets a clean close before the worker stops.
+const CLOSE_BEFORE_GRACE_ENDS: Duration = Duration::from_millis(500);
 
 /// Answers a tunnel request.
 pub(crate) async fn open_tunnel(
@@ -53,14 +62,18 @@ pub(crate) async fn open_tunnel(
             let id = HeaderValue::from_str(&hex(&stream.id)).expect("hex is a valid header value");
             // Marks the stream closed however the hand-off ends, even if it never runs (the
             // client went away before the `101`), so the hub forgets it in time.
-            let accepted = Accepted(stream);
-            conn.take_over(Box::new(move |client, _shutdown| {
+            let accepted = Accepted {
+                shared: shared.clone(),
+                stream,
+            };
+            conn.take_over(Box::new(move |client, shutdown| {
                 Box::pin(async move {
-                    let stream = &accepted.0;
+                    let stream = &accepted.stream;
                     match target {
-                        Target::Direct(tcp) => relay(&shared, client, tcp, stream).await,
+                        Target::Direct(tcp) => relay(&shared, client, tcp, stream, shutdown).await,
                         Target::Agent(upgraded) => {
-                            relay(&shared, client, TokioIo::new(upgraded), stream).await
+                            let target = TokioIo::new(upgraded);
+                            relay(&shared, client, target, stream, shutdown).await
                         }
                     }
                 })
@@ -94,13 +107,20 @@ pub(crate) async fn open_tunnel(
 }
 
 /// An accepted stream, for as long as its relay may run.
-struct Accepted(Arc<Stream>);
+struct Accepted {
+    shared: Arc<Shared>,
+    stream: Arc<Stream>,
+}
 
 impl Drop for Accepted {
+    /// Ends the stream if its relay did not: the client went away before the `101`, or the
+    /// relay was dropped (the worker stopped).
     fn drop(&mut self) {
-        if self.0.closed_since().is_none() {
-            self.0.close(None, "the connection ended".to_owned());
-        }
+        let end = match self.shared.is_draining() {
+            true => StreamEnd::ProxyShutdown,
+            false => StreamEnd::ClientClosed,
+        };
+        end_stream(&self.shared, &self.stream, end, None, Bytes::default());
     }
 }
 
@@ -111,27 +131,30 @@ enum Target {
 }
 
 /// `None` while the tunnel may stay open; else why it must close.
-async fn still_allowed(shared: &Shared, stream: &Stream) -> Option<(TunnelError, &'static str)> {
+async fn still_allowed(shared: &Shared, stream: &Stream) -> Option<(StreamEnd, &'static str)> {
     let snapshot = shared.snapshot.load_full();
     let Some(route) = snapshot.tunnels.get(&stream.host) else {
-        return Some((TunnelError::UnknownHost, "the tunnel route was removed"));
+        return Some((StreamEnd::RouteRemoved, "the tunnel route was removed"));
     };
     let Some(identity) = snapshot.identity.as_deref() else {
-        return Some((TunnelError::NotLoggedIn, "login is no longer configured"));
+        return Some((StreamEnd::LoginEnded, "login is no longer configured"));
     };
     let token = lock(&stream.token).clone();
     let person = match verify_bearer(identity, &token, unix_now()).await {
         Ok(claims) => bearer_identity(claims),
         Err(_) => {
             return Some((
-                TunnelError::NotLoggedIn,
+                StreamEnd::LoginEnded,
                 "the login expired or was revoked (run `sekisho login`)",
             ));
         }
     };
     match decide(route, &person) {
         Decision::Allow { .. } => None,
-        _ => Some((TunnelError::Denied, "the policy no longer allows you here")),
+        _ => Some((
+            StreamEnd::PolicyDenied,
+            "the policy no longer allows you here",
+        )),
     }
 }
 
@@ -248,6 +271,8 @@ async fn open(
         id,
         host: route.host.clone(),
         user,
+        agent: route.agent.clone(),
+        opened: Instant::now(),
         issuer,
         subject,
         token: Mutex::new(token.to_owned()),
@@ -263,21 +288,22 @@ fn decide(route: &TunnelRoute, person: &Identity) -> Decision {
         .decide(Some(person), &Method::CONNECT, "/", &HeaderMap::new())
 }
 
-/// Copies both ways until either side closes or the stream's check says it must close.
-async fn relay<C, T>(shared: &Shared, client: C, target: T, stream: &Stream)
-where
+/// Copies both ways until either side closes, the stream's check says it must close, or the
+/// proxy's shutdown grace is nearly over; then records how it ended.
+async fn relay<C, T>(
+    shared: &Shared,
+    client: C,
+    target: T,
+    stream: &Stream,
+    mut shutdown: watch::Receiver<bool>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    enum End {
-        Done,
-        Broke(std::io::Error),
-        Cut(TunnelError, &'static str),
-    }
     let metrics = &shared.metrics.tunnel;
     metrics.streams_open.inc();
     let (mut client, mut target) = (Counted::new(client), Counted::new(target));
-    let end = {
+    let cut = {
         let copy = tokio::io::copy_bidirectional_with_sizes(
             &mut client,
             &mut target,
@@ -285,63 +311,157 @@ where
             COPY_BUFFER,
         );
         tokio::pin!(copy);
+        let shutting_down = async {
+            stopped(&mut shutdown).await;
+            let grace = shared.snapshot.load().limits.shutdown_grace;
+            tokio::time::sleep(grace.saturating_sub(CLOSE_BEFORE_GRACE_ENDS)).await;
+        };
+        tokio::pin!(shutting_down);
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         recheck.tick().await;
         loop {
             tokio::select! {
-                result = &mut copy => break match result {
-                    Ok(_) => End::Done,
-                    // A client that went away without a TLS close_notify: ended all the same.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => End::Done,
-                    Err(e) => End::Broke(e),
-                },
+                // Each side keeps what happened to it; the result says nothing more.
+                _ = &mut copy => break None,
                 _ = recheck.tick() => {
-                    if let Some((error, why)) = still_allowed(shared, stream).await {
-                        break End::Cut(error, why);
+                    if let Some(cut) = still_allowed(shared, stream).await {
+                        break Some(cut);
                     }
+                }
+                () = &mut shutting_down => {
+                    break Some((StreamEnd::ProxyShutdown, StreamEnd::ProxyShutdown.message()));
                 }
             }
         }
     };
     metrics.streams_open.dec();
-    let (to_target, to_client) = (client.read, target.read);
-    for (direction, bytes) in [("to_target", to_target), ("to_client", to_client)] {
-        metrics
-            .bytes
-            .get_or_create(&DirectionLabels { direction })
-            .inc_by(bytes);
-    }
-    let (host, user) = (&stream.host, &stream.user);
-    match end {
-        End::Done => {
-            stream.close(None, "the connection ended".to_owned());
-            tracing::debug!(%host, %user, to_target, to_client, "tunnel closed");
-        }
-        End::Broke(error) => {
-            tracing::debug!(%host, %user, to_target, to_client, %error, "tunnel broke");
-            stream.close(
-                Some(TunnelError::TargetUnreachable),
-                format!("the stream broke: {error}"),
-            );
-        }
-        End::Cut(error, why) => {
-            tracing::info!(target: "sekisho::access", %host, %user, reason = why, "tunnel cut");
-            stream.close(Some(error), why.to_owned());
-            // A clean TLS close, so the client reads an end of stream and asks why.
-            let _ = tokio::time::timeout(Duration::from_secs(2), client.inner.shutdown()).await;
-        }
+    let (end, reason) = match cut {
+        Some((end, why)) => (end, Some(why.to_owned())),
+        None => (
+            classify(client.side(), target.side(), stream.agent.is_some()),
+            None,
+        ),
+    };
+    let bytes = Bytes {
+        to_target: client.read,
+        to_client: target.read,
+    };
+    end_stream(shared, stream, end, reason, bytes);
+    if !end.is_normal() && end != StreamEnd::ClientFailed {
+        // A clean TLS close, so the client reads an end of stream and asks why.
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.inner.shutdown()).await;
     }
 }
 
-/// A stream that counts the bytes read from it.
+/// The bytes a stream carried each way.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bytes {
+    to_target: u64,
+    to_client: u64,
+}
+
+/// Records the stream's end, if none is yet: kept for the client to ask about, one log line,
+/// counted.
+fn end_stream(
+    shared: &Shared,
+    stream: &Stream,
+    end: StreamEnd,
+    reason: Option<String>,
+    bytes: Bytes,
+) {
+    if !stream.close(end, reason.unwrap_or_else(|| end.message().to_owned())) {
+        return;
+    }
+    let metrics = &shared.metrics.tunnel;
+    for (direction, count) in [
+        ("to_target", bytes.to_target),
+        ("to_client", bytes.to_client),
+    ] {
+        metrics
+            .bytes
+            .get_or_create(&DirectionLabels { direction })
+            .inc_by(count);
+    }
+    metrics
+        .stream_ends
+        .get_or_create(&CauseLabels { cause: end.code() })
+        .inc();
+    tracing::info!(
+        target: "sekisho::access",
+        host = %stream.host,
+        user = %stream.user,
+        agent = stream.agent.as_deref().unwrap_or("-"),
+        cause = end.code(),
+        to_target = bytes.to_target,
+        to_client = bytes.to_client,
+        duration_ms = stream.opened.elapsed().as_millis() as u64,
+        "tunnel closed"
+    );
+}
+
+/// What happened to one side of a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Still open when the relay stopped.
+    Open,
+    /// It sent its end of stream (at this instant); what happened after does not matter.
+    Ended(Instant),
+    /// Reading, writing or closing it failed before it ended.
+    Failed(std::io::ErrorKind),
+}
+
+/// How a stream ended, from what happened to its two sides (`via_agent`: the target side is
+/// an agent's stream, whose failure means the agent's link failed).
+///
+/// The side that ended first closed the stream; a failure after a side ended is the other end
+/// noticing. A client that goes away without a TLS close has closed all the same (ssh kills
+/// its `ProxyCommand` when it is done).
+fn classify(client: Side, target: Side, via_agent: bool) -> StreamEnd {
+    match (client, target) {
+        (Side::Ended(client), Side::Ended(target)) if target < client => StreamEnd::TargetClosed,
+        (Side::Open | Side::Failed(_), Side::Ended(_)) => StreamEnd::TargetClosed,
+        (_, Side::Failed(_)) if via_agent => StreamEnd::AgentGone,
+        (_, Side::Failed(_)) => StreamEnd::TargetFailed,
+        (Side::Failed(std::io::ErrorKind::UnexpectedEof), _) => StreamEnd::ClientClosed,
+        (Side::Failed(_), _) => StreamEnd::ClientFailed,
+        (Side::Ended(_) | Side::Open, Side::Ended(_) | Side::Open) => StreamEnd::ClientClosed,
+    }
+}
+
+/// A stream that counts the bytes read from it, and keeps whether it ended or failed first.
 struct Counted<T> {
     inner: T,
     read: u64,
+    ended: Option<Instant>,
+    failed: Option<std::io::ErrorKind>,
 }
 
 impl<T> Counted<T> {
     fn new(inner: T) -> Self {
-        Self { inner, read: 0 }
+        Self {
+            inner,
+            read: 0,
+            ended: None,
+            failed: None,
+        }
+    }
+
+    fn side(&self) -> Side {
+        match (self.ended, self.failed) {
+            (Some(at), _) => Side::Ended(at),
+            (None, Some(kind)) => Side::Failed(kind),
+            (None, None) => Side::Open,
+        }
+    }
+
+    /// Keeps the first failure of a side that had not ended.
+    fn note<R>(&mut self, polled: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        if let Poll::Ready(Err(error)) = &polled
+            && self.ended.is_none()
+        {
+            self.failed.get_or_insert(error.kind());
+        }
+        polled
     }
 }
 
@@ -353,8 +473,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        polled
+        let read = buf.filled().len() - before;
+        self.read += read as u64;
+        if matches!(polled, Poll::Ready(Ok(())))
+            && read == 0
+            && buf.remaining() > 0
+            && self.failed.is_none()
+        {
+            self.ended.get_or_insert_with(Instant::now);
+        }
+        self.note(polled)
     }
 }
 
@@ -364,15 +492,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.note(polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(polled)
     }
 }
 
@@ -459,11 +590,13 @@ pub(crate) fn status(shared: &Shared, req: &Request<Incoming>) -> Response<Respo
             state: "open".into(),
             error: None,
             reason: None,
+            cause: None,
         },
         Some(closed) => StreamStatus {
             state: "closed".into(),
-            error: closed.error,
+            error: closed.end.tunnel_error(),
             reason: Some(closed.reason.clone()),
+            cause: Some(closed.end),
         },
     };
     let body = serde_json::to_vec(&status).expect("a status serialises");
@@ -500,4 +633,88 @@ fn log_decision(
         reason,
         "access decision"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use super::*;
+
+    #[test]
+    fn the_side_that_ended_first_closed_the_stream() {
+        let (first, later) = (Instant::now(), Instant::now() + Duration::from_millis(1));
+        let ended = |client, target| classify(client, target, true);
+        assert_eq!(
+            ended(Side::Ended(later), Side::Ended(first)),
+            StreamEnd::TargetClosed
+        );
+        assert_eq!(
+            ended(Side::Ended(first), Side::Ended(later)),
+            StreamEnd::ClientClosed
+        );
+        assert_eq!(
+            ended(Side::Open, Side::Ended(first)),
+            StreamEnd::TargetClosed
+        );
+        assert_eq!(
+            ended(Side::Ended(first), Side::Open),
+            StreamEnd::ClientClosed
+        );
+        // Writing to a target that has ended fails; it ended first all the same.
+        assert_eq!(
+            ended(Side::Failed(ErrorKind::BrokenPipe), Side::Ended(first)),
+            StreamEnd::TargetClosed
+        );
+    }
+
+    #[test]
+    fn a_failure_on_the_target_side_is_the_agent_going_away_when_an_agent_carries_it() {
+        let failed = Side::Failed(ErrorKind::BrokenPipe);
+        assert_eq!(classify(Side::Open, failed, true), StreamEnd::AgentGone);
+        assert_eq!(classify(Side::Open, failed, false), StreamEnd::TargetFailed);
+        // The client had sent everything and waited for the answer when the agent went.
+        let done = Side::Ended(Instant::now());
+        assert_eq!(classify(done, failed, true), StreamEnd::AgentGone);
+    }
+
+    #[test]
+    fn a_client_gone_without_a_tls_close_has_closed_and_other_client_failures_broke() {
+        let target = Side::Open;
+        assert_eq!(
+            classify(Side::Failed(ErrorKind::UnexpectedEof), target, true),
+            StreamEnd::ClientClosed
+        );
+        assert_eq!(
+            classify(Side::Failed(ErrorKind::ConnectionReset), target, true),
+            StreamEnd::ClientFailed
+        );
+        assert_eq!(
+            classify(Side::Open, Side::Open, false),
+            StreamEnd::ClientClosed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_side_keeps_its_end_of_stream_and_not_a_failure_after_it() {
+        let (ours, theirs) = tokio::io::duplex(64);
+        drop(theirs);
+        let mut side = Counted::new(ours);
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            tokio::io::AsyncReadExt::read(&mut side, &mut buf)
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(matches!(side.side(), Side::Ended(_)));
+        assert!(side.write_all(b"late").await.is_err());
+        assert!(matches!(side.side(), Side::Ended(_)), "{:?}", side.side());
+
+        let (ours, theirs) = tokio::io::duplex(64);
+        drop(theirs);
+        let mut side = Counted::new(ours);
+        assert!(side.write_all(b"first").await.is_err());
+        assert_eq!(side.side(), Side::Failed(ErrorKind::BrokenPipe));
+    }
 }

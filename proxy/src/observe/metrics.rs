@@ -84,6 +84,11 @@ pub(crate) struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct CauseLabels {
+    pub cause: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct DecisionLabels {
     pub decision: &'static str,
     pub reason: &'static str,
@@ -197,13 +202,14 @@ pub(crate) struct TunnelMetrics {
     pub streams_open: Gauge,
     pub bytes: Family<DirectionLabels, Counter>,
     pub stream_failures: Family<ReasonLabels, Counter>,
+    pub stream_ends: Family<CauseLabels, Counter>,
     /// Shared with the hub, which counts.
     pub links_unresponsive: Counter,
 }
 
 impl TunnelMetrics {
-    /// Registers the hub's families, with their known labels at zero: every refusal reason
-    /// and stream failure code, and both directions.
+    /// Registers the hub's families, with their known labels at zero: every refusal reason,
+    /// stream failure code and stream end, and both directions.
     fn register(&self, registry: &mut Registry) {
         for reason in AGENT_REFUSAL_REASONS {
             drop(self.agent_refusals.get_or_create(&ReasonLabels { reason }));
@@ -212,6 +218,12 @@ impl TunnelMetrics {
             drop(self.stream_failures.get_or_create(&ReasonLabels {
                 reason: error.code(),
             }));
+        }
+        for end in sekisho_wire::tunnel::StreamEnd::ALL {
+            drop(
+                self.stream_ends
+                    .get_or_create(&CauseLabels { cause: end.code() }),
+            );
         }
         for direction in ["to_target", "to_client"] {
             drop(self.bytes.get_or_create(&DirectionLabels { direction }));
@@ -250,6 +262,11 @@ impl TunnelMetrics {
             "agent_links_unresponsive",
             "Agent links cut because they did not answer a check while a stream waited on them",
             self.links_unresponsive.clone(),
+        );
+        registry.register(
+            "tunnel_stream_ends",
+            "Tunnel streams that ended, by how they ended",
+            self.stream_ends.clone(),
         );
     }
 }

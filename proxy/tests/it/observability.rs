@@ -53,6 +53,8 @@ async fn before_any_traffic_the_metrics_list_every_series_an_alert_may_watch_at_
         r#"sekisho_agent_refusals_total{reason="bad_signature"} 0"#,
         r#"sekisho_agent_refusals_total{reason="clock_skew"} 0"#,
         r#"sekisho_tunnel_stream_failures_total{reason="agent_offline"} 0"#,
+        r#"sekisho_tunnel_stream_ends_total{cause="agent_gone"} 0"#,
+        r#"sekisho_tunnel_stream_ends_total{cause="proxy_shutdown"} 0"#,
         r#"sekisho_tunnel_bytes_total{direction="to_target"} 0"#,
         r#"sekisho_upstream_errors_total{upstream="app",kind="connect"} 0"#,
         r#"sekisho_upstream_errors_total{upstream="app",kind="response_timeout"} 0"#,

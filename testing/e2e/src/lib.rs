@@ -7,6 +7,7 @@
 //!   `ssh`/`scp` command lines that reach it through `sekisho tunnel`.
 //! - [`Proxy`]: `sekisho-proxy` in this process, on a configuration file the test can edit.
 //! - [`binary`]: the built `sekisho-agent` and `sekisho` binaries.
+//! - [`AccessEvents`]: the proxy's `sekisho::access` log events, as it writes them.
 //!
 //! Everything started here dies with its handle or with the test process (see
 //! `sekisho-watchdog`), namespaces included. Nothing here may be used outside tests.
@@ -17,6 +18,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -488,6 +490,63 @@ fn config_text(pki: &Pki, listen: SocketAddr, rest: &str) -> String {
         pki.cert_file.display(),
         pki.key_file.display()
     )
+}
+
+/// The proxy's diagnostic log events of target `sekisho::access` (access decisions, sign-ins,
+/// tunnel ends), as JSON objects. The proxy runs in the test process, so this is every
+/// proxy's of the process: tests pick theirs out by a field of their own (a user).
+#[derive(Debug, Clone, Default)]
+pub struct AccessEvents {
+    written: Arc<Mutex<Vec<u8>>>,
+}
+
+/// A writer into [`AccessEvents`].
+struct EventWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for EventWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AccessEvents {
+    /// The process's capture, started on first use (before the proxy's events happen).
+    pub fn capture() -> &'static Self {
+        static EVENTS: OnceLock<AccessEvents> = OnceLock::new();
+        EVENTS.get_or_init(|| {
+            let events = Self::default();
+            let written = events.written.clone();
+            let installed = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_env_filter(tracing_subscriber::EnvFilter::new("sekisho::access=info"))
+                .with_writer(move || EventWriter(written.clone()))
+                .try_init();
+            assert!(
+                installed.is_ok(),
+                "another tracing subscriber was installed first"
+            );
+            events
+        })
+    }
+
+    /// The events whose `message` is `message` and whose `field` is `value`.
+    pub fn matching(&self, message: &str, field: &str, value: &str) -> Vec<serde_json::Value> {
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&written)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["message"] == message && event[field] == value)
+            .collect()
+    }
 }
 
 /// Polls `done` every 50 ms until it is true or `within` has passed.

@@ -12,11 +12,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sekisho_e2e::{
-    PROXY_HOST, Pki, Process, Proxy, Segment, Sshd, agent_key, binary, run, wait_until,
+    AccessEvents, PROXY_HOST, Pki, Process, Proxy, Segment, Sshd, agent_key, binary, run,
+    wait_until,
 };
 
 const BOX: &str = "box.ssh.sekisho.test";
 const ALICE: &str = "alice@sekisho.test";
+/// People the policy lets through besides alice, each for one test that picks its proxy's log
+/// events out by user (every proxy of the process logs to the same capture).
+const PROXY_STOPS: &str = "proxy-stops@sekisho.test";
+const AGENT_DIES: &str = "agent-dies@sekisho.test";
+const TARGET_CLOSES: &str = "target-closes@sekisho.test";
 
 /// One site: a segment with sshd and an agent named `nas`, and a proxy that knows them.
 struct Site {
@@ -33,6 +39,11 @@ struct Site {
 
 impl Site {
     fn new() -> Result<Self> {
+        Self::with("")
+    }
+
+    /// A site whose proxy's configuration ends with `extra` (top-level sections).
+    fn with(extra: &str) -> Result<Self> {
         let pki = Pki::new(&["*.ssh.sekisho.test", PROXY_HOST, "auth.sekisho.test"])?;
         let segment = Segment::new()?;
         let sshd = Sshd::start(&segment)?;
@@ -40,7 +51,8 @@ impl Site {
         let (nas_key, nas_public) = agent_key(keys.path(), "nas")?;
         let (_, rogue_public) = agent_key(keys.path(), "rogue")?;
         let listen = SocketAddr::from((segment.host_ip, 0));
-        let proxy = Proxy::start(&pki, listen, &config(&[&nas_public], &rogue_public))?;
+        let rest = config(&[&nas_public], &rogue_public) + extra;
+        let proxy = Proxy::start(&pki, listen, &rest)?;
         let mut site = Self {
             pki,
             segment,
@@ -128,7 +140,7 @@ fn config(nas_keys: &[&str], rogue_key: &str) -> String {
   auth_host: auth.sekisho.test
 policies:
   staff:
-    allow: [{{email: {ALICE}}}]
+    allow: [{{email: {ALICE}}}, {{email: {PROXY_STOPS}}}, {{email: {AGENT_DIES}}}, {{email: {TARGET_CLOSES}}}]
 agents:
   nas: {{public_keys: [{}]}}
   rogue: {{public_keys: ["{rogue_key}"]}}
@@ -934,5 +946,239 @@ fn agent_credentials_cannot_be_replayed_borrowed_or_forged() -> Result<()> {
         ensure!(status.contains(" 401 "), "{what} was admitted: {status}");
     }
     ensure!(site.proxy.agent_links("nas") == 1);
+    Ok(())
+}
+
+/// `sekisho tunnel BOX` as `person`, its input held open, once sshd's banner came through.
+fn open_tunnel(site: &Site, person: &str) -> Result<std::process::Child> {
+    let mut command = site.tunnel(BOX, Some(&site.proxy.user_token(person)?));
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut tunnel = command.spawn()?;
+    let mut banner = [0u8; 8];
+    tunnel
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read_exact(&mut banner)
+        .context("the tunnel brought no banner from sshd")?;
+    ensure!(&banner == b"SSH-2.0-", "the tunnel brought {banner:?}");
+    Ok(tunnel)
+}
+
+/// Waits for the tunnel to exit by itself (its input still open): its exit code and stderr.
+fn ended(mut tunnel: std::process::Child) -> Result<(Option<i32>, String)> {
+    if wait_until(Duration::from_secs(20), || {
+        matches!(tunnel.try_wait(), Ok(Some(_)))
+    })
+    .is_err()
+    {
+        let _ = tunnel.kill();
+        anyhow::bail!("the tunnel did not end");
+    }
+    let output = tunnel.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure!(
+        !stderr.contains("://") && !stderr.contains("os error"),
+        "library words in the message: {stderr}"
+    );
+    Ok((output.status.code(), stderr))
+}
+
+/// The proxy's one `tunnel closed` event for `person`'s stream, once it is there.
+fn stream_end(events: &AccessEvents, person: &str) -> Result<serde_json::Value> {
+    let mut ends = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        ends = events.matching("tunnel closed", "user", person);
+        !ends.is_empty()
+    })
+    .with_context(|| format!("no `tunnel closed` event for {person}"))?;
+    ensure!(
+        ends.len() == 1,
+        "more than one end for one stream: {ends:?}"
+    );
+    let end = ends.remove(0);
+    ensure!(
+        end["host"] == BOX && end["agent"] == "nas" && end["duration_ms"].is_u64(),
+        "{end}"
+    );
+    Ok(end)
+}
+
+#[test]
+fn a_tunnel_under_which_the_proxy_stops_says_the_proxy_went_away() -> Result<()> {
+    let events = AccessEvents::capture();
+    let mut site = Site::with("limits:\n  shutdown_grace: 2s\n")?;
+    let tunnel = open_tunnel(&site, PROXY_STOPS)?;
+    site.proxy.stop();
+    let (code, stderr) = ended(tunnel)?;
+    ensure!(
+        code == Some(21)
+            && stderr
+                == "sekisho: the proxy went away (it restarted, or the connection to it was \
+                    cut); run the command again\n",
+        "exit {code:?}, stderr {stderr}"
+    );
+    let end = stream_end(events, PROXY_STOPS)?;
+    ensure!(end["cause"] == "proxy_shutdown", "{end}");
+    ensure!(end["to_client"].as_u64() > Some(8), "sshd's banner: {end}");
+    Ok(())
+}
+
+#[test]
+fn a_tunnel_whose_agent_dies_says_the_agent_went_away() -> Result<()> {
+    let events = AccessEvents::capture();
+    let mut site = Site::new()?;
+    let tunnel = open_tunnel(&site, AGENT_DIES)?;
+    site.agents[0].kill();
+    let (code, stderr) = ended(tunnel)?;
+    ensure!(
+        code == Some(22)
+            && stderr.starts_with("sekisho: the agent for this host went away")
+            && stderr.lines().count() == 1,
+        "exit {code:?}, stderr {stderr}"
+    );
+    let end = stream_end(events, AGENT_DIES)?;
+    ensure!(end["cause"] == "agent_gone", "{end}");
+    let metrics = site.proxy.metrics()?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|line| line == r#"sekisho_tunnel_stream_ends_total{cause="agent_gone"} 1"#),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tunnel_whose_target_closes_exits_with_success_and_says_nothing() -> Result<()> {
+    let events = AccessEvents::capture();
+    let site = Site::new()?;
+    let mut tunnel = open_tunnel(&site, TARGET_CLOSES)?;
+    // Not the SSH protocol: sshd says so and closes the connection.
+    tunnel
+        .stdin
+        .as_mut()
+        .context("stdin is piped")?
+        .write_all(b"not ssh\r\n")?;
+    let (code, stderr) = ended(tunnel)?;
+    ensure!(
+        code == Some(0) && stderr.is_empty(),
+        "exit {code:?}, stderr {stderr}"
+    );
+    let end = stream_end(events, TARGET_CLOSES)?;
+    ensure!(end["cause"] == "target_closed", "{end}");
+    ensure!(end["to_target"] == 9, "the 9 bytes sent: {end}");
+    ensure!(end["to_client"].as_u64() > Some(8), "sshd's banner: {end}");
+    Ok(())
+}
+
+/// A TCP relay to the proxy that can be cut: its connections end without a TLS close, and
+/// nothing listens at its address any more, as when the proxy's process is killed.
+struct Cuttable {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    sockets: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Cuttable {
+    fn to(proxy: SocketAddr) -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sockets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, kept) = (cut.clone(), sockets.clone());
+        let accepting = std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(upstream) = TcpStream::connect(proxy) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                for (mut from, mut to) in [
+                    (client.try_clone(), upstream.try_clone()),
+                    (upstream.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(from, to)| Some((from.ok()?, to.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                kept.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend([client, upstream]);
+            }
+        });
+        Ok(Self {
+            addr,
+            cut,
+            sockets,
+            accepting: Some(accepting),
+        })
+    }
+
+    /// Closes every connection and the listener.
+    fn cut(&mut self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.join();
+        }
+        for socket in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[test]
+fn a_tunnel_whose_proxy_vanishes_without_a_tls_close_says_the_proxy_went_away() -> Result<()> {
+    let site = Site::new()?;
+    let mut relay = Cuttable::to(site.proxy.addr)?;
+    let mut command = Command::new(binary("sekisho"));
+    command
+        .arg("--ca")
+        .arg(&site.pki.ca_file)
+        .args(["--connect-to", &relay.addr.to_string()])
+        .args(["tunnel", "--no-login"])
+        .arg(format!("{BOX}:{}", site.proxy.addr.port()))
+        .env("SEKISHO_TOKEN", site.proxy.user_token(ALICE)?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut tunnel = command.spawn()?;
+    let mut banner = [0u8; 8];
+    tunnel
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read_exact(&mut banner)?;
+    ensure!(&banner == b"SSH-2.0-", "the tunnel brought {banner:?}");
+    relay.cut();
+    let (code, stderr) = ended(tunnel)?;
+    ensure!(
+        code == Some(21) && stderr.starts_with("sekisho: the proxy went away"),
+        "exit {code:?}, stderr {stderr}"
+    );
+    ensure!(!stderr.contains("close_notify"), "rustls's words: {stderr}");
     Ok(())
 }
