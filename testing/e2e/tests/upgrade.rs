@@ -331,6 +331,10 @@ struct Counts {
     /// Requests the client never sent because the connection it had was closing (GOAWAY,
     /// `Connection: close`): sent again on a new connection, as every HTTP client does.
     unsent: AtomicU64,
+    /// HTTP/2 requests the server said it did not process (on a stream above the last one its
+    /// final GOAWAY takes, or reset with REFUSED_STREAM): safe to send again (RFC 9113, 8.7),
+    /// and sent again, as browsers do.
+    refused: AtomicU64,
     connections: AtomicU64,
     errors: std::sync::Mutex<Vec<String>>,
 }
@@ -346,10 +350,12 @@ impl Counts {
 
     fn summary(&self, name: &str) -> String {
         format!(
-            "{name}: {} ok, {} failed, {} not sent and sent again, {} connections; errors: {:?}",
+            "{name}: {} ok, {} failed, {} not sent and sent again, {} refused unprocessed and \
+             sent again, {} connections; errors: {:?}",
             self.ok.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
             self.unsent.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
             self.errors.lock().unwrap_or_else(|e| e.into_inner())
         )
@@ -511,8 +517,12 @@ impl Load {
                     counts.unsent.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                Err((error, false)) if unprocessed(&error) => {
+                    counts.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 Err((error, false)) => {
-                    counts.fail(format!("request: {error:#}"));
+                    counts.fail(format!("request: {}", chain(&error)));
                     continue;
                 }
             };
@@ -527,7 +537,7 @@ impl Load {
                         counts.fail(format!("{status}: {body:?}"));
                     }
                 }
-                Err(error) => counts.fail(format!("body: {error:#}")),
+                Err(error) => counts.fail(format!("body: {}", chain(&error))),
             }
         }
     }
@@ -538,6 +548,29 @@ impl Load {
             self.http2.ok.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Whether an HTTP/2 server said it did not process the request: a graceful GOAWAY that the
+/// request's stream is above (the error of such streams only), or REFUSED_STREAM.
+fn unprocessed(error: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
+    let graceful_goaway =
+        h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+    graceful_goaway || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause} ({cause:?})"));
+        source = cause.source();
+    }
+    text
 }
 
 /// An ssh session through `sekisho tunnel` running `cat`: what is written comes back.
@@ -706,7 +739,15 @@ fn ten_upgrades_under_http1_and_http2_load_drop_no_request_and_keep_an_ssh_sessi
             "generation {pid} exited with {code:?}"
         );
     }
-    // The agent has moved to the serving process: a new session works.
+    // The agent was told to move each time, and dials the serving process once its backoff
+    // (drains soon after connecting count as failures) has passed; then a new session works.
+    // Only the serving process answers on the admin socket now.
+    wait_until(EVENT_WITHIN, || {
+        proxy
+            .admin_get("/metrics")
+            .is_ok_and(|text| text.contains(r#"sekisho_agents_connected{agent="nas"} 1"#))
+    })
+    .context("the agent did not connect to the serving process")?;
     let output = run(sshd
         .ssh(&proxy_command, BOX, "echo through the last generation")
         .env("SEKISHO_TOKEN", files.token()?))?;
