@@ -358,6 +358,9 @@ fn serve(
         executable: handover::own_executable(),
         kubernetes: kube_source.is_some(),
     });
+    // Readiness is announced only once the signal handlers are installed: SIGUSR2 or SIGHUP
+    // before that would end the process (their default action).
+    let (handlers_installed, handlers_ready) = std::sync::mpsc::sync_channel(1);
     let control = {
         let shared = shared.clone();
         let internal = admin
@@ -382,6 +385,7 @@ fn serve(
                     kube_source,
                     stop_control_rx,
                     signals,
+                    handlers_installed,
                 )
             })
             .map_err(StartError::Runtime)?
@@ -416,6 +420,13 @@ fn serve(
         handles.push(handle);
     }
 
+    // Serving is announced (logged, and told to systemd or the process being upgraded) once
+    // the signal handlers are installed. The sender is dropped unsent when the control thread
+    // could not install them.
+    let handlers = !options.handle_signals || handlers_ready.recv().is_ok();
+    if !handlers {
+        tracing::error!("the signal handlers are not installed: not announcing readiness");
+    }
     tracing::info!(
         https = %https_addr,
         http = http_addr.map(|a| a.to_string()),
@@ -425,7 +436,7 @@ fn serve(
         pid = std::process::id(),
         "sekisho-proxy is serving"
     );
-    if options.handle_signals {
+    if options.handle_signals && handlers {
         handover::announce_ready();
     }
     Ok(Running {
@@ -548,6 +559,7 @@ fn run_control(
     kube_source: Option<KubeSource>,
     stop: watch::Receiver<bool>,
     signals: Option<SignalContext>,
+    handlers_installed: std::sync::mpsc::SyncSender<()>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -581,6 +593,9 @@ fn run_control(
             }
         }
         let (reload_now, reload_rx) = tokio::sync::mpsc::channel(1);
+        // True while a hand-over is under way: the thread stops only after it has been logged
+        // (the workers may all be done before the signal task has seen their loops end).
+        let (handing_over, mut handover_done) = watch::channel(false);
         let reload_task =
             reloader.map(|reloader| tokio::spawn(reloader.run(reload_rx, stop.clone())));
         let kube_task = kube_source.map(|source| tokio::spawn(source.run(stop.clone())));
@@ -590,12 +605,20 @@ fn run_control(
                 loops: internal_loops,
                 reload_task,
             };
-            tokio::spawn(handle_signals_until_stop(
-                shared.clone(),
-                signals,
-                reload_now,
-                internal,
-            ));
+            match Handlers::install() {
+                Ok(handlers) => {
+                    let _ = handlers_installed.send(());
+                    tokio::spawn(handle_signals_until_stop(
+                        shared.clone(),
+                        handlers,
+                        signals,
+                        reload_now,
+                        internal,
+                        handing_over,
+                    ));
+                }
+                Err(error) => tracing::error!(%error, "cannot install signal handlers"),
+            }
         } else {
             // No SIGHUP without signal handling: the reloader watches the files alone.
             drop(reload_now);
@@ -607,6 +630,7 @@ fn run_control(
         }
         let mut stop = stop;
         stopped(&mut stop).await;
+        let _ = handover_done.wait_for(|busy| !busy).await;
         // The Kubernetes source lets its Lease go before the runtime ends.
         if let Some(task) = kube_task {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
@@ -621,6 +645,26 @@ struct InternalListeners {
     reload_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The signals the process answers.
+struct Handlers {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Handlers {
+    fn install() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 /// How the signal loop ended.
 enum Ending {
     /// SIGTERM or SIGINT: drain and stop.
@@ -631,20 +675,18 @@ enum Ending {
 
 async fn handle_signals_until_stop(
     shared: Arc<Shared>,
+    handlers: Handlers,
     signals: SignalContext,
     reload_now: tokio::sync::mpsc::Sender<()>,
     internal: InternalListeners,
+    handing_over: watch::Sender<bool>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+    let Handlers {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr2,
+    } = handlers;
     let SignalContext {
         shutdown,
         cut_short,
@@ -707,6 +749,7 @@ async fn handle_signals_until_stop(
             let _ = shutdown.send(true);
         }
         Ending::HandedOver(successor) => {
+            handing_over.send_replace(true);
             let grace = snapshot.limits.upgrade_grace;
             tracing::info!(
                 new_pid = successor.pid,
@@ -736,6 +779,7 @@ async fn handle_signals_until_stop(
                 pid = std::process::id(),
                 "upgrade: handed over; this process no longer accepts connections"
             );
+            handing_over.send_replace(false);
         }
     }
     // A signal during the drain cuts it to the shutdown grace.

@@ -154,12 +154,21 @@ impl Log {
         let deadline = Instant::now() + EVENT_WITHIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                let tail = self.seen.iter().rev().take(30).rev().cloned();
-                bail!(
-                    "no log line `{message}` within {EVENT_WITHIN:?}; the last lines:\n{}",
-                    tail.collect::<Vec<_>>().join("\n")
-                );
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(error) => {
+                    let why = match error {
+                        mpsc::RecvTimeoutError::Timeout => format!("within {EVENT_WITHIN:?}"),
+                        mpsc::RecvTimeoutError::Disconnected => {
+                            "before the log ended (every process exited)".to_owned()
+                        }
+                    };
+                    let tail = self.seen.iter().rev().take(30).rev().cloned();
+                    bail!(
+                        "no log line `{message}` {why}; the last lines:\n{}",
+                        tail.collect::<Vec<_>>().join("\n")
+                    );
+                }
             };
             self.seen.push(line.to_string());
             if line["message"] == message && also(&line) {
