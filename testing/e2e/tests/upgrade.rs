@@ -204,6 +204,9 @@ struct ProxyProcess {
     old: Vec<i32>,
     https: SocketAddr,
     admin: SocketAddr,
+    /// Kills the group even if this test process dies without dropping it.
+    _watchdog: sekisho_watchdog::Watchdog,
+    _scratch: tempfile::TempDir,
 }
 
 impl ProxyProcess {
@@ -224,6 +227,12 @@ impl ProxyProcess {
             .process_group(0)
             .spawn()
             .context("starting sekisho-proxy")?;
+        let scratch = tempfile::tempdir()?;
+        let watchdog = sekisho_watchdog::Watchdog::spawn(
+            "sekisho-e2e-proxy-watchdog",
+            first.id(),
+            scratch.path(),
+        )?;
         let mut log = Log::read(first.stderr.take().expect("stderr is piped"));
         let serving = log.wait_for("sekisho-proxy is serving", |_| true)?;
         Ok(Self {
@@ -233,6 +242,8 @@ impl ProxyProcess {
             first,
             log,
             old: Vec::new(),
+            _watchdog: watchdog,
+            _scratch: scratch,
         })
     }
 
