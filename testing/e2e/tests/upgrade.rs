@@ -29,29 +29,41 @@ const UPGRADES: usize = 10;
 /// How long one event (a log line, a generation's exit) may take before the test fails.
 const EVENT_WITHIN: Duration = Duration::from_secs(60);
 
-/// A loopback HTTP/1.1 upstream answering `ok` to every request, keep-alive, one thread per
-/// connection. It lives as long as the test process.
-fn start_upstream() -> Result<SocketAddr> {
+/// A loopback HTTP/1.1 upstream answering `ok` to every request but `GET /hang`, which it
+/// never answers (and reports on the receiver). Keep-alive, one thread per connection; it
+/// lives as long as the test process.
+fn start_upstream() -> Result<(SocketAddr, mpsc::Receiver<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    let (hung, hanging) = mpsc::channel();
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
+            let hung = hung.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(&stream);
                 let mut writer = &stream;
                 let mut line = String::new();
                 loop {
                     // A request head (the proxy forwards GETs without a body).
-                    let mut empty_head = true;
+                    let mut head = Vec::new();
                     loop {
                         line.clear();
                         match reader.read_line(&mut line) {
                             Ok(0) | Err(_) => return,
                             Ok(_) if line == "\r\n" => break,
-                            Ok(_) => empty_head = false,
+                            Ok(_) => head.push(line.clone()),
                         }
                     }
-                    if empty_head {
+                    if head
+                        .first()
+                        .is_some_and(|first| first.starts_with("GET /hang "))
+                    {
+                        let _ = hung.send(());
+                        // Until the proxy closes the connection.
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {}
+                        return;
+                    }
+                    if head.is_empty() {
                         return;
                     }
                     let response = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
@@ -62,7 +74,7 @@ fn start_upstream() -> Result<SocketAddr> {
             });
         }
     });
-    Ok(addr)
+    Ok((addr, hanging))
 }
 
 /// The proxy's configuration file and the keys it names.
@@ -73,12 +85,13 @@ struct ProxyFiles {
 
 impl ProxyFiles {
     /// A configuration with HTTPS on `https`, the admin listener on loopback, two workers,
-    /// `PROXY_HOST/` public to `upstream`, and, with `agent_public_key`, the agent `nas` and a
-    /// tunnel to sshd behind it.
+    /// `PROXY_HOST/` public to `upstream`, `limits` (YAML lines of the section), and, with
+    /// `agent_public_key`, the agent `nas` and a tunnel to sshd behind it.
     fn new(
         pki: &Pki,
         https: SocketAddr,
         upstream: SocketAddr,
+        limits: &[&str],
         agent_public_key: Option<&str>,
     ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -95,7 +108,7 @@ impl ProxyFiles {
         };
         let text = format!(
             "listen:\n  https: {https}\n  admin: 127.0.0.1:0\nworkers: 2\naccess_log: false\n\
-             limits:\n  shutdown_grace: 10s\n\
+             limits:\n  {limits}\n\
              tls:\n  certificates:\n    - cert: {cert}\n      key: {key}\n\
              identity:\n  auth_host: auth.sekisho.test\n  signing_keys_file: {signing}\n\
              policies:\n  staff:\n    allow: [{{email: {ALICE}}}]\n\
@@ -105,6 +118,7 @@ impl ProxyFiles {
             cert = pki.cert_file.display(),
             key = pki.key_file.display(),
             signing = signing_keys.display(),
+            limits = limits.join("\n  "),
         );
         let config = dir.path().join("sekisho.yaml");
         std::fs::write(&config, text)?;
@@ -469,10 +483,18 @@ impl Load {
     }
 
     fn request(&self, protocol: Protocol) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+        self.request_to(protocol, "/ping")
+    }
+
+    fn request_to(
+        &self,
+        protocol: Protocol,
+        path: &str,
+    ) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
         let builder = match protocol {
-            Protocol::Http1 => http::Request::get("/ping").header(http::header::HOST, PROXY_HOST),
+            Protocol::Http1 => http::Request::get(path).header(http::header::HOST, PROXY_HOST),
             Protocol::Http2 => {
-                http::Request::get(format!("https://{PROXY_HOST}:{}/ping", self.addr.port()))
+                http::Request::get(format!("https://{PROXY_HOST}:{}{path}", self.addr.port()))
             }
         };
         builder
@@ -625,11 +647,12 @@ fn ten_upgrades_under_http1_and_http2_load_drop_no_request_and_keep_an_ssh_sessi
     let sshd = Sshd::start(&segment)?;
     let keys = tempfile::tempdir()?;
     let (nas_key, nas_public) = agent_key(keys.path(), "nas")?;
-    let upstream = start_upstream()?;
+    let (upstream, _) = start_upstream()?;
     let files = ProxyFiles::new(
         &pki,
         SocketAddr::from((segment.host_ip, 0)),
         upstream,
+        &["shutdown_grace: 10s"],
         Some(&nas_public),
     )?;
     let mut proxy = ProxyProcess::start(&files.config)?;
@@ -793,25 +816,93 @@ fn ten_upgrades_under_http1_and_http2_load_drop_no_request_and_keep_an_ssh_sessi
 
 /// One HTTPS request to `PROXY_HOST/ping` on a new connection; the status code.
 fn ping(pki: &Pki, addr: SocketAddr) -> Result<u16> {
+    get(&*Load::new(pki, addr)?, "/ping")
+}
+
+/// One HTTP/1.1 request to `PROXY_HOST` `path` on a new connection; the status code.
+fn get(load: &Load, path: &str) -> Result<u16> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let load = Load::new(pki, addr)?;
     runtime.block_on(async {
         let Sender::Http1(mut sender) = load.connect(Protocol::Http1).await? else {
             bail!("asked for HTTP/1.1");
         };
-        let response = sender.send_request(load.request(Protocol::Http1)).await?;
+        let response = sender
+            .send_request(load.request_to(Protocol::Http1, path))
+            .await?;
         Ok(response.status().as_u16())
     })
+}
+
+/// A proxy upgraded while its first process has a request in flight that its upstream never
+/// answers; that request's thread (its result: the proxy cut it, or a status).
+struct Hanging {
+    proxy: ProxyProcess,
+    request: std::thread::JoinHandle<Result<u16>>,
+    _files: ProxyFiles,
+}
+
+fn upgraded_while_a_request_hangs(limits: &[&str]) -> Result<Hanging> {
+    become_subreaper()?;
+    let pki = Pki::new(&[PROXY_HOST, "auth.sekisho.test"])?;
+    let (upstream, hanging) = start_upstream()?;
+    let files = ProxyFiles::new(&pki, "127.0.0.1:0".parse()?, upstream, limits, None)?;
+    let mut proxy = ProxyProcess::start(&files.config)?;
+    let load = Load::new(&pki, proxy.https)?;
+    let request = std::thread::spawn(move || get(&load, "/hang"));
+    hanging
+        .recv_timeout(EVENT_WITHIN)
+        .context("the request did not reach the upstream")?;
+    proxy.upgrade()?;
+    ensure!(ping(&pki, proxy.https)? == 200, "the new process serves");
+    ensure!(
+        !gone(proxy.old[0]),
+        "the old process exited with a request in flight"
+    );
+    Ok(Hanging {
+        proxy,
+        request,
+        _files: files,
+    })
+}
+
+#[test]
+fn what_the_old_process_still_holds_is_cut_when_the_upgrade_grace_runs_out() -> Result<()> {
+    let mut hanging = upgraded_while_a_request_hangs(&["upgrade_grace: 1s"])?;
+    let first = hanging.proxy.old[0];
+    let code = hanging.proxy.wait_exit(first)?;
+    ensure!(code == Some(0), "the old process exited with {code:?}");
+    let cut = hanging.request.join().expect("the request thread ends");
+    ensure!(cut.is_err(), "the hanging request got {cut:?}");
+    Ok(())
+}
+
+#[test]
+fn a_sigterm_during_the_drain_after_an_upgrade_cuts_it_to_the_shutdown_grace() -> Result<()> {
+    // The upgrade grace is the default hour; the shutdown grace a second.
+    let mut hanging = upgraded_while_a_request_hangs(&["shutdown_grace: 1s"])?;
+    let first = hanging.proxy.old[0];
+    kill(Pid::from_raw(first), Signal::SIGTERM)?;
+    let code = hanging.proxy.wait_exit(first)?;
+    ensure!(code == Some(0), "the old process exited with {code:?}");
+    let cut = hanging.request.join().expect("the request thread ends");
+    ensure!(cut.is_err(), "the hanging request got {cut:?}");
+    Ok(())
 }
 
 #[test]
 fn a_new_process_that_cannot_start_leaves_the_old_one_serving() -> Result<()> {
     become_subreaper()?;
     let pki = Pki::new(&[PROXY_HOST, "auth.sekisho.test"])?;
-    let upstream = start_upstream()?;
-    let files = ProxyFiles::new(&pki, "127.0.0.1:0".parse()?, upstream, None)?;
+    let (upstream, _) = start_upstream()?;
+    let files = ProxyFiles::new(
+        &pki,
+        "127.0.0.1:0".parse()?,
+        upstream,
+        &["shutdown_grace: 10s"],
+        None,
+    )?;
     let mut proxy = ProxyProcess::start(&files.config)?;
     let good = std::fs::read_to_string(&files.config)?;
 
@@ -844,13 +935,13 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() -> Result<()> {
 fn a_socket_passed_by_systemd_is_served_without_binding_another() -> Result<()> {
     use command_fds::{CommandFdExt as _, FdMapping};
     let pki = Pki::new(&[PROXY_HOST, "auth.sekisho.test"])?;
-    let upstream = start_upstream()?;
+    let (upstream, _) = start_upstream()?;
     // As systemd's .socket unit would: HTTPS by address (the unit's name is no listener's),
     // the admin listener by FileDescriptorName=admin.
     let https = TcpListener::bind("127.0.0.1:0")?;
     let admin = TcpListener::bind("127.0.0.1:0")?;
     let (https_addr, admin_addr) = (https.local_addr()?, admin.local_addr()?);
-    let files = ProxyFiles::new(&pki, https_addr, upstream, None)?;
+    let files = ProxyFiles::new(&pki, https_addr, upstream, &["shutdown_grace: 10s"], None)?;
 
     // LISTEN_PID must be the service's own pid: the shell sets it to its own and execs.
     let mut command = Command::new("/bin/sh");
