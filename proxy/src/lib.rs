@@ -38,6 +38,7 @@ pub use auth::session::{
 };
 pub use check::{CheckedConfig, check_config};
 pub use config::{Config, ConfigError, IdentityConfig, Problem};
+pub use frontdoor::handover::InheritError;
 pub use frontdoor::server::{Options, Running, StartError, start};
 pub use sekisho_wire::error_chain;
 pub use source::kube::KubernetesOptions;

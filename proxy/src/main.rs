@@ -26,8 +26,12 @@ static ALLOCATOR: sekisho_alloc::Allocator = sekisho_alloc::Allocator;
 /// policies come from the Kubernetes API (in the cluster, or through KUBECONFIG), and the file
 /// gives only the static settings (listeners, identity, limits); see docs/kubernetes.md.
 ///
-/// Exit codes: 0 stopped cleanly; 1 failed at runtime; 2 bad command line; 3 invalid
-/// configuration or certificates.
+/// Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads; SIGUSR2 upgrades in place (the
+/// binary at the same path takes over the listening sockets, then this process drains; see
+/// docs/upgrade.md). Listening sockets passed by systemd (LISTEN_FDS) are used, not bound again.
+///
+/// Exit codes: 0 stopped cleanly (also after handing over in an upgrade); 1 failed at runtime;
+/// 2 bad command line; 3 invalid configuration or certificates.
 #[derive(Debug, Parser)]
 #[command(name = "sekisho-proxy", version)]
 struct Cli {

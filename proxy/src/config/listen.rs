@@ -59,6 +59,12 @@ pub struct Limits {
     /// How long in-flight requests may run after SIGTERM before connections are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After an in-place upgrade (SIGUSR2), how long the old process keeps what it still
+    /// serves: requests in flight, tunnel streams (ssh sessions) and the agent links they use.
+    /// Each ends by itself before that, and the old process exits when all have. SIGTERM cuts
+    /// it to `shutdown_grace`.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_grace: Duration,
 }
 
 impl Default for Limits {
@@ -70,6 +76,7 @@ impl Default for Limits {
             max_connections: 50_000,
             max_concurrent_streams: 256,
             shutdown_grace: Duration::from_secs(30),
+            upgrade_grace: Duration::from_secs(3600),
         }
     }
 }

@@ -14,6 +14,13 @@
 //! by hand: the pipeline leaves the upstream's upgrade in [`ConnState`], and when hyper stops
 //! after writing the `101`, this module takes the client socket back and splices the two.
 //!
+//! **Shutdown.** An HTTP/2 connection gets GOAWAY, which tells the client which requests were
+//! taken. HTTP/1.1 has no such word, and a keep-alive connection closed while the client sends
+//! its next request fails that request. So a draining HTTP/1.1 connection is not closed at
+//! once: each response it still gives says `Connection: close` (and hyper closes after it),
+//! and one with nothing in flight is closed once it has been quiet for a [`PARK_AFTER`] tick,
+//! as a parked one is at once.
+//!
 //! This module must not know about routes or upstreams beyond that hand-off.
 
 use std::convert::Infallible;
@@ -122,10 +129,12 @@ async fn sniff_h2c(stream: &TcpStream, limit: Duration) -> Option<bool> {
     tokio::time::timeout(limit, sniff).await.ok().flatten()
 }
 
-/// The request pipeline as a hyper service for one connection.
+/// The request pipeline as a hyper service for one connection. With `close_when_draining`
+/// (HTTP/1.1), responses given while the process drains say `Connection: close`.
 fn service(
     shared: Arc<Shared>,
     state: Arc<ConnState>,
+    close_when_draining: bool,
 ) -> impl HttpService<Incoming, ResBody = ResponseBody, Error = Infallible, Future: Send + 'static>
 + Clone
 + Unpin
@@ -135,7 +144,18 @@ fn service(
         let shared = shared.clone();
         let state = state.clone();
         async move {
-            Ok::<_, Infallible>(crate::request::pipeline::serve_request(shared, state, req).await)
+            let mut response =
+                crate::request::pipeline::serve_request(shared.clone(), state, req).await;
+            if close_when_draining
+                && shared.is_draining()
+                && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
         }
     })
 }
@@ -162,7 +182,7 @@ async fn serve_h2<IO>(
         .adaptive_window(true)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .serve_connection(io, service(shared, state.clone()));
+        .serve_connection(io, service(shared, state.clone(), false));
     tokio::pin!(conn);
 
     let idle = limits.idle_timeout;
@@ -218,7 +238,7 @@ async fn serve_h1<IO>(
     IO: Readiness + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(state);
-    let service = service(shared, state.clone());
+    let service = service(shared, state.clone(), true);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -292,11 +312,14 @@ where
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
     let mut quiet = Duration::ZERO;
     let mut closing = false;
+    // Draining: responses say `Connection: close` (the service adds it), and the connection
+    // closes at the first tick with nothing in flight.
+    let mut stopping = false;
     loop {
         let event = tokio::select! {
             result = &mut *conn => Event::Done(result),
             _ = tick.tick(), if !closing => Event::Tick,
-            _ = stopped(shutdown), if !closing => Event::Stop,
+            _ = stopped(shutdown), if !closing && !stopping => Event::Stop,
         };
         match event {
             Event::Done(Err(error)) => {
@@ -326,7 +349,7 @@ where
                     continue;
                 }
                 quiet += PARK_AFTER;
-                if quiet >= limits.idle_timeout {
+                if stopping || quiet >= limits.idle_timeout {
                     closing = true;
                     Pin::new(&mut *conn).graceful_shutdown();
                 } else if state.can_park() {
@@ -336,10 +359,7 @@ where
                     return Run::Parked(client, read_ahead);
                 }
             }
-            Event::Stop => {
-                closing = true;
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
+            Event::Stop => stopping = true,
         }
     }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod admin;
 pub(crate) mod connection;
 mod dev_ca;
+pub(crate) mod handover;
 pub(crate) mod reload;
 pub(crate) mod server;
 pub(crate) mod tls;

@@ -5,6 +5,10 @@
 //! the admin listener, the reloader and signal handling. Shutdown stops the accept loops, asks
 //! every connection to finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and
 //! waits up to the configured grace period.
+//!
+//! The listening sockets may come from outside (systemd's socket activation, or the process
+//! this one replaces) and go to a new process on SIGUSR2 ([`handover`]): then this one stops
+//! accepting once the new one is ready, and drains for `limits.upgrade_grace`.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -22,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::frontdoor::connection;
 use crate::frontdoor::dev_ca::{self, DevCa};
+use crate::frontdoor::handover::{self, InheritError, Inherited, Listeners, Role};
 use crate::frontdoor::reload::{self, Reloader};
 use crate::frontdoor::tls::{self, CertStore, TlsError};
 use crate::observe::access_log::AccessLog;
@@ -50,6 +55,8 @@ pub enum StartError {
     },
     #[error("cannot start a runtime thread")]
     Runtime(#[source] io::Error),
+    #[error("cannot use the listening sockets passed to the process (LISTEN_FDS)")]
+    Inherited(#[from] InheritError),
 }
 
 /// How the server is started.
@@ -58,7 +65,10 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// Where access-log lines go (standard output by default).
     pub access_log: Option<Box<dyn Write + Send>>,
-    /// Handle SIGTERM/SIGINT (graceful shutdown) and SIGHUP (reload). Off for embedded use.
+    /// Act as the process: handle SIGTERM/SIGINT (graceful shutdown), SIGHUP (reload) and
+    /// SIGUSR2 (in-place upgrade), take the listening sockets passed in `LISTEN_FDS`, and say
+    /// when it is ready (systemd's `NOTIFY_SOCKET`, or the process being upgraded). Off for
+    /// embedded use.
     pub handle_signals: bool,
     /// Where the development CA is kept when no certificate is configured (by default
     /// `SEKISHO_DEV_CA_DIR`, else the user's state directory).
@@ -166,16 +176,22 @@ impl ListenerKind {
 
 /// Loads the configuration and certificates, binds every listener and starts the threads.
 pub fn start(mut options: Options) -> Result<Running, StartError> {
+    // First, before any thread: the reader of LISTEN_FDS unsets it.
+    let inherited = if options.handle_signals {
+        Inherited::from_env()?
+    } else {
+        Inherited::default()
+    };
     let kubernetes = options.kubernetes.take();
     let config = initial_config(&options, kubernetes.as_ref())?;
-    serve(config, options, kubernetes)
+    serve(config, options, kubernetes, inherited)
 }
 
 /// Starts serving `config` as it is, with no file to watch: for the crate's own tests, which
 /// can give what no file can (the ACME challenge routes a route source adds).
 #[cfg(test)]
 pub(crate) fn start_with_config(config: Config, options: Options) -> Result<Running, StartError> {
-    serve(config, options, None)
+    serve(config, options, None, Inherited::default())
 }
 
 /// The configuration to start with: the file, else the embedded default of the mode. In
@@ -215,6 +231,7 @@ fn serve(
     config: Config,
     options: Options,
     kubernetes: Option<KubernetesOptions>,
+    mut inherited: Inherited,
 ) -> Result<Running, StartError> {
     let workers = config.workers;
     let mut metrics = Metrics::default();
@@ -261,28 +278,44 @@ fn serve(
     let snapshot = Snapshot::build(&config, None, workers, &metrics)?;
     let unrouted = RouteMetrics::new(&metrics, Name(Arc::from("")));
 
-    let https = bind_group(config.listen.https, workers)?;
+    let mut listeners = Listeners::default();
+    let https = listener_group(
+        Role::Https,
+        config.listen.https,
+        workers,
+        &mut inherited,
+        &mut listeners,
+    )?;
     let http = config
         .listen
         .http
-        .map(|addr| bind_group(addr, workers))
+        .map(|addr| listener_group(Role::Http, addr, workers, &mut inherited, &mut listeners))
         .transpose()?;
-    let admin = bind(config.listen.admin, false)?;
+    let admin = listener_group(
+        Role::Admin,
+        config.listen.admin,
+        1,
+        &mut inherited,
+        &mut listeners,
+    )?;
     let metrics_listener = config
         .listen
         .metrics
-        .map(|addr| bind(addr, false))
+        .map(|addr| listener_group(Role::Metrics, addr, 1, &mut inherited, &mut listeners))
         .transpose()?;
-    let https_addr = https[0].local_addr().map_err(StartError::Runtime)?;
-    let http_addr = match &http {
-        Some(group) => Some(group[0].local_addr().map_err(StartError::Runtime)?),
-        None => None,
+    inherited.close_leftovers();
+    let first_addr = |group: &[Vec<std::net::TcpListener>]| {
+        group[0][0].local_addr().map_err(StartError::Runtime)
     };
-    let admin_addr = admin.local_addr().map_err(StartError::Runtime)?;
-    let metrics_addr = match &metrics_listener {
-        Some(listener) => Some(listener.local_addr().map_err(StartError::Runtime)?),
-        None => None,
-    };
+    let https_addr = first_addr(&https)?;
+    let http_addr = http.as_deref().map(first_addr).transpose()?;
+    let admin_addr = first_addr(&admin)?;
+    let metrics_addr = metrics_listener.as_deref().map(first_addr).transpose()?;
+    let accept_loops = https
+        .iter()
+        .chain(http.iter().flatten())
+        .map(Vec::len)
+        .sum();
 
     let hub = crate::hub::registry::Hub::new(metrics.tunnel.links_unresponsive.clone());
     let shared = Arc::new(Shared {
@@ -304,6 +337,9 @@ fn serve(
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (stop_control, stop_control_rx) = watch::channel(false);
+    let (accepting, _) = watch::channel(accept_loops);
+    let accepting = Arc::new(accepting);
+    let (cut_short, cut_short_rx) = watch::channel(None);
 
     let reloader = match &kubernetes {
         None => options
@@ -315,24 +351,42 @@ fn serve(
     };
     let kube_source = kubernetes
         .map(|kubernetes| KubeSource::new(shared.clone(), config.clone(), kubernetes, fallback));
+    let signals = options.handle_signals.then(|| SignalContext {
+        shutdown: shutdown.clone(),
+        cut_short,
+        accepting: accepting.clone(),
+        listeners,
+        executable: handover::own_executable(),
+        kubernetes: kube_source.is_some(),
+    });
+    // Readiness is announced only once the signal handlers are installed: SIGUSR2 or SIGHUP
+    // before that would end the process (their default action).
+    let (handlers_installed, handlers_ready) = std::sync::mpsc::sync_channel(1);
     let control = {
         let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        let handle_signals = options.handle_signals;
+        let internal = admin
+            .into_iter()
+            .flatten()
+            .map(|listener| (listener, admin::Scope::Admin))
+            .chain(
+                metrics_listener
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|listener| (listener, admin::Scope::Metrics)),
+            )
+            .collect();
         std::thread::Builder::new()
             .name("sekisho-control".into())
             .spawn(move || {
                 run_control(
                     shared,
-                    [
-                        Some((admin, admin::Scope::Admin)),
-                        metrics_listener.map(|m| (m, admin::Scope::Metrics)),
-                    ],
+                    internal,
                     reloader,
                     kube_source,
-                    shutdown,
                     stop_control_rx,
-                    handle_signals,
+                    signals,
+                    handlers_installed,
                 )
             })
             .map_err(StartError::Runtime)?
@@ -340,30 +394,52 @@ fn serve(
 
     let mut http_group = http.map(Vec::into_iter);
     let mut handles = Vec::with_capacity(workers);
-    for (index, https_listener) in https.into_iter().enumerate() {
-        let mut listeners = vec![(https_listener, ListenerKind::Https)];
+    for (index, https_listeners) in https.into_iter().enumerate() {
+        let mut listeners: Vec<_> = https_listeners
+            .into_iter()
+            .map(|listener| (listener, ListenerKind::Https))
+            .collect();
         if let Some(group) = &mut http_group
-            && let Some(listener) = group.next()
+            && let Some(http_listeners) = group.next()
         {
-            listeners.push((listener, ListenerKind::Http));
+            listeners.extend(
+                http_listeners
+                    .into_iter()
+                    .map(|listener| (listener, ListenerKind::Http)),
+            );
         }
         let shared = shared.clone();
-        let shutdown = shutdown_rx.clone();
+        let stop = WorkerStop {
+            shutdown: shutdown_rx.clone(),
+            accepting: accepting.clone(),
+            cut_short: cut_short_rx.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("sekisho-worker-{index}"))
-            .spawn(move || run_worker(index, shared, listeners, shutdown))
+            .spawn(move || run_worker(index, shared, listeners, stop))
             .map_err(StartError::Runtime)?;
         handles.push(handle);
     }
 
+    // Serving is announced (logged, and told to systemd or the process being upgraded) once
+    // the signal handlers are installed. The sender is dropped unsent when the control thread
+    // could not install them.
+    let handlers = !options.handle_signals || handlers_ready.recv().is_ok();
+    if !handlers {
+        tracing::error!("the signal handlers are not installed: not announcing readiness");
+    }
     tracing::info!(
         https = %https_addr,
         http = http_addr.map(|a| a.to_string()),
         admin = %admin_addr,
         metrics = metrics_addr.map(|a| a.to_string()),
         workers,
+        pid = std::process::id(),
         "sekisho-proxy is serving"
     );
+    if options.handle_signals && handlers {
+        handover::announce_ready();
+    }
     Ok(Running {
         https_addr,
         http_addr,
@@ -378,16 +454,63 @@ fn serve(
     })
 }
 
-/// One listening socket per worker on the same address.
-fn bind_group(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
-    let reuse_port = workers > 1;
-    let first = bind(addr, reuse_port)?;
-    let actual = first
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let mut group = vec![first];
-    for _ in 1..workers {
-        group.push(bind(actual, reuse_port)?);
+/// The listening sockets of `role` for each of `workers`: the inherited ones when there are,
+/// else one bound per worker on the same address. A copy of each goes into `kept`, for an
+/// upgrade.
+///
+/// Inherited sockets are spread over the workers: several per worker when there are more
+/// sockets than workers (a group the old process bound with more workers), a descriptor of
+/// the same socket for several workers when there are fewer (systemd passes one socket per
+/// address; each worker's runtime then waits on it, and one of them accepts each connection).
+/// Nothing is bound beside them: a socket this process bound would close with it, and the
+/// connections in its queue with it.
+fn listener_group(
+    role: Role,
+    addr: SocketAddr,
+    workers: usize,
+    inherited: &mut Inherited,
+    kept: &mut Listeners,
+) -> Result<Vec<Vec<std::net::TcpListener>>, StartError> {
+    let taken = inherited.take(role, addr);
+    let group = if taken.is_empty() {
+        let reuse_port = workers > 1;
+        let first = bind(addr, reuse_port)?;
+        let actual = first
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let mut group = vec![vec![first]];
+        for _ in 1..workers {
+            group.push(vec![bind(actual, reuse_port)?]);
+        }
+        for listener in group.iter().flatten() {
+            kept.keep(role, listener).map_err(StartError::Runtime)?;
+        }
+        group
+    } else {
+        // Each socket once, however many workers share it.
+        for listener in &taken {
+            kept.keep(role, listener).map_err(StartError::Runtime)?;
+        }
+        spread(taken, workers).map_err(StartError::Runtime)?
+    };
+    Ok(group)
+}
+
+/// `sockets` spread over `workers`, every worker with at least one and every socket used.
+fn spread(
+    sockets: Vec<std::net::TcpListener>,
+    workers: usize,
+) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let count = sockets.len();
+    let mut group: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    if count >= workers {
+        for (index, socket) in sockets.into_iter().enumerate() {
+            group[index % workers].push(socket);
+        }
+    } else {
+        for (index, slot) in group.iter_mut().enumerate() {
+            slot.push(sockets[index % count].try_clone()?);
+        }
     }
     Ok(group)
 }
@@ -408,14 +531,36 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, Sta
     attempt().map_err(|source| StartError::Bind { addr, source })
 }
 
+/// What the signal handler needs: the flags it raises, and what an upgrade hands over.
+struct SignalContext {
+    shutdown: watch::Sender<bool>,
+    /// `Some(grace)`: a signal during the drain after an upgrade; what is left gets `grace`.
+    cut_short: watch::Sender<Option<Duration>>,
+    /// How many public accept loops still run.
+    accepting: Arc<watch::Sender<usize>>,
+    /// Copies of the listening sockets for a new process; closed when this process stops.
+    listeners: Listeners,
+    /// This binary's path, read at start (what SIGUSR2 starts).
+    executable: io::Result<PathBuf>,
+    kubernetes: bool,
+}
+
+/// How a worker stops: the shutdown flag, the count of running accept loops it lowers, and
+/// whether the drain was cut short (by SIGTERM after an upgrade).
+struct WorkerStop {
+    shutdown: watch::Receiver<bool>,
+    accepting: Arc<watch::Sender<usize>>,
+    cut_short: watch::Receiver<Option<Duration>>,
+}
+
 fn run_control(
     shared: Arc<Shared>,
-    internal: [Option<(std::net::TcpListener, admin::Scope)>; 2],
+    internal: Vec<(std::net::TcpListener, admin::Scope)>,
     reloader: Option<Reloader>,
     kube_source: Option<KubeSource>,
-    shutdown: watch::Sender<bool>,
     stop: watch::Receiver<bool>,
-    handle_signals: bool,
+    signals: Option<SignalContext>,
+    handlers_installed: std::sync::mpsc::SyncSender<()>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -428,10 +573,19 @@ fn run_control(
         }
     };
     runtime.block_on(async move {
-        for (listener, scope) in internal.into_iter().flatten() {
+        // The internal listeners stop with the control thread, or at once when the sockets
+        // are handed to a new process (which then answers /readyz on them).
+        let (stop_internal, internal_stop) = watch::channel(false);
+        let mut internal_loops = Vec::new();
+        for (listener, scope) in internal {
             match TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    tokio::spawn(admin::serve(listener, scope, shared.clone(), stop.clone()));
+                    internal_loops.push(tokio::spawn(admin::serve(
+                        listener,
+                        scope,
+                        shared.clone(),
+                        internal_stop.clone(),
+                    )));
                 }
                 Err(error) => {
                     tracing::error!(%error, ?scope, "cannot use an internal listener");
@@ -440,19 +594,44 @@ fn run_control(
             }
         }
         let (reload_now, reload_rx) = tokio::sync::mpsc::channel(1);
-        if let Some(reloader) = reloader {
-            tokio::spawn(reloader.run(reload_rx, stop.clone()));
-        }
+        // True while a hand-over is under way: the thread stops only after it has been logged
+        // (the workers may all be done before the signal task has seen their loops end).
+        let (handing_over, mut handover_done) = watch::channel(false);
+        let reload_task =
+            reloader.map(|reloader| tokio::spawn(reloader.run(reload_rx, stop.clone())));
         let kube_task = kube_source.map(|source| tokio::spawn(source.run(stop.clone())));
-        if handle_signals {
-            tokio::spawn(handle_signals_until_stop(
-                shared.clone(),
-                shutdown,
-                reload_now,
-            ));
+        if let Some(signals) = signals {
+            let internal = InternalListeners {
+                stop: stop_internal,
+                loops: internal_loops,
+                reload_task,
+            };
+            match Handlers::install() {
+                Ok(handlers) => {
+                    let _ = handlers_installed.send(());
+                    tokio::spawn(handle_signals_until_stop(
+                        shared.clone(),
+                        handlers,
+                        signals,
+                        reload_now,
+                        internal,
+                        handing_over,
+                    ));
+                }
+                Err(error) => tracing::error!(%error, "cannot install signal handlers"),
+            }
+        } else {
+            // No SIGHUP without signal handling: the reloader watches the files alone.
+            drop(reload_now);
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                stopped(&mut stop).await;
+                let _ = stop_internal.send(true);
+            });
         }
         let mut stop = stop;
         stopped(&mut stop).await;
+        let _ = handover_done.wait_for(|busy| !busy).await;
         // The Kubernetes source lets its Lease go before the runtime ends.
         if let Some(task) = kube_task {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
@@ -460,44 +639,169 @@ fn run_control(
     });
 }
 
+/// The control thread's own listeners and tasks, which an upgrade stops early.
+struct InternalListeners {
+    stop: watch::Sender<bool>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    reload_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The signals the process answers.
+struct Handlers {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Handlers {
+    fn install() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
+/// How the signal loop ended.
+enum Ending {
+    /// SIGTERM or SIGINT: drain and stop.
+    Stop(&'static str),
+    /// A new process took over the listening sockets.
+    HandedOver(handover::Successor),
+}
+
 async fn handle_signals_until_stop(
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
+    handlers: Handlers,
+    signals: SignalContext,
     reload_now: tokio::sync::mpsc::Sender<()>,
+    internal: InternalListeners,
+    handing_over: watch::Sender<bool>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    loop {
+    let Handlers {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr2,
+    } = handlers;
+    let SignalContext {
+        shutdown,
+        cut_short,
+        accepting,
+        listeners,
+        executable,
+        kubernetes,
+    } = signals;
+    // At most one upgrade at a time; dropping it (SIGTERM meanwhile) kills the new process.
+    let mut upgrading = None;
+    let ending = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break Ending::Stop("SIGTERM"),
+            _ = int.recv() => break Ending::Stop("SIGINT"),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 let _ = reload_now.try_send(());
             }
+            _ = usr2.recv() => {
+                if kubernetes {
+                    tracing::warn!("SIGUSR2: in-place upgrades are for a single host; in Kubernetes, roll the Deployment (ignored)");
+                } else if upgrading.is_some() {
+                    tracing::warn!("SIGUSR2: an upgrade is already under way (ignored)");
+                } else {
+                    match &executable {
+                        Ok(path) => {
+                            tracing::info!(executable = %path.display(), "SIGUSR2: upgrading in place");
+                            upgrading = Some(Box::pin(handover::start_successor(path, &listeners)));
+                        }
+                        Err(error) => tracing::error!(%error, "SIGUSR2: cannot upgrade: this process's executable was not found at start; still serving"),
+                    }
+                }
+            }
+            result = async { upgrading.as_mut().expect("polled only while upgrading").await }, if upgrading.is_some() => {
+                upgrading = None;
+                match result {
+                    Ok(successor) => break Ending::HandedOver(successor),
+                    Err(error) => tracing::error!(
+                        error = %crate::error_chain(&error),
+                        "upgrade failed: this process keeps serving"
+                    ),
+                }
+            }
+        }
+    };
+    drop(upgrading);
+    let snapshot = shared.snapshot.load_full();
+    let shutdown_grace = snapshot.limits.shutdown_grace;
+    match ending {
+        Ending::Stop(signal) => {
+            tracing::info!(
+                signal,
+                grace = %humantime::format_duration(shutdown_grace),
+                "shutting down: no new connections, finishing requests in flight"
+            );
+            handover::announce_stopping();
+            // Closed with the accept loops, so that new connections are refused at once.
+            drop(listeners);
+            shared.draining.store(true, Ordering::Relaxed);
+            let _ = shutdown.send(true);
+        }
+        Ending::HandedOver(successor) => {
+            handing_over.send_replace(true);
+            let grace = snapshot.limits.upgrade_grace;
+            tracing::info!(
+                new_pid = successor.pid,
+                grace = %humantime::format_duration(grace),
+                "upgrade: the new process is ready; this one stops accepting and drains"
+            );
+            // Everything this process still holds gets the upgrade grace: the workers' wait
+            // and the agent links read it from the snapshot when the shutdown flag turns.
+            let mut draining = (*snapshot).clone();
+            draining.limits.shutdown_grace = grace;
+            shared.snapshot.store(Arc::new(draining));
+            // The configuration is the new process's now.
+            if let Some(task) = &internal.reload_task {
+                task.abort();
+            }
+            shared.draining.store(true, Ordering::Relaxed);
+            let _ = internal.stop.send(true);
+            let _ = shutdown.send(true);
+            drop(listeners);
+            for task in internal.loops {
+                let _ = task.await;
+            }
+            let mut accepting = accepting.subscribe();
+            let _ = accepting.wait_for(|loops| *loops == 0).await;
+            tracing::info!(
+                new_pid = successor.pid,
+                pid = std::process::id(),
+                "upgrade: handed over; this process no longer accepts connections"
+            );
+            handing_over.send_replace(false);
         }
     }
-    let grace = shared.snapshot.load().limits.shutdown_grace;
+    // A signal during the drain cuts it to the shutdown grace.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     tracing::info!(
-        grace = %humantime::format_duration(grace),
-        "shutting down: no new connections, finishing requests in flight"
+        grace = %humantime::format_duration(shutdown_grace),
+        "signal during the drain: what is left gets the shutdown grace"
     );
-    shared.draining.store(true, Ordering::Relaxed);
-    let _ = shutdown.send(true);
+    let _ = cut_short.send(Some(shutdown_grace));
+    // Still here, so that further signals are not fatal.
+    std::future::pending::<()>().await;
 }
 
 fn run_worker(
     index: usize,
     shared: Arc<Shared>,
     listeners: Vec<(std::net::TcpListener, ListenerKind)>,
-    shutdown: watch::Receiver<bool>,
+    stop: WorkerStop,
 ) {
     worker::enter(index);
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -510,6 +814,11 @@ fn run_worker(
             return;
         }
     };
+    let WorkerStop {
+        shutdown,
+        accepting,
+        mut cut_short,
+    } = stop;
     runtime.block_on(async move {
         let tracker = TaskTracker::new();
         let mut loops = Vec::new();
@@ -522,20 +831,40 @@ fn run_worker(
                     shutdown.clone(),
                     tracker.clone(),
                 ))),
-                Err(error) => tracing::error!(%error, "cannot use a listener"),
+                Err(error) => {
+                    tracing::error!(%error, "cannot use a listener");
+                    accepting.send_modify(|running| *running = running.saturating_sub(1));
+                }
             }
         }
         for accept in loops {
             let _ = accept.await;
+            accepting.send_modify(|running| *running = running.saturating_sub(1));
         }
         tracker.close();
         let grace = shared.snapshot.load().limits.shutdown_grace;
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(
+        let cut = async {
+            let cut_to = match cut_short.wait_for(Option::is_some).await {
+                Ok(grace) => *grace,
+                Err(_) => None,
+            };
+            match cut_to {
+                Some(grace) => tokio::time::sleep(grace).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tracker.wait() => {}
+            () = tokio::time::sleep(grace) => tracing::warn!(
                 worker = index,
                 connections = tracker.len(),
                 "grace period over: closing the remaining connections"
-            );
+            ),
+            () = cut => tracing::warn!(
+                worker = index,
+                connections = tracker.len(),
+                "drain cut short: closing the remaining connections"
+            ),
         }
     });
 }

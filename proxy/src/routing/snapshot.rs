@@ -45,7 +45,9 @@ pub(crate) const OWN_PREFIX: &str = "/.sekisho/";
 /// Where ACME HTTP-01 validators ask for a challenge's token (RFC 8555 §8.3).
 pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-#[derive(Debug)]
+/// Cloning shares the routes, upstreams and identity state (they are `Arc`s): a copy with other
+/// limits serves the same as the original.
+#[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
     pub routes: RouteTable<Arc<Route>>,
     /// ACME HTTP-01 challenges: public `Exact` routes under [`ACME_CHALLENGE_PREFIX`], looked

@@ -20,7 +20,7 @@ pub enum PathType {
     Exact,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RouteTable<T> {
     exact: HashMap<Box<str>, HostRoutes<T>>,
     /// Keyed by the suffix after `*.`.
@@ -29,14 +29,14 @@ pub(crate) struct RouteTable<T> {
     any: Option<HostRoutes<T>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct HostRoutes<T> {
     /// Longest first; `Exact` before `Prefix` at equal length.
     paths: Vec<PathRule<T>>,
     default: Option<T>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PathRule<T> {
     /// For `Prefix`, stored without a trailing slash (`/` becomes the empty string).
     path: Box<str>,
