@@ -127,39 +127,6 @@ async fn a_proxy_that_was_unreachable_for_long_is_connected_within_a_second_of_c
 }
 
 #[tokio::test]
-async fn a_stopping_agent_refuses_new_streams_as_draining_while_its_open_one_goes_on() {
-    let setup = Setup::new();
-    let echo = Echo::start().await;
-    let mut peer = setup.peer().await;
-    let mut agent = RunningAgent::start(setup.settings(&peer, &[echo.addr], &[]));
-    let mut conn = peer.next_agent().await;
-    let mut open = conn.tunnel(echo.addr).await;
-
-    agent.stop();
-    // The stream reaches the stopping agent, which refuses it as draining; or the agent's
-    // GOAWAY reaches this end first, and hyper fails the request or (when it notices the GOAWAY
-    // only through this request) leaves it unsent and unanswered. Never is it served.
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(echo.addr.to_string())
-        .body(empty())
-        .unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(2), conn.sender.send_request(request));
-    if let Ok(Ok(response)) = answer.await {
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(
-            response
-                .headers()
-                .contains_key(sekisho_wire::AGENT_DRAINING_HEADER)
-        );
-    }
-    round_trip(&mut open, b"the open stream goes on").await;
-    assert!(!agent.is_finished());
-    drop(open);
-    agent.finished(Duration::from_secs(5)).await;
-}
-
-#[tokio::test]
 async fn a_ping_is_answered_at_once_with_no_content_whatever_its_method() {
     let setup = Setup::new();
     let mut peer = setup.peer().await;
@@ -238,7 +205,7 @@ async fn an_agent_the_proxy_does_not_know_keeps_retrying_with_a_jittered_backoff
 }
 
 #[tokio::test]
-async fn a_stopping_agent_lets_open_streams_finish_and_then_returns() {
+async fn a_stopping_agent_refuses_new_streams_lets_open_ones_finish_and_then_returns() {
     let setup = Setup::new();
     let echo = Echo::start().await;
     let mut peer = setup.peer().await;
@@ -247,6 +214,23 @@ async fn a_stopping_agent_lets_open_streams_finish_and_then_returns() {
     let mut open = conn.tunnel(echo.addr).await;
 
     agent.stop();
+    // The stream reaches the stopping agent, which refuses it as draining; or the agent's
+    // GOAWAY reaches this end first, and hyper fails the request or (when it notices the GOAWAY
+    // only through this request) leaves it unsent and unanswered. Never is it served.
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(echo.addr.to_string())
+        .body(empty())
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), conn.sender.send_request(request));
+    if let Ok(Ok(response)) = answer.await {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            response
+                .headers()
+                .contains_key(sekisho_wire::AGENT_DRAINING_HEADER)
+        );
+    }
     round_trip(&mut open, b"finishing").await;
     assert!(!agent.is_finished());
     drop(open);

@@ -85,6 +85,22 @@ impl Pki {
             key_file,
         })
     }
+
+    /// A TLS client configuration that trusts this CA (ring, the default protocol versions).
+    pub fn client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(&self.ca_file)?;
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
+    }
 }
 
 static SEGMENTS: AtomicU32 = AtomicU32::new(0);

@@ -573,18 +573,8 @@ type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS connection to the proxy for `host`.
 fn tls(site: &Site, host: &str) -> Result<Tls> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(&site.pki.ca_file)?;
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
-        roots.add(cert?)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(tls), host.to_owned().try_into()?)?;
+    let conn =
+        rustls::ClientConnection::new(site.pki.client_config()?, host.to_owned().try_into()?)?;
     let tcp = TcpStream::connect(site.proxy.addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
     Ok(rustls::StreamOwned::new(conn, tcp))
@@ -951,7 +941,12 @@ fn agent_credentials_cannot_be_replayed_borrowed_or_forged() -> Result<()> {
 
 /// `sekisho tunnel BOX` as `person`, its input held open, once sshd's banner came through.
 fn open_tunnel(site: &Site, person: &str) -> Result<std::process::Child> {
-    let mut command = site.tunnel(BOX, Some(&site.proxy.user_token(person)?));
+    tunnel_to_sshd(site.tunnel(BOX, Some(&site.proxy.user_token(person)?)))
+}
+
+/// Starts `command` (a `sekisho tunnel` to sshd) with its input held open; the running tunnel
+/// once sshd's banner came through it.
+fn tunnel_to_sshd(mut command: Command) -> Result<std::process::Child> {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1161,18 +1156,8 @@ fn a_tunnel_whose_proxy_vanishes_without_a_tls_close_says_the_proxy_went_away() 
         .args(["--connect-to", &relay.addr.to_string()])
         .args(["tunnel", "--no-login"])
         .arg(format!("{BOX}:{}", site.proxy.addr.port()))
-        .env("SEKISHO_TOKEN", site.proxy.user_token(ALICE)?)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut tunnel = command.spawn()?;
-    let mut banner = [0u8; 8];
-    tunnel
-        .stdout
-        .as_mut()
-        .context("stdout is piped")?
-        .read_exact(&mut banner)?;
-    ensure!(&banner == b"SSH-2.0-", "the tunnel brought {banner:?}");
+        .env("SEKISHO_TOKEN", site.proxy.user_token(ALICE)?);
+    let tunnel = tunnel_to_sshd(command)?;
     relay.cut();
     let (code, stderr) = ended(tunnel)?;
     ensure!(

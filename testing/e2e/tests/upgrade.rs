@@ -422,19 +422,8 @@ const MAX_LOAD_TIME: Duration = Duration::from_secs(300);
 
 impl Load {
     fn new(pki: &Pki, addr: SocketAddr) -> Result<Arc<Self>> {
-        let mut roots = rustls::RootCertStore::empty();
-        let ca = std::fs::read(&pki.ca_file)?;
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
-            roots.add(cert?)?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         Ok(Arc::new(Self {
-            tls: Arc::new(tls),
+            tls: pki.client_config()?,
             addr,
             stop: AtomicBool::new(false),
             http1: Counts::default(),
