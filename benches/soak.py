@@ -20,7 +20,8 @@ target), for --duration seconds:
 
 Then prints the report: per-kind totals and errors (the first error text of each kind), RSS and
 descriptors at start, after --warmup and at the end, and their least-squares slopes over the
-samples after the warm-up; with --write FILE, replaces the soak section of FILE.
+samples after the warm-up; with --write FILE, replaces the soak section of FILE. Exit status: 0
+every goal met, 1 one missed, 3 the run could not start (the peak measurement failed).
 With --check it does one login, one WebSocket session and one tunnel stream and exits (1 on a
 failure). Only 127.0.0.1 is dialled; every step has a timeout and every loop a bound.
 """
@@ -370,13 +371,16 @@ def metrics(url):
 def run(args, ctx):
     tally = Tally()
     if args.rate:
-        rate, peak = args.rate, None
+        rate, peak, peak_build = args.rate, None, False
     else:
         log(f"peak: oha -c {args.connections} for 2 s (warm-up), then {args.peak_seconds} s")
         oha(args, 2)
+        peak_build = compiler_running()
         d, ok, errors, text = oha(args, args.peak_seconds)
+        peak_build = peak_build or compiler_running()
         if errors or not ok:
-            raise SystemExit(f"the peak measurement had {errors} errors ({text}) and {ok} successes")
+            log(f"error: the peak measurement had {errors} errors ({text}) and {ok} successes")
+            raise SystemExit(3)
         peak = d["summary"]["requestsPerSec"]
         rate = max(1, int(peak / 2))
         log(f"peak {peak:.0f} req/s: the soak runs HTTP at {rate} req/s")
@@ -423,6 +427,7 @@ def run(args, ctx):
             + ", ".join(f"{k} {oks[k]} ok {errs[k]} err" for k in KINDS) + "; "
             + ", ".join(f"{n} {s[0]} KiB {s[1]} fds" for n, s in procs.items()))
     stop.set()
+    elapsed = time.monotonic() - started
     for t in threads[1:]:
         t.join(TIMEOUT * 3)
     done.set()
@@ -432,8 +437,8 @@ def run(args, ctx):
     final = {name: proc_sample(pid) for name, pid in pids.items()}
     out.close()
     return {
-        "rate": rate, "peak": peak, "tally": tally, "samples": samples, "final": final,
-        "elapsed": time.monotonic() - started, "p50s": p50s, "p99s": p99s, "achieved": achieved,
+        "rate": rate, "peak": peak, "peak_build": peak_build, "tally": tally, "samples": samples, "final": final,
+        "elapsed": elapsed, "p50s": p50s, "p99s": p99s, "achieved": achieved,
         "metrics": metrics(args.metrics) if args.metrics else {},
     }
 
@@ -458,68 +463,82 @@ def fmt_slope(v, unit):
     return "n/a" if v is None else f"{v:+,.0f} {unit}/h"
 
 
+def process_rows(args, r, secs):
+    """Per process: its table row and its two verdicts (RSS and descriptors flat)."""
+    samples = r["samples"]
+    after = [s for s in samples if s["t"] >= args.warmup] or samples[-1:]
+    rows, verdicts = [], []
+    for name in samples[0]["procs"] if samples else []:
+        seen = [(s["t"], *s["procs"][name]) for s in samples if name in s["procs"]]
+        warm = [(s["t"], *s["procs"][name]) for s in after if name in s["procs"]]
+        rs = slope_per_hour([(t, rss) for t, rss, _, _ in warm])
+        fs = slope_per_hour([(t, fds) for t, _, fds, _ in warm])
+        fin = r["final"].get(name) or seen[-1][1:]
+        cpu = (fin[2] - seen[0][3]) / secs
+        rows.append(f"| {name} | {seen[0][1]:,} | {warm[0][1]:,} | {fin[0]:,} | "
+                    f"{max(v[1] for v in seen):,} | {fmt_slope(rs, 'KiB')} | {seen[0][2]} / {warm[0][2]} / "
+                    f"{fin[1]} / {max(v[2] for v in seen)} | {fmt_slope(fs, 'fds')} | {cpu:.2f} |")
+        verdicts.append((f"{name}: RSS flat (slope within ±{RSS_FLAT_KIB_PER_H:,} KiB/h)",
+                         fmt_slope(rs, "KiB"), rs is not None and abs(rs) < RSS_FLAT_KIB_PER_H))
+        verdicts.append((f"{name}: descriptors flat (slope within ±{FDS_FLAT_PER_H}/h)",
+                         fmt_slope(fs, "fds"), fs is not None and abs(fs) < FDS_FLAT_PER_H))
+    return rows, verdicts, len(after)
+
+
 def report(args, r, machine):
     samples, tally = r["samples"], r["tally"]
     ok, err = tally.snapshot()
     secs = r["elapsed"]
-    after = [s for s in samples if s["t"] >= args.warmup] or samples[-1:]
-    lines = []
     m = machine
     keys = [("date", "Date"), ("command", "Command"), ("nproc", "nproc"), ("cpu", "CPU"),
             ("kernel", "Kernel"), ("memory", "Memory (free -h)"), ("sekisho", "sekisho"),
             ("rustc", "rustc"), ("oha", "oha"), ("nginx", "nginx (upstream)"),
             ("node", "Node.js (devidp)"), ("python", "Python (driver, echo servers)")]
-    lines += [f"- {label}: `{m[k]}`" for k, label in keys if k in m]
-    peak = f"half of the {r['peak']:,.0f} req/s peak measured first " \
-           f"(oha -c {args.connections}, {args.peak_seconds} s)" if r["peak"] else "given with --rate"
-    lines.append(f"- Load: HTTP/1.1 over TLS with a session cookie at {r['rate']:,} req/s ({peak}), "
+    lines = [f"- {label}: `{m[k]}`" for k, label in keys if k in m]
+    peak = (f", half of the {r['peak']:,.0f} req/s peak measured first (oha -c {args.connections}, "
+            f"{args.peak_seconds} s, no rate{'; a compiler was running' if r['peak_build'] else ''})") if r["peak"] else " (given with --rate)"
+    lines.append(f"- Load: HTTP/1.1 over TLS with a session cookie at {r['rate']:,} req/s{peak}, "
                  f"oha -q in runs of {args.chunk} s; a browser login through devidp every "
-                 f"{args.login_every} s; {args.ws_per_second} WebSocket sessions/s "
-                 f"({args.ws_messages} messages each); {args.tunnels_per_second} tunnel streams/s "
+                 f"{args.login_every:g} s; {args.ws_per_second:g} WebSocket sessions/s "
+                 f"({args.ws_messages} messages each); {args.tunnels_per_second:g} tunnel streams/s "
                  f"(4 × 1 KiB round trips, then a half-close).")
-    lines.append(f"- Run: {secs / 60:.1f} min, a sample every {args.interval} s ({len(samples)} samples), "
-                 f"slopes over the {len(after)} samples after a {args.warmup} s warm-up; "
-                 f"{m.get('pinning', '')}")
+    rows, verdicts, n_after = process_rows(args, r, secs)
     builds = sum(1 for s in samples if s["build"])
-    lines.append(f"- Others' compilers were running at {builds} of {len(samples)} samples.")
-    lines += ["", "| kind | per second | total ok | errors | first error |", "|---|---|---|---|---|"]
+    lines.append(f"- Run: {secs / 60:.1f} min, a sample every {args.interval:g} s ({len(samples)} samples, "
+                 f"others' compilers running at {builds} of them), slopes over the {n_after} samples "
+                 f"after a {args.warmup} s warm-up. {m.get('pinning', '')}")
+    total_err = sum(err.values())
+    verdicts.append(("0 errors", f"{total_err:,}", total_err == 0))
+    lines += ["", "### Goals", "", "| goal | measured | met |", "|---|---|---|"]
+    lines += [f"| {g} | {v} | {'yes' if met else '**no**'} |" for g, v, met in verdicts]
+    if secs < 1800:
+        lines.append(f"\nA run of {secs / 60:.0f} min is a smoke test: too short for its slopes to "
+                     "judge a leak (the goals are for `benches/soak.sh`, one hour).")
+    lines += ["", "### Operations", "", "| kind | per second | ok | errors | first error |",
+              "|---|---|---|---|---|"]
     for k in KINDS + sorted(set(err) - set(KINDS)):
         first = tally.first.get(k, "").replace("|", "\\|")[:160]
         lines.append(f"| {k} | {ok[k] / secs:,.1f} | {ok[k]:,} | {err[k]:,} | {first or '—'} |")
     if r["achieved"]:
         med = sorted(r["p99s"])[len(r["p99s"]) // 2]
-        lines.append(f"\nHTTP per oha run: achieved {min(r['achieved']):,.0f}–{max(r['achieved']):,.0f} req/s; "
+        lines.append(f"\nHTTP, per oha run: achieved {min(r['achieved']):,.0f}–{max(r['achieved']):,.0f} req/s; "
                      f"p50 {min(r['p50s']):.2f}–{max(r['p50s']):.2f} ms; p99 median {med:.2f} ms, "
                      f"max {max(r['p99s']):.2f} ms (coordinated omission corrected).")
-    lines += ["", "| process | RSS start | after warm-up | end (load stopped) | max | RSS slope | fds start / after warm-up / end / max "
-              "| fd slope | CPU |", "|---|---|---|---|---|---|---|---|---|"]
-    verdicts = []
-    for name in samples[0]["procs"] if samples else []:
-        rss = [(s["t"], s["procs"][name][0]) for s in samples if name in s["procs"]]
-        fds = [(s["t"], s["procs"][name][1]) for s in samples if name in s["procs"]]
-        w = [s["procs"][name] for s in after if name in s["procs"]]
-        rs = slope_per_hour([(s["t"], s["procs"][name][0]) for s in after if name in s["procs"]])
-        fs = slope_per_hour([(s["t"], s["procs"][name][1]) for s in after if name in s["procs"]])
-        fin = r["final"].get(name) or (rss[-1][1], fds[-1][1], samples[-1]["procs"][name][2])
-        cpu = (fin[2] - samples[0]["procs"][name][2]) / secs
-        lines.append(f"| {name} | {rss[0][1]:,} KiB | {w[0][0]:,} KiB | {fin[0]:,} KiB | "
-                     f"{max(v for _, v in rss):,} KiB | {fmt_slope(rs, 'KiB')} | {fds[0][1]} / {w[0][1]} / "
-                     f"{fin[1]} / {max(v for _, v in fds)} | {fmt_slope(fs, 'fds')} | {cpu:.2f} cores |")
-        verdicts.append((f"{name} RSS flat (slope within ±{RSS_FLAT_KIB_PER_H:,} KiB/h)",
-                         fmt_slope(rs, "KiB"), rs is not None and abs(rs) < RSS_FLAT_KIB_PER_H))
-        verdicts.append((f"{name} descriptors flat (slope within ±{FDS_FLAT_PER_H}/h)",
-                         fmt_slope(fs, "fds"), fs is not None and abs(fs) < FDS_FLAT_PER_H))
-    total_err = sum(err.values())
-    verdicts.append(("0 errors", f"{total_err:,}", total_err == 0))
+    lines += ["", "### Memory and descriptors", "",
+              "| process | RSS KiB start | after warm-up | end (load stopped) | max | RSS slope "
+              "| fds start / after warm-up / end / max | fd slope | CPU (cores) |",
+              "|---|---|---|---|---|---|---|---|---|"] + rows
+    if len(samples) > 2:
+        picks = sorted({round(i * (len(samples) - 1) / 10) for i in range(11)})
+        at = ", ".join(f"{samples[i]['t'] / 60:.1f}" for i in picks)
+        lines.append(f"\nRSS in MiB at every tenth of the run ({at} min):")
+        for name in samples[0]["procs"]:
+            lines.append(f"- {name}: " + " ".join(
+                f"{samples[i]['procs'][name][0] / 1024:.1f}" for i in picks if name in samples[i]["procs"]))
     if r["metrics"]:
-        lines.append("\nProxy gauges at the end (load stopped): " + ", ".join(
+        lines.append("\nThe proxy's gauges once the load had stopped: " + ", ".join(
             f"`{k}` {v:g}" if isinstance(v, float) else f"`{k}` {v}" for k, v in sorted(r["metrics"].items())))
-    head = ["### Verdict", "", "| goal | measured | met |", "|---|---|---|"]
-    head += [f"| {g} | {v} | {'yes' if met else '**no**'} |" for g, v, met in verdicts]
-    if secs < 1800:
-        head.append(f"\nA run of {secs / 60:.0f} min is a smoke test: its slopes are too short to "
-                    "judge a leak; the one-hour run is `benches/soak.sh`.")
-    return head + [""] + lines, all(met for _, _, met in verdicts)
+    return lines, all(met for _, _, met in verdicts)
 
 
 def main():

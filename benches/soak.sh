@@ -317,7 +317,7 @@ main() {
         --pid "proxy:${PID[proxy]}" --pid "agent:${PID[agent]}" --pid "cli:${PID[cli]}" \
         --metrics "http://127.0.0.1:$ADMIN/metrics" --samples "$T/samples.jsonl" \
         --machine "$T/machine.txt" ${RESULTS:+--write "$RESULTS"} "${DRIVER_ARGS[@]}" || rc=$?
-    if ((rc == 1)); then log "a goal was not met (see the verdict above; KEEP_TMP=1 keeps $T)"; fi
+    if ((rc == 1)); then log "a goal was not met (see the Goals table above; KEEP_TMP=1 keeps $T)"; fi
     return "$rc"
 }
 
