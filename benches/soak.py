@@ -34,6 +34,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -350,7 +351,8 @@ def sampler(args, pids, tally, samples, stop, done, started, out):
         out.write(json.dumps(row) + "\n")
         out.flush()
         n += 1
-        done.wait(max(0.0, started + n * args.interval - time.monotonic()))
+        # Half an interval off the oha runs' boundaries, where their connections are replaced.
+        done.wait(max(0.0, started + (n - 0.5) * args.interval - time.monotonic()))
 
 
 def metrics(url):
@@ -432,6 +434,7 @@ def run(args, ctx):
         t.join(TIMEOUT * 3)
     done.set()
     threads[0].join(TIMEOUT)
+    samples[:] = [s for s in samples if s["t"] < elapsed]  # none from after the load
     # The end: once the load has stopped and the last streams have closed.
     time.sleep(2)
     final = {name: proc_sample(pid) for name, pid in pids.items()}
@@ -521,7 +524,9 @@ def report(args, r, machine):
         lines.append(f"| {k} | {ok[k] / secs:,.1f} | {ok[k]:,} | {err[k]:,} | {first or '—'} |")
     if r["achieved"]:
         med = sorted(r["p99s"])[len(r["p99s"]) // 2]
-        lines.append(f"\nHTTP, per oha run: achieved {min(r['achieved']):,.0f}–{max(r['achieved']):,.0f} req/s; "
+        lines.append(f"\nHTTP, per oha run: achieved {min(r['achieved']):,.0f}–{max(r['achieved']):,.0f} req/s "
+                     f"({min(r['achieved']) / r['rate']:.0%}–{max(r['achieved']) / r['rate']:.0%} of the rate; "
+                     "below it, the load fell behind and latencies count the wait); "
                      f"p50 {min(r['p50s']):.2f}–{max(r['p50s']):.2f} ms; p99 median {med:.2f} ms, "
                      f"max {max(r['p99s']):.2f} ms (coordinated omission corrected).")
     lines += ["", "### Memory and descriptors", "",
@@ -571,6 +576,8 @@ def main():
     p.add_argument("--write", metavar="FILE", help="replace the soak section of FILE")
     p.add_argument("--check", action="store_true", help="one of each, then exit")
     args = p.parse_args()
+    # SIGTERM (soak.sh's exit trap) as Ctrl-C: subprocess.run then kills the oha it waits for.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ctx = ssl.create_default_context(cafile=args.cafile)
 
     if args.check:

@@ -146,14 +146,18 @@ metric() {
         | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
 }
 
-# Waits until no compiler runs (others' builds share the two CPUs), WAIT_BUILDS seconds at most.
+# Whether a compiler or linker (Rust, C, Go) runs: others' builds share the two CPUs.
+# shellcheck disable=SC2009 # pgrep refuses patterns longer than 15 characters
+compiling() { ps -eo comm= | grep -qxE 'rustc|cc1|cc1plus|cc|ld|ld.bfd|ld.gold|lld|collect2|compile|link|asm|cgo'; }
+
+# Waits until no compiler runs, WAIT_BUILDS seconds at most.
 wait_quiet() {
-    local start=$SECONDS builds='rustc|cc1|cc1plus|cc|ld|ld.bfd|ld.gold|lld|collect2|compile|link|asm|cgo'
-    while pgrep -x "$builds" >/dev/null && ((SECONDS - start < WAIT_BUILDS)); do
+    local start=$SECONDS
+    while compiling && ((SECONDS - start < WAIT_BUILDS)); do
         ((SECONDS - start)) || log "waiting for others' builds to finish (at most ${WAIT_BUILDS}s)"
         sleep 5
     done
-    if pgrep -x "$builds" >/dev/null; then log "a build is running: measuring the peak anyway"; fi
+    if compiling; then log "a build is running: measuring the peak anyway"; fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +196,9 @@ EOF
         cat "$T/keys.out" >&2
         die "sekisho-proxy keys failed"
     fi
-    AGENT_KEY=$("$AGENT" init --key "$T/agent.key" --name soak 2>/dev/null | head -n1)
+    # All of init's output, then its first line: a pipe closed early (`| head -n1`) makes it abort.
+    AGENT_KEY=$("$AGENT" init --key "$T/agent.key" --name soak 2>/dev/null) || die "sekisho-agent init failed"
+    AGENT_KEY=${AGENT_KEY%%$'\n'*}
     [[ -n $AGENT_KEY ]] || die "sekisho-agent init printed no key"
     printf 'sekisho-dev-secret' >"$T/idp-secret"
 
@@ -312,11 +318,15 @@ main() {
     "${driver[@]}" --check || die "a login, WebSocket session or tunnel stream failed (see $T/*.err)"
     ((WAIT_BUILDS > 0)) && [[ -z $RATE ]] && wait_quiet
     log "soak: $DURATION s (warm-up $WARMUP s)"
-    local rc=0
+    # In the background, so that the exit trap stops it (and the oha it runs) with the rest.
     "${driver[@]}" --duration "$DURATION" --warmup "$WARMUP" ${RATE:+--rate "$RATE"} \
         --pid "proxy:${PID[proxy]}" --pid "agent:${PID[agent]}" --pid "cli:${PID[cli]}" \
         --metrics "http://127.0.0.1:$ADMIN/metrics" --samples "$T/samples.jsonl" \
-        --machine "$T/machine.txt" ${RESULTS:+--write "$RESULTS"} "${DRIVER_ARGS[@]}" || rc=$?
+        --machine "$T/machine.txt" ${RESULTS:+--write "$RESULTS"} "${DRIVER_ARGS[@]}" &
+    PID[driver]=$!
+    local rc=0
+    wait "${PID[driver]}" || rc=$?
+    unset "PID[driver]"
     if ((rc == 1)); then log "a goal was not met (see the Goals table above; KEEP_TMP=1 keeps $T)"; fi
     return "$rc"
 }
