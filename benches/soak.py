@@ -561,7 +561,7 @@ def main():
     p.add_argument("--peak-seconds", type=int, default=10)
     p.add_argument("--rate", type=int, help="HTTP requests/s (default: half of the peak)")
     p.add_argument("--duration", type=int, default=3600)
-    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=900)
     p.add_argument("--chunk", type=int, default=60)
     p.add_argument("--interval", type=float, default=10)
     p.add_argument("--login-every", type=float, default=5)
