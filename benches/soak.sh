@@ -49,7 +49,7 @@ while (($#)); do
         --results) RESULTS=$2; shift ;;
         --nice) NICE=$2; shift ;;
         --) shift; DRIVER_ARGS=("$@"); break ;;
-        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -111,6 +111,12 @@ T=""
 
 cleanup() {
     local pid
+    # The load first, so that it does not count the servers' going away as errors.
+    if [[ -n ${PID[driver]:-} ]]; then
+        kill -TERM "${PID[driver]}" 2>/dev/null || true
+        wait "${PID[driver]}" 2>/dev/null || true
+        unset "PID[driver]"
+    fi
     for pid in "${PID[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PID[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
