@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -146,7 +146,13 @@ pub(crate) struct IdentityState {
     provider_sessions: DashMap<String, Vec<([u8; 16], u64)>>,
     /// Our session id → the ID token and its expiry, for `id_token_hint` at logout.
     id_tokens: DashMap<[u8; 16], (RawIdToken, u64)>,
+    /// When (Unix seconds) the login maps were last swept of expired sessions.
+    logins_swept_at: AtomicU64,
 }
+
+/// How often, at most, a new login sweeps the login maps of sessions that have expired (so that
+/// they hold the live sessions, not every session since the start or the last time they filled).
+const SWEEP_LOGINS_EVERY_SECS: u64 = 60;
 
 /// A back-channel logout of every session of one subject: the sessions that began before it
 /// are over, the ones that began after it are not.
@@ -195,6 +201,7 @@ impl IdentityState {
             any_subject_revoked: AtomicBool::new(false),
             provider_sessions: DashMap::new(),
             id_tokens: DashMap::new(),
+            logins_swept_at: AtomicU64::new(0),
         }
     }
 
@@ -311,11 +318,23 @@ impl IdentityState {
         expires_at: u64,
     ) {
         let now = unix_now();
-        if self.id_tokens.len() >= MAX_REMEMBERED {
+        let swept_at = self.logins_swept_at.load(Ordering::Relaxed);
+        let sweep = now >= swept_at + SWEEP_LOGINS_EVERY_SECS
+            && self
+                .logins_swept_at
+                .compare_exchange(swept_at, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if sweep || self.id_tokens.len() >= MAX_REMEMBERED {
             self.id_tokens.retain(|_, (_, until)| *until > now);
         }
         if self.id_tokens.len() < MAX_REMEMBERED {
             self.id_tokens.insert(id, (id_token, expires_at));
+        }
+        if sweep {
+            self.provider_sessions.retain(|_, sessions| {
+                sessions.retain(|(_, until)| *until > now);
+                !sessions.is_empty()
+            });
         }
         if let Some(sid) = sid {
             if self.provider_sessions.len() >= MAX_REMEMBERED {
@@ -616,5 +635,23 @@ mod tests {
         // Still known: a second token for s1 need not fall back to the whole subject.
         assert!(state.revoke_provider_session(ISSUER, "s1"));
         assert!(!state.revoke_provider_session(ISSUER, "s2"));
+    }
+
+    #[test]
+    fn a_new_login_sweeps_the_sessions_that_expired_once_a_minute() {
+        let state = IdentityState::new();
+        let now = unix_now();
+        let token = || RawIdToken::new("t".into());
+        state.remember_login([1; 16], ISSUER, Some("old"), token(), now - 1);
+        state.remember_login([2; 16], ISSUER, Some("live"), token(), now + 3600);
+        // Swept just now (by the first login): the expired one stays until the next sweep.
+        assert_eq!(state.id_tokens.len(), 2);
+        state.logins_swept_at.store(0, Ordering::Relaxed);
+        state.remember_login([3; 16], ISSUER, Some("new"), token(), now + 3600);
+        assert!(state.take_id_token(&[1; 16]).is_none());
+        assert!(!state.revoke_provider_session(ISSUER, "old"));
+        assert!(state.take_id_token(&[2; 16]).is_some());
+        assert!(state.revoke_provider_session(ISSUER, "live"));
+        assert_eq!(state.provider_sessions.len(), 2);
     }
 }

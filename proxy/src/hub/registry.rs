@@ -42,6 +42,8 @@ pub(crate) struct Hub {
     streams: DashMap<StreamId, Arc<Stream>>,
     /// Woken when an agent link comes or goes (for whoever reports agents' status).
     pub(crate) links_changed: tokio::sync::Notify,
+    /// When (Unix seconds) closed streams were last swept.
+    streams_swept_at: AtomicU64,
     /// Links cut because they stopped answering while a stream waited.
     unresponsive_links: prometheus_client::metrics::counter::Counter,
 }
@@ -232,7 +234,16 @@ impl Hub {
     }
 
     pub(crate) fn add_stream(&self, stream: Arc<Stream>) {
-        if self.streams.len() >= MAX_CLOSED_STREAMS {
+        // Swept when full, and at most every CLOSED_STREAM_KEPT otherwise: the map holds the
+        // open streams and the last minute's closed ones, not the last 4,096 streams.
+        let now = crate::auth::session::unix_now();
+        let swept_at = self.streams_swept_at.load(Ordering::Relaxed);
+        let sweep = now >= swept_at + CLOSED_STREAM_KEPT.as_secs()
+            && self
+                .streams_swept_at
+                .compare_exchange(swept_at, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if sweep || self.streams.len() >= MAX_CLOSED_STREAMS {
             self.streams.retain(|_, s| {
                 s.closed_since()
                     .is_none_or(|at| at.elapsed() < CLOSED_STREAM_KEPT)
@@ -440,6 +451,40 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<http::HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stream(id: u8) -> Arc<Stream> {
+        Arc::new(Stream {
+            id: [id; 16],
+            host: "box".into(),
+            user: Arc::from("alice"),
+            agent: None,
+            opened: std::time::Instant::now(),
+            issuer: String::new(),
+            subject: String::new(),
+            token: std::sync::Mutex::new(String::new()),
+            closed: std::sync::Mutex::new(None),
+        })
+    }
+
+    #[test]
+    fn closed_streams_are_swept_once_their_minute_is_over_not_only_when_the_map_is_full() {
+        let hub = Hub::default();
+        let old = stream(1);
+        hub.add_stream(old.clone());
+        old.close(sekisho_wire::tunnel::StreamEnd::ClientClosed, "done".into());
+        // Closed long enough ago to be forgotten.
+        let long_ago = std::time::Instant::now()
+            .checked_sub(CLOSED_STREAM_KEPT + Duration::from_secs(1))
+            .unwrap();
+        super::super::stream::lock(&old.closed).as_mut().unwrap().at = long_ago;
+        hub.add_stream(stream(2));
+        // The first add swept just now: the next sweep is a minute away.
+        assert_eq!(hub.streams.len(), 2);
+        hub.streams_swept_at.store(0, Ordering::Relaxed);
+        hub.add_stream(stream(3));
+        assert_eq!(hub.streams.len(), 2);
+        assert!(!hub.streams.contains_key(&[1; 16]));
+    }
 
     fn request(method: Method, headers: &[(&str, &str)]) -> Request<()> {
         let mut req = Request::builder().method(method);
