@@ -4,7 +4,9 @@
 //! The backoff spares a proxy that answers and refuses (TLS, the upgrade, a 503). A proxy that
 //! cannot be reached at all (the TCP connection refused or timed out) costs nothing to try
 //! again: such failures wait only a [`probe_delay`] and leave the ceiling where it was, so an
-//! agent is back within about a second of its proxy, however long the proxy was away.
+//! agent is back within about a second of its proxy, however long the proxy was away. A
+//! connection the proxy accepted and that ended later is no refusal either: it starts the
+//! backoff over and waits a [`probe_delay`].
 
 use std::time::Duration;
 
@@ -14,7 +16,8 @@ use rand::Rng;
 pub const BASE: Duration = Duration::from_millis(500);
 /// The largest ceiling.
 pub const CAP: Duration = Duration::from_secs(30);
-/// A connection that lived longer than this counts as a success: the next wait starts over.
+/// A connection drained by the proxy after living longer than this is replaced at once; one
+/// drained sooner after a [`probe_delay`].
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// The longest wait before trying again a proxy that could not be reached.

@@ -3,10 +3,12 @@
 //! The link dials; on success it hands the connection to a task of its own that serves it
 //! ([`serve`]) and waits. A connection that ends sends the link into backoff; one the proxy
 //! asks to drain keeps serving its open streams while the link dials a replacement at once
-//! (or after a backoff, when the connection was drained within [`HEALTHY_AFTER`] of connecting,
-//! so that a proxy draining everything cannot make the agent spin). An address where nothing
-//! accepts the TCP connection is tried again after a short [`probe_delay`] instead: the agent is
-//! back within about a second of the proxy, however long it was away.
+//! (or after a short [`probe_delay`], when the connection was drained within [`HEALTHY_AFTER`]
+//! of connecting, so that a proxy draining everything cannot make the agent spin). A connection
+//! lost otherwise, and an address where nothing accepts the TCP connection, are tried again
+//! after a [`probe_delay`] too: the agent is back within about a second of the proxy, however
+//! long it was away and however often it restarted. Only dials the proxy answers and refuses
+//! (TLS, the upgrade) back off exponentially.
 
 use std::fmt;
 use std::pin::pin;
@@ -95,20 +97,26 @@ impl Link {
                         ended = ended_rx => ended.unwrap_or(Ended::Closed),
                         () = left_running(&mut phase) => return,
                     };
-                    let healthy = connected.elapsed() > HEALTHY_AFTER;
-                    if healthy {
-                        backoff.reset();
-                    }
+                    // The proxy took this agent: whatever ended the connection, it is no
+                    // refusal to back off from. Dial again soon; if nobody answers, the cheap
+                    // probing below takes over.
+                    backoff.reset();
+                    let young = connected.elapsed() <= HEALTHY_AFTER;
                     if let Ended::Drained = ended {
-                        // At once, unless drains come so fast that redialing would spin.
-                        if healthy {
+                        if !young {
                             tracing::info!(
                                 "the proxy asked {self} to drain: dialing a new connection while its streams finish"
                             );
                             continue;
                         }
+                        // Not at once: drains that come this fast would make the agent spin.
                         tracing::info!("the proxy asked {self} to drain soon after it connected");
                     }
+                    let delay = probe_delay(&mut rand::rng());
+                    if !wait(delay, &mut phase).await {
+                        return;
+                    }
+                    continue;
                 }
                 Err(error @ (DialError::Connect { .. } | DialError::ConnectTimeout(_))) => {
                     // Nobody answers at the address: try again soon, it costs the proxy nothing.
@@ -123,9 +131,8 @@ impl Link {
                     } else {
                         tracing::debug!("cannot connect to {self}: {error}");
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = left_running(&mut phase) => return,
+                    if !wait(delay, &mut phase).await {
+                        return;
                     }
                     continue;
                 }
@@ -142,9 +149,8 @@ impl Link {
                 "backing off {} ms before dialing {self} again",
                 delay.as_millis()
             );
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = left_running(&mut phase) => return,
+            if !wait(delay, &mut phase).await {
+                return;
             }
         }
     }
@@ -230,6 +236,14 @@ impl Unreachable {
             self.logged = Some(now);
         }
         due
+    }
+}
+
+/// Sleeps `delay`; false when the phase left `Running` meanwhile.
+async fn wait(delay: std::time::Duration, phase: &mut watch::Receiver<Phase>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = left_running(phase) => false,
     }
 }
 
