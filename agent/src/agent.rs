@@ -52,6 +52,7 @@ impl Agent {
             settings.connect_timeout,
         ));
         let streams = Arc::new(Streams::new(
+            settings.name.clone(),
             settings.allow.clone(),
             settings.connect_timeout,
         ));

@@ -65,6 +65,9 @@ pub fn builder() -> http2::Builder<TokioExecutor> {
 /// What every stream on every connection shares: the allow list, the dial timeout and the
 /// HTTP client (with its pool of connections to local servers).
 pub struct Streams {
+    /// The agent's name: the authority of the proxy's own requests (drain, ping); requests for
+    /// targets name `host:port`, so a client cannot make a forwarded request look like one.
+    name: String,
     allow: AllowList,
     connect_timeout: Duration,
     client: Client<HttpConnector, Incoming>,
@@ -73,7 +76,7 @@ pub struct Streams {
 }
 
 impl Streams {
-    pub fn new(allow: AllowList, connect_timeout: Duration) -> Self {
+    pub fn new(name: String, allow: AllowList, connect_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -81,6 +84,7 @@ impl Streams {
             .pool_timer(TokioTimer::new())
             .build(connector);
         Self {
+            name,
             allow,
             connect_timeout,
             client,
@@ -99,12 +103,14 @@ impl Streams {
         drain: &Notify,
         mut req: Request<Incoming>,
     ) -> Response<ResponseBody> {
-        if req.uri().path() == AGENT_PING_PATH && req.method() != Method::CONNECT {
+        let own = req.method() != Method::CONNECT
+            && req.uri().authority().map(|a| a.as_str()) == Some(self.name.as_str());
+        if own && req.uri().path() == AGENT_PING_PATH {
             let mut pong = Response::new(Either::Left(Full::default()));
             *pong.status_mut() = StatusCode::NO_CONTENT;
             return pong;
         }
-        if req.method() == Method::POST && req.uri().path() == AGENT_DRAIN_PATH {
+        if own && req.method() == Method::POST && req.uri().path() == AGENT_DRAIN_PATH {
             tracing::debug!("the proxy asked this connection to drain");
             drain.notify_one();
             return text(StatusCode::OK, "draining\n".into());

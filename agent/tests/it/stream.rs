@@ -100,6 +100,48 @@ async fn an_http_request_for_an_allowed_server_gets_its_response_without_hop_hea
 }
 
 #[tokio::test]
+async fn a_forwarded_request_for_the_agents_own_paths_goes_to_its_target_and_drains_nothing() {
+    let setup = Setup::new();
+    let server = HttpServer::start().await;
+    let mut peer = setup.peer().await;
+    let _agent = RunningAgent::start(setup.settings(&peer, &[], &[server.addr]));
+    let mut conn = peer.next_agent().await;
+    // What a client of a route through this agent can send: the target's authority, any path.
+    let ping = Request::builder()
+        .uri(format!(
+            "http://{}{}",
+            server.addr,
+            sekisho_wire::AGENT_PING_PATH
+        ))
+        .body(empty())
+        .unwrap();
+    let response = conn.request(ping).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        body_text(response)
+            .await
+            .starts_with("GET /.sekisho/agent/ping")
+    );
+    let drain = Request::builder()
+        .method(Method::POST)
+        .uri(format!(
+            "http://{}{}",
+            server.addr,
+            sekisho_wire::AGENT_DRAIN_PATH
+        ))
+        .body(empty())
+        .unwrap();
+    let response = conn.request(drain).await;
+    assert_eq!(body_text(response).await, "read 0 bytes");
+    // Not drained: no replacement connection is dialed.
+    assert!(
+        peer.agent_within(std::time::Duration::from_secs(1))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn an_http_request_for_a_server_that_is_not_allowed_or_down_is_refused() {
     let setup = Setup::new();
     let server = HttpServer::start().await;
