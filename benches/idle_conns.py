@@ -15,38 +15,11 @@ the whole run stops after `--deadline` seconds whatever happens. Only 127.0.0.1 
 import argparse
 import asyncio
 import json
-import os
 import ssl
 import sys
 import time
 
-
-def tree_pids(pid):
-    """The pid and all its descendants."""
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return pids
-
-
-def rss_kib(pid):
-    total = 0
-    for p in tree_pids(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+from procfs import rss_kib
 
 
 async def read_response(reader):

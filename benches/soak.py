@@ -47,6 +47,8 @@ import urllib.request
 
 from results_md import write_section
 
+from procfs import tree_pids
+
 TIMEOUT = 10.0
 KINDS = ["http", "login", "websocket", "tunnel"]
 RSS_FLAT_KIB_PER_H = 1024
@@ -287,20 +289,6 @@ def paced(kind, per_second, op, tally, stop):
         except Exception as e:  # every failure is counted, none is retried
             tally.add(kind, err=1, text=f"{type(e).__name__}: {e}")
         nxt = max(nxt + interval, time.monotonic() - interval)
-
-
-def tree_pids(pid):
-    pids, todo = [], [pid]
-    while todo and len(pids) < 1000:
-        p = todo.pop()
-        pids.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return pids
 
 
 def proc_sample(pid):
