@@ -485,7 +485,8 @@ def report(args, r, machine):
     keys = [("date", "Date"), ("command", "Command"), ("nproc", "nproc"), ("cpu", "CPU"),
             ("kernel", "Kernel"), ("memory", "Memory (free -h)"), ("sekisho", "sekisho"),
             ("rustc", "rustc"), ("oha", "oha"), ("nginx", "nginx (upstream)"),
-            ("node", "Node.js (devidp)"), ("python", "Python (driver, echo servers)")]
+            ("node", "Node.js (devidp)"), ("python", "Python (driver, echo servers)"),
+            ("session", "Session lifetime of the logins")]
     lines = [f"- {label}: `{m[k]}`" for k, label in keys if k in m]
     peak = (f", half of the {r['peak']:,.0f} req/s peak measured first (oha -c {args.connections}, "
             f"{args.peak_seconds} s, no rate{'; a compiler was running' if r['peak_build'] else ''})") if r["peak"] else " (given with --rate)"

@@ -8,6 +8,9 @@
 #
 # Options: --duration SECONDS (3600), --warmup SECONDS (900: samples before it are not in the
 #          slopes), --rate N (HTTP requests/s; default half of the peak measured first),
+#          --session-lifetime D (10m: the logins' sessions, and with them the login state the
+#          proxy keeps per live session, end within the warm-up, so that a slope is a leak and not
+#          sessions still alive; 12h is the proxy's default),
 #          --wait-builds SECONDS (600: the longest wait for others' compilers before the peak
 #          is measured), --nice N (-10), --no-install, --no-build,
 #          --bin-dir DIR (prebuilt sekisho-proxy, sekisho-agent and sekisho; SEKISHO_REV says
@@ -28,6 +31,7 @@ CACHE="$ROOT/.cache"
 DURATION=3600
 WARMUP=900 # the proxy keeps up to 4,096 closed tunnel streams: ~14 min at 5 streams/s
 RATE=""
+SESSION_LIFETIME=10m
 WAIT_BUILDS=600
 INSTALL=1
 BUILD=1
@@ -42,6 +46,7 @@ while (($#)); do
         --duration) DURATION=$2; shift ;;
         --warmup) WARMUP=$2; shift ;;
         --rate) RATE=$2; shift ;;
+        --session-lifetime) SESSION_LIFETIME=$2; shift ;;
         --wait-builds) WAIT_BUILDS=$2; shift ;;
         --no-install) INSTALL=0 ;;
         --no-build) BUILD=0 ;;
@@ -49,7 +54,7 @@ while (($#)); do
         --results) RESULTS=$2; shift ;;
         --nice) NICE=$2; shift ;;
         --) shift; DRIVER_ARGS=("$@"); break ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -209,7 +214,7 @@ EOF
     printf 'sekisho-dev-secret' >"$T/idp-secret"
 
     # The load's cookie is minted once (dev-session, 48 h) and never refreshed: the idle timeout
-    # outlasts the run. Logins get the default session lifetime (12 h).
+    # outlasts the run. Logins get --session-lifetime.
     cat >"$T/proxy.yaml" <<EOF
 listen:
   https: 127.0.0.1:$HTTPS
@@ -225,6 +230,7 @@ identity:
   session_keys_file: $T/session-keys
   signing_keys_file: $T/signing-keys.pem
   session_idle_timeout: 48h
+  session_lifetime: $SESSION_LIFETIME
   dangerous_allow_http_issuers: true
   providers:
     - {name: devidp, issuer: "http://127.0.0.1:$IDP", client_id: sekisho, client_secret_file: $T/idp-secret}
@@ -302,6 +308,7 @@ machine_info() {
         echo "nginx=$(nginx -v 2>&1 | sed 's/^nginx version: //')"
         echo "node=$(node --version), devidp on oidc-provider $(node -p 'require("'"$ROOT"'/testing/devidp/node_modules/oidc-provider/package.json").version')"
         echo "python=$(python3 -V)"
+        echo "session=$SESSION_LIFETIME"
         echo "pinning=sekisho-proxy (\`workers: 1\`) and sekisho-agent on CPU $SERVER_CPU, everything else (upstream, echo servers, devidp, CLI, load) on CPU $CLIENT_CPU; nice $(ps -o ni= -p $$ | tr -d ' ')."
     } >"$T/machine.txt"
 }
