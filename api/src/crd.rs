@@ -14,6 +14,7 @@ use crate::host::SharedHost;
 use crate::ingress_class::IngressClassParameters;
 use crate::policy::{AccessPolicy, ClusterAccessPolicy};
 use crate::proxy::Proxy;
+use crate::revocation::Revocation;
 use crate::tunnel::Tunnel;
 
 /// The command that writes the files, for their header and for the drift test's message.
@@ -31,6 +32,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         SharedHost::crd(),
         Proxy::crd(),
         GitHubWebhook::crd(),
+        Revocation::crd(),
     ];
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for crd in &mut crds {

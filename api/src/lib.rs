@@ -18,6 +18,7 @@
 //! | [`SharedHost`] | cluster | namespaces allowed on a host besides the one that claimed it first |
 //! | [`Proxy`] | namespace | a gate the operator deploys: replicas, domain, providers, certificate, keys |
 //! | [`GitHubWebhook`] | namespace | GitHub repositories whose webhooks the operator points at a route |
+//! | [`Revocation`] | namespace | sessions that end on every replica before they expire (sign-outs, logouts) |
 //!
 //! The schemas refuse what they can say (required fields, patterns, CEL rules); what they
 //! cannot (a policy that does not exist, a path that is not in normal form, two Tunnels
@@ -32,6 +33,7 @@ mod host;
 mod ingress_class;
 mod policy;
 mod proxy;
+mod revocation;
 mod schema;
 mod status;
 mod tunnel;
@@ -52,6 +54,7 @@ pub use proxy::{
     KeysSpec, KeysStatus, MonitoringSpec, NetworkPolicySpec, ProviderKind, Proxy, ProxySpec,
     ProxyStatus, SecretKeyRef, ServiceSpec, ServiceType,
 };
+pub use revocation::{Revocation, RevocationSpec, RevokedSubject};
 pub use status::ObservedStatus;
 pub use tunnel::{Tunnel, TunnelSpec};
 
@@ -129,6 +132,7 @@ mod tests {
                 Some("SharedHost") => round_trip::<SharedHost>(name, value),
                 Some("Proxy") => round_trip::<Proxy>(name, value),
                 Some("GitHubWebhook") => round_trip::<GitHubWebhook>(name, value),
+                Some("Revocation") => round_trip::<Revocation>(name, value),
                 other => panic!("{name}: no type for kind {other:?}"),
             }
         }

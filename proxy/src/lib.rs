@@ -22,6 +22,7 @@
 mod auth;
 mod check;
 mod config;
+mod every;
 mod forward;
 mod frontdoor;
 mod hub;

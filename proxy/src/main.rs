@@ -100,8 +100,9 @@ struct Cli {
     )]
     default_certificate: Option<String>,
 
-    /// The proxy's own namespace, where the Lease of the replica that writes the Ingresses'
-    /// status lives (Kubernetes mode; the downward API gives it).
+    /// The proxy's own namespace (Kubernetes mode; the downward API gives it): where the Lease
+    /// of the replica that writes the Ingresses' status lives, and the Revocations (sign-outs
+    /// and logouts) its replicas share.
     #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
     lease_namespace: Option<String>,
 

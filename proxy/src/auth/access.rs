@@ -16,6 +16,7 @@ use sekisho_identity::webhook::WebhookError;
 
 use crate::auth::endpoint::auth_origin;
 use crate::auth::identity::IdentityRuntime;
+use crate::auth::revocation::{SessionFacts, from_hex};
 use crate::auth::session::{SessionRecord, session_cookie, set_cookie, unix_now};
 use crate::auth::who::{Who, bearer_identity, who_from_record};
 use crate::forward::body::RequestBody;
@@ -295,8 +296,17 @@ pub(crate) async fn verify_bearer(
     now: u64,
 ) -> Result<sekisho_identity::bearer::BearerClaims, BearerRejection> {
     if let Ok(claims) = identity.user_tokens.verify(token, now) {
-        let revoked = session_id_from_hex(&claims.sid)
-            .is_none_or(|sid| identity.state.is_session_revoked(&sid));
+        // The session it came from, by id, and its user: a CLI token names the proxy as its
+        // issuer, so a user's logout at any provider ends it.
+        let revoked = from_hex::<16>(&claims.sid).is_none_or(|sid| {
+            identity.state.revocations.ends(SessionFacts {
+                id: &sid,
+                issuer: None,
+                subject: &claims.sub,
+                email: &claims.email,
+                issued_at: claims.iat,
+            })
+        });
         if revoked {
             return Err(BearerRejection::SessionEnded);
         }
@@ -314,17 +324,6 @@ pub(crate) async fn verify_bearer(
         Some(verifier) => Ok(verifier.verify(token).await?),
         None => Err(BearerRejection::NoIssuer),
     }
-}
-
-fn session_id_from_hex(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
 }
 
 /// The session on this host, if its cookie opens, is current and is not revoked; and the
@@ -362,12 +361,7 @@ fn from_session(
     // A cached session is checked as opening it would: time first, then revocations.
     if now >= record.expires_at
         || now.saturating_sub(record.last_seen) > identity.idle_timeout().as_secs()
-        || identity.state.is_revoked(
-            &record.id.0,
-            &record.issuer,
-            &record.subject,
-            record.issued_at,
-        )
+        || identity.state.revocations.ends(record.into())
     {
         tracing::debug!(host, "session cookie of an ended session");
         return (None, None);
@@ -410,13 +404,7 @@ pub(crate) fn current_session(
     headers: &HeaderMap,
 ) -> Option<SessionRecord> {
     let record = cookie_session(identity, ctx, headers)?;
-    (!identity.state.is_revoked(
-        &record.id.0,
-        &record.issuer,
-        &record.subject,
-        record.issued_at,
-    ))
-    .then_some(record)
+    (!identity.state.revocations.ends((&record).into())).then_some(record)
 }
 
 /// The `Set-Cookie` for `record` on its host, valid until the session expires.

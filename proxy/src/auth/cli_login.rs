@@ -33,7 +33,9 @@ use url::Url;
 use crate::auth::access::current_session;
 use crate::auth::endpoint::{auth_origin, login_again_url, login_error};
 use crate::auth::identity::IdentityRuntime;
-use crate::auth::session::{ReplayError, SessionRecord, unix_now};
+use crate::auth::once::SpendError;
+use crate::auth::revocation::Revoked;
+use crate::auth::session::{SessionRecord, unix_now};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
 use crate::respond::page;
@@ -262,7 +264,7 @@ async fn token(identity: &IdentityRuntime, req: Request<Incoming>) -> Response<R
         Err(response) => return response,
     };
     match form.get("grant_type") {
-        Some("authorization_code") => code_grant(identity, &form),
+        Some("authorization_code") => code_grant(identity, &form).await,
         Some("refresh_token") => refresh_grant(identity, &form),
         Some(DEVICE_GRANT) => device_grant(identity, &form),
         Some(_) => oauth_error("unsupported_grant_type", "this grant type is not supported"),
@@ -277,15 +279,10 @@ fn refuse(flow: &str, user: &str, error: &str, reason: &str) -> Response<Respons
 }
 
 fn is_revoked(identity: &IdentityRuntime, session: &SessionRecord) -> bool {
-    identity.state.is_revoked(
-        &session.id.0,
-        &session.issuer,
-        &session.subject,
-        session.issued_at,
-    )
+    identity.state.revocations.ends(session.into())
 }
 
-fn code_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBody> {
+async fn code_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBody> {
     const FLOW: &str = "browser";
     let (Some(code), Some(verifier), Some(redirect_uri)) = (
         form.get("code"),
@@ -320,18 +317,28 @@ fn code_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBody>
     match identity
         .state
         .replay
-        .redeem_nonce(code.nonce, code.expires_at, now)
+        .spend(code.nonce, code.expires_at, now)
+        .await
     {
         Ok(()) => {}
-        Err(ReplayError::AlreadyUsed) => {
+        Err(SpendError::AlreadyUsed) => {
             return refuse(FLOW, user, "invalid_grant", "the code was already used");
         }
-        Err(ReplayError::Full) => {
+        Err(SpendError::Full) => {
             return refuse(
                 FLOW,
                 user,
                 "temporarily_unavailable",
                 "too many codes are in flight; try again",
+            );
+        }
+        Err(SpendError::Unshared(error)) => {
+            tracing::warn!(error = %error, "a CLI code could not be spent on every replica");
+            return refuse(
+                FLOW,
+                user,
+                "temporarily_unavailable",
+                "the gate cannot reach its replicas' shared state; sign in again in a moment",
             );
         }
     }
@@ -655,9 +662,10 @@ async fn revoke(identity: &IdentityRuntime, req: Request<Incoming>) -> Response<
             .session_keys
             .open_cli_refresh(token, &identity.auth_host, unix_now())
     {
-        identity
-            .state
-            .revoke_session(refresh.session.id.0, refresh.session.expires_at);
+        identity.state.revocations.revoke(Revoked::Session {
+            id: refresh.session.id.0,
+            until: refresh.session.expires_at,
+        });
         tracing::info!(target: "sekisho::access", user = user_of(&refresh.session), subject = %refresh.session.subject, flow = "revoke", session = %refresh.session.id, "signed out (CLI)");
     }
     json(StatusCode::OK, json!({}))

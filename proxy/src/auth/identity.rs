@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -24,9 +23,12 @@ use sekisho_identity::user_token::UserTokens;
 use tokio::sync::OnceCell;
 
 use crate::auth::cli_login::device::DeviceGrants;
-use crate::auth::session::{ReplayError, ReplayGuard, SessionKeys, unix_now};
+use crate::auth::once::{OneTime, SpendError};
+use crate::auth::revocation::Revocations;
+use crate::auth::session::{SessionKeys, unix_now};
 use crate::auth::who::Who;
 use crate::config::{Config, IdentityConfig};
+use crate::every::Every;
 use crate::policy::Subject;
 
 /// Why the identity runtime could not be built.
@@ -83,6 +85,9 @@ pub(crate) struct IdentityRuntime {
     /// host), with their header values formatted. Only cookies that opened are inserted, so a
     /// client cannot choose the keys; foldhash (seeded per process) instead of SipHash.
     sessions: DashMap<Box<str>, Arc<Who>, foldhash::fast::RandomState>,
+    /// When the cookies of sessions that have ended are swept from `sessions` (each login, and
+    /// each minute's refresh of a cookie, adds a value).
+    sweep_sessions: Every<60>,
 }
 
 /// Cached session cookies at most; the cache starts over when full.
@@ -129,63 +134,33 @@ impl ProviderSlot {
 
 /// State that survives configuration reloads.
 pub(crate) struct IdentityState {
-    pub replay: ReplayGuard,
+    /// Handoff codes and the CLI's browser codes already used (each works once, on every
+    /// replica when they share state).
+    pub replay: OneTime,
     /// The CLI's device logins waiting for approval (`crate::auth::cli_login`).
     pub device_grants: DeviceGrants,
     /// Back-channel logout tokens already acted on, by a hash of `issuer \0 jti`, until they
     /// could no longer verify (each works once).
-    logout_tokens: ReplayGuard,
-    /// Session ids ended by logout, until the session would have expired anyway.
-    revoked_sessions: DashMap<[u8; 16], u64, foldhash::fast::RandomState>,
-    /// `issuer \0 subject` → the last back-channel logout of every session of that subject.
-    revoked_subjects: DashMap<String, SubjectRevocation>,
-    /// Whether `revoked_subjects` has any entry (they are never removed): asked on every
-    /// request, where `DashMap::is_empty` would lock every shard.
-    any_subject_revoked: AtomicBool,
-    /// The provider's session id (`sid`) → our session ids, for back-channel logout by `sid`.
-    provider_sessions: DashMap<String, Vec<([u8; 16], u64)>>,
+    pub logout_tokens: OneTime,
+    /// Sessions ended before they expire, here and on the other replicas.
+    pub revocations: Revocations,
     /// Our session id → the ID token and its expiry, for `id_token_hint` at logout.
     id_tokens: DashMap<[u8; 16], (RawIdToken, u64)>,
-    /// When (Unix seconds) the login maps were last swept of expired sessions.
-    logins_swept_at: AtomicU64,
-}
-
-/// How often, at most, a new login sweeps the login maps of sessions that have expired (so that
-/// they hold the live sessions, not every session since the start or the last time they filled).
-const SWEEP_LOGINS_EVERY_SECS: u64 = 60;
-
-/// A back-channel logout of every session of one subject: the sessions that began before it
-/// are over, the ones that began after it are not.
-///
-/// A session record carries its issue time in whole seconds, so the second of the logout alone
-/// cannot order it against a session issued in that same second. Sessions begin on this proxy
-/// (the login callback), so the proxy notes the ones that begin after the logout while the
-/// record's second is not yet past it ([`IdentityState::session_started`]); those stay good.
-/// Only logins within that second (or while the clock is behind it) are noted.
-#[derive(Debug)]
-struct SubjectRevocation {
-    /// Unix second of the logout: sessions issued up to and including it are over…
-    at: u64,
-    /// …except these, which began after the logout.
-    started_after: Vec<[u8; 16]>,
-}
-
-impl SubjectRevocation {
-    fn ends(&self, id: &[u8; 16], issued_at: u64) -> bool {
-        issued_at <= self.at && !self.started_after.contains(id)
-    }
+    /// When the ID tokens of sessions that have expired are swept (so that they are the live
+    /// sessions', not every session's since the start or the last time they filled).
+    sweep_id_tokens: Every<60>,
 }
 
 impl std::fmt::Debug for IdentityState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityState")
-            .field("revoked_sessions", &self.revoked_sessions.len())
+            .field("revocations", &self.revocations)
             .finish_non_exhaustive()
     }
 }
 
 /// Bounds on the in-memory maps: beyond these, expired entries are swept first, then new
-/// entries are refused (revocations are never refused: see [`IdentityState::revoke_session`]).
+/// entries are refused.
 const MAX_REMEMBERED: usize = 100_000;
 /// Device logins waiting for approval at most (each lives 10 minutes).
 const MAX_DEVICE_GRANTS: usize = 10_000;
@@ -193,162 +168,43 @@ const MAX_DEVICE_GRANTS: usize = 10_000;
 impl IdentityState {
     fn new() -> Self {
         Self {
-            replay: ReplayGuard::new(MAX_REMEMBERED),
+            replay: OneTime::new(MAX_REMEMBERED),
             device_grants: DeviceGrants::new(MAX_DEVICE_GRANTS),
-            logout_tokens: ReplayGuard::new(MAX_REMEMBERED),
-            revoked_sessions: DashMap::default(),
-            revoked_subjects: DashMap::new(),
-            any_subject_revoked: AtomicBool::new(false),
-            provider_sessions: DashMap::new(),
+            logout_tokens: OneTime::new(MAX_REMEMBERED),
+            revocations: Revocations::default(),
             id_tokens: DashMap::new(),
-            logins_swept_at: AtomicU64::new(0),
+            sweep_id_tokens: Every::default(),
         }
-    }
-
-    /// Ends a session on this proxy until `expires_at`.
-    pub(crate) fn revoke_session(&self, id: [u8; 16], expires_at: u64) {
-        let now = unix_now();
-        if self.revoked_sessions.len() >= MAX_REMEMBERED {
-            self.revoked_sessions.retain(|_, until| *until > now);
-        }
-        self.revoked_sessions.insert(id, expires_at);
     }
 
     /// Marks the back-channel logout token `jti` of `issuer` used until `until` (Unix
-    /// seconds; when the token can no longer verify). [`ReplayError::AlreadyUsed`] for a
-    /// replay; [`ReplayError::Full`] when too many tokens are remembered to take one more.
-    pub(crate) fn first_use_of_logout_token(
+    /// seconds; when the token can no longer verify). [`SpendError::AlreadyUsed`] for a
+    /// replay; [`SpendError::Full`] when too many tokens are remembered to take one more.
+    pub(crate) async fn first_use_of_logout_token(
         &self,
         issuer: &str,
         jti: &str,
         until: u64,
         now: u64,
-    ) -> Result<(), ReplayError> {
+    ) -> Result<(), SpendError> {
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
         hash.update(issuer.as_bytes());
         hash.update(&[0]);
         hash.update(jti.as_bytes());
         let mut key = [0u8; 16];
         key.copy_from_slice(&hash.finish().as_ref()[..16]);
-        self.logout_tokens.redeem_nonce(key, until, now)
+        self.logout_tokens.spend(key, until, now).await
     }
 
-    /// Ends every session of `subject` at `issuer` that began before now (`now` is the Unix
-    /// time); sessions that begin later live.
-    pub(crate) fn revoke_subject(&self, issuer: &str, subject: &str, now: u64) {
-        self.revoked_subjects
-            .entry(format!("{issuer}\0{subject}"))
-            .and_modify(|revocation| {
-                // A clock stepped back must not bring back what an earlier logout ended.
-                revocation.at = revocation.at.max(now);
-                revocation.started_after.clear();
-            })
-            .or_insert_with(|| SubjectRevocation {
-                at: now,
-                started_after: Vec::new(),
-            });
-        self.any_subject_revoked.store(true, Ordering::Release);
-    }
-
-    /// Notes a session that begins now, before its cookie is handed out, so that a logout of
-    /// its subject earlier in the same second does not end it.
-    pub(crate) fn session_started(
-        &self,
-        id: &[u8; 16],
-        issuer: &str,
-        subject: &str,
-        issued_at: u64,
-    ) {
-        // Once per login, so no fast path: the entry's lock orders this against the logout.
-        if let Some(mut revocation) = self
-            .revoked_subjects
-            .get_mut(&format!("{issuer}\0{subject}"))
-            && issued_at <= revocation.at
-        {
-            revocation.started_after.push(*id);
-        }
-    }
-
-    /// Ends the sessions that logged in with the provider session `sid`; false if none known.
-    /// They stay listed (until they expire), so that a later logout naming the same `sid`
-    /// ends the same sessions rather than every session of the subject.
-    pub(crate) fn revoke_provider_session(&self, issuer: &str, sid: &str) -> bool {
-        match self.provider_sessions.get(&format!("{issuer}\0{sid}")) {
-            Some(sessions) => {
-                for &(id, expires_at) in sessions.iter() {
-                    self.revoke_session(id, expires_at);
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether logout ended the session `id`.
-    pub(crate) fn is_session_revoked(&self, id: &[u8; 16]) -> bool {
-        self.revoked_sessions.contains_key(id)
-    }
-
-    /// Whether a session is still good as far as revocations go.
-    pub(crate) fn is_revoked(
-        &self,
-        id: &[u8; 16],
-        issuer: &str,
-        subject: &str,
-        issued_at: u64,
-    ) -> bool {
-        if self.revoked_sessions.contains_key(id) {
-            return true;
-        }
-        if !self.any_subject_revoked.load(Ordering::Acquire) {
-            return false;
-        }
-        self.revoked_subjects
-            .get(&format!("{issuer}\0{subject}"))
-            .is_some_and(|revocation| revocation.ends(id, issued_at))
-    }
-
-    /// Remembers what logout needs later: the provider's session id and the ID token.
-    pub(crate) fn remember_login(
-        &self,
-        id: [u8; 16],
-        issuer: &str,
-        sid: Option<&str>,
-        id_token: RawIdToken,
-        expires_at: u64,
-    ) {
+    /// Remembers what logout needs later: the ID token (this replica's only: a logout on
+    /// another replica asks the provider without `id_token_hint`).
+    pub(crate) fn remember_login(&self, id: [u8; 16], id_token: RawIdToken, expires_at: u64) {
         let now = unix_now();
-        let swept_at = self.logins_swept_at.load(Ordering::Relaxed);
-        let sweep = now >= swept_at + SWEEP_LOGINS_EVERY_SECS
-            && self
-                .logins_swept_at
-                .compare_exchange(swept_at, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-        if sweep || self.id_tokens.len() >= MAX_REMEMBERED {
+        if self.sweep_id_tokens.due(now) || self.id_tokens.len() >= MAX_REMEMBERED {
             self.id_tokens.retain(|_, (_, until)| *until > now);
         }
         if self.id_tokens.len() < MAX_REMEMBERED {
             self.id_tokens.insert(id, (id_token, expires_at));
-        }
-        if sweep {
-            self.provider_sessions.retain(|_, sessions| {
-                sessions.retain(|(_, until)| *until > now);
-                !sessions.is_empty()
-            });
-        }
-        if let Some(sid) = sid {
-            if self.provider_sessions.len() >= MAX_REMEMBERED {
-                self.provider_sessions.retain(|_, sessions| {
-                    sessions.retain(|(_, until)| *until > now);
-                    !sessions.is_empty()
-                });
-            }
-            if self.provider_sessions.len() < MAX_REMEMBERED {
-                self.provider_sessions
-                    .entry(format!("{issuer}\0{sid}"))
-                    .or_default()
-                    .push((id, expires_at));
-            }
         }
     }
 
@@ -469,6 +325,7 @@ impl IdentityRuntime {
                 .map(|p| p.state.clone())
                 .unwrap_or_else(|| Arc::new(IdentityState::new())),
             sessions: DashMap::default(),
+            sweep_sessions: Every::default(),
         })))
     }
 
@@ -504,6 +361,15 @@ impl IdentityRuntime {
 
     /// Remembers an opened session cookie; returns the identity.
     pub(crate) fn cache_session(&self, cookie: &str, who: Arc<Who>) -> Arc<Who> {
+        let now = unix_now();
+        if self.sweep_sessions.due(now) {
+            let idle = self.idle_timeout().as_secs();
+            self.sessions.retain(|_, who| {
+                who.session.as_ref().is_some_and(|session| {
+                    now < session.expires_at && now.saturating_sub(session.last_seen) <= idle
+                })
+            });
+        }
         if self.sessions.len() >= MAX_CACHED_SESSIONS {
             self.sessions.clear();
         }
@@ -551,107 +417,45 @@ mod tests {
     const ISSUER: &str = "https://id.example";
     const T: u64 = 1_800_000_000;
 
-    #[test]
-    fn a_subject_logout_ends_every_session_that_began_before_it_even_in_its_own_second() {
+    #[tokio::test]
+    async fn a_logout_token_jti_works_once_per_issuer_until_the_token_could_no_longer_verify() {
         let state = IdentityState::new();
-        // Began before the logout: earlier seconds, and the logout's own second.
-        state.session_started(&[1; 16], ISSUER, "alice", T - 100);
-        state.session_started(&[2; 16], ISSUER, "alice", T);
-        state.revoke_subject(ISSUER, "alice", T);
-        assert!(state.is_revoked(&[1; 16], ISSUER, "alice", T - 100));
-        assert!(state.is_revoked(&[2; 16], ISSUER, "alice", T));
-        // Other subjects and issuers are not touched.
-        assert!(!state.is_revoked(&[3; 16], ISSUER, "bob", T));
-        assert!(!state.is_revoked(&[4; 16], "https://other.example", "alice", T));
-    }
-
-    #[test]
-    fn a_session_that_begins_after_a_subject_logout_in_the_same_second_lives() {
-        let state = IdentityState::new();
-        state.revoke_subject(ISSUER, "alice", T);
-        // The login completes within the same second: its record says T, like the logout.
-        state.session_started(&[5; 16], ISSUER, "alice", T);
-        assert!(!state.is_revoked(&[5; 16], ISSUER, "alice", T));
-        // In a later second, with nothing to note.
-        state.session_started(&[6; 16], ISSUER, "alice", T + 1);
-        assert!(!state.is_revoked(&[6; 16], ISSUER, "alice", T + 1));
-        // A cookie claiming second T that this proxy did not see begin is from before.
-        assert!(state.is_revoked(&[7; 16], ISSUER, "alice", T));
-    }
-
-    #[test]
-    fn a_later_logout_ends_the_sessions_an_earlier_one_let_live() {
-        let state = IdentityState::new();
-        state.revoke_subject(ISSUER, "alice", T);
-        state.session_started(&[5; 16], ISSUER, "alice", T);
-        state.session_started(&[6; 16], ISSUER, "alice", T + 1);
-        state.revoke_subject(ISSUER, "alice", T + 1);
-        assert!(state.is_revoked(&[5; 16], ISSUER, "alice", T));
-        assert!(state.is_revoked(&[6; 16], ISSUER, "alice", T + 1));
-        // With the clock stepped back, a logout still ends what the first one ended.
-        state.revoke_subject(ISSUER, "alice", T - 10);
-        assert!(state.is_revoked(&[6; 16], ISSUER, "alice", T + 1));
-        state.session_started(&[8; 16], ISSUER, "alice", T - 9);
-        assert!(!state.is_revoked(&[8; 16], ISSUER, "alice", T - 9));
-    }
-
-    #[test]
-    fn a_logout_token_jti_works_once_per_issuer_until_the_token_could_no_longer_verify() {
-        let state = IdentityState::new();
-        assert_eq!(
-            state.first_use_of_logout_token(ISSUER, "j1", T + 60, T),
-            Ok(())
-        );
-        assert_eq!(
-            state.first_use_of_logout_token(ISSUER, "j1", T + 60, T + 59),
-            Err(ReplayError::AlreadyUsed)
-        );
+        let first_use = |issuer: &'static str, jti: &'static str, now: u64| {
+            let state = &state;
+            async move {
+                state
+                    .first_use_of_logout_token(issuer, jti, T + 60, now)
+                    .await
+            }
+        };
+        assert!(first_use(ISSUER, "j1", T).await.is_ok());
+        assert!(matches!(
+            first_use(ISSUER, "j1", T + 59).await,
+            Err(SpendError::AlreadyUsed)
+        ));
         // The same jti from another issuer is another token; so is another jti.
-        assert_eq!(
-            state.first_use_of_logout_token("https://other.example", "j1", T + 60, T),
-            Ok(())
-        );
-        assert_eq!(
-            state.first_use_of_logout_token(ISSUER, "j2", T + 60, T),
-            Ok(())
-        );
+        assert!(first_use("https://other.example", "j1", T).await.is_ok());
+        assert!(first_use(ISSUER, "j2", T).await.is_ok());
         // Issuer and jti are not simply joined.
-        assert_eq!(
-            state.first_use_of_logout_token("https://id.exampl", "e\0j1", T + 60, T),
-            Ok(())
-        );
+        assert!(first_use("https://id.exampl", "e\0j1", T).await.is_ok());
         // Forgotten only once the token is too old to verify anyway.
         assert_eq!(state.logout_tokens.purge(T + 59), 0);
         assert_eq!(state.logout_tokens.purge(T + 60), 4);
     }
 
     #[test]
-    fn a_second_logout_of_a_provider_session_ends_the_same_sessions_again() {
-        let state = IdentityState::new();
-        let token = RawIdToken::new("t".into());
-        state.remember_login([1; 16], ISSUER, Some("s1"), token, T + 3600);
-        assert!(state.revoke_provider_session(ISSUER, "s1"));
-        assert!(state.is_session_revoked(&[1; 16]));
-        // Still known: a second token for s1 need not fall back to the whole subject.
-        assert!(state.revoke_provider_session(ISSUER, "s1"));
-        assert!(!state.revoke_provider_session(ISSUER, "s2"));
-    }
-
-    #[test]
-    fn a_new_login_sweeps_the_sessions_that_expired_once_a_minute() {
+    fn a_new_login_sweeps_the_id_tokens_of_sessions_that_expired_once_a_minute() {
         let state = IdentityState::new();
         let now = unix_now();
         let token = || RawIdToken::new("t".into());
-        state.remember_login([1; 16], ISSUER, Some("old"), token(), now - 1);
-        state.remember_login([2; 16], ISSUER, Some("live"), token(), now + 3600);
+        state.remember_login([1; 16], token(), now - 1);
+        state.remember_login([2; 16], token(), now + 3600);
         // Swept just now (by the first login): the expired one stays until the next sweep.
         assert_eq!(state.id_tokens.len(), 2);
-        state.logins_swept_at.store(0, Ordering::Relaxed);
-        state.remember_login([3; 16], ISSUER, Some("new"), token(), now + 3600);
+        state.sweep_id_tokens.expire();
+        state.remember_login([3; 16], token(), now + 3600);
         assert!(state.take_id_token(&[1; 16]).is_none());
-        assert!(!state.revoke_provider_session(ISSUER, "old"));
         assert!(state.take_id_token(&[2; 16]).is_some());
-        assert!(state.revoke_provider_session(ISSUER, "live"));
-        assert_eq!(state.provider_sessions.len(), 2);
+        assert_eq!(state.id_tokens.len(), 1);
     }
 }

@@ -16,7 +16,9 @@ use url::Url;
 use crate::auth::access::{cookie_session, current_session, session_set_cookie};
 use crate::auth::endpoint::{CLI_PREFIX, auth_origin, login_again_url, login_error};
 use crate::auth::identity::IdentityRuntime;
-use crate::auth::session::{ReplayError, SessionId, SessionRecord, clear_cookie, unix_now};
+use crate::auth::once::SpendError;
+use crate::auth::revocation::{Revoked, provider_session_key, session_id_for};
+use crate::auth::session::{SessionId, SessionRecord, clear_cookie, unix_now};
 use crate::auth::who::who_from_record;
 use crate::observe::metrics::Metrics;
 use crate::policy::Decision;
@@ -70,7 +72,7 @@ pub(crate) async fn serve_identity_page(
             );
             response
         }
-        ("/.sekisho/handoff", false) if get => handoff(identity, ctx, &req),
+        ("/.sekisho/handoff", false) if get => handoff(identity, ctx, &req).await,
         ("/.sekisho/logout", _) if get => logout(identity, ctx, req.headers(), on_auth_host).await,
         ("/.sekisho/me", _) if get => me(snapshot, identity, ctx, req.headers()),
         ("/", true) if get => match current_session(identity, ctx, req.headers()) {
@@ -415,7 +417,12 @@ async fn finish_callback(
         .map_err(CallbackError::NotVerified)?;
     let rd = Url::parse(&state.rd).map_err(|_| CallbackError::BadReturnAddress)?;
     let now = unix_now();
-    let id = SessionId::random().map_err(CallbackError::NoRandomness)?;
+    let random = SessionId::random().map_err(CallbackError::NoRandomness)?;
+    let provider_session = verified
+        .sid
+        .as_deref()
+        .map(|sid| provider_session_key(&verified.issuer, sid));
+    let id = SessionId(session_id_for(random.0, provider_session));
     let expires_at = now + identity.session_lifetime().as_secs();
     let record = SessionRecord {
         id,
@@ -435,18 +442,17 @@ async fn finish_callback(
         host: identity.auth_host.clone(),
         groups_trimmed: false,
     };
-    identity.state.remember_login(
-        id.0,
-        &verified.issuer,
-        verified.sid.as_deref(),
-        verified.id_token.clone(),
-        expires_at,
-    );
-    // Before any cookie of the session exists: a back-channel logout of this subject earlier
-    // in the same second must not end it.
     identity
         .state
-        .session_started(&id.0, &record.issuer, &record.subject, record.issued_at);
+        .remember_login(id.0, verified.id_token.clone(), expires_at);
+    // Before any cookie of the session exists: a back-channel logout of this subject earlier
+    // in the same second must not end it.
+    identity.state.revocations.session_started(
+        &id.0,
+        &record.issuer,
+        &record.subject,
+        record.issued_at,
+    );
     tracing::info!(target: "sekisho::access", user = %record.email, subject = %record.subject, provider = %slot.name, "signed in");
 
     let mut cookies = vec![clear_login_cookie()];
@@ -476,7 +482,7 @@ async fn finish_callback(
     Ok(redirect(&location, Some(cookies)))
 }
 
-fn handoff(
+async fn handoff(
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
@@ -490,16 +496,18 @@ fn handoff(
                 .session_keys
                 .open_handoff(code, &ctx.host, now)
                 .map_err(|e| e.to_string())
-        })
-        .and_then(|handoff| {
-            identity
-                .state
-                .replay
-                .redeem(&handoff, now)
-                .map(|()| handoff)
-                .map_err(|e| e.to_string())
         });
-    let handoff = match opened {
+    let spent = match opened {
+        Ok(handoff) => identity
+            .state
+            .replay
+            .spend(handoff.nonce, handoff.expires_at, now)
+            .await
+            .map(|()| handoff)
+            .map_err(|e| e.to_string()),
+        Err(reason) => Err(reason),
+    };
+    let handoff = match spent {
         Ok(handoff) => handoff,
         Err(reason) => {
             tracing::info!(host = %ctx.host, %reason, "handoff code refused");
@@ -538,9 +546,10 @@ async fn logout(
         _ => None,
     };
     if let Some(session) = &session {
-        identity
-            .state
-            .revoke_session(session.id.0, session.expires_at);
+        identity.state.revocations.revoke(Revoked::Session {
+            id: session.id.0,
+            until: session.expires_at,
+        });
         tracing::info!(target: "sekisho::access", user = %session.email, subject = %session.subject, host = %ctx.host, "signed out");
     }
     let cookies = Some(vec![clear_cookie()]);
@@ -628,14 +637,13 @@ async fn backchannel_logout(
         };
         let issuer = &provider.config().issuer;
         let now = unix_now();
-        match identity.state.first_use_of_logout_token(
-            issuer,
-            &logout.jti,
-            logout.replayable_until,
-            now,
-        ) {
+        match identity
+            .state
+            .first_use_of_logout_token(issuer, &logout.jti, logout.replayable_until, now)
+            .await
+        {
             Ok(()) => {}
-            Err(ReplayError::AlreadyUsed) => {
+            Err(SpendError::AlreadyUsed) => {
                 tracing::info!(target: "sekisho::access", provider = %slot.name, subject = logout.sub.as_deref().unwrap_or("-"), reason = "replay: this logout token (jti) was used before", "back-channel logout token refused");
                 return json_error(
                     StatusCode::BAD_REQUEST,
@@ -646,17 +654,34 @@ async fn backchannel_logout(
             }
             // Only the provider can sign logout tokens, so this takes a flood of them. The logout
             // still happens: a replay can only end sessions that began before it.
-            Err(ReplayError::Full) => {
+            Err(SpendError::Full) => {
                 tracing::warn!(provider = %slot.name, "too many logout tokens to remember: this one could be replayed");
             }
+            // The logout ends sessions either way; only a replay elsewhere goes unnoticed.
+            Err(SpendError::Unshared(error)) => {
+                tracing::warn!(provider = %slot.name, error = %error, "cannot tell the other replicas this logout token was used: it could be replayed there");
+            }
         }
-        let by_sid = logout
-            .sid
-            .as_deref()
-            .is_some_and(|sid| identity.state.revoke_provider_session(issuer, sid));
-        if !by_sid && let Some(sub) = &logout.sub {
-            identity.state.revoke_subject(issuer, sub, now);
-        }
+        // A `sid` names one session at the provider: the sessions that logged in with it carry
+        // its key in their ids, on every replica. Without one, every session of the subject.
+        let by_sid = match (&logout.sid, &logout.sub) {
+            (Some(sid), _) => {
+                identity.state.revocations.revoke(Revoked::ProviderSession {
+                    key: provider_session_key(issuer, sid),
+                    until: now + identity.session_lifetime().as_secs(),
+                });
+                true
+            }
+            (None, Some(sub)) => {
+                identity.state.revocations.revoke(Revoked::Subject {
+                    issuer: issuer.clone(),
+                    subject: sub.clone(),
+                    at: now,
+                });
+                false
+            }
+            (None, None) => false,
+        };
         tracing::info!(target: "sekisho::access", provider = %slot.name, subject = logout.sub.as_deref().unwrap_or("-"), by_sid, "back-channel logout");
         let mut response = Response::new(ResponseBody::empty());
         response

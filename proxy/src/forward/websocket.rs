@@ -3,7 +3,7 @@
 //!
 //! A WebSocket outlives the request that opened it, so a session that ends (expiry, logout,
 //! back-channel logout) or a policy that stops allowing it must close it: the relay checks every
-//! [`RECHECK_EVERY`] and, when the answer turns to no, stops passing data on, lets the frame in
+//! [`RECHECK_EVERY`], and at once when a revocation arrives, and, when the answer turns to no, stops passing data on, lets the frame in
 //! flight in each direction end, sends both the client and the upstream a close frame with
 //! status 1008 (policy violation), waits a little for each to answer with its own, and then
 //! closes both connections. Both directions follow the frame boundaries ([`frame`]: RFC 6455
@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::auth::revocation::next_change;
 use crate::auth::session::{SessionRecord, unix_now};
 use crate::auth::who::who_from_record;
 use crate::policy::Decision;
@@ -67,14 +68,7 @@ impl Guard {
             return false;
         };
         let session = &self.session;
-        if unix_now() >= session.expires_at
-            || identity.state.is_revoked(
-                &session.id.0,
-                &session.issuer,
-                &session.subject,
-                session.issued_at,
-            )
-        {
+        if unix_now() >= session.expires_at || identity.state.revocations.ends(session.into()) {
             return false;
         }
         let Some(route) = snapshot.routes.find(&self.host, &self.path) else {
@@ -96,8 +90,19 @@ impl Guard {
     async fn revoked(&self) {
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         recheck.tick().await;
+        // A revocation (here or on another replica) is acted on at once, not at the next tick.
+        let mut revocations = self
+            .shared
+            .snapshot
+            .load()
+            .identity
+            .as_deref()
+            .map(|identity| identity.state.revocations.subscribe());
         loop {
-            recheck.tick().await;
+            tokio::select! {
+                _ = recheck.tick() => {}
+                () = next_change(&mut revocations) => {}
+            }
             if !self.still_allowed() {
                 tracing::info!(
                     target: "sekisho::access",

@@ -126,7 +126,10 @@ impl Running {
         let Some(identity) = snapshot.identity.as_deref() else {
             return false;
         };
-        identity.state.revoke_session(id, until);
+        identity
+            .state
+            .revocations
+            .revoke(crate::auth::revocation::Revoked::Session { id, until });
         true
     }
 

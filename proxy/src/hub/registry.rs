@@ -18,6 +18,7 @@ use sekisho_wire::tunnel::TunnelError;
 use sekisho_wire::{AGENT_DRAINING_HEADER, AGENT_PING_PATH};
 use tokio_util::sync::CancellationToken;
 
+use crate::every::Every;
 use crate::forward::body::RequestBody;
 use crate::request::error::ProxyError;
 use crate::routing::snapshot::Snapshot;
@@ -42,8 +43,8 @@ pub(crate) struct Hub {
     streams: DashMap<StreamId, Arc<Stream>>,
     /// Woken when an agent link comes or goes (for whoever reports agents' status).
     pub(crate) links_changed: tokio::sync::Notify,
-    /// When (Unix seconds) closed streams were last swept.
-    streams_swept_at: AtomicU64,
+    /// When closed streams are swept.
+    sweep_streams: Every<{ CLOSED_STREAM_KEPT.as_secs() }>,
     /// Links cut because they stopped answering while a stream waited.
     unresponsive_links: prometheus_client::metrics::counter::Counter,
 }
@@ -237,13 +238,7 @@ impl Hub {
         // Swept when full, and at most every CLOSED_STREAM_KEPT otherwise: the map holds the
         // open streams and the last minute's closed ones, not the last 4,096 streams.
         let now = crate::auth::session::unix_now();
-        let swept_at = self.streams_swept_at.load(Ordering::Relaxed);
-        let sweep = now >= swept_at + CLOSED_STREAM_KEPT.as_secs()
-            && self
-                .streams_swept_at
-                .compare_exchange(swept_at, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-        if sweep || self.streams.len() >= MAX_CLOSED_STREAMS {
+        if self.sweep_streams.due(now) || self.streams.len() >= MAX_CLOSED_STREAMS {
             self.streams.retain(|_, s| {
                 s.closed_since()
                     .is_none_or(|at| at.elapsed() < CLOSED_STREAM_KEPT)
@@ -480,7 +475,7 @@ mod tests {
         hub.add_stream(stream(2));
         // The first add swept just now: the next sweep is a minute away.
         assert_eq!(hub.streams.len(), 2);
-        hub.streams_swept_at.store(0, Ordering::Relaxed);
+        hub.sweep_streams.expire();
         hub.add_stream(stream(3));
         assert_eq!(hub.streams.len(), 2);
         assert!(!hub.streams.contains_key(&[1; 16]));

@@ -4,8 +4,9 @@
 //! A refusal is a status and a JSON body with a stable code ([`TunnelError`]). An accepted
 //! request gets `101`, and the client socket is spliced to the target: a TCP connection the
 //! proxy dials, or an HTTP/2 `CONNECT` stream through the target's agent. Every
-//! [`RECHECK_EVERY`] the token is verified again and the current policy asked again; the stream
-//! is cut when the token expires or is revoked, or the policy stops allowing it.
+//! [`RECHECK_EVERY`], and at once when a revocation arrives, the token is verified again and the
+//! current policy asked again; the stream is cut when the token expires or is revoked, or the
+//! policy stops allowing it.
 //!
 //! However a stream ends, its end is recorded once ([`StreamEnd`]): kept for the client to ask
 //! about, logged as one `tunnel closed` line (target `sekisho::access`) with the bytes each
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use super::stream::{Stream, StreamId, lock};
 use crate::auth::access::{bearer_token, decision_reason, verify_bearer};
 use crate::auth::endpoint::auth_origin;
+use crate::auth::revocation::next_change;
 use crate::auth::session::unix_now;
 use crate::auth::who::bearer_identity;
 use crate::observe::metrics::{CauseLabels, DirectionLabels, ReasonLabels};
@@ -319,10 +321,22 @@ async fn relay<C, T>(
         tokio::pin!(shutting_down);
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         recheck.tick().await;
+        // A revocation (here or on another replica) is acted on at once, not at the next tick.
+        let mut revocations = shared
+            .snapshot
+            .load()
+            .identity
+            .as_deref()
+            .map(|identity| identity.state.revocations.subscribe());
         loop {
             tokio::select! {
                 // Each side keeps what happened to it; the result says nothing more.
                 _ = &mut copy => break None,
+                () = next_change(&mut revocations) => {
+                    if let Some(cut) = still_allowed(shared, stream).await {
+                        break Some(cut);
+                    }
+                }
                 _ = recheck.tick() => {
                     if let Some(cut) = still_allowed(shared, stream).await {
                         break Some(cut);

@@ -49,6 +49,8 @@ struct Replica {
     config: kube::Config,
     controller: String,
     namespace: String,
+    /// An `identity:` section every replica shares (one session key file), if any.
+    identity: Option<String>,
 }
 
 impl Replica {
@@ -62,7 +64,8 @@ impl Replica {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("static.yaml");
-        std::fs::write(&config_path, STATIC)?;
+        let identity = self.identity.as_deref().unwrap_or_default();
+        std::fs::write(&config_path, format!("{STATIC}{identity}"))?;
         let namespace = &self.namespace;
         sekisho_proxy::start(sekisho_proxy::Options {
             config_path: Some(config_path),
@@ -87,6 +90,11 @@ impl Replica {
 pub(crate) struct Running(Option<sekisho_proxy::Running>);
 
 impl Running {
+    /// Its HTTPS listener.
+    pub(crate) fn https(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.0.as_ref().context("running")?.https_addr)
+    }
+
     /// Whether its `/readyz` says ready.
     pub(crate) async fn ready(&self) -> anyhow::Result<bool> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -144,11 +152,26 @@ impl Gate {
         Self::start_on(kube_testenv::TestEnv::shared().await?, prefix, who).await
     }
 
+    /// A gate whose replicas sign people in (`identity:` with one session key file for all
+    /// of them, auth host `auth.NAMESPACE.test`); [`Gate::session`] makes their cookies.
+    pub(crate) async fn start_with_identity(prefix: &str, who: As) -> anyhow::Result<Self> {
+        Self::start_full(kube_testenv::TestEnv::shared().await?, prefix, who, true).await
+    }
+
     /// On a control plane of the test's own.
     pub(crate) async fn start_on(
         env: &kube_testenv::TestEnv,
         prefix: &str,
         who: As,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(env, prefix, who, false).await
+    }
+
+    async fn start_full(
+        env: &kube_testenv::TestEnv,
+        prefix: &str,
+        who: As,
+        identity: bool,
     ) -> anyhow::Result<Self> {
         let client = env.client().await?;
         env.install_crds(&sekisho_api::crd::all(), "sekisho-test")
@@ -176,10 +199,22 @@ impl Gate {
         };
         apply(&Api::<IngressClass>::all(client.clone()), &gate_class).await?;
         let dir = tempfile::tempdir()?;
+        let identity = if identity {
+            let keys = dir.path().join("session-keys");
+            sekisho_proxy::add_session_key(&keys)
+                .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
+            Some(format!(
+                "identity:\n  auth_host: auth.{namespace}.test\n  session_keys_file: {}\n",
+                keys.display()
+            ))
+        } else {
+            None
+        };
         let replica = Replica {
             config,
             controller,
             namespace: namespace.clone(),
+            identity,
         };
         let proxy = replica.start(dir.path(), "main", &["192.0.2.10", "gate.example.test"])?;
         Ok(Self {
@@ -238,6 +273,108 @@ impl Gate {
         Ok(text)
     }
 
+    /// A session cookie (its value) for `host`, sealed with the replicas' key: `email`, in
+    /// group `staff`, begun at `issued_at` (Unix seconds) and good for an hour after it.
+    /// Returns the session's id too.
+    pub(crate) fn session(
+        &self,
+        host: &str,
+        email: &str,
+        issued_at: u64,
+    ) -> anyhow::Result<([u8; 16], String)> {
+        let keys = sekisho_proxy::SessionKeys::load(&self._dir.path().join("session-keys"))
+            .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
+        let id = sekisho_proxy::SessionId::random()
+            .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
+        let record = sekisho_proxy::SessionRecord {
+            id,
+            subject: email.to_owned(),
+            email: email.to_owned(),
+            groups: vec!["staff".into()],
+            issuer: "https://id.kube.test".into(),
+            auth_time: issued_at,
+            issued_at,
+            expires_at: issued_at + 3600,
+            last_seen: sekisho_proxy::unix_now(),
+            host: host.to_owned(),
+            groups_trimmed: false,
+        };
+        let sealed = keys
+            .seal(&record, &|_| true)
+            .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
+        Ok((id.0, sealed.value().to_owned()))
+    }
+
+    /// Ends session `id` on this gate's own replica, as a sign-out there does.
+    pub(crate) fn sign_out(&self, id: [u8; 16], until: u64) -> anyhow::Result<()> {
+        let proxy = self
+            .proxy
+            .as_ref()
+            .context("the gate's replica is running")?;
+        anyhow::ensure!(proxy.revoke_session(id, until), "the gate has no identity");
+        Ok(())
+    }
+
+    /// `GET https://host/path` with the session cookie `cookie`, through the replica
+    /// listening on `https` (the gate's own by default: [`Gate::https`]).
+    pub(crate) async fn get_signed_in(
+        &self,
+        https: SocketAddr,
+        host: &str,
+        path: &str,
+        cookie: &str,
+    ) -> anyhow::Result<Answer> {
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .header(http::header::COOKIE, format!("__Host-sekisho={cookie}"))
+            .body(Full::new(Bytes::new()))?;
+        send(https, self.trust()?, host, request).await
+    }
+
+    /// A form POST (`application/x-www-form-urlencoded`) of `form` to `https://host/path`
+    /// through the replica listening on `https`.
+    pub(crate) async fn post_form(
+        &self,
+        https: SocketAddr,
+        host: &str,
+        path: &str,
+        form: String,
+    ) -> anyhow::Result<Answer> {
+        let request = http::Request::post(path)
+            .header(http::header::HOST, host)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(Full::new(Bytes::from(form)))?;
+        send(https, self.trust()?, host, request).await
+    }
+
+    /// A WebSocket to `wss://host/path` with the session cookie `cookie`, through the replica
+    /// listening on `https`.
+    pub(crate) async fn websocket(
+        &self,
+        https: SocketAddr,
+        host: &str,
+        path: &str,
+        cookie: &str,
+    ) -> anyhow::Result<
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let tcp = tokio::net::TcpStream::connect(https).await?;
+        let tls = TlsConnector::from(self.trust()?)
+            .connect(ServerName::try_from(host.to_owned())?, tcp)
+            .await?;
+        let mut request = format!("wss://{host}{path}").into_client_request()?;
+        request.headers_mut().insert(
+            http::header::COOKIE,
+            format!("__Host-sekisho={cookie}").parse()?,
+        );
+        let (socket, _) = tokio_tungstenite::client_async(request, tls).await?;
+        Ok(socket)
+    }
+
     /// How many links the agent `name` has to the proxy.
     pub(crate) fn agent_links(&self, name: &str) -> usize {
         self.proxy.as_ref().map_or(0, |p| p.agent_links(name))
@@ -254,6 +391,13 @@ impl Gate {
     /// port 80 named `http`) with a hand-made EndpointSlice that says it is ready.
     pub(crate) async fn backend(&self, name: &'static str) -> anyhow::Result<EchoUpstream> {
         let echo = EchoUpstream::on(name, self.pods.listen(false)?)?;
+        self.service_to(name, echo.addr).await?;
+        Ok(echo)
+    }
+
+    /// A Service `name` (no selector, port 80 named `http`) whose hand-made EndpointSlice
+    /// says `addr` is ready.
+    pub(crate) async fn service_to(&self, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
         let service = Service {
             metadata: self.meta(name),
             spec: Some(ServiceSpec {
@@ -267,8 +411,7 @@ impl Gate {
             status: None,
         };
         apply(&self.api::<Service>(), &service).await?;
-        self.endpoints(name, &[(echo.addr, true)]).await?;
-        Ok(echo)
+        self.endpoints(name, &[(addr, true)]).await
     }
 
     /// Writes the EndpointSlice of Service `service`: these addresses, ready or not.
@@ -414,6 +557,8 @@ impl Gate {
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: String,
+    /// The `Location` header, if any.
+    pub(crate) location: Option<String>,
     /// The leaf certificate the proxy presented (DER).
     pub(crate) certificate: Vec<u8>,
 }
@@ -424,6 +569,7 @@ impl Answer {
         Self {
             status: StatusCode::OK,
             body: String::new(),
+            location: None,
             certificate: Vec::new(),
         }
     }
@@ -463,10 +609,16 @@ pub(crate) async fn send(
     tokio::spawn(connection);
     let response = sender.send_request(request).await?;
     let status = response.status();
+    let location = response
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = response.into_body().collect().await?.to_bytes();
     Ok(Answer {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        location,
         certificate,
     })
 }

@@ -15,6 +15,7 @@ mod outage;
 mod policy;
 mod rbac;
 mod replicas;
+mod revocation;
 mod secret;
 mod tenant;
 mod webhook;

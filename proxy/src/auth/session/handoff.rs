@@ -143,8 +143,7 @@ pub enum ReplayError {
 
 /// Remembers the nonces of redeemed handoff codes until they expire, so each code works once.
 ///
-/// This is per process. Across replicas the bound on reuse is the code's short lifetime
-/// ([`HANDOFF_TTL`]): a code stolen in that window could be redeemed once on each replica. The
+/// This is per process; `auth/once.rs` adds the replicas' shared state on top of it. The
 /// size is bounded: when full, expired entries are purged, and if it is still full the code is
 /// refused (fail closed). The caller also runs [`ReplayGuard::purge`] periodically.
 #[derive(Debug)]

@@ -16,7 +16,9 @@ mod backend;
 mod certificate;
 mod ingress;
 mod object;
+mod once;
 mod policy;
+mod revocation;
 mod status;
 mod tunnel;
 mod webhook;
@@ -201,18 +203,23 @@ impl KubeSource {
         }
     }
 
-    /// The Lease whose holder writes the Ingresses' status: one per controller name, in the
-    /// proxy's namespace, else the published Service's, else `default`.
-    fn lease(&self) -> Key {
-        let namespace = self
-            .lease_namespace
+    /// The proxy's own namespace (`--lease-namespace`), else the published Service's, else
+    /// `default`: where its Lease and its replicas' Revocations are.
+    fn namespace(&self) -> String {
+        self.lease_namespace
             .clone()
             .filter(|n| !n.is_empty())
             .or_else(|| match &self.publish {
                 status::Publish::Service(key) => Some(key.namespace.clone()),
                 _ => None,
             })
-            .unwrap_or_else(|| "default".to_owned());
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// The Lease whose holder writes the Ingresses' status: one per controller name, in the
+    /// proxy's namespace.
+    fn lease(&self) -> Key {
+        let namespace = self.namespace();
         let mut name: String = self
             .settings
             .controller
@@ -340,7 +347,18 @@ impl KubeSource {
                 &metrics,
             ),
         };
+        // Revocations wake their own task, not the routes' rebuild.
+        let revocations_changed = Arc::new(Notify::new());
+        let revocations: Store<api::Revocation> = watch_all(
+            Api::namespaced(client.clone(), &self.namespace()),
+            watcher::Config::default(),
+            &revocations_changed,
+            &metrics,
+        );
         let ready = async {
+            // Before the first request: a replica that starts must not let in what another
+            // signed out.
+            let _ = revocations.wait_until_ready().await;
             let _ = stores.classes.wait_until_ready().await;
             let _ = stores.ingresses.wait_until_ready().await;
             let _ = stores.services.wait_until_ready().await;
@@ -360,6 +378,21 @@ impl KubeSource {
             () = crate::state::stopped(&mut stop) => return,
         }
         tracing::info!("the Kubernetes watches are in sync");
+        tokio::spawn(revocation::run(
+            client.clone(),
+            self.namespace(),
+            revocations,
+            revocations_changed,
+            self.shared.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(once::run(
+            client.clone(),
+            self.namespace(),
+            self.replica.clone(),
+            self.shared.clone(),
+            stop.clone(),
+        ));
         let rebuilt = Arc::new(Notify::new());
         tokio::spawn(report_agents(
             client.clone(),

@@ -1,0 +1,339 @@
+//! What the replicas share: a sign-out taken by one replica ends the session on the other (its
+//! cookie and its open WebSocket), an administrator's `Revocation` signs a user out of all of
+//! them, Revocations whose sessions have all expired are deleted, and a one-time code spent on
+//! one replica is refused on the other. The replicas run as the proxy's own RBAC.
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::StatusCode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use sekisho_api::{AccessPolicy, AccessPolicySpec, Revocation, RevocationSpec, Subject};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::{Answer, As, Gate, Running, apply, number, until};
+
+/// What the issue promises: a revocation holds on every replica within this.
+const EVERYWHERE: Duration = Duration::from_secs(2);
+
+/// A gate with identity and two replicas, both ready, serving one site for `staff`: `/` on
+/// Service `web` (an echo), `/ws` on Service `ws` (a WebSocket echo).
+struct TwoReplicas {
+    gate: Gate,
+    other: Running,
+    host: String,
+    _web: sekisho_testkit::EchoUpstream,
+    _ws: tokio::task::JoinHandle<()>,
+}
+
+/// A WebSocket server on `listener` that echoes every text and binary message.
+fn websocket_echo(listener: std::net::TcpListener) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    Ok(tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = socket.next().await {
+                    if (message.is_text() || message.is_binary())
+                        && socket.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+async fn two_replicas(prefix: &str) -> anyhow::Result<TwoReplicas> {
+    let gate = Gate::start_with_identity(prefix, As::ItsClusterRole).await?;
+    let web = gate.backend("web").await?;
+    let ws_listener = gate.pods.listen(false)?;
+    let ws_addr = ws_listener.local_addr()?;
+    let ws = websocket_echo(ws_listener)?;
+    gate.service_to("ws", ws_addr).await?;
+    let host = format!("site.{}.test", gate.namespace);
+    gate.tls_secret("site-tls", &[&host]).await?;
+    let mut policy = AccessPolicy::new(
+        "staff",
+        AccessPolicySpec {
+            allow: vec![Subject {
+                group: Some("staff".into()),
+                ..Subject::default()
+            }],
+            ..AccessPolicySpec::default()
+        },
+    );
+    policy.metadata.namespace = Some(gate.namespace.clone());
+    apply(&gate.api(), &policy).await?;
+    let site = gate
+        .site("site", &host)
+        .policy("staff")
+        .tls("site-tls")
+        .path("/", "Prefix", "web", number(80))
+        .path("/ws", "Prefix", "ws", number(80));
+    apply(&gate.api(), &site.build()).await?;
+    // The test API server answers the first create of a kind in its life after about 2 s
+    // (later ones in milliseconds): made here, so that the tests time the replicas, not that.
+    let mut warm_up = Revocation::new(
+        "warm-up",
+        RevocationSpec {
+            session: Some("00".repeat(16)),
+            ..RevocationSpec::default()
+        },
+    );
+    warm_up.metadata.namespace = Some(gate.namespace.clone());
+    gate.api::<Revocation>()
+        .create(&PostParams::default(), &warm_up)
+        .await?;
+    let other = gate.another_replica(&["198.51.100.7"])?;
+    until("the second replica to be ready", || async {
+        ensure!(other.ready().await?, "not ready yet");
+        Ok(Answer::none())
+    })
+    .await?;
+    Ok(TwoReplicas {
+        gate,
+        other,
+        host,
+        _web: web,
+        _ws: ws,
+    })
+}
+
+/// Waits until both replicas answer `cookie` with `status`.
+async fn both_answer(
+    gate: &Gate,
+    other: &Running,
+    host: &str,
+    cookie: &str,
+    status: StatusCode,
+) -> anyhow::Result<()> {
+    until(&format!("both replicas to answer {status}"), || async {
+        for https in [gate.https, other.https()?] {
+            let answer = gate.get_signed_in(https, host, "/", cookie).await?;
+            ensure!(answer.status == status, "{https}: {answer:?}");
+        }
+        Ok(Answer::none())
+    })
+    .await?;
+    Ok(())
+}
+
+fn now() -> u64 {
+    sekisho_proxy::unix_now()
+}
+
+#[tokio::test]
+async fn a_sign_out_on_one_replica_ends_the_session_on_the_other_within_2_s() -> anyhow::Result<()>
+{
+    let TwoReplicas {
+        gate, other, host, ..
+    } = &two_replicas("revoke-session").await?;
+    let (gate, other, host) = (gate, other, host.as_str());
+    let (id, cookie) = gate.session(host, "alice@uniqe.example", now())?;
+    let (_, bobs) = gate.session(host, "bob@uniqe.example", now())?;
+    both_answer(gate, other, host, &cookie, StatusCode::OK).await?;
+
+    let signed_out = Instant::now();
+    gate.sign_out(id, now() + 3600)?;
+    // The replica that took the sign-out ends the session at once…
+    let here = gate.get_signed_in(gate.https, host, "/", &cookie).await?;
+    assert_eq!(here.status, StatusCode::FOUND, "{here:?}");
+    // …and the other as soon as it has read the Revocation.
+    loop {
+        let there = gate
+            .get_signed_in(other.https()?, host, "/", &cookie)
+            .await?;
+        if there.status == StatusCode::FOUND {
+            break;
+        }
+        assert_eq!(there.status, StatusCode::OK, "{there:?}");
+        ensure!(
+            signed_out.elapsed() < EVERYWHERE,
+            "the other replica still let the signed-out session in after {:?}",
+            signed_out.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "signed out on the other replica after {:?}",
+        signed_out.elapsed()
+    );
+    // The Revocation is named after the session, and nobody else's session ended.
+    let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let object = gate
+        .api::<Revocation>()
+        .get(&format!("session-{name}"))
+        .await?;
+    assert_eq!(object.spec.session.as_deref(), Some(name.as_str()));
+    both_answer(gate, other, host, &bobs, StatusCode::OK).await
+}
+
+#[tokio::test]
+async fn an_administrators_revocation_by_email_signs_the_user_out_of_every_replica_and_later_logins_live()
+-> anyhow::Result<()> {
+    let TwoReplicas {
+        gate, other, host, ..
+    } = &two_replicas("revoke-email").await?;
+    let (gate, other, host) = (gate, other, host.as_str());
+    let before = now();
+    let (_, earlier) = gate.session(host, "Alice@Uniqe.example", before - 60)?;
+    let (_, later) = gate.session(host, "alice@uniqe.example", before + 1)?;
+    let (_, bobs) = gate.session(host, "bob@uniqe.example", before - 60)?;
+    both_answer(gate, other, host, &earlier, StatusCode::OK).await?;
+
+    let mut revocation = Revocation::new(
+        "sign-out-alice",
+        RevocationSpec {
+            email: Some("alice@UNIQE.example".into()),
+            before: Some(Time(Timestamp::from_second(i64::try_from(before)?)?)),
+            ..RevocationSpec::default()
+        },
+    );
+    revocation.metadata.namespace = Some(gate.namespace.clone());
+    gate.api::<Revocation>()
+        .create(&PostParams::default(), &revocation)
+        .await?;
+    both_answer(gate, other, host, &earlier, StatusCode::FOUND).await?;
+    // A session begun after `before` lives, and so does another user's.
+    both_answer(gate, other, host, &later, StatusCode::OK).await?;
+    both_answer(gate, other, host, &bobs, StatusCode::OK).await
+}
+
+#[tokio::test]
+async fn a_sign_out_on_one_replica_closes_the_users_websocket_on_the_other_within_2_s()
+-> anyhow::Result<()> {
+    let TwoReplicas {
+        gate, other, host, ..
+    } = &two_replicas("revoke-websocket").await?;
+    let (id, cookie) = gate.session(host, "alice@uniqe.example", now())?;
+    both_answer(gate, other, host, &cookie, StatusCode::OK).await?;
+    let mut socket = gate.websocket(other.https()?, host, "/ws", &cookie).await?;
+    socket.send(Message::text("ping")).await?;
+    let echoed = tokio::time::timeout(EVERYWHERE, socket.next()).await?;
+    assert_eq!(echoed.transpose()?, Some(Message::text("ping")));
+
+    let signed_out = Instant::now();
+    gate.sign_out(id, now() + 3600)?;
+    let closed = tokio::time::timeout(EVERYWHERE, async {
+        while let Some(message) = socket.next().await {
+            if let Message::Close(frame) = message? {
+                return Ok::<_, anyhow::Error>(frame.map(|f| u16::from(f.code)));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!("the WebSocket on the other replica was still open after {EVERYWHERE:?}")
+    })??;
+    assert_eq!(closed, Some(1008), "closed as a policy violation");
+    eprintln!(
+        "the other replica closed the WebSocket after {:?}",
+        signed_out.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cli_code_spent_on_one_replica_is_refused_on_the_other() -> anyhow::Result<()> {
+    let TwoReplicas { gate, other, .. } = &two_replicas("one-time").await?;
+    // The auth host's certificate: the default one, for names no Ingress covers.
+    let auth = format!("auth.{}.test", gate.namespace);
+    gate.tls_secret("default-tls", &[&auth]).await?;
+    let (_, cookie) = gate.session(&auth, "alice@uniqe.example", now())?;
+    let (verifier, challenge) = sekisho_testkit::pkce();
+    let redirect = "http://127.0.0.1:9/callback";
+    let authorize = format!(
+        "/.sekisho/cli/authorize?redirect_uri={}&state=s1&code_challenge={challenge}&code_challenge_method=S256",
+        url::form_urlencoded::byte_serialize(redirect.as_bytes()).collect::<String>()
+    );
+    let answer = until("the auth host to hand out a CLI code", || async {
+        // Both replicas serve the auth host with its certificate by now.
+        let config = gate
+            .get_signed_in(other.https()?, &auth, "/.sekisho/cli/config", &cookie)
+            .await?;
+        ensure!(config.status == StatusCode::OK, "{config:?}");
+        let answer = gate
+            .get_signed_in(gate.https, &auth, &authorize, &cookie)
+            .await?;
+        ensure!(answer.status == StatusCode::FOUND, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    let location = url::Url::parse(answer.location.as_deref().unwrap_or_default())?;
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| anyhow::anyhow!("no code in {location}"))?;
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", &code)
+        .append_pair("code_verifier", &verifier)
+        .append_pair("redirect_uri", redirect)
+        .finish();
+
+    // Spent on the other replica first…
+    let first = gate
+        .post_form(other.https()?, &auth, "/.sekisho/cli/token", form.clone())
+        .await?;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert!(first.body.contains("access_token"), "{first:?}");
+    // …it is refused on this one, which never saw it used.
+    let again = gate
+        .post_form(gate.https, &auth, "/.sekisho/cli/token", form)
+        .await?;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST, "{again:?}");
+    assert!(again.body.contains("invalid_grant"), "{again:?}");
+    let leases = gate
+        .api::<k8s_openapi::api::coordination::v1::Lease>()
+        .list(&kube::api::ListParams::default().labels("sekisho.dev/one-time-code"))
+        .await?;
+    assert_eq!(leases.items.len(), 1, "one Lease for the one code spent");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revocation_whose_sessions_have_all_expired_is_deleted_and_a_live_one_is_kept()
+-> anyhow::Result<()> {
+    let gate = Gate::start_with_identity("revoke-sweep", As::ItsClusterRole).await?;
+    let api = gate.api::<Revocation>();
+    let at = |seconds: u64| -> anyhow::Result<Time> {
+        Ok(Time(Timestamp::from_second(i64::try_from(seconds)?)?))
+    };
+    for (name, expires) in [("expired", now() - 60), ("live", now() + 3600)] {
+        let mut revocation = Revocation::new(
+            name,
+            RevocationSpec {
+                session: Some("ab".repeat(16)),
+                expires: Some(at(expires)?),
+                ..RevocationSpec::default()
+            },
+        );
+        revocation.metadata.namespace = Some(gate.namespace.clone());
+        api.create(&PostParams::default(), &revocation).await?;
+    }
+    // A replica sweeps when it starts (and every ten minutes after).
+    let _other = gate.another_replica(&["198.51.100.7"])?;
+    until("the expired Revocation to be deleted", || async {
+        let left: Vec<String> = api
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|r| r.metadata.name)
+            .collect();
+        ensure!(left == ["live"], "{left:?}");
+        Ok(Answer::none())
+    })
+    .await?;
+    Ok(())
+}
