@@ -50,6 +50,9 @@ const USAGE = `usage: node server.mjs [flags]
                             default: origin + "/" of every redirect URI)
   --backchannel-logout-uri URI
                             backchannel_logout_uri of "sekisho" (optional)
+  --backchannel-logout-without-sid
+                            logout tokens (and ID tokens) of "sekisho" carry no sid:
+                            a logout then names only the user (sub)
   --client-secret S         secret of "sekisho" (default sekisho-dev-secret)
   --clients FILE            JSON array of oidc-provider client metadata (replaces the defaults)
   --users FILE              JSON array of users (replaces the built-in users)
@@ -76,6 +79,7 @@ try {
       'redirect-uri': { type: 'string', multiple: true },
       'post-logout-redirect-uri': { type: 'string', multiple: true },
       'backchannel-logout-uri': { type: 'string' },
+      'backchannel-logout-without-sid': { type: 'boolean' },
       'client-secret': { type: 'string' },
       clients: { type: 'string' },
       users: { type: 'string' },
@@ -215,7 +219,7 @@ function defaultClients() {
   };
   if (args['backchannel-logout-uri']) {
     sekisho.backchannel_logout_uri = args['backchannel-logout-uri'];
-    sekisho.backchannel_logout_session_required = true;
+    sekisho.backchannel_logout_session_required = !args['backchannel-logout-without-sid'];
   }
   const cli = {
     client_id: 'sekisho-cli',

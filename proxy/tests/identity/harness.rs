@@ -69,6 +69,8 @@ pub(crate) struct SiteOptions {
     /// devidp's `--backchannel-logout-uri` for client `sekisho`: where it sends logout tokens
     /// (the proxy's own auth host is out of its reach: no DNS, no test CA).
     pub(crate) backchannel_capture: Option<String>,
+    /// devidp's logout tokens (and ID tokens) carry no `sid`: a logout names only the user.
+    pub(crate) logout_without_sid: bool,
     /// Start nginx with these files (path, contents) and serve [`GATE`] and
     /// [`GATE_VIA_AGENT`] from it (see [`Site::start`] for their routes).
     pub(crate) nginx: Option<Vec<(&'static str, &'static str)>>,
@@ -108,9 +110,12 @@ impl Site {
                     .redirect_uri(LOOPBACK_CALLBACK)
                     .post_logout_redirect_uri(format!("https://{AUTH}:{port}/"))
                     .post_logout_redirect_uri(format!("https://{APP}:{port}/"));
-                match &options.backchannel_capture {
-                    Some(uri) => idp.backchannel_logout_uri(uri.clone()),
-                    None => idp,
+                match (&options.backchannel_capture, options.logout_without_sid) {
+                    (Some(uri), false) => idp.backchannel_logout_uri(uri.clone()),
+                    (Some(uri), true) => idp
+                        .backchannel_logout_uri(uri.clone())
+                        .backchannel_logout_without_sid(),
+                    (None, _) => idp,
                 }
             },
         )

@@ -66,6 +66,12 @@ impl IdpBuilder {
         self.flag("--backchannel-logout-uri", uri.into())
     }
 
+    /// Logout tokens (and ID tokens) of client `sekisho` without `sid`: a back-channel logout
+    /// then names only the user.
+    pub fn backchannel_logout_without_sid(self) -> Self {
+        self.arg("--backchannel-logout-without-sid")
+    }
+
     /// Lifetime of ID tokens (whole seconds).
     pub fn id_token_ttl(self, ttl: Duration) -> Self {
         self.flag("--id-token-ttl", ttl.as_secs().to_string())
