@@ -186,6 +186,7 @@ mod tests {
                 "githubwebhooks.sekisho.dev.yaml",
                 "ingressclassparameters.sekisho.dev.yaml",
                 "proxies.sekisho.dev.yaml",
+                "revocations.sekisho.dev.yaml",
                 "sharedhosts.sekisho.dev.yaml",
                 "tunnels.sekisho.dev.yaml",
                 "kustomization.yaml",

@@ -223,6 +223,11 @@ async fn every_installed_crd_has_printer_columns_and_a_status_subresource_where_
             vec!["Host", "Path", "Ready", "Age"],
             true,
         ),
+        (
+            "revocations.sekisho.dev",
+            vec!["Email", "Subject", "Session", "Expires", "Age"],
+            false,
+        ),
     ];
     ensure!(
         expected.len() == installed.kinds.len(),
