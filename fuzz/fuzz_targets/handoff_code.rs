@@ -1,6 +1,6 @@
 //! The one-time values sealed like session cookies: the handoff code (auth host to app host),
-//! and with it the CLI's authorization code, refresh token and CSRF token and the login cookie,
-//! which share its envelope and record decoder.
+//! and with it the CLI's authorization code, refresh token, CSRF token and device approval and
+//! the login cookie, which share its envelope and record decoder.
 //!
 //! The first byte picks the mode:
 //!
@@ -9,8 +9,8 @@
 //!   seals (so the decoders behind the AEAD see arbitrary bytes). An opened handoff code has a
 //!   local return path, is for the host and current at the clock; sealing what opened again
 //!   gives it back; the replay guard takes its nonce once. A CSRF token checks exactly when its
-//!   plaintext is version 1, the session id and a later expiry; a login cookie opens to its
-//!   plaintext.
+//!   plaintext is version 1, the session id and a later expiry; a device approval opens only
+//!   for the device code hash it holds; a login cookie opens to its plaintext.
 //! - 2: a structured round trip for each kind: what is sealed opens to itself, or the sealing
 //!   is refused for a reason the input has; and it opens as no other kind and on no other host.
 #![no_main]
@@ -72,6 +72,9 @@ fn open_all(keys: &SessionKeys, text: &str) {
         check_session(&refresh.session, NOW);
     }
     let _ = keys.check_csrf(text, HOST, &SessionId([7; 16]), NOW);
+    if let Ok(session) = keys.open_device_approval(text, HOST, &[7; 32], NOW) {
+        check_session(&session, NOW);
+    }
     let _ = keys.open_login(text, HOST);
 }
 
@@ -105,7 +108,7 @@ fn check_handoff(keys: &SessionKeys, code: &sekisho_proxy::fuzzing::session::Han
 }
 
 fn sealed_plaintext(keys: &SessionKeys, purpose: u8, plaintext: &[u8]) {
-    match purpose % 5 {
+    match purpose % 6 {
         0 => {
             let text = seal(label::HANDOFF, 7, HOST, plaintext);
             if let Ok(code) = keys.open_handoff(&text, HOST, NOW) {
@@ -175,6 +178,36 @@ fn sealed_plaintext(keys: &SessionKeys, purpose: u8, plaintext: &[u8]) {
                 "{plaintext:?}"
             );
         }
+        4 => {
+            let text = seal(label::CLI_DEVICE, 7, HOST, plaintext);
+            let hash: [u8; 32] = plaintext
+                .get(1..33)
+                .and_then(|hash| hash.try_into().ok())
+                .unwrap_or([7; 32]);
+            if let Ok(session) = keys.open_device_approval(&text, HOST, &hash, NOW) {
+                check_session(&session, NOW);
+                assert_eq!(plaintext[0], 1, "only version 1 opens");
+                let mut other = hash;
+                other[0] ^= 1;
+                assert_eq!(
+                    keys.open_device_approval(&text, HOST, &other, NOW),
+                    Err(SessionError::Tampered)
+                );
+                let sealed = keys
+                    .seal_device_approval(&session, &hash, &|_| true)
+                    .expect("an opened approval seals again");
+                let again = keys
+                    .open_device_approval(sealed.expose(), HOST, &hash, NOW)
+                    .expect("a resealed approval opens");
+                assert_eq!(
+                    again,
+                    SessionRecord {
+                        groups_trimmed: false,
+                        ..session
+                    }
+                );
+            }
+        }
         _ => {
             let text = seal(label::LOGIN, 7, HOST, plaintext);
             let opened = keys.open_login(&text, HOST);
@@ -223,8 +256,9 @@ fn sealed_len(plaintext_len: usize) -> usize {
     ((30 + plaintext_len) * 4).div_ceil(3)
 }
 
-/// Which openers accept `text` on `host` at `now`, in the order of [`Kind`].
-fn opens_as(keys: &SessionKeys, text: &str, host: &str, now: u64, id: &SessionId) -> [bool; 6] {
+/// Which openers accept `text` on `host` at `now`, in the order of [`Kind`], then the session
+/// cookie's and the device approval's.
+fn opens_as(keys: &SessionKeys, text: &str, host: &str, now: u64, id: &SessionId) -> [bool; 7] {
     [
         keys.open_handoff(text, host, now).is_ok(),
         keys.open_cli_code(text, host, now).is_ok(),
@@ -232,6 +266,7 @@ fn opens_as(keys: &SessionKeys, text: &str, host: &str, now: u64, id: &SessionId
         keys.check_csrf(text, host, id, now),
         keys.open_login(text, host).is_ok(),
         keys.open(text, host, now, IDLE).is_ok(),
+        keys.open_device_approval(text, host, &[7; 32], now).is_ok(),
     ]
 }
 
@@ -419,7 +454,7 @@ fn round_trip(keys: &SessionKeys, input: Input) {
     let elsewhere = format!("x{host}");
     assert_eq!(
         opens_as(keys, &text, &elsewhere, now, &session.id),
-        [false; 6],
+        [false; 7],
         "opened on another host"
     );
 }

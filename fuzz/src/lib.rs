@@ -36,6 +36,7 @@ pub mod label {
     pub const CLI_CODE: &[u8] = b"sekisho-cli-code-v1\0";
     pub const CLI_REFRESH: &[u8] = b"sekisho-cli-refresh-v1\0";
     pub const CLI_CSRF: &[u8] = b"sekisho-cli-csrf-v1\0";
+    pub const CLI_DEVICE: &[u8] = b"sekisho-cli-device-v1\0";
 }
 
 const ENVELOPE_VERSION: u8 = 1;

@@ -42,7 +42,7 @@ use crate::respond::page;
 use crate::respond::{html, param, query, redirect};
 use crate::routing::snapshot::Snapshot;
 
-use device::{DEVICE_CODE_TTL, Poll, UserCode};
+use device::{DEVICE_CODE_TTL, DecideError, Poll, UserCode};
 use form::Form;
 
 /// Every CLI endpoint is under this path.
@@ -65,8 +65,8 @@ pub(crate) async fn serve_cli_endpoint(
         ("/.sekisho/cli/config", _) if get => config(snapshot, identity, ctx, &req),
         ("/.sekisho/cli/authorize", true) if get => authorize(identity, ctx, &req),
         ("/.sekisho/cli/token", true) if post => token(identity, req).await,
-        (DEVICE_PATH, true) if post => device_start(identity, ctx),
-        (DEVICE_PATH, true) if get => device_page(identity, ctx, &req),
+        (DEVICE_PATH, true) if post => device_start(identity, ctx).await,
+        (DEVICE_PATH, true) if get => device_page(identity, ctx, &req).await,
         (APPROVE_PATH, true) if post => device_decide(identity, ctx, req).await,
         ("/.sekisho/cli/revoke", true) if post => revoke(identity, req).await,
         _ => ctx.page(StatusCode::NOT_FOUND, "nothing is served at this path"),
@@ -266,7 +266,7 @@ async fn token(identity: &IdentityRuntime, req: Request<Incoming>) -> Response<R
     match form.get("grant_type") {
         Some("authorization_code") => code_grant(identity, &form).await,
         Some("refresh_token") => refresh_grant(identity, &form),
-        Some(DEVICE_GRANT) => device_grant(identity, &form),
+        Some(DEVICE_GRANT) => device_grant(identity, &form).await,
         Some(_) => oauth_error("unsupported_grant_type", "this grant type is not supported"),
         None => oauth_error("invalid_request", "grant_type is missing"),
     }
@@ -395,7 +395,7 @@ fn refresh_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBo
     issue(identity, &refresh.session, Some(token), FLOW, now)
 }
 
-fn device_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBody> {
+async fn device_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBody> {
     const FLOW: &str = "device";
     let Some(device_code) = form.get("device_code") else {
         return refuse(FLOW, "-", "invalid_request", "device_code is missing");
@@ -404,6 +404,7 @@ fn device_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBod
         .state
         .device_grants
         .poll(device_code, unix_millis())
+        .await
     {
         // Waiting is the steady state of a device login: not a refusal worth a log line.
         Poll::Pending => oauth_error("authorization_pending", "not approved yet"),
@@ -411,9 +412,22 @@ fn device_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBod
             "slow_down",
             "polled sooner than the interval allows; the interval grew by 5 s",
         ),
-        Poll::Approved(session) => {
+        Poll::Approved(approval) => {
             let now = unix_now();
-            if now >= session.expires_at || is_revoked(identity, &session) {
+            let opened = identity.session_keys.open_device_approval(
+                &approval,
+                &identity.auth_host,
+                &device::device_code_sha256(device_code),
+                now,
+            );
+            let session = match opened {
+                Ok(session) => session,
+                Err(error) => {
+                    let reason = format!("the approval does not open: {error}");
+                    return refuse(FLOW, "-", "invalid_grant", &reason);
+                }
+            };
+            if is_revoked(identity, &session) {
                 return refuse(
                     FLOW,
                     user_of(&session),
@@ -431,6 +445,14 @@ fn device_grant(identity: &IdentityRuntime, form: &Form) -> Response<ResponseBod
             "the device code expired before it was approved",
         ),
         Poll::Unknown => refuse(FLOW, "-", "invalid_grant", "the device code is not known"),
+        // The grant is kept as it was: the CLI waits longer and asks again.
+        Poll::Unavailable(error) => {
+            tracing::warn!(%error, "cannot read a device login from the replicas' shared state");
+            oauth_error(
+                "slow_down",
+                "the device login cannot be read just now; the interval grew by 5 s",
+            )
+        }
     }
 }
 
@@ -488,8 +510,9 @@ fn issue(
 }
 
 /// `POST /.sekisho/cli/device`: a new device grant.
-fn device_start(identity: &IdentityRuntime, ctx: &RequestCtx) -> Response<ResponseBody> {
-    let (device_code, user_code) = match identity.state.device_grants.start(unix_millis()) {
+async fn device_start(identity: &IdentityRuntime, ctx: &RequestCtx) -> Response<ResponseBody> {
+    let started = identity.state.device_grants.start(unix_millis()).await;
+    let (device_code, user_code) = match started {
         Ok(codes) => codes,
         Err(error) => {
             tracing::warn!(%error, "device login refused");
@@ -521,7 +544,7 @@ fn form_page(body: String) -> Response<ResponseBody> {
 
 /// `GET /.sekisho/cli/device[?user_code=…]`: the approval page, for the session on the auth
 /// host (without one, into the login and back).
-fn device_page(
+async fn device_page(
     identity: &IdentityRuntime,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
@@ -547,9 +570,30 @@ fn device_page(
             );
         }
     };
-    let pending = user_code
-        .as_ref()
-        .filter(|code| identity.state.device_grants.is_pending(code, unix_millis()));
+    let mut pending = None;
+    if let Some(code) = user_code {
+        match identity
+            .state
+            .device_grants
+            .is_pending(&code, unix_millis())
+            .await
+        {
+            Ok(true) => pending = Some(code),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a device login from the replicas' shared state");
+                return login_error(
+                    ctx,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Device logins cannot be read just now: try again in a moment.",
+                    &format!(
+                        "{}{DEVICE_PATH}?user_code={code}",
+                        auth_origin(identity, ctx)
+                    ),
+                );
+            }
+        }
+    }
     let notice = (typed.is_some() && pending.is_none()).then(|| {
         "That code is not waiting for approval (it may have expired): check the code your \
          terminal shows."
@@ -557,7 +601,10 @@ fn device_page(
     });
     form_page(page::device_approval(&page::DevicePage {
         signed_in_as: user_of(&session).to_owned(),
-        user_code: pending.map(ToString::to_string).unwrap_or_default(),
+        user_code: pending
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         csrf,
         action: APPROVE_PATH.to_owned(),
         notice,
@@ -625,19 +672,41 @@ async fn device_decide(
             &device_page,
         );
     };
-    let decision = approve.then(|| session.clone());
-    if let Err(error) = identity
+    let seal = |device_code_sha256: &[u8; 32]| {
+        let sealed =
+            identity
+                .session_keys
+                .seal_device_approval(&session, device_code_sha256, &|g| identity.group_needed(g));
+        sealed
+            .map_err(|error| tracing::warn!(error = %crate::error_chain(&error), "cannot seal a device approval"))
+            .ok()
+            .map(|sealed| sealed.expose().to_owned())
+    };
+    let decided = identity
         .state
         .device_grants
-        .decide(&user_code, decision, unix_millis())
-    {
-        tracing::info!(target: "sekisho::access", user = user_of(&session), flow = "device", reason = %error, "device approval refused");
-        return login_error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            &format!("{error}."),
-            &device_page,
-        );
+        .decide(&user_code, approve.then_some(&seal as _), unix_millis())
+        .await;
+    match decided {
+        Ok(()) => {}
+        Err(error @ (DecideError::Unshared(_) | DecideError::Seal)) => {
+            tracing::warn!(user = user_of(&session), error = %error, "cannot record a device login's decision");
+            return login_error(
+                ctx,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Your decision could not be recorded just now: try again in a moment.",
+                &device_page,
+            );
+        }
+        Err(error) => {
+            tracing::info!(target: "sekisho::access", user = user_of(&session), flow = "device", reason = %error, "device approval refused");
+            return login_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                &format!("{error}."),
+                &device_page,
+            );
+        }
     }
     tracing::info!(target: "sekisho::access", user = user_of(&session), flow = "device", approved = approve, "device login decided");
     html(

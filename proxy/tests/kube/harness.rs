@@ -340,14 +340,34 @@ impl Gate {
         path: &str,
         form: String,
     ) -> anyhow::Result<Answer> {
-        let request = http::Request::post(path)
+        self.post_form_as(https, host, path, None, form).await
+    }
+
+    /// [`Gate::post_form`], with the session cookie `cookie` when there is one.
+    pub(crate) async fn post_form_as(
+        &self,
+        https: SocketAddr,
+        host: &str,
+        path: &str,
+        cookie: Option<&str>,
+        form: String,
+    ) -> anyhow::Result<Answer> {
+        let mut request = http::Request::post(path)
             .header(http::header::HOST, host)
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
-            )
-            .body(Full::new(Bytes::from(form)))?;
-        send(https, self.trust()?, host, request).await
+            );
+        if let Some(cookie) = cookie {
+            request = request.header(http::header::COOKIE, format!("__Host-sekisho={cookie}"));
+        }
+        send(
+            https,
+            self.trust()?,
+            host,
+            request.body(Full::new(Bytes::from(form)))?,
+        )
+        .await
     }
 
     /// A WebSocket to `wss://host/path` with the session cookie `cookie`, through the replica

@@ -9,6 +9,7 @@
 mod acme;
 mod agent;
 mod backend;
+mod device;
 mod harness;
 mod ingress;
 mod outage;

@@ -9,9 +9,13 @@
 //! - the **refresh token** (`sekisho-cli-refresh-v1`), valid until the session's absolute end.
 //!   Plaintext: `u8 version || 16-byte token id || session record`;
 //! - the device page's **CSRF token** (`sekisho-cli-csrf-v1`), bound to one session id.
-//!   Plaintext: `u8 version || 16-byte session id || u64 expires_at`.
+//!   Plaintext: `u8 version || 16-byte session id || u64 expires_at`;
+//! - a device login's **approval** (`sekisho-cli-device-v1`), the session a person approved
+//!   for one device code, which the replicas keep until the CLI polls. Plaintext:
+//!   `u8 version || SHA-256 of the device code || session record`. It is not a credential: only
+//!   the proxy opens it, and only for a poll with that device code.
 //!
-//! All three are sealed for the auth host (the session record's `host`). One-time use of a code
+//! All four are sealed for the auth host (the session record's `host`). One-time use of a code
 //! is the [`ReplayGuard`](super::handoff::ReplayGuard)'s job, revocation the caller's.
 
 use std::fmt;
@@ -37,6 +41,7 @@ pub(crate) const MAX_CODE_CHALLENGE: usize = 128;
 const CODE_VERSION: u8 = 1;
 const REFRESH_VERSION: u8 = 1;
 const CSRF_VERSION: u8 = 1;
+const DEVICE_VERSION: u8 = 1;
 
 /// A sealed code, refresh token or CSRF token: base64url text, which `Debug` never shows.
 #[derive(Clone, PartialEq, Eq)]
@@ -198,6 +203,60 @@ impl SessionKeys {
         Ok(CliRefresh { session, token_id })
     }
 
+    /// Seals the approval of the device login whose device code hashes to `device_code_sha256`
+    /// for `session` (on `session.host`, the auth host). Groups are trimmed as in
+    /// [`SessionKeys::seal`].
+    pub fn seal_device_approval(
+        &self,
+        session: &SessionRecord,
+        device_code_sha256: &[u8; 32],
+        groups_needed: &dyn Fn(&str) -> bool,
+    ) -> Result<SealedText, SealError> {
+        let (approval, _) = self.seal_fitting(
+            Purpose::CliDevice,
+            &session.host,
+            &session.groups,
+            groups_needed,
+            &|keep, trimmed, out| {
+                out.push(DEVICE_VERSION);
+                out.extend_from_slice(device_code_sha256);
+                record::encode(session, keep, trimmed, out)
+            },
+        )?;
+        Ok(SealedText(approval))
+    }
+
+    /// Opens a device login's approval on `host` at `now` for the device code that hashes to
+    /// `device_code_sha256` (compared in constant time; another code's approval is
+    /// [`SessionError::Tampered`]). [`SessionError::Expired`] from the session's end on.
+    pub fn open_device_approval(
+        &self,
+        approval: &str,
+        host: &str,
+        device_code_sha256: &[u8; 32],
+        now: u64,
+    ) -> Result<SessionRecord, SessionError> {
+        let mut buf = [0u8; OPEN_BUFFER];
+        let plaintext = self.open_bytes(Purpose::CliDevice, approval, host, &mut buf)?;
+        let malformed = |_| SessionError::Malformed;
+        let mut r = Reader::new(plaintext);
+        if r.u8().map_err(malformed)? != DEVICE_VERSION {
+            return Err(SessionError::Malformed);
+        }
+        let sealed_for = r.array::<32>().map_err(malformed)?;
+        if !bool::from(sealed_for.ct_eq(device_code_sha256)) {
+            return Err(SessionError::Tampered);
+        }
+        let session = record::decode(r.rest()).map_err(malformed)?;
+        if !session.host.eq_ignore_ascii_case(host) {
+            return Err(SessionError::WrongHost);
+        }
+        if now >= session.expires_at {
+            return Err(SessionError::Expired);
+        }
+        Ok(session)
+    }
+
     /// A CSRF token for forms shown to the session `id` on `host`, good for [`CSRF_TTL`].
     pub fn seal_csrf(&self, id: &SessionId, host: &str, now: u64) -> Result<SealedText, SealError> {
         let expires_at = now.saturating_add(CSRF_TTL.as_secs());
@@ -281,6 +340,7 @@ mod tests {
             Purpose::CliCode,
             Purpose::CliRefresh,
             Purpose::CliCsrf,
+            Purpose::CliDevice,
         ] {
             assert!(
                 purpose.label().len() <= super::super::envelope::PURPOSE_MAX,
@@ -368,6 +428,22 @@ mod tests {
         let cookie = keys.seal(&session, &all).unwrap().value().to_owned();
         let handoff = keys.seal_handoff(&session, "/", now(), &all).unwrap().code;
         let login = keys.seal_login(AUTH, b"{}").unwrap();
+        let device = keys
+            .seal_device_approval(&session, &[7; 32], &all)
+            .unwrap()
+            .expose()
+            .to_owned();
+        for other in [&code, &refresh, &csrf, &cookie, &handoff, &login] {
+            assert_eq!(
+                keys.open_device_approval(other, AUTH, &[7; 32], now()),
+                Err(SessionError::Tampered)
+            );
+        }
+        assert!(keys.open_cli_refresh(&device, AUTH, now()).is_err());
+        assert!(
+            keys.open(&device, AUTH, now(), Duration::from_secs(3600))
+                .is_err()
+        );
         for other in [&refresh, &csrf, &cookie, &handoff, &login] {
             assert_eq!(
                 keys.open_cli_code(other, AUTH, now()),
@@ -453,5 +529,37 @@ mod tests {
         assert!(!keys.check_csrf(&token, "app.example.com", &id, now()));
         assert!(!keys.check_csrf("", AUTH, &id, now()));
         assert!(!keys.check_csrf("not a token", AUTH, &id, now()));
+    }
+
+    #[test]
+    fn a_device_approval_opens_only_for_its_own_device_code_until_the_session_ends() {
+        let keys = keys();
+        let session = sample(AUTH, 2);
+        let approval = keys
+            .seal_device_approval(&session, &[1; 32], &all)
+            .unwrap()
+            .expose()
+            .to_owned();
+        assert_eq!(
+            keys.open_device_approval(&approval, AUTH, &[1; 32], now()),
+            Ok(session.clone())
+        );
+        let mut other = [1; 32];
+        other[31] = 2;
+        assert_eq!(
+            keys.open_device_approval(&approval, AUTH, &other, now()),
+            Err(SessionError::Tampered)
+        );
+        assert_eq!(
+            keys.open_device_approval(&approval, AUTH, &[1; 32], session.expires_at),
+            Err(SessionError::Expired)
+        );
+        assert_eq!(
+            keys.open_device_approval(&approval, "app.example.com", &[1; 32], now()),
+            Err(SessionError::Tampered)
+        );
+        flip_each_bit(&approval, |a| {
+            keys.open_device_approval(a, AUTH, &[1; 32], now()).is_ok()
+        });
     }
 }

@@ -98,6 +98,7 @@ pub(super) enum Purpose {
     CliCode,
     CliRefresh,
     CliCsrf,
+    CliDevice,
 }
 
 impl Purpose {
@@ -109,6 +110,7 @@ impl Purpose {
             Purpose::CliCode => b"sekisho-cli-code-v1\0",
             Purpose::CliRefresh => b"sekisho-cli-refresh-v1\0",
             Purpose::CliCsrf => b"sekisho-cli-csrf-v1\0",
+            Purpose::CliDevice => b"sekisho-cli-device-v1\0",
         }
     }
 
@@ -119,7 +121,8 @@ impl Purpose {
             | Purpose::Login
             | Purpose::CliCode
             | Purpose::CliRefresh
-            | Purpose::CliCsrf => MAX_HANDOFF_CODE_LEN,
+            | Purpose::CliCsrf
+            | Purpose::CliDevice => MAX_HANDOFF_CODE_LEN,
         }
     }
 }

@@ -14,7 +14,9 @@
 
 mod backend;
 mod certificate;
+mod device;
 mod ingress;
+mod leases;
 mod object;
 mod once;
 mod policy;

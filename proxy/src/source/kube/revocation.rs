@@ -279,7 +279,7 @@ fn short_hash(parts: &[&str]) -> String {
     hex(&hash.finish().as_ref()[..8])
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
