@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use subtle::ConstantTimeEq as _;
 
-use super::envelope::{HEADER_LEN, OPEN_BUFFER, Purpose, SealError, SessionError, TAG_LEN};
+use super::envelope::{
+    HEADER_LEN, OPEN_BUFFER, Purpose, SealError, SessionError, TAG_LEN, current_session,
+};
 use super::key::SessionKeys;
 use super::key::fill_random;
 use super::record::{self, Reader};
@@ -129,23 +131,13 @@ impl SessionKeys {
     /// or its session has expired, and otherwise the errors of [`SessionKeys::open`].
     pub fn open_cli_code(&self, code: &str, host: &str, now: u64) -> Result<CliCode, SessionError> {
         let mut buf = [0u8; OPEN_BUFFER];
-        let plaintext = self.open_bytes(Purpose::CliCode, code, host, &mut buf)?;
+        let mut r = self.open_versioned(Purpose::CliCode, code, host, CODE_VERSION, &mut buf)?;
         let malformed = |_| SessionError::Malformed;
-        let mut r = Reader::new(plaintext);
-        if r.u8().map_err(malformed)? != CODE_VERSION {
-            return Err(SessionError::Malformed);
-        }
         let nonce = r.array::<16>().map_err(malformed)?;
         let expires_at = r.u64().map_err(malformed)?;
         let code_challenge = r.u8_text(MAX_CODE_CHALLENGE).map_err(malformed)?;
         let redirect_uri = r.u16_text(MAX_REDIRECT_URI).map_err(malformed)?;
-        let session = record::decode(r.rest()).map_err(malformed)?;
-        if !session.host.eq_ignore_ascii_case(host) {
-            return Err(SessionError::WrongHost);
-        }
-        if now >= expires_at || now >= session.expires_at {
-            return Err(SessionError::Expired);
-        }
+        let session = current_session(r.rest(), host, now, expires_at)?;
         Ok(CliCode {
             session,
             code_challenge,
@@ -186,20 +178,10 @@ impl SessionKeys {
         now: u64,
     ) -> Result<CliRefresh, SessionError> {
         let mut buf = [0u8; OPEN_BUFFER];
-        let plaintext = self.open_bytes(Purpose::CliRefresh, token, host, &mut buf)?;
-        let malformed = |_| SessionError::Malformed;
-        let mut r = Reader::new(plaintext);
-        if r.u8().map_err(malformed)? != REFRESH_VERSION {
-            return Err(SessionError::Malformed);
-        }
-        let token_id = r.array::<16>().map_err(malformed)?;
-        let session = record::decode(r.rest()).map_err(malformed)?;
-        if !session.host.eq_ignore_ascii_case(host) {
-            return Err(SessionError::WrongHost);
-        }
-        if now >= session.expires_at {
-            return Err(SessionError::Expired);
-        }
+        let mut r =
+            self.open_versioned(Purpose::CliRefresh, token, host, REFRESH_VERSION, &mut buf)?;
+        let token_id = r.array::<16>().map_err(|_| SessionError::Malformed)?;
+        let session = current_session(r.rest(), host, now, u64::MAX)?;
         Ok(CliRefresh { session, token_id })
     }
 
@@ -237,23 +219,13 @@ impl SessionKeys {
         now: u64,
     ) -> Result<SessionRecord, SessionError> {
         let mut buf = [0u8; OPEN_BUFFER];
-        let plaintext = self.open_bytes(Purpose::CliDevice, approval, host, &mut buf)?;
-        let malformed = |_| SessionError::Malformed;
-        let mut r = Reader::new(plaintext);
-        if r.u8().map_err(malformed)? != DEVICE_VERSION {
-            return Err(SessionError::Malformed);
-        }
-        let sealed_for = r.array::<32>().map_err(malformed)?;
+        let mut r =
+            self.open_versioned(Purpose::CliDevice, approval, host, DEVICE_VERSION, &mut buf)?;
+        let sealed_for = r.array::<32>().map_err(|_| SessionError::Malformed)?;
         if !bool::from(sealed_for.ct_eq(device_code_sha256)) {
             return Err(SessionError::Tampered);
         }
-        let session = record::decode(r.rest()).map_err(malformed)?;
-        if !session.host.eq_ignore_ascii_case(host) {
-            return Err(SessionError::WrongHost);
-        }
-        if now >= session.expires_at {
-            return Err(SessionError::Expired);
-        }
+        let session = current_session(r.rest(), host, now, u64::MAX)?;
         Ok(session)
     }
 

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{Aad, NONCE_LEN, Nonce};
 
 use super::key::{RandomUnavailable, SessionKeys, fill_random};
-use super::record::{self, EncodeError, MAX_HOST, SessionRecord};
+use super::record::{self, EncodeError, MAX_HOST, Reader, SessionRecord};
 
 /// The longest session cookie value this module produces (1.5 KiB), so that the whole
 /// `Set-Cookie` header stays far below browsers' 4 KiB per cookie.
@@ -125,6 +125,25 @@ impl Purpose {
             | Purpose::CliDevice => MAX_HANDOFF_CODE_LEN,
         }
     }
+}
+
+/// The session record that ends an opened value, if it is for `host` and neither it nor the
+/// value (which `value_expires_at`, Unix seconds) has expired at `now`:
+/// [`SessionError::Malformed`], [`SessionError::WrongHost`], then [`SessionError::Expired`].
+pub(super) fn current_session(
+    rest: &[u8],
+    host: &str,
+    now: u64,
+    value_expires_at: u64,
+) -> Result<SessionRecord, SessionError> {
+    let session = record::decode(rest).map_err(|_| SessionError::Malformed)?;
+    if !session.host.eq_ignore_ascii_case(host) {
+        return Err(SessionError::WrongHost);
+    }
+    if now >= value_expires_at || now >= session.expires_at {
+        return Err(SessionError::Expired);
+    }
+    Ok(session)
 }
 
 /// The base64url (no padding) length of a sealed value with `plaintext_len` bytes inside.
@@ -303,6 +322,23 @@ impl SessionKeys {
             })?;
         buf.extend_from_slice(tag.as_ref());
         Ok(URL_SAFE_NO_PAD.encode(&buf))
+    }
+
+    /// Opens a value whose plaintext starts with a version byte: a reader after it, or
+    /// [`SessionError::Malformed`] for another version.
+    pub(super) fn open_versioned<'b>(
+        &self,
+        purpose: Purpose,
+        text: &str,
+        host: &str,
+        version: u8,
+        buf: &'b mut [u8; OPEN_BUFFER],
+    ) -> Result<Reader<'b>, SessionError> {
+        let mut r = Reader::new(self.open_bytes(purpose, text, host, buf)?);
+        match r.u8() {
+            Ok(v) if v == version => Ok(r),
+            _ => Err(SessionError::Malformed),
+        }
     }
 
     /// Decodes, finds the key, and authenticates; returns the plaintext inside `buf`.

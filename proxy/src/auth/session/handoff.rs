@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::envelope::{OPEN_BUFFER, Purpose, SealError, SessionError};
+use super::envelope::{OPEN_BUFFER, Purpose, SealError, SessionError, current_session};
 use super::key::SessionKeys;
 use super::key::fill_random;
+use super::record;
 use super::record::SessionRecord;
-use super::record::{self, Reader};
 
 /// How long a handoff code may be redeemed.
 pub const HANDOFF_TTL: Duration = Duration::from_secs(60);
@@ -105,25 +105,15 @@ impl SessionKeys {
         now: u64,
     ) -> Result<HandoffCode, SessionError> {
         let mut buf = [0u8; OPEN_BUFFER];
-        let plaintext = self.open_bytes(Purpose::Handoff, code, host, &mut buf)?;
+        let mut r = self.open_versioned(Purpose::Handoff, code, host, HANDOFF_VERSION, &mut buf)?;
         let malformed = |_| SessionError::Malformed;
-        let mut r = Reader::new(plaintext);
-        if r.u8().map_err(malformed)? != HANDOFF_VERSION {
-            return Err(SessionError::Malformed);
-        }
         let nonce = r.array::<16>().map_err(malformed)?;
         let expires_at = r.u64().map_err(malformed)?;
         let return_path = r.u16_text(MAX_RETURN_PATH).map_err(malformed)?;
         if !is_local_path(&return_path) {
             return Err(SessionError::Malformed);
         }
-        let session = record::decode(r.rest()).map_err(malformed)?;
-        if !session.host.eq_ignore_ascii_case(host) {
-            return Err(SessionError::WrongHost);
-        }
-        if now >= expires_at || now >= session.expires_at {
-            return Err(SessionError::Expired);
-        }
+        let session = current_session(r.rest(), host, now, expires_at)?;
         Ok(HandoffCode {
             session,
             return_path,
