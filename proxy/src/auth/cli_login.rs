@@ -42,7 +42,7 @@ use crate::respond::page;
 use crate::respond::{html, param, query, redirect};
 use crate::routing::snapshot::Snapshot;
 
-use device::{DEVICE_CODE_TTL, DecideError, Poll, UserCode};
+use device::{DEVICE_CODE_TTL, DecideError, DeviceError, Poll, UserCode};
 use form::Form;
 
 /// Every CLI endpoint is under this path.
@@ -514,6 +514,19 @@ async fn device_start(identity: &IdentityRuntime, ctx: &RequestCtx) -> Response<
     let started = identity.state.device_grants.start(unix_millis()).await;
     let (device_code, user_code) = match started {
         Ok(codes) => codes,
+        // A flood is refused quietly: a line each would be the flood again, in the log.
+        Err(error @ DeviceError::Busy) => {
+            tracing::debug!(%error, "device login refused");
+            return oauth_error("temporarily_unavailable", &error.to_string());
+        }
+        // The API's words stay in the log.
+        Err(error @ DeviceError::Unshared(_)) => {
+            tracing::warn!(%error, "device login refused");
+            return oauth_error(
+                "temporarily_unavailable",
+                "device logins cannot be started just now",
+            );
+        }
         Err(error) => {
             tracing::warn!(%error, "device login refused");
             return oauth_error("temporarily_unavailable", &error.to_string());

@@ -15,6 +15,7 @@
 //! grants are swept, and if it is still reached a new grant is refused.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub(crate) const DEVICE_CODE_TTL: Duration = Duration::from_secs(600);
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// What a `slow_down` adds to a grant's interval (RFC 8628 §3.5).
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+/// Calls on the store a second that no grant known here makes: new grants, and polls of
+/// grants this replica has not seen. Anyone may make them and each costs the store (an API
+/// request in Kubernetes mode), so beyond this a flood is answered from memory.
+const UNKNOWN_CALLS_PER_SECOND: u32 = 50;
 /// Letters that are hard to confuse with each other or with digits, and that spell few words
 /// (RFC 8628 §6.1's example set: consonants only).
 pub(crate) const USER_CODE_ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
@@ -139,6 +144,8 @@ impl fmt::Debug for UserCode {
 pub(crate) enum DeviceError {
     #[error("too many device logins are waiting to start another")]
     Full,
+    #[error("too many device logins are starting at once: try again in a moment")]
+    Busy,
     #[error("the operating system's random number generator failed")]
     Random,
     #[error(transparent)]
@@ -237,13 +244,12 @@ impl fmt::Debug for dyn GrantStore {
 #[derive(Debug, Default)]
 pub(crate) struct MemoryGrants {
     grants: DashMap<UserCode, (Grant, u64)>,
-    versions: std::sync::atomic::AtomicU64,
+    versions: AtomicU64,
 }
 
 impl MemoryGrants {
     fn next_version(&self) -> u64 {
-        self.versions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.versions.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Forgets the grants expired at `now` (Unix milliseconds).
@@ -341,7 +347,26 @@ pub(crate) struct DeviceGrants {
     capacity: usize,
     /// When expired grants are forgotten (else only when full).
     sweep: Every<60>,
+    unknown_calls: Budget,
     rng: SystemRandom,
+}
+
+/// [`UNKNOWN_CALLS_PER_SECOND`], counted per whole second (of Unix milliseconds).
+#[derive(Debug, Default)]
+struct Budget {
+    second: AtomicU64,
+    used: AtomicU32,
+}
+
+impl Budget {
+    /// Whether one more call fits in the second of `now`.
+    fn take(&self, now: u64) -> bool {
+        let second = now / 1000;
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        self.used.fetch_add(1, Ordering::Relaxed) < UNKNOWN_CALLS_PER_SECOND
+    }
 }
 
 impl fmt::Debug for DeviceGrants {
@@ -378,6 +403,7 @@ impl DeviceGrants {
             polls: DashMap::new(),
             capacity,
             sweep: Every::default(),
+            unknown_calls: Budget::default(),
             rng: SystemRandom::new(),
         }
     }
@@ -402,6 +428,9 @@ impl DeviceGrants {
         }
         if self.polls.len() >= self.capacity {
             return Err(DeviceError::Full);
+        }
+        if !self.unknown_calls.take(now) {
+            return Err(DeviceError::Busy);
         }
         let expires_at = now.saturating_add(millis(DEVICE_CODE_TTL));
         // A clash of user codes is rare (2.6 × 10¹⁰ codes); try a few.
@@ -448,15 +477,19 @@ impl DeviceGrants {
             return Poll::Unknown;
         };
         let key = device_code_sha256(device_code);
-        if let Some(mut polling) = self.polls.get_mut(&key) {
-            let too_soon = polling
-                .last_poll
-                .is_some_and(|last| now.saturating_sub(last) < polling.interval);
-            polling.last_poll = Some(now);
-            if too_soon {
-                polling.interval = polling.interval.saturating_add(millis(SLOW_DOWN_STEP));
-                return Poll::SlowDown;
+        match self.polls.get_mut(&key) {
+            Some(mut polling) => {
+                let too_soon = polling
+                    .last_poll
+                    .is_some_and(|last| now.saturating_sub(last) < polling.interval);
+                polling.last_poll = Some(now);
+                if too_soon {
+                    polling.interval = polling.interval.saturating_add(millis(SLOW_DOWN_STEP));
+                    return Poll::SlowDown;
+                }
             }
+            None if !self.unknown_calls.take(now) => return Poll::SlowDown,
+            None => {}
         }
         let found = match self.store().get(&user_code).await {
             Ok(found) => found,
@@ -822,6 +855,35 @@ mod tests {
         );
         assert_eq!(one.poll(device.expose(), NOW + 2000).await, Poll::Unknown);
         assert!(one.memory.grants.is_empty(), "nothing kept locally");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_device_codes_and_new_grants_is_answered_from_memory() {
+        let shared: Arc<Flaky> = Arc::default();
+        let grants = DeviceGrants::new(1000);
+        grants.share_with(shared.clone());
+        let (device, _) = grants.start(NOW).await.unwrap();
+        let unknown = |i: u8| {
+            let mut bytes = b"BCDFGHJK".to_vec();
+            bytes.extend([i; 32]);
+            URL_SAFE_NO_PAD.encode(bytes)
+        };
+        let mut asked = 0;
+        for i in 0..200u8 {
+            if grants.poll(&unknown(i), NOW + 10).await == Poll::Unknown {
+                asked += 1;
+            }
+        }
+        // One call went to the start; the rest of the second's budget to unknown codes.
+        assert_eq!(asked, UNKNOWN_CALLS_PER_SECOND - 1);
+        assert!(matches!(
+            grants.start(NOW + 20).await,
+            Err(DeviceError::Busy)
+        ));
+        // A grant this replica knows is still answered, and the next second has a new budget.
+        assert_eq!(grants.poll(device.expose(), NOW + 30).await, Poll::Pending);
+        assert_eq!(grants.poll(&unknown(0), NOW + 1000).await, Poll::Unknown);
+        assert!(grants.start(NOW + 1000).await.is_ok());
     }
 
     #[tokio::test]
