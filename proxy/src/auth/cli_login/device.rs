@@ -242,7 +242,7 @@ impl fmt::Debug for dyn GrantStore {
 
 /// Grants in this process's memory, for a proxy that shares them with no other replica.
 #[derive(Debug, Default)]
-pub(crate) struct MemoryGrants {
+struct MemoryGrants {
     grants: DashMap<UserCode, (Grant, u64)>,
     versions: AtomicU64,
 }
