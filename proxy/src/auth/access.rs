@@ -16,7 +16,7 @@ use sekisho_identity::webhook::WebhookError;
 
 use crate::auth::endpoint::auth_origin;
 use crate::auth::identity::IdentityRuntime;
-use crate::auth::revocation::{SessionFacts, from_hex};
+use crate::auth::revocation::SessionFacts;
 use crate::auth::session::{SessionRecord, session_cookie, set_cookie, unix_now};
 use crate::auth::who::{Who, bearer_identity, who_from_record};
 use crate::forward::body::RequestBody;
@@ -298,15 +298,17 @@ pub(crate) async fn verify_bearer(
     if let Ok(claims) = identity.user_tokens.verify(token, now) {
         // The session it came from, by id, and its user: a CLI token names the proxy as its
         // issuer, so a user's logout at any provider ends it.
-        let revoked = from_hex::<16>(&claims.sid).is_none_or(|sid| {
-            identity.state.revocations.ends(SessionFacts {
-                id: &sid,
-                issuer: None,
-                subject: &claims.sub,
-                email: &claims.email,
-                issued_at: claims.iat,
-            })
-        });
+        let revoked = <[u8; 16] as hex::FromHex>::from_hex(&claims.sid)
+            .ok()
+            .is_none_or(|sid| {
+                identity.state.revocations.ends(SessionFacts {
+                    id: &sid,
+                    issuer: None,
+                    subject: &claims.sub,
+                    email: &claims.email,
+                    issued_at: claims.iat,
+                })
+            });
         if revoked {
             return Err(BearerRejection::SessionEnded);
         }

@@ -150,18 +150,6 @@ pub(crate) fn provider_session_key(issuer: &str, sid: &str) -> [u8; 8] {
     key
 }
 
-/// `N` bytes from `2 N` hexadecimal digits (either case); `None` for anything else.
-pub(crate) fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
-        return None;
-    }
-    let mut bytes = [0u8; N];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(bytes)
-}
-
 /// The id of a session that logs in now: `random` (16 bytes from the CSPRNG), whose second
 /// half is the provider session's key when the provider named its session (`sid`), so that a
 /// logout of that provider session ends it on any replica by the id alone. The first half
@@ -285,10 +273,15 @@ impl Revocations {
         if self.provider_sessions.contains_key(&key) {
             return true;
         }
-        if !session.email.is_empty()
+        // Emails are kept lowercase; most arrive so, and need no copy to be looked up.
+        let email = match session.email.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(session.email.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(session.email),
+        };
+        if !email.is_empty()
             && self
                 .emails
-                .get(&session.email.to_ascii_lowercase())
+                .get(email.as_ref())
                 .is_some_and(|at| session.issued_at <= *at)
         {
             return true;

@@ -61,7 +61,8 @@ pub(crate) async fn open_tunnel(
     match open(shared, snapshot, ctx, &req).await {
         Ok((target, stream)) => {
             let shared = shared.clone();
-            let id = HeaderValue::from_str(&hex(&stream.id)).expect("hex is a valid header value");
+            let id = HeaderValue::from_str(&hex::encode(stream.id))
+                .expect("hex is a valid header value");
             // Marks the stream closed however the hand-off ends, even if it never runs (the
             // client went away before the `101`), so the hub forgets it in time.
             let accepted = Accepted {
@@ -160,19 +161,8 @@ async fn still_allowed(shared: &Shared, stream: &Stream) -> Option<(StreamEnd, &
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn stream_id(text: &str) -> Option<StreamId> {
-    if text.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
+    hex::FromHex::from_hex(text).ok()
 }
 
 type Refusal = (TunnelError, Option<String>);

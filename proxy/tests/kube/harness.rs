@@ -245,6 +245,20 @@ impl Gate {
         )?)))
     }
 
+    /// [`Gate::another_replica`], once it is ready.
+    pub(crate) async fn another_ready_replica(
+        &self,
+        addresses: &[&str],
+    ) -> anyhow::Result<Running> {
+        let other = self.another_replica(addresses)?;
+        until("the second replica to be ready", || async {
+            anyhow::ensure!(other.ready().await?, "not ready yet");
+            Ok(Answer::none())
+        })
+        .await?;
+        Ok(other)
+    }
+
     /// Stops this gate's own proxy (as a rolling restart would), letting its Lease go.
     pub(crate) fn stop_proxy(&mut self) {
         if let Some(running) = self.proxy.take() {

@@ -40,12 +40,7 @@ async fn one_replica_writes_the_ingress_status_and_the_other_takes_over_when_it_
     .await?;
 
     // A second replica, publishing other addresses: it serves, but the holder keeps writing.
-    let other = gate.another_replica(&["198.51.100.7"])?;
-    until("the second replica to be ready", || async {
-        ensure!(other.ready().await?, "not ready yet");
-        Ok(Answer::none())
-    })
-    .await?;
+    let other = gate.another_ready_replica(&["198.51.100.7"]).await?;
     let answer = gate.get(&host, "/").await?;
     assert_eq!(answer.status, http::StatusCode::OK);
     assert_eq!(

@@ -95,12 +95,7 @@ pub(crate) async fn two_replicas(prefix: &str) -> anyhow::Result<TwoReplicas> {
     gate.api::<Revocation>()
         .create(&PostParams::default(), &warm_up)
         .await?;
-    let other = gate.another_replica(&["198.51.100.7"])?;
-    until("the second replica to be ready", || async {
-        ensure!(other.ready().await?, "not ready yet");
-        Ok(Answer::none())
-    })
-    .await?;
+    let other = gate.another_ready_replica(&["198.51.100.7"]).await?;
     Ok(TwoReplicas {
         gate,
         other,

@@ -15,8 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, Preconditions};
 
-use super::leases::{is_status, post_params, short_lived, unshared, within};
-use super::revocation::hex;
+use super::leases::{created, post_params, short_lived, unshared, within, written_at_version};
 use crate::auth::cli_login::device::{Decision, Grant, GrantStore, UserCode};
 use crate::auth::once::Unshared;
 
@@ -54,12 +53,15 @@ impl LeaseGrants {
 /// the code a person would type.
 fn name(user_code: &UserCode) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, user_code.as_str().as_bytes());
-    format!("sekisho-device-{}", hex(&digest.as_ref()[..16]))
+    format!("sekisho-device-{}", hex::encode(&digest.as_ref()[..16]))
 }
 
 fn annotations(grant: &Grant) -> BTreeMap<String, String> {
     let mut annotations = BTreeMap::from([
-        (DEVICE_CODE.to_owned(), hex(&grant.device_code_sha256)),
+        (
+            DEVICE_CODE.to_owned(),
+            hex::encode(grant.device_code_sha256),
+        ),
         (EXPIRES_AT.to_owned(), grant.expires_at.to_string()),
     ]);
     let decision = match &grant.decision {
@@ -78,14 +80,7 @@ fn annotations(grant: &Grant) -> BTreeMap<String, String> {
 /// someone else wrote), which a poll then treats as unknown.
 fn grant_of(lease: &Lease) -> Option<Grant> {
     let annotations = lease.metadata.annotations.as_ref()?;
-    let text = annotations.get(DEVICE_CODE)?;
-    let mut device_code_sha256 = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (byte, pair) in device_code_sha256.iter_mut().zip(text.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
+    let device_code_sha256 = hex::FromHex::from_hex(annotations.get(DEVICE_CODE)?).ok()?;
     let decision = match annotations.get(DECISION)?.as_str() {
         "pending" => Decision::Pending,
         "denied" => Decision::Denied,
@@ -107,11 +102,7 @@ impl GrantStore for LeaseGrants {
     ) -> BoxFuture<'a, Result<bool, Unshared>> {
         Box::pin(async move {
             let lease = self.lease(user_code, grant);
-            match within(self.api.create(&post_params(), &lease)).await? {
-                Ok(_) => Ok(true),
-                Err(error) if is_status(&error, 409) => Ok(false),
-                Err(error) => Err(unshared(&error)),
-            }
+            created(self.api.create(&post_params(), &lease)).await
         })
     }
 
@@ -139,11 +130,7 @@ impl GrantStore for LeaseGrants {
         Box::pin(async move {
             let mut lease = self.lease(user_code, grant);
             lease.metadata.resource_version = Some(version.to_owned());
-            match within(self.api.replace(&name(user_code), &post_params(), &lease)).await? {
-                Ok(_) => Ok(true),
-                Err(error) if is_status(&error, 409) || is_status(&error, 404) => Ok(false),
-                Err(error) => Err(unshared(&error)),
-            }
+            written_at_version(self.api.replace(&name(user_code), &post_params(), &lease)).await
         })
     }
 
@@ -160,11 +147,7 @@ impl GrantStore for LeaseGrants {
                 }),
                 ..DeleteParams::default()
             };
-            match within(self.api.delete(&name(user_code), &params)).await? {
-                Ok(_) => Ok(true),
-                Err(error) if is_status(&error, 409) || is_status(&error, 404) => Ok(false),
-                Err(error) => Err(unshared(&error)),
-            }
+            written_at_version(self.api.delete(&name(user_code), &params)).await
         })
     }
 }

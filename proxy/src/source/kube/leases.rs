@@ -59,9 +59,31 @@ pub(super) async fn within<T>(
         })
 }
 
-/// Whether `error` is the API's answer with this HTTP status.
-pub(super) fn is_status(error: &kube::Error, code: u16) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == code)
+/// Runs a create that another replica may have made first: `Ok(false)` when the name is
+/// taken (409).
+pub(super) async fn created<T>(
+    call: impl Future<Output = kube::Result<T>>,
+) -> Result<bool, Unshared> {
+    won(call, &[409]).await
+}
+
+/// Runs a write at a `resourceVersion` that another replica may have changed or deleted
+/// since: `Ok(false)` when it did (409 or 404).
+pub(super) async fn written_at_version<T>(
+    call: impl Future<Output = kube::Result<T>>,
+) -> Result<bool, Unshared> {
+    won(call, &[409, 404]).await
+}
+
+async fn won<T>(
+    call: impl Future<Output = kube::Result<T>>,
+    lost: &[u16],
+) -> Result<bool, Unshared> {
+    match within(call).await? {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if lost.contains(&status.code) => Ok(false),
+        Err(error) => Err(unshared(&error)),
+    }
 }
 
 pub(super) fn unshared(error: &kube::Error) -> Unshared {

@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt as _};
 use tokio::sync::watch;
 
-use super::leases::{is_status, post_params, short_lived, unshared, within};
+use super::leases::{created, post_params, short_lived};
 use crate::auth::cli_login::device::GrantStore;
 use crate::auth::once::{SharedSpends, Unshared};
 use crate::auth::session::unix_now;
@@ -36,11 +36,7 @@ impl SharedSpends for LeaseSpends {
     fn spend(&self, key: [u8; 16], until: u64) -> BoxFuture<'_, Result<bool, Unshared>> {
         Box::pin(async move {
             let lease = short_lived(name(&key), LABEL, &self.replica, until);
-            match within(self.api.create(&post_params(), &lease)).await? {
-                Ok(_) => Ok(true),
-                Err(error) if is_status(&error, 409) => Ok(false),
-                Err(error) => Err(unshared(&error)),
-            }
+            created(self.api.create(&post_params(), &lease)).await
         })
     }
 }
@@ -48,7 +44,7 @@ impl SharedSpends for LeaseSpends {
 /// The Lease of a code: a prefix and the key in hexadecimal (the key is a random nonce or a
 /// hash, so the name tells nothing of the code).
 fn name(key: &[u8; 16]) -> String {
-    format!("sekisho-once-{}", super::revocation::hex(key))
+    format!("sekisho-once-{}", hex::encode(key))
 }
 
 /// Makes the replicas' one-time codes and device logins shared through Leases in

@@ -22,7 +22,9 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::{Notify, watch};
 
 use crate::auth::identity::IdentityState;
-use crate::auth::revocation::{Revoked, from_hex};
+use hex::FromHex;
+
+use crate::auth::revocation::Revoked;
 use crate::auth::session::unix_now;
 use crate::state::Shared;
 
@@ -198,7 +200,7 @@ fn revoked(object: &api::Revocation, lifetime: u64) -> Result<Revoked, &'static 
         &spec.provider_session,
     ) {
         (Some(session), None, None, None) => Ok(Revoked::Session {
-            id: from_hex(session).ok_or("session is not 32 hexadecimal digits")?,
+            id: FromHex::from_hex(session).map_err(|_| "session is not 32 hexadecimal digits")?,
             until,
         }),
         (None, Some(subject), None, None) => Ok(Revoked::Subject {
@@ -211,7 +213,8 @@ fn revoked(object: &api::Revocation, lifetime: u64) -> Result<Revoked, &'static 
             at: before(object),
         }),
         (None, None, None, Some(key)) => Ok(Revoked::ProviderSession {
-            key: from_hex(key).ok_or("providerSession is not 16 hexadecimal digits")?,
+            key: FromHex::from_hex(key)
+                .map_err(|_| "providerSession is not 16 hexadecimal digits")?,
             until,
         }),
         _ => Err("needs exactly one of session, subject, email or providerSession"),
@@ -223,14 +226,14 @@ fn object(revoked: &Revoked) -> api::Revocation {
     let mut spec = api::RevocationSpec::default();
     let name = match revoked {
         Revoked::Session { id, until } => {
-            spec.session = Some(hex(id));
+            spec.session = Some(hex::encode(id));
             spec.expires = Some(time(*until));
-            format!("session-{}", hex(id))
+            format!("session-{}", hex::encode(id))
         }
         Revoked::ProviderSession { key, until } => {
-            spec.provider_session = Some(hex(key));
+            spec.provider_session = Some(hex::encode(key));
             spec.expires = Some(time(*until));
-            format!("provider-session-{}", hex(key))
+            format!("provider-session-{}", hex::encode(key))
         }
         Revoked::Subject {
             issuer,
@@ -276,11 +279,7 @@ fn short_hash(parts: &[&str]) -> String {
         }
         hash.update(part.as_bytes());
     }
-    hex(&hash.finish().as_ref()[..8])
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hash.finish().as_ref()[..8])
 }
 
 #[cfg(test)]
