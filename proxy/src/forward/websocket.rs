@@ -3,10 +3,10 @@
 //!
 //! A WebSocket outlives the request that opened it, so a session that ends (expiry, logout,
 //! back-channel logout) or a policy that stops allowing it must close it: the relay checks every
-//! [`RECHECK_EVERY`], and at once when a revocation arrives, and, when the answer turns to no, stops passing data on, lets the frame in
-//! flight in each direction end, sends both the client and the upstream a close frame with
-//! status 1008 (policy violation), waits a little for each to answer with its own, and then
-//! closes both connections. Both directions follow the frame boundaries ([`frame`]: RFC 6455
+//! [`RECHECK_EVERY`] and at once when a revocation arrives. When the answer turns to no, it
+//! stops passing data on, lets the frame in flight in each direction end, sends both the client
+//! and the upstream a close frame with status 1008 (policy violation), waits a little for each
+//! to answer with its own, and then closes both connections. Both directions follow the frame boundaries ([`frame`]: RFC 6455
 //! §5.2 headers only; payloads pass through untouched), so each close frame lands between two
 //! frames rather than inside one.
 
