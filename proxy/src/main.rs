@@ -106,6 +106,17 @@ struct Cli {
     #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
     lease_namespace: Option<String>,
 
+    /// `IP:PORT` at which the other replicas reach this one's HTTPS listener, to relay tunnel
+    /// streams to the agents connected here (Kubernetes mode; by default `POD_IP`, from the
+    /// downward API, at the HTTPS port).
+    #[arg(
+        long,
+        env = "SEKISHO_RELAY_ADDRESS",
+        value_name = "IP:PORT",
+        requires = "kubernetes"
+    )]
+    relay_address: Option<std::net::SocketAddr>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -207,6 +218,7 @@ fn main() -> ExitCode {
                 publish_service: cli.publish_service,
                 publish_addresses: cli.publish_address,
                 lease_namespace: cli.lease_namespace,
+                relay_address: cli.relay_address,
                 default_certificate: cli.default_certificate,
             }),
         ),

@@ -84,6 +84,8 @@ pub(super) fn deployment(proxy: &Proxy, names: &Names, world: &World) -> Value {
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            // Where the other replicas relay tunnel streams for the agents this one holds.
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             // The development CA (only used when no certificate is configured) on the
             // writable emptyDir: the root file system is read-only.
             {"name": "SEKISHO_DEV_CA_DIR", "value": "/tmp/dev-ca"},

@@ -136,6 +136,7 @@ async fn the_gate_it_makes_runs_with_its_files_and_only_the_rbac_it_granted() ->
             publish_addresses: Vec::new(),
             lease_namespace: Some(cluster.namespace.clone()),
             default_certificate: None,
+            relay_address: None,
         }),
     };
     let running = tokio::task::spawn_blocking(move || sekisho_proxy::start(options))

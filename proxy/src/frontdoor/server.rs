@@ -331,6 +331,7 @@ fn serve(
         )),
         unrouted,
         hub,
+        relay: crate::hub::relay::Relay::default(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         draining: AtomicBool::new(false),
         synced: AtomicBool::new(kubernetes.is_none()),
@@ -352,8 +353,12 @@ fn serve(
         // The static settings are read once; the API gives everything that changes.
         Some(_) => None,
     };
-    let kube_source = kubernetes
-        .map(|kubernetes| KubeSource::new(shared.clone(), config.clone(), kubernetes, fallback));
+    let kube_source = kubernetes.map(|mut kubernetes| {
+        kubernetes.relay_address = kubernetes
+            .relay_address
+            .or_else(|| crate::source::kube::replicas::default_address(https_addr));
+        KubeSource::new(shared.clone(), config.clone(), kubernetes, fallback)
+    });
     let signals = options.handle_signals.then(|| SignalContext {
         shutdown: shutdown.clone(),
         cut_short,
@@ -958,7 +963,8 @@ async fn serve_tcp(
                 .inc();
             match handshake {
                 Ok(Ok(tls)) => {
-                    let state = ConnState::new(peer, true, admission, tracker);
+                    let mut state = ConnState::new(peer, true, admission, tracker);
+                    state.binding = crate::hub::relay::binding(tls.get_ref().1);
                     connection::serve_tls(shared, Box::new(tls), state, &limits, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

@@ -339,8 +339,29 @@ pub(crate) fn client_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts any upstream certificate (the handshake signature is still checked). Only used when
-/// an upstream sets `tls.dangerous_skip_verify`.
+/// The client configuration a replica relays tunnel streams to another with
+/// ([`crate::hub::relay`]): TLS 1.3 only, HTTP/1.1, and any certificate, since what is trusted
+/// is not the certificate (the holder is dialed at its pod address, its certificates are for
+/// the public names) but the proofs both ends exchange, bound to the connection's exported
+/// keying material.
+pub(crate) fn relay_client_config() -> Arc<ClientConfig> {
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut config = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("the ring provider supports TLS 1.3")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(DangerousAcceptAnyCertificate))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// Accepts any certificate (the handshake signature is still checked). Used when an upstream
+/// sets `tls.dangerous_skip_verify`, and between replicas ([`relay_client_config`]).
 #[derive(Debug)]
 struct DangerousAcceptAnyCertificate;
 

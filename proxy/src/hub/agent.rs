@@ -12,16 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sekisho_wire::agent_auth::{AgentCredential, AgentPublicKey, CredentialError};
-use sekisho_wire::{
-    AGENT_AUTH_HEADER, AGENT_DRAIN_PATH, AGENT_PROTOCOL, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-};
+use sekisho_wire::{AGENT_AUTH_HEADER, AGENT_PROTOCOL, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
@@ -225,16 +222,7 @@ async fn serve(
             "the agent or its key was removed from the configuration".to_owned()
         }
         () = stopped(&mut shutdown) => {
-            link.draining.store(true, Ordering::Relaxed);
-            let mut drain_sender = link.sender.clone();
-            let drain = Request::builder()
-                .method(Method::POST)
-                .uri(format!("http://{agent}{AGENT_DRAIN_PATH}"))
-                .body(RequestBody::buffered(Bytes::new()))
-                .expect("a drain request is well formed");
-            tokio::spawn(async move {
-                let _ = drain_sender.send_request(drain).await;
-            });
+            link.ask_to_drain();
             // The agent answers GOAWAY, and closes once the streams it has are done; the
             // server's grace period bounds how long that may take. The connection is polled
             // meanwhile: it is what sends the drain request.

@@ -10,11 +10,15 @@
 //! who may pass and where the stream goes: a target the proxy dials itself, or a target behind
 //! an agent, reached with an HTTP/2 `CONNECT` on one of the agent's links ([`tunnel`]).
 //!
+//! With several replicas, a tunnel stream for an agent whose links another replica holds is
+//! relayed to that replica ([`relay`]).
+//!
 //! The hub outlives configuration reloads (it lives in [`crate::state::Shared`]); after each
 //! reload [`Hub::prune`] cuts the links of agents, or keys, that the new configuration no
 //! longer has.
 
 pub(crate) mod agent;
 pub(crate) mod registry;
+pub(crate) mod relay;
 pub(crate) mod stream;
 pub(crate) mod tunnel;

@@ -15,7 +15,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use sekisho_wire::agent_auth::AgentPublicKey;
 use sekisho_wire::tunnel::TunnelError;
-use sekisho_wire::{AGENT_DRAINING_HEADER, AGENT_PING_PATH};
+use sekisho_wire::{AGENT_DRAIN_PATH, AGENT_DRAINING_HEADER, AGENT_PING_PATH};
 use tokio_util::sync::CancellationToken;
 
 use crate::every::Every;
@@ -43,6 +43,9 @@ pub(crate) struct Hub {
     streams: DashMap<StreamId, Arc<Stream>>,
     /// Woken when an agent link comes or goes (for whoever reports agents' status).
     pub(crate) links_changed: tokio::sync::Notify,
+    /// Woken when an agent link comes or goes (for whoever tells the other replicas which
+    /// agents this one holds).
+    pub(crate) held_changed: tokio::sync::Notify,
     /// When closed streams are swept.
     sweep_streams: Every<{ CLOSED_STREAM_KEPT.as_secs() }>,
     /// Links cut because they stopped answering while a stream waited.
@@ -122,6 +125,7 @@ impl Hub {
     pub(crate) fn register(&self, link: Arc<Link>) {
         self.links.entry(link.agent.clone()).or_default().push(link);
         self.links_changed.notify_one();
+        self.held_changed.notify_one();
     }
 
     pub(crate) fn unregister(&self, link: &Link) {
@@ -132,6 +136,7 @@ impl Hub {
             }
         }
         self.links_changed.notify_one();
+        self.held_changed.notify_one();
     }
 
     /// Since when the agent has been connected (its oldest link), if it is.
@@ -156,6 +161,28 @@ impl Hub {
             ended: CancellationToken::new(),
             since: std::time::SystemTime::now(),
         }
+    }
+
+    /// The agents with a link that takes new streams, by name.
+    pub(crate) fn held(&self) -> std::collections::BTreeSet<String> {
+        self.links
+            .iter()
+            .filter(|links| {
+                links
+                    .iter()
+                    .any(|l| !l.draining.load(Ordering::Relaxed) && !l.sender.is_closed())
+            })
+            .map(|links| links.key().clone())
+            .collect()
+    }
+
+    /// Asks each of the agent's links that take new streams to drain ([`Link::ask_to_drain`]):
+    /// the agent moves, and its open streams stay here until they end.
+    pub(crate) fn ask_to_move(&self, agent: &str) {
+        for link in self.links_in_turn(agent) {
+            link.ask_to_drain();
+        }
+        self.held_changed.notify_one();
     }
 
     /// How many links the agent has.
@@ -409,6 +436,22 @@ impl Hub {
 }
 
 impl Link {
+    /// Asks the agent to drain this link: it dials a new connection at once (through the
+    /// load balancer, so most likely to another replica) and sends GOAWAY here, and the streams
+    /// open on this link go on. No new streams are opened on it meanwhile.
+    pub(crate) fn ask_to_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let mut sender = self.sender.clone();
+        let drain = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}{AGENT_DRAIN_PATH}", self.agent))
+            .body(RequestBody::buffered(Bytes::new()))
+            .expect("a drain request is well formed");
+        tokio::spawn(async move {
+            let _ = sender.send_request(drain).await;
+        });
+    }
+
     /// Resolves when the link fails a check: after [`LINK_CHECK_AFTER`], a request for
     /// [`AGENT_PING_PATH`] that gets no answer within [`LINK_CHECK_DEADLINE`]. Pending forever
     /// when the link answers: meant to race a stream that waits.

@@ -27,11 +27,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::relay::Ask;
 use super::stream::{Stream, StreamId, lock};
 use crate::auth::access::{bearer_token, decision_reason, verify_bearer};
 use crate::auth::endpoint::auth_origin;
 use crate::auth::revocation::next_change;
-use crate::auth::session::unix_now;
+use crate::auth::session::{SessionKeys, unix_now};
 use crate::auth::who::bearer_identity;
 use crate::observe::metrics::{CauseLabels, DirectionLabels, ReasonLabels};
 use crate::observe::metrics::{DecisionKind, DecisionReason};
@@ -245,12 +246,15 @@ async fn open(
                 Err(_) => return Err((TunnelError::TargetTimeout, None)),
             }
         }
-        Some(agent) => Target::Agent(
-            shared
-                .hub
-                .open_stream(agent, &route.target, route.connect_timeout)
-                .await?,
-        ),
+        Some(agent) => {
+            let ask = Ask {
+                agent,
+                target: &route.target,
+                user: &user,
+                timeout: route.connect_timeout,
+            };
+            Target::Agent(agent_stream(shared, &identity.session_keys, route, ask).await?)
+        }
     };
     let mut id = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| {
@@ -272,6 +276,31 @@ async fn open(
     });
     shared.hub.add_stream(stream.clone());
     Ok((target, stream))
+}
+
+/// A stream through the route's agent: on a link held here, else relayed to a replica that
+/// holds one.
+async fn agent_stream(
+    shared: &Shared,
+    keys: &SessionKeys,
+    route: &TunnelRoute,
+    ask: Ask<'_>,
+) -> Result<hyper::upgrade::Upgraded, Refusal> {
+    match shared
+        .hub
+        .open_stream(ask.agent, ask.target, ask.timeout)
+        .await
+    {
+        Err((TunnelError::AgentOffline, detail)) if shared.hub.connected(ask.agent) == 0 => {
+            match shared.relay.open(shared, keys, &route.host, ask).await {
+                Err((TunnelError::AgentOffline, relayed)) => {
+                    Err((TunnelError::AgentOffline, relayed.or(detail)))
+                }
+                opened => opened,
+            }
+        }
+        opened => opened,
+    }
 }
 
 fn decide(route: &TunnelRoute, person: &Identity) -> Decision {

@@ -84,6 +84,11 @@ pub(crate) struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RoleLabels {
+    pub role: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct CauseLabels {
     pub cause: &'static str,
 }
@@ -205,6 +210,9 @@ pub(crate) struct TunnelMetrics {
     pub stream_ends: Family<CauseLabels, Counter>,
     /// Shared with the hub, which counts.
     pub links_unresponsive: Counter,
+    /// Tunnel streams relayed between replicas, by this replica's role: `sent` (through the
+    /// replica holding the agent), `carried` (for another replica), `refused` (no valid proof).
+    pub relayed: Family<RoleLabels, Counter>,
 }
 
 impl TunnelMetrics {
@@ -227,6 +235,9 @@ impl TunnelMetrics {
         }
         for direction in ["to_target", "to_client"] {
             drop(self.bytes.get_or_create(&DirectionLabels { direction }));
+        }
+        for role in ["sent", "carried", "refused"] {
+            drop(self.relayed.get_or_create(&RoleLabels { role }));
         }
         registry.register(
             "agents_connected",
@@ -262,6 +273,11 @@ impl TunnelMetrics {
             "agent_links_unresponsive",
             "Agent links cut because they did not answer a check while a stream waited on them",
             self.links_unresponsive.clone(),
+        );
+        registry.register(
+            "tunnel_relayed_streams",
+            "Tunnel streams relayed between replicas, by this replica's role (sent, carried, refused)",
+            self.relayed.clone(),
         );
         registry.register(
             "tunnel_stream_ends",

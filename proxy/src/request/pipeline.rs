@@ -153,6 +153,7 @@ async fn serve_own_endpoint(
         OwnEndpoint::AgentConnect => {
             crate::hub::agent::accept_agent(shared, snapshot, conn, ctx, &req)
         }
+        OwnEndpoint::Relay => crate::hub::relay::carry(shared, snapshot, conn, &req).await,
         OwnEndpoint::CliLogin(identity) => {
             cli_login::serve_cli_endpoint(snapshot, identity, ctx, req).await
         }
@@ -384,6 +385,8 @@ enum OwnEndpoint<'s> {
     TunnelRenew,
     TunnelStatus,
     AgentConnect,
+    /// A tunnel stream another replica relays to this one.
+    Relay,
     /// The CLI's OAuth endpoints, when login is configured.
     CliLogin(&'s IdentityRuntime),
     /// The auth host and other `/.sekisho/` paths, when login is configured.
@@ -403,6 +406,7 @@ fn own_endpoint<'s>(
         sekisho_wire::TUNNEL_RENEW_PATH => Some(OwnEndpoint::TunnelRenew),
         sekisho_wire::TUNNEL_STATUS_PATH => Some(OwnEndpoint::TunnelStatus),
         sekisho_wire::AGENT_CONNECT_PATH => Some(OwnEndpoint::AgentConnect),
+        crate::hub::relay::RELAY_PATH => Some(OwnEndpoint::Relay),
         _ => snapshot.own_endpoint(&ctx.host, decided).map(|identity| {
             match decided.starts_with(CLI_PREFIX) {
                 true => OwnEndpoint::CliLogin(identity),

@@ -20,6 +20,9 @@ pub(crate) struct ConnState {
     /// The peer's IP, formatted once for the forwarding headers.
     pub peer_ip_header: HeaderValue,
     pub tls: bool,
+    /// Keying material exported from the TLS 1.3 connection, that a relay request from
+    /// another replica proves itself with (`crate::hub::relay`).
+    pub(crate) binding: Option<[u8; 32]>,
     /// The worker's connection tasks: an upgraded connection's relay joins them, so shutdown
     /// waits for it like for any other connection.
     pub(crate) tracker: TaskTracker,
@@ -78,6 +81,7 @@ impl ConnState {
             peer_ip_header: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
             tls,
+            binding: None,
             tracker,
             active: AtomicBool::new(true),
             write_blocked: AtomicBool::new(false),

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub unrouted: RouteMetrics,
     /// Connected agents; outlives reloads.
     pub hub: Hub,
+    /// Where the agents other replicas hold are, to relay tunnel streams to them.
+    pub(crate) relay: crate::hub::relay::Relay,
     /// Places under `limits.max_connections`.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) draining: AtomicBool,

@@ -8,6 +8,7 @@ mod hygiene;
 mod keys;
 mod lifecycle;
 mod observability;
+mod relay;
 mod reload;
 mod streaming;
 mod support;

@@ -80,6 +80,7 @@ impl Replica {
                 publish_addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
                 lease_namespace: Some(namespace.clone()),
                 default_certificate: Some(format!("{namespace}/default-tls")),
+                relay_address: None,
             }),
         })
         .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))

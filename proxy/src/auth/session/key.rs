@@ -129,6 +129,17 @@ impl SessionKey {
         self.id
     }
 
+    /// A key of its own for another use than sealing (`label` names the use): HMAC-SHA256 of
+    /// the label under this key, as an HMAC-SHA256 key. Every replica holding this key derives
+    /// the same one; knowing it tells nothing of this key.
+    pub(crate) fn derived(&self, label: &[u8]) -> ring::hmac::Key {
+        let this = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.secret.0);
+        ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            ring::hmac::sign(&this, label).as_ref(),
+        )
+    }
+
     /// This key as one line of the key file (`ID:BASE64URL`, no newline).
     ///
     /// The line is the secret itself: write it to the Secret, never to a log.

@@ -35,6 +35,7 @@ pub(crate) use envelope::SealError;
 pub use envelope::unix_now;
 pub(crate) use handoff::{ReplayError, ReplayGuard};
 pub(crate) use key::RandomUnavailable;
+pub(crate) use key::SessionKey;
 pub use key::{KeyError, SessionKeys, add_key_to_file};
 pub use record::{SessionId, SessionRecord};
 

@@ -20,6 +20,7 @@ mod leases;
 mod object;
 mod once;
 mod policy;
+pub(crate) mod replicas;
 mod revocation;
 mod status;
 mod tunnel;
@@ -88,6 +89,10 @@ pub struct KubernetesOptions {
     /// `namespace/name` of a `kubernetes.io/tls` Secret served for names no Ingress's
     /// certificate covers (and to clients that send no name).
     pub default_certificate: Option<String>,
+    /// Where the other replicas reach this one's HTTPS listener, to relay tunnel streams for
+    /// the agents it holds; by default the pod's IP (`POD_IP`) at the HTTPS port, else the
+    /// HTTPS listener's address when it is a specific one.
+    pub relay_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for KubernetesOptions {
@@ -100,6 +105,7 @@ impl Default for KubernetesOptions {
             publish_addresses: Vec::new(),
             lease_namespace: None,
             default_certificate: None,
+            relay_address: None,
         }
     }
 }
@@ -156,6 +162,8 @@ pub(crate) struct KubeSource {
     replica: String,
     publish: status::Publish,
     lease_namespace: Option<String>,
+    /// Where the other replicas reach this one.
+    relay_address: Option<std::net::SocketAddr>,
     /// Whether this process holds the status Lease (and so writes Ingresses' status).
     leader: Arc<std::sync::atomic::AtomicBool>,
     shared: Arc<Shared>,
@@ -193,6 +201,7 @@ impl KubeSource {
             replica: identity(),
             publish,
             lease_namespace: options.lease_namespace,
+            relay_address: options.relay_address,
             leader: Arc::default(),
             shared,
             base,
@@ -385,6 +394,20 @@ impl KubeSource {
             self.namespace(),
             revocations,
             revocations_changed,
+            self.shared.clone(),
+            stop.clone(),
+        ));
+        let leases = Api::namespaced(client.clone(), &self.namespace());
+        tokio::spawn(replicas::run(
+            leases.clone(),
+            watch_all(
+                leases,
+                watcher::Config::default().labels(replicas::LABEL),
+                &Arc::new(Notify::new()),
+                &metrics,
+            ),
+            self.replica.clone(),
+            self.relay_address,
             self.shared.clone(),
             stop.clone(),
         ));

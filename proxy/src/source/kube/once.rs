@@ -3,8 +3,9 @@
 //! One-time codes spent once across the replicas (`auth/once.rs`): spending a code creates a
 //! Lease named after it, and the API server lets only one create of a name succeed, so the
 //! first replica wins and the others get a conflict. Device logins (`device.rs`) are Leases
-//! too. Each Lease says until when it matters (`acquireTime` + `leaseDurationSeconds`); the
-//! replicas delete the ones that have expired.
+//! too, and so is each replica's record of the agents it holds (`replicas.rs`). Each Lease
+//! says until when it matters (`acquireTime` + `leaseDurationSeconds`); the replicas delete
+//! the ones that have expired.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub(super) async fn run(
             _ = sweep.tick() => {
                 delete_expired(&api, LABEL).await;
                 delete_expired(&api, super::device::LABEL).await;
+                delete_expired(&api, super::replicas::LABEL).await;
             }
             () = crate::state::stopped(&mut stop) => return,
         }

@@ -1,0 +1,513 @@
+//! Relaying a tunnel stream to the replica that holds its agent.
+//!
+//! With several replicas, an agent holds links to some of them (one, usually); a tunnel request
+//! may land on any. A replica without a link for the agent asks its [`Directory`] which
+//! replicas hold one, and opens the stream through one of them: a TLS connection to that
+//! replica's HTTPS port, an HTTP/1.1 upgrade to [`RELAY_PATH`] naming the agent and the
+//! target, and, once the holder has the agent's stream open, the bytes spliced end to end.
+//! The decision (who, which route, which policy) is made once, on the replica the person
+//! reached, which also keeps re-checking it and ends the stream as for a direct one; the holder
+//! only carries. A holder never relays further: one extra hop at most.
+//!
+//! Both ends prove they hold the replicas' shared session keys, bound to this one TLS
+//! connection: keying material exported from it (RFC 8446 §7.5, RFC 5705) goes into an
+//! HMAC-SHA256 the relaying replica sends with the request, and another the holder sends back
+//! with its `101`; the key is derived from the newest session key ([`KEY_LABEL`]). Someone in
+//! between who terminated TLS on both sides would see two different exports, so neither
+//! proof would check; the certificates are not what is trusted (a replica's certificates are
+//! for the public names, not for the pod address it is dialed at). A replay cannot work either,
+//! since every connection exports other material. Without the keys the relay path answers
+//! `403` like any other stranger's request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use ring::hmac;
+use sekisho_wire::COPY_BUFFER;
+use sekisho_wire::tunnel::TunnelError;
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpStream;
+
+use super::registry::{StreamRefusal, switching_protocols};
+use crate::auth::session::SessionKeys;
+use crate::forward::body::RequestBody;
+use crate::observe::metrics::RoleLabels;
+use crate::respond::body::ResponseBody;
+use crate::respond::json_error;
+use crate::routing::snapshot::Snapshot;
+use crate::state::client::ConnState;
+use crate::state::{Shared, stopped};
+
+/// The path of a relayed stream, on every host of the HTTPS listener.
+pub(crate) const RELAY_PATH: &str = "/.sekisho/relay";
+/// The `Upgrade` token of a relayed stream.
+const PROTOCOL: &str = "sekisho-relay";
+
+/// The label of the keying material exported from the connection (RFC 8446 §7.5).
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-sekisho-relay-v1";
+/// What the relay key is derived under, from a session key.
+const KEY_LABEL: &[u8] = b"sekisho-relay-key-v1";
+/// What the relaying replica's proof is over, before the request's fields.
+const REQUEST_LABEL: &[u8] = b"sekisho-relay-request-v1\0";
+/// What the holder's proof is over, before the request's proof.
+const HOLDER_LABEL: &[u8] = b"sekisho-relay-holder-v1\0";
+
+/// `KEY_ID.PROOF`: the session key id, and the relaying replica's proof in base64url.
+const AUTH_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-auth");
+/// The holder's proof (base64url), with its `101`.
+const PROOF_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-proof");
+const AGENT_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-agent");
+const TARGET_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-target");
+/// Who the stream is for (for the holder's log).
+const USER_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-user");
+/// How long the holder may wait for the agent's answer, in milliseconds.
+const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-timeout-ms");
+/// The holder's refusal, as a [`TunnelError`] code.
+const ERROR_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-error");
+
+/// How long dialing a holder and its TLS handshake may take, each.
+const DIAL_WITHIN: Duration = Duration::from_secs(3);
+/// The longest wait for an agent's answer a relayed request may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long before the end of the shutdown grace a carried stream is cut.
+const CUT_BEFORE_GRACE_ENDS: Duration = Duration::from_millis(500);
+
+/// Keying material exported from one TLS connection; equal at both ends only when nobody
+/// terminated TLS between them.
+pub(crate) type Binding = [u8; 32];
+
+/// The connection's [`Binding`], when it is TLS 1.3 (whose exporter binds the whole handshake).
+pub(crate) fn binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<Binding> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+        .ok()
+}
+
+/// One replica that holds links of an agent, as the [`Directory`] knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// Its name (for the log).
+    pub replica: String,
+    /// Its HTTPS listener, as the other replicas reach it.
+    pub address: SocketAddr,
+}
+
+/// Which other replicas hold links of an agent (in Kubernetes mode: the replicas' Leases).
+pub(crate) trait Directory: Send + Sync {
+    /// The live replicas, other than this one, that hold links of `agent`, in the order to
+    /// try them.
+    fn holders(&self, agent: &str) -> Vec<Holder>;
+}
+
+/// The relaying side: where the agents of other replicas are, and how to reach them.
+#[derive(Default)]
+pub(crate) struct Relay {
+    directory: OnceLock<Arc<dyn Directory>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("directory", &self.directory.get().is_some())
+            .finish()
+    }
+}
+
+/// What a relayed stream is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask<'a> {
+    pub agent: &'a str,
+    pub target: &'a str,
+    pub user: &'a str,
+    pub timeout: Duration,
+}
+
+/// Why one holder did not carry the stream.
+enum Miss {
+    /// It answered with a refusal.
+    Refused(StreamRefusal),
+    /// It could not be reached, or did not prove itself.
+    Unreachable(String),
+}
+
+impl Relay {
+    /// Relays through the holders `directory` names from now on (once; later calls change
+    /// nothing).
+    pub(crate) fn set_directory(&self, directory: Arc<dyn Directory>) {
+        let _ = self.directory.set(directory);
+    }
+
+    /// Opens a stream to `ask.target` through a replica that holds `ask.agent`; `host` is the
+    /// name to ask the holder's TLS for (one it serves). A holder that no longer has the agent,
+    /// or cannot be reached, is skipped for the next; the agent's or target's own refusal is
+    /// the answer.
+    pub(crate) async fn open(
+        &self,
+        shared: &Shared,
+        keys: &SessionKeys,
+        host: &str,
+        ask: Ask<'_>,
+    ) -> Result<Upgraded, StreamRefusal> {
+        let holders = self
+            .directory
+            .get()
+            .map(|d| d.holders(ask.agent))
+            .unwrap_or_default();
+        let mut unreachable = None;
+        for holder in holders {
+            match through(keys, host, &holder, ask).await {
+                Ok(upgraded) => {
+                    count(shared, "sent");
+                    tracing::debug!(agent = ask.agent, replica = %holder.replica, "tunnel stream relayed");
+                    return Ok(upgraded);
+                }
+                Err(Miss::Refused((TunnelError::AgentOffline, _))) => {}
+                Err(Miss::Refused(refusal)) => return Err(refusal),
+                Err(Miss::Unreachable(why)) => {
+                    tracing::warn!(
+                        agent = ask.agent,
+                        replica = %holder.replica,
+                        address = %holder.address,
+                        "cannot relay to the replica holding the agent: {why}"
+                    );
+                    unreachable = Some(format!(
+                        "the replica holding its connection did not answer ({why})"
+                    ));
+                }
+            }
+        }
+        Err((TunnelError::AgentOffline, unreachable))
+    }
+}
+
+fn count(shared: &Shared, role: &'static str) {
+    shared
+        .metrics
+        .tunnel
+        .relayed
+        .get_or_create(&RoleLabels { role })
+        .inc();
+}
+
+/// The relay key made from `key`.
+fn relay_key(key: &crate::auth::session::SessionKey) -> hmac::Key {
+    key.derived(KEY_LABEL)
+}
+
+/// What the relaying replica proves: the connection and every field of the request.
+fn request_proof(key: &hmac::Key, binding: &Binding, ask: &Ask<'_>) -> hmac::Tag {
+    let mut context = hmac::Context::with_key(key);
+    context.update(REQUEST_LABEL);
+    context.update(binding);
+    for field in [ask.agent, ask.target, ask.user] {
+        // Header values hold no NUL: the fields cannot run into each other.
+        context.update(field.as_bytes());
+        context.update(b"\0");
+    }
+    context.update(&timeout_ms(ask.timeout).to_be_bytes());
+    context.sign()
+}
+
+/// What the holder proves: the connection, and the request it answers.
+fn holder_proof(key: &hmac::Key, binding: &Binding, request: &[u8]) -> hmac::Tag {
+    let mut context = hmac::Context::with_key(key);
+    context.update(HOLDER_LABEL);
+    context.update(binding);
+    context.update(request);
+    context.sign()
+}
+
+fn timeout_ms(timeout: Duration) -> u64 {
+    u64::try_from(timeout.min(MAX_TIMEOUT).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Opens the stream through one holder.
+async fn through(
+    keys: &SessionKeys,
+    host: &str,
+    holder: &Holder,
+    ask: Ask<'_>,
+) -> Result<Upgraded, Miss> {
+    let unreachable = |why: &dyn std::fmt::Display| Miss::Unreachable(why.to_string());
+    let tcp = tokio::time::timeout(DIAL_WITHIN, TcpStream::connect(holder.address))
+        .await
+        .map_err(|_| unreachable(&format_args!("no connection within {DIAL_WITHIN:?}")))?
+        .map_err(|e| unreachable(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| unreachable(&"the host is not a name TLS can ask for"))?;
+    let connector = tokio_rustls::TlsConnector::from(crate::frontdoor::tls::relay_client_config());
+    let tls = tokio::time::timeout(DIAL_WITHIN, connector.connect(name, tcp))
+        .await
+        .map_err(|_| unreachable(&format_args!("no TLS handshake within {DIAL_WITHIN:?}")))?
+        .map_err(|e| unreachable(&e))?;
+    let binding = binding(tls.get_ref().1).ok_or_else(|| unreachable(&"not TLS 1.3"))?;
+    let session_key = keys.newest();
+    let key = relay_key(session_key);
+    let proof = request_proof(&key, &binding, &ask);
+    let auth = format!(
+        "{}.{}",
+        session_key.id(),
+        URL_SAFE_NO_PAD.encode(proof.as_ref())
+    );
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(RELAY_PATH)
+        .header(header::HOST, host)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, PROTOCOL)
+        .header(AGENT_HEADER, ask.agent)
+        .header(TARGET_HEADER, ask.target)
+        .header(USER_HEADER, ask.user)
+        .header(TIMEOUT_HEADER, timeout_ms(ask.timeout))
+        .header(AUTH_HEADER, auth)
+        .body(RequestBody::buffered(Bytes::new()))
+        .map_err(|_| Miss::Refused((TunnelError::BadRequest, None)))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(connection.with_upgrades());
+    let answer = tokio::time::timeout(
+        ask.timeout.min(MAX_TIMEOUT) + DIAL_WITHIN,
+        sender.send_request(request),
+    )
+    .await
+    .map_err(|_| Miss::Refused((TunnelError::TargetTimeout, None)))?
+    .map_err(|e| unreachable(&e))?;
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(refusal(&answer));
+    }
+    let proven = answer
+        .headers()
+        .get(PROOF_HEADER)
+        .and_then(|v| URL_SAFE_NO_PAD.decode(v.as_bytes()).ok())
+        .is_some_and(|theirs| {
+            let expected = holder_proof(&key, &binding, proof.as_ref());
+            bool::from(expected.as_ref().ct_eq(theirs.as_slice()))
+        });
+    if !proven {
+        return Err(unreachable(
+            &"it did not prove that it holds the session keys",
+        ));
+    }
+    hyper::upgrade::on(answer)
+        .await
+        .map_err(|e| unreachable(&e))
+}
+
+/// A holder's refusal, as the client will be told it.
+fn refusal(answer: &Response<Incoming>) -> Miss {
+    let code = answer
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TunnelError::from_code);
+    match code {
+        Some(error) => Miss::Refused((error, None)),
+        None => Miss::Unreachable(format!("it answered {}", answer.status())),
+    }
+}
+
+/// The fields of a relay request, once its proof checked.
+struct Checked {
+    agent: String,
+    target: String,
+    user: String,
+    timeout: Duration,
+    /// The holder's proof, for the `101`.
+    proof: HeaderValue,
+}
+
+/// Why a relay request is refused (for the log; the caller hears only `403`).
+fn check(
+    snapshot: &Snapshot,
+    conn: &ConnState,
+    req: &Request<Incoming>,
+) -> Result<Checked, &'static str> {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(PROTOCOL.as_bytes()));
+    if req.method() != Method::GET || req.version() != Version::HTTP_11 || !upgrade {
+        return Err("not a relay upgrade");
+    }
+    let binding = conn.binding.as_ref().ok_or("not over TLS 1.3")?;
+    let keys = &snapshot
+        .identity
+        .as_deref()
+        .ok_or("login is not configured, so there are no shared keys")?
+        .session_keys;
+    let headers = req.headers();
+    let field = |name: &HeaderName| -> Result<&str, &'static str> {
+        one(headers, name)?
+            .to_str()
+            .map_err(|_| "a field is not visible ASCII")
+    };
+    let (id, theirs) = field(&AUTH_HEADER)?
+        .split_once('.')
+        .ok_or("the proof is malformed")?;
+    let id: u8 = id.parse().map_err(|_| "the proof names no key")?;
+    let theirs = URL_SAFE_NO_PAD
+        .decode(theirs)
+        .map_err(|_| "the proof is malformed")?;
+    let session_key = keys
+        .get(id)
+        .ok_or("the proof is under a key not held here")?;
+    let timeout_ms: u64 = field(&TIMEOUT_HEADER)?
+        .parse()
+        .map_err(|_| "the timeout is not a number")?;
+    let ask = Ask {
+        agent: field(&AGENT_HEADER)?,
+        target: field(&TARGET_HEADER)?,
+        user: field(&USER_HEADER)?,
+        timeout: Duration::from_millis(timeout_ms),
+    };
+    let key = relay_key(session_key);
+    let proof = request_proof(&key, binding, &ask);
+    if !bool::from(proof.as_ref().ct_eq(theirs.as_slice())) {
+        return Err("the proof does not check");
+    }
+    let ours = holder_proof(&key, binding, proof.as_ref());
+    Ok(Checked {
+        agent: ask.agent.to_owned(),
+        target: ask.target.to_owned(),
+        user: ask.user.to_owned(),
+        timeout: ask.timeout.min(MAX_TIMEOUT),
+        proof: HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(ours.as_ref()))
+            .expect("base64url is a valid header value"),
+    })
+}
+
+/// The one value of a header that must come once.
+fn one<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h HeaderValue, &'static str> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Ok(value),
+        (None, _) => Err("a field is missing"),
+        (Some(_), Some(_)) => Err("a field comes twice"),
+    }
+}
+
+/// Answers a relay request from another replica: once its proof checks, the agent's stream is
+/// opened on a link held here (never relayed on), and spliced to this connection.
+pub(crate) async fn carry(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    conn: &ConnState,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let checked = match check(snapshot, conn, req) {
+        Ok(checked) => checked,
+        Err(why) => {
+            count(shared, "refused");
+            tracing::warn!(peer = %conn.peer, "relay request refused: {why}");
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this path is for the proxy's own replicas",
+                None,
+            );
+        }
+    };
+    if !snapshot.agents.contains_key(&checked.agent) {
+        return refuse(TunnelError::AgentOffline);
+    }
+    let opened = shared
+        .hub
+        .open_stream(&checked.agent, &checked.target, checked.timeout)
+        .await;
+    let upgraded = match opened {
+        Ok(upgraded) => upgraded,
+        Err((error, _)) => return refuse(error),
+    };
+    count(shared, "carried");
+    tracing::debug!(agent = %checked.agent, user = %checked.user, peer = %conn.peer, "carrying a relayed tunnel stream");
+    let shared = shared.clone();
+    conn.take_over(Box::new(move |mut io, mut shutdown| {
+        Box::pin(async move {
+            let mut target = TokioIo::new(upgraded);
+            let copy = tokio::io::copy_bidirectional_with_sizes(
+                &mut io,
+                &mut target,
+                COPY_BUFFER,
+                COPY_BUFFER,
+            );
+            let shutting_down = async {
+                stopped(&mut shutdown).await;
+                let grace = shared.snapshot.load().limits.shutdown_grace;
+                tokio::time::sleep(grace.saturating_sub(CUT_BEFORE_GRACE_ENDS)).await;
+            };
+            // However it ends, `io` is dropped without a TLS close unless the copy ended both
+            // ways: the relaying replica reads a failure, not an end, when the agent's stream
+            // failed or this replica stops.
+            tokio::select! {
+                _ = copy => {}
+                () = shutting_down => {}
+            }
+        })
+    }));
+    let mut response = switching_protocols(PROTOCOL);
+    response.headers_mut().insert(PROOF_HEADER, checked.proof);
+    response
+}
+
+/// A refusal the relaying replica turns back into the [`TunnelError`] it stands for.
+fn refuse(error: TunnelError) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = json_error(status, error.code(), error.message(), None);
+    response
+        .headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(error.code()));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &[7; 32])
+    }
+
+    fn ask<'a>(agent: &'a str, target: &'a str) -> Ask<'a> {
+        Ask {
+            agent,
+            target,
+            user: "alice@example.com",
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_proof_covers_the_connection_and_every_field() {
+        let base = request_proof(&key(), &[1; 32], &ask("nas", "127.0.0.1:22"));
+        let other_connection = request_proof(&key(), &[2; 32], &ask("nas", "127.0.0.1:22"));
+        let other_agent = request_proof(&key(), &[1; 32], &ask("nas2", "127.0.0.1:22"));
+        // The boundary between two fields moves: still another proof.
+        let shifted = request_proof(&key(), &[1; 32], &ask("nas1", "27.0.0.1:22"));
+        let mut longer = ask("nas", "127.0.0.1:22");
+        longer.timeout = Duration::from_secs(11);
+        let other_timeout = request_proof(&key(), &[1; 32], &longer);
+        for other in [other_connection, other_agent, shifted, other_timeout] {
+            assert_ne!(base.as_ref(), other.as_ref());
+        }
+        let holder = holder_proof(&key(), &[1; 32], base.as_ref());
+        assert_ne!(holder.as_ref(), base.as_ref());
+    }
+
+    #[test]
+    fn the_timeout_asked_for_is_capped() {
+        assert_eq!(timeout_ms(Duration::from_secs(3600)), 60_000);
+    }
+}
