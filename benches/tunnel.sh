@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side tunnel benchmark: Sekisho's tunnel (sekisho CLI -> TLS -> sekisho-proxy -> HTTP/2
-# over the agent's TLS connection -> sekisho-agent), rathole 0.5 (TLS transport; plain TCP as an
-# extra row) and direct, to the same iperf3 and echo servers, in interleaved rounds. Then the
-# proxy's memory per idle agent connection, how many idle agent connections one proxy holds, how
-# fast a thousand agents come back after the proxy is killed or stopped (and its CPU meanwhile),
+# over the agent's TLS connection -> sekisho-agent), the same relayed through a second replica
+# that does not hold the agent (CLI -> replica 2 -> TLS relay -> replica 1 -> agent), rathole 0.5
+# (TLS transport; plain TCP as an extra row) and direct, to the same iperf3 and echo servers, in
+# interleaved rounds. Then the proxy's memory per idle agent connection, how many idle agent
+# connections one proxy holds, how fast a thousand agents come back after the proxy is killed or
+# stopped (and its CPU meanwhile), and after the replica holding them is killed with another up,
 # and memory per idle open tunnel stream.
 #
 #   benches/tunnel.sh            # full run, 4 min on a quiet machine (plus waits for builds), writes benches/RESULTS.md
@@ -268,10 +270,17 @@ ECHO_SERVER=18602
 SK_HTTPS=18611 SK_ADMIN=18612
 MEM_HTTPS=18621 MEM_ADMIN=18622 MEM_CLI=18623
 RH_TLS=18631 RH_TCP=18641
-PEERS=(direct rathole rathole-tcp sekisho)
-declare -A IPERF_PORT=([direct]=$IPERF_SERVER [rathole]=18632 [rathole-tcp]=18642 [sekisho]=18613)
-declare -A ECHO_PORT=([direct]=$ECHO_SERVER [rathole]=18633 [rathole-tcp]=18643 [sekisho]=18614)
-ALL_PORTS=(18601 18602 18611 18612 18613 18614 18621 18622 18623 18631 18632 18633 18641 18642 18643)
+# A second replica that holds no agent: its streams are relayed to the first (`replicas:`).
+RELAY_HTTPS=18651 RELAY_ADMIN=18652
+# The failover measurement: a second idle-agent replica, and the Service stand-in before both.
+MEM2_HTTPS=18661 MEM2_ADMIN=18662 FRONT=18663
+PEERS=(direct rathole rathole-tcp sekisho sekisho-relay)
+declare -A IPERF_PORT=([direct]=$IPERF_SERVER [rathole]=18632 [rathole-tcp]=18642 [sekisho]=18613
+    [sekisho-relay]=18653)
+declare -A ECHO_PORT=([direct]=$ECHO_SERVER [rathole]=18633 [rathole-tcp]=18643 [sekisho]=18614
+    [sekisho-relay]=18654)
+ALL_PORTS=(18601 18602 18611 18612 18613 18614 18621 18622 18623 18631 18632 18633 18641 18642 18643
+    18651 18652 18653 18654 18661 18662 18663)
 
 # start NAME: starts one long-running process, pinned, stderr in $T/NAME.err.
 start() {
@@ -279,21 +288,33 @@ start() {
     case "$name" in
         iperf3) taskset -c $CLIENT_CPU iperf3 -s -p $IPERF_SERVER >"$T/$name.out" 2>"$T/$name.err" &
             wait_for=$IPERF_SERVER ;;
+        front) taskset -c $CLIENT_CPU python3 "$BENCH/front.py" --port $FRONT \
+                  --to 127.0.0.1:$MEM_HTTPS --to 127.0.0.1:$MEM2_HTTPS >"$T/$name.out" 2>"$T/$name.err" &
+            wait_for=$FRONT ;;
         echo) taskset -c $CLIENT_CPU python3 "$BENCH/echo_server.py" --port $ECHO_SERVER \
                   >"$T/$name.out" 2>"$T/$name.err" &
             wait_for=$ECHO_SERVER ;;
-        proxy|proxy-mem)
+        proxy|proxy-mem|proxy-mem2|proxy-relay)
             taskset -c $SERVER_CPU "$PROXY" --config "$T/$name.yaml" --log-format text \
                 >"$T/$name.out" 2>>"$T/$name.err" &
-            if [[ $name == proxy ]]; then wait_for=$SK_HTTPS; else wait_for=$MEM_HTTPS; fi ;;
+            case "$name" in
+                proxy) wait_for=$SK_HTTPS ;;
+                proxy-mem) wait_for=$MEM_HTTPS ;;
+                proxy-mem2) wait_for=$MEM2_HTTPS ;;
+                proxy-relay) wait_for=$RELAY_HTTPS ;;
+            esac ;;
         agent|agent-mem)
             RUST_LOG=warn taskset -c $SERVER_CPU "$AGENT" run --config "$T/$name.yaml" \
                 >"$T/$name.out" 2>>"$T/$name.err" & ;;
-        cli-iperf|cli-echo|cli-mem)
+        cli-iperf|cli-echo|cli-mem|cli-relay-iperf|cli-relay-echo)
             local listen host proxy_port
             case "$name" in
                 cli-iperf) listen=${IPERF_PORT[sekisho]} host=iperf.bench.test proxy_port=$SK_HTTPS ;;
                 cli-echo) listen=${ECHO_PORT[sekisho]} host=echo.bench.test proxy_port=$SK_HTTPS ;;
+                cli-relay-iperf) listen=${IPERF_PORT[sekisho-relay]} host=iperf.bench.test
+                    proxy_port=$RELAY_HTTPS ;;
+                cli-relay-echo) listen=${ECHO_PORT[sekisho-relay]} host=echo.bench.test
+                    proxy_port=$RELAY_HTTPS ;;
                 cli-mem) listen=$MEM_CLI host=echo.bench.test proxy_port=$MEM_HTTPS ;;
             esac
             SEKISHO_TOKEN=$TOKEN taskset -c $CLIENT_CPU "$CLI" --ca "$T/ca.crt" \
@@ -338,6 +359,9 @@ start_sekisho() {
     wait_agents $SK_ADMIN 1 || die "the agent did not connect (see $T/agent.err, $T/proxy.err)"
     start cli-iperf
     start cli-echo
+    start proxy-relay
+    start cli-relay-iperf
+    start cli-relay-echo
 }
 
 start_rathole() {
@@ -356,7 +380,7 @@ NAMES=(proxy.bench.test iperf.bench.test echo.bench.test auth.bench.test)
 TOKEN=""
 
 proxy_config() {
-    local https=$1 admin=$2
+    local https=$1 admin=$2 replicas=${3:-}
     cat <<EOF
 listen:
   https: 127.0.0.1:$https
@@ -370,6 +394,8 @@ limits: {max_connections: 50000, idle_timeout: 600s}
 identity:
   auth_host: auth.bench.test
   signing_keys_file: $T/signing-keys.pem
+  session_keys_file: $T/session-keys
+replicas: [$replicas]
 policies:
   bench: {allow: [{email: bench@bench.test}]}
 agents:
@@ -437,13 +463,17 @@ write_configs() {
 
     "$PROXY" keys signing "$T/signing-keys.pem" >"$T/keys.out" 2>&1 \
         || { cat "$T/keys.out" >&2; die "sekisho-proxy keys signing failed"; }
+    "$PROXY" keys session "$T/session-keys" >"$T/keys.out" 2>&1 \
+        || { cat "$T/keys.out" >&2; die "sekisho-proxy keys session failed"; }
     AGENT_KEY=$("$AGENT" init --key "$T/agent.key" --name bench 2>/dev/null | head -n1)
     [[ -n $AGENT_KEY ]] || die "sekisho-agent init printed no key"
 
     proxy_config $SK_HTTPS $SK_ADMIN >"$T/proxy.yaml"
     proxy_config $MEM_HTTPS $MEM_ADMIN >"$T/proxy-mem.yaml"
+    proxy_config $MEM2_HTTPS $MEM2_ADMIN >"$T/proxy-mem2.yaml"
+    proxy_config $RELAY_HTTPS $RELAY_ADMIN "\"127.0.0.1:$SK_HTTPS\"" >"$T/proxy-relay.yaml"
     local f
-    for f in proxy proxy-mem; do
+    for f in proxy proxy-mem proxy-mem2 proxy-relay; do
         "$PROXY" check-config "$T/$f.yaml" >/dev/null 2>&1 \
             || { "$PROXY" check-config "$T/$f.yaml" >&2 || true; die "invalid $f config"; }
     done
@@ -476,6 +506,7 @@ components() {
         direct) echo iperf3 ;;
         rathole|rathole-tcp) echo "$1-server $1-client iperf3" ;;
         sekisho) echo "proxy agent cli-iperf iperf3" ;;
+        sekisho-relay) echo "proxy-relay proxy agent cli-relay-iperf iperf3" ;;
     esac
 }
 
@@ -559,7 +590,9 @@ check_paths() {
 # The idle agent fleet: agent processes of FLEET_CONNECTIONS connections each (pinned to the
 # client CPU) are started against proxy-mem until it counts TARGET agent connections, pacing
 # the starts so that at most 512 connections are being set up at a time. Bounded by DEADLINE s.
+# The fleet dials FLEET_PORT (proxy-mem's, or the front's).
 FLEET_LINKS=0
+FLEET_PORT=$MEM_HTTPS
 grow_fleet() {
     local target=$1 deadline=$2 start=$SECONDS n connected
     while ((SECONDS - start < deadline)); do
@@ -568,8 +601,8 @@ grow_fleet() {
         if ((FLEET_LINKS < target)) && ((connected + 512 >= FLEET_LINKS)); then
             n=$((target - FLEET_LINKS))
             ((n > FLEET_CONNECTIONS)) && n=$FLEET_CONNECTIONS
-            local cfg="$T/fleet-$n.yaml"
-            [[ -e $cfg ]] || agent_config $MEM_HTTPS "$n" >"$cfg"
+            local cfg="$T/fleet-$FLEET_PORT-$n.yaml"
+            [[ -e $cfg ]] || agent_config $FLEET_PORT "$n" >"$cfg"
             RUST_LOG=warn taskset -c $CLIENT_CPU "$AGENT" run --config "$cfg" \
                 >/dev/null 2>>"$T/fleet.err" &
             FLEET+=($!)
@@ -686,6 +719,46 @@ reconnect_agents() {
     stop proxy-mem
 }
 
+# Agents moving to the other replica: AGENTS fleet connections through the front (the Service
+# stand-in, benches/front.py: each connection to the first replica that accepts it) all on
+# proxy-mem, proxy-mem2 up beside it; proxy-mem killed (SIGKILL). How long from the kill until
+# every connection is on proxy-mem2 (polled every 0.1 s, at most 60 s), and proxy-mem2's CPU.
+failover_agents() {
+    wait_quiet "the replica failover measurement"
+    start proxy-mem
+    start proxy-mem2
+    start front
+    FLEET_LINKS=0
+    FLEET_PORT=$FRONT
+    grow_fleet "$AGENTS" 120 || log "  the fleet did not reach $AGENTS within 120 s"
+    local want pid cpu0 t0 back=-1 connected cpu
+    want=$(metric $MEM_ADMIN sekisho_agents_connected)
+    pid=${PID[proxy-mem2]}
+    cpu0=$(cpu_ticks "$pid")
+    t0=$(date +%s%N)
+    kill -KILL "${PID[proxy-mem]}" 2>/dev/null || true
+    wait "${PID[proxy-mem]}" 2>/dev/null || true
+    unset "PID[proxy-mem]"
+    for _ in $(seq 600); do
+        connected=$(metric $MEM2_ADMIN sekisho_agents_connected)
+        if ((connected >= want)); then
+            back=$((($(date +%s%N) - t0) / 1000000))
+            break
+        fi
+        sleep 0.1
+    done
+    cpu=$((($(cpu_ticks "$pid") - cpu0) * 1000 / $(getconf CLK_TCK)))
+    printf 'reconnect\treplica\t0\t%s\t%s\t%s\t%s\n' "$want" "$connected" "$back" "$cpu" \
+        >>"$T/results.tsv"
+    log "  after the replica holding them was killed: $connected of $want on the other in ${back} ms;" \
+        "its CPU ${cpu} ms"
+    kill_pids "${FLEET[@]}"
+    FLEET=()
+    FLEET_PORT=$MEM_HTTPS
+    stop front
+    stop proxy-mem2
+}
+
 # Memory per idle open stream: sekisho (proxy, agent, CLI) and rathole TLS (server, client),
 # each freshly started, STREAMS connections held open to the echo server.
 idle_streams() {
@@ -799,6 +872,9 @@ main() {
     done
 
     # The throughput peers are done with; the memory runs get fresh processes of their own.
+    stop cli-relay-iperf
+    stop cli-relay-echo
+    stop proxy-relay
     stop cli-iperf
     stop cli-echo
     stop agent
@@ -807,6 +883,7 @@ main() {
     stop rathole-tcp-server
     idle_agents
     reconnect_agents
+    failover_agents
     idle_streams
 
     cleanup_servers

@@ -24,12 +24,13 @@ from collections import defaultdict
 
 from results_md import write_section
 
-PEERS = ["direct", "rathole", "rathole-tcp", "sekisho"]
+PEERS = ["direct", "rathole", "rathole-tcp", "sekisho", "sekisho-relay"]
 LABEL = {
     "direct": "direct",
     "rathole": "rathole 0.5, TLS transport",
     "rathole-tcp": "rathole 0.5, plain TCP (extra)",
     "sekisho": "sekisho tunnel (CLI → TLS → proxy → h2/TLS → agent)",
+    "sekisho-relay": "sekisho tunnel relayed (CLI → TLS → replica 2 → TLS → replica 1 → h2/TLS → agent)",
 }
 REF = "rathole"
 AGENT_MEM_TARGET = 64 * 1024
@@ -197,6 +198,32 @@ def latency_table(ping, verdicts, pings):
     return out
 
 
+def relay_table(tput, ping):
+    """The relay's cost: the relayed path against the direct sekisho path, paired by round."""
+    if not any(tput.get((s, "sekisho-relay")) for s in (1, 8)):
+        return []
+    out = ["### The relay between replicas", "",
+           "A tunnel stream that reaches a replica without the agent, relayed to the replica that "
+           "holds it, against the same stream straight to that replica (median over rounds, each "
+           "round's pair measured back to back).", "",
+           "| measure | relayed | direct | relayed ÷ direct |", "|---|---|---|---|"]
+    for streams in (1, 8):
+        relayed, direct = tput.get((streams, "sekisho-relay"), {}), tput.get((streams, "sekisho"), {})
+        r = paired(relayed, direct, lambda a, b: ratio(a["mbps"], b["mbps"]))
+        out.append(f"| throughput, {streams} stream{'s' if streams > 1 else ''} (MB/s) "
+                   f"| {spread([x['mbps'] for x in relayed.values()], '{:,.0f}')} "
+                   f"| {spread([x['mbps'] for x in direct.values()], '{:,.0f}')} | {fmt_ratio(r)} |")
+    relayed, direct = ping.get("sekisho-relay", {}), ping.get("sekisho", {})
+    for k in ("p50", "p99"):
+        r = paired(relayed, direct, lambda a, b: ratio(a[k], b[k]))
+        added = paired(relayed, direct, lambda a, b: minus(a[k], b[k]))
+        out.append(f"| ping-pong {k} (µs) | {spread([x[k] for x in relayed.values()], '{:.0f}')} "
+                   f"| {spread([x[k] for x in direct.values()], '{:.0f}')} | {fmt_ratio(r)} "
+                   f"(+{'–' if added is None else f'{added:.0f}'} µs) |")
+    out.append("")
+    return out
+
+
 def agents_table(agents, verdicts):
     if not agents:
         return []
@@ -244,11 +271,13 @@ def reconnect_table(reconnects, verdicts):
            "The fleet's connections on a fresh proxy; the proxy killed (SIGKILL) or stopped "
            "(SIGTERM, which first asks every agent to drain), kept away for the outage, started "
            "again. Time from its listening until every connection is back, and the CPU the new "
-           "proxy process used until then (its own start included).", "",
+           "proxy process used until then (its own start included). With another replica up "
+           "instead, the time counts from the kill, and the CPU is the other replica's.", "",
            "| proxy | away | connections back (of) | all back after | proxy CPU until then |",
            "|---|---|---|---|---|"]
     for r in reconnects:
-        how = "killed" if r["how"] == "kill" else "stopped (drain)"
+        how = {"kill": "killed", "term": "stopped (drain)",
+               "replica": "the replica holding them killed, another up (through a front)"}[r["how"]]
         back = "not within 60 s" if r["back_ms"] < 0 else f"{r['back_ms'] / 1000:.2f} s"
         out.append(f"| {how} | {r['outage']} s | {r['after']:,} ({r['before']:,}) | {back} "
                    f"| {r['cpu_ms']:,} ms |")
@@ -316,6 +345,7 @@ def tables(results, machine):
     body = []
     body += throughput_tables(tput, verdicts)
     body += latency_table(ping, verdicts, int(machine.get("pings", 0) or 0))
+    body += relay_table(tput, ping)
     body += agents_table(agents, verdicts)
     body += reconnect_table(reconnects, verdicts)
     body += streams_table(streams)

@@ -117,6 +117,12 @@ pub struct Config {
     /// Byte-stream routes for `sekisho tunnel`; see [`tunnel`].
     #[serde(default)]
     pub tunnels: Vec<TunnelConfig>,
+    /// The HTTPS listeners (`IP:PORT`) of this gate's replicas, as they reach one another: a
+    /// tunnel stream for an agent connected to none of this replica's links is relayed through
+    /// them (this replica's own address may be listed too). Kubernetes mode finds its replicas
+    /// through Leases instead. See `docs/tunnels.md`.
+    #[serde(default)]
+    pub replicas: Vec<std::net::SocketAddr>,
     /// ACME HTTP-01 challenge routes (cert-manager's solvers): public, answered on the
     /// plain-HTTP listener alone, whatever its `http_mode` (see
     /// [`crate::routing::snapshot::Snapshot::acme`]). Their upstreams are entries of

@@ -148,6 +148,23 @@ impl Relay {
         let _ = self.directory.set(directory);
     }
 
+    /// The replicas to ask for `agent`: those the directory says hold it, else every replica
+    /// the file lists (`replicas`), in an order of their own for each stream.
+    fn holders(&self, agent: &str, replicas: &[SocketAddr]) -> Vec<Holder> {
+        if let Some(directory) = self.directory.get() {
+            return directory.holders(agent);
+        }
+        let mut holders: Vec<Holder> = replicas
+            .iter()
+            .map(|address| Holder {
+                replica: address.to_string(),
+                address: *address,
+            })
+            .collect();
+        spread(&mut holders);
+        holders
+    }
+
     /// Opens a stream to `ask.target` through a replica that holds `ask.agent`; `host` is the
     /// name to ask the holder's TLS for (one it serves). A holder that no longer has the agent,
     /// or cannot be reached, is skipped for the next; the agent's or target's own refusal is
@@ -159,11 +176,8 @@ impl Relay {
         host: &str,
         ask: Ask<'_>,
     ) -> Result<Upgraded, StreamRefusal> {
-        let holders = self
-            .directory
-            .get()
-            .map(|d| d.holders(ask.agent))
-            .unwrap_or_default();
+        let replicas = shared.snapshot.load().replicas.clone();
+        let holders = self.holders(ask.agent, &replicas);
         let mut unreachable = None;
         for holder in holders {
             match through(keys, host, &holder, ask).await {
@@ -188,6 +202,15 @@ impl Relay {
             }
         }
         Err((TunnelError::AgentOffline, unreachable))
+    }
+}
+
+/// Starts `holders` at one of them at random, so that the streams of an agent held by several
+/// replicas are spread over them.
+pub(crate) fn spread(holders: &mut [Holder]) {
+    if holders.len() > 1 {
+        let start = rand::random::<u32>() as usize % holders.len();
+        holders.rotate_left(start);
     }
 }
 

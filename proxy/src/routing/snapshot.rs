@@ -65,6 +65,8 @@ pub(crate) struct Snapshot {
     pub tunnels: HashMap<String, Arc<TunnelRoute>>,
     /// The keys of each agent that may connect.
     pub agents: HashMap<String, Vec<AgentPublicKey>>,
+    /// The gate's replicas as listed in the file (`replicas:`), to relay tunnel streams to.
+    pub replicas: Arc<[std::net::SocketAddr]>,
 }
 
 /// Where `sekisho tunnel HOST` goes, and who may open it.
@@ -256,6 +258,7 @@ impl Snapshot {
         Ok(Self {
             tunnels,
             agents,
+            replicas: config.replicas.as_slice().into(),
             routes,
             acme,
             upstreams,

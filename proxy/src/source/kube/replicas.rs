@@ -124,11 +124,7 @@ impl Directory for LeaseDirectory {
                 holds.then_some(Holder { replica, address })
             })
             .collect();
-        // Spread the streams of an agent held by several replicas over them.
-        if holders.len() > 1 {
-            let start = rand::random::<u32>() as usize % holders.len();
-            holders.rotate_left(start);
-        }
+        crate::hub::relay::spread(&mut holders);
         holders
     }
 }
