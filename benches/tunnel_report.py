@@ -219,7 +219,7 @@ def relay_table(tput, ping):
         added = paired(relayed, direct, lambda a, b: minus(a[k], b[k]))
         out.append(f"| ping-pong {k} (µs) | {spread([x[k] for x in relayed.values()], '{:.0f}')} "
                    f"| {spread([x[k] for x in direct.values()], '{:.0f}')} | {fmt_ratio(r)} "
-                   f"(+{'–' if added is None else f'{added:.0f}'} µs) |")
+                   f"({'–' if added is None else f'{added:+.0f}'} µs) |")
     out.append("")
     return out
 

@@ -127,9 +127,9 @@ pub(super) fn deployment(proxy: &Proxy, names: &Names, world: &World) -> Value {
                     "serviceAccountName": names.name,
                     "automountServiceAccountToken": true,
                     "enableServiceLinks": false,
-                    // The proxy's drain, and time for the kubelet to send SIGTERM and the
-                    // endpoints to be removed.
-                    "terminationGracePeriodSeconds": grace + 5,
+                    // The proxy's 5 s of serving while not ready (the endpoints being
+                    // removed), its drain, and 5 s for the kubelet to send SIGTERM.
+                    "terminationGracePeriodSeconds": grace + 10,
                     "securityContext": {
                         "runAsNonRoot": true,
                         "runAsUser": USER,

@@ -146,7 +146,7 @@ fn the_pods_are_hardened_and_drain_within_their_grace_period() {
     proxy.spec.shutdown_grace = Some("45s".parse().expect("a duration"));
     let children = children(&proxy, &world(false, false)).expect("children");
     let pod = &find(&children, Kind::Deployment, "gate")["spec"]["template"]["spec"];
-    assert_eq!(pod["terminationGracePeriodSeconds"], json!(50));
+    assert_eq!(pod["terminationGracePeriodSeconds"], json!(55));
     let container = &pod["containers"][0]["securityContext"];
     assert_eq!(container["readOnlyRootFilesystem"], json!(true));
     assert_eq!(container["allowPrivilegeEscalation"], json!(false));

@@ -59,6 +59,12 @@ pub struct Limits {
     /// How long in-flight requests may run after SIGTERM before connections are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long after SIGTERM the proxy still accepts connections and serves as before, with
+    /// `/readyz` saying it is draining (and HTTP/1.1 answers `Connection: close`), so that the
+    /// Service stops sending it new connections before it stops listening; the shutdown grace
+    /// starts after it. Default: 5 s in Kubernetes mode, none from files.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Option<Duration>,
     /// After an in-place upgrade (SIGUSR2), how long the old process keeps what it still
     /// serves: requests in flight, tunnel streams (ssh sessions) and the agent links they use.
     /// Each ends by itself before that, and the old process exits when all have. SIGTERM cuts
@@ -76,6 +82,7 @@ impl Default for Limits {
             max_connections: 50_000,
             max_concurrent_streams: 256,
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: None,
             upgrade_grace: Duration::from_secs(3600),
         }
     }

@@ -15,7 +15,7 @@
 //! after writing the `101`, this module takes the client socket back and splices the two.
 //!
 //! **Shutdown.** An HTTP/2 connection gets GOAWAY, which tells the client which requests were
-//! taken. HTTP/1.1 has no such word, and a keep-alive connection closed while the client sends
+//! taken, and lingers after it ([`super::linger`]) so that the client gets to read it. HTTP/1.1 has no such word, and a keep-alive connection closed while the client sends
 //! its next request fails that request. So a draining HTTP/1.1 connection is not closed at
 //! once: each response it still gives says `Connection: close` (and hyper closes after it),
 //! and one with nothing in flight is closed once it has been quiet for a [`PARK_AFTER`] tick,
@@ -41,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::linger::Lingering;
 use crate::config::Limits;
 use crate::respond::body::ResponseBody;
 use crate::state::client::ConnState;
@@ -172,7 +173,7 @@ async fn serve_h2<IO>(
     let peer = state.peer;
     let state = Arc::new(state);
     let io = TokioIo::new(ActivityIo {
-        inner: io,
+        inner: Lingering::new(io, state.tracker.clone()),
         state: state.clone(),
     });
     let conn = http2::Builder::new(TokioExecutor::new())
@@ -187,8 +188,8 @@ async fn serve_h2<IO>(
 
     let idle = limits.idle_timeout;
     let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
-    // A client that completed TLS but sends no request is held for the header timeout, as
-    // over HTTP/1.1; the idle timeout is for connections that have served.
+    // A client that completed TLS but sends no request gets GOAWAY at the header timeout and
+    // is cut at twice that; the idle timeout is for connections that have served.
     let first_request = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request);
     let mut closing = false;
@@ -200,11 +201,20 @@ async fn serve_h2<IO>(
                 }
                 break;
             }
-            () = &mut first_request, if !closing && !state.started.load(Ordering::Relaxed) => {
-                // Nothing to finish: closed at once (a GOAWAY would wait for a preface the
-                // client may never send).
+            () = &mut first_request, if !state.started.load(Ordering::Relaxed) => {
+                if closing {
+                    // Not even the GOAWAY was answered: closed at once.
+                    break;
+                }
+                // A GOAWAY that takes no stream: a request the client sends meanwhile is one
+                // it knows was not processed, and sends again elsewhere; closed at once if the
+                // client does not end the connection within the header timeout either.
                 tracing::debug!(%peer, "no request within the header timeout");
-                break;
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                first_request
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + limits.header_read_timeout);
             }
             _ = idle_check.tick(), if !closing => {
                 if state.idle_since_last_check() {

@@ -4,6 +4,7 @@ pub(crate) mod admin;
 pub(crate) mod connection;
 mod dev_ca;
 pub(crate) mod handover;
+mod linger;
 pub(crate) mod reload;
 pub(crate) mod server;
 pub(crate) mod tls;

@@ -674,6 +674,10 @@ impl Handlers {
     }
 }
 
+/// How long a replica in Kubernetes mode keeps accepting after SIGTERM, not ready: the time
+/// the endpoints controller and every node's Service rules take to stop sending it connections.
+const KUBERNETES_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+
 /// How the signal loop ended.
 enum Ending {
     /// SIGTERM or SIGINT: drain and stop.
@@ -746,6 +750,24 @@ async fn handle_signals_until_stop(
     let shutdown_grace = snapshot.limits.shutdown_grace;
     match ending {
         Ending::Stop(signal) => {
+            let delay = snapshot.limits.shutdown_delay.unwrap_or(match kubernetes {
+                true => KUBERNETES_SHUTDOWN_DELAY,
+                false => Duration::ZERO,
+            });
+            if !delay.is_zero() {
+                shared.draining.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    signal,
+                    delay = %humantime::format_duration(delay),
+                    "stopping: not ready any more; still serving while the Service stops sending connections here"
+                );
+                // A second signal ends the wait.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
             tracing::info!(
                 signal,
                 grace = %humantime::format_duration(shutdown_grace),

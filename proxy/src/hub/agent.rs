@@ -223,6 +223,8 @@ async fn serve(
         }
         () = stopped(&mut shutdown) => {
             link.ask_to_drain();
+            // The other replicas stop relaying new streams here.
+            shared.hub.held_changed.notify_one();
             // The agent answers GOAWAY, and closes once the streams it has are done; the
             // server's grace period bounds how long that may take. The connection is polled
             // meanwhile: it is what sends the drain request.

@@ -18,6 +18,7 @@
 //! longer has.
 
 pub(crate) mod agent;
+pub(crate) mod carry;
 pub(crate) mod registry;
 pub(crate) mod relay;
 pub(crate) mod stream;

@@ -32,25 +32,20 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use ring::hmac;
-use sekisho_wire::COPY_BUFFER;
 use sekisho_wire::tunnel::TunnelError;
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpStream;
 
-use super::registry::{StreamRefusal, switching_protocols};
+use super::registry::StreamRefusal;
 use crate::auth::session::SessionKeys;
 use crate::forward::body::RequestBody;
-use crate::observe::metrics::RoleLabels;
-use crate::respond::body::ResponseBody;
-use crate::respond::json_error;
 use crate::routing::snapshot::Snapshot;
 use crate::state::client::ConnState;
-use crate::state::{Shared, stopped};
 
 /// The path of a relayed stream, on every host of the HTTPS listener.
 pub(crate) const RELAY_PATH: &str = "/.sekisho/relay";
 /// The `Upgrade` token of a relayed stream.
-const PROTOCOL: &str = "sekisho-relay";
+pub(crate) const PROTOCOL: &str = "sekisho-relay";
 
 /// The label of the keying material exported from the connection (RFC 8446 §7.5).
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-sekisho-relay-v1";
@@ -64,7 +59,7 @@ const HOLDER_LABEL: &[u8] = b"sekisho-relay-holder-v1\0";
 /// `KEY_ID.PROOF`: the session key id, and the relaying replica's proof in base64url.
 const AUTH_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-auth");
 /// The holder's proof (base64url), with its `101`.
-const PROOF_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-proof");
+pub(crate) const PROOF_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-proof");
 const AGENT_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-agent");
 const TARGET_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-target");
 /// Who the stream is for (for the holder's log).
@@ -72,14 +67,12 @@ const USER_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-user");
 /// How long the holder may wait for the agent's answer, in milliseconds.
 const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-timeout-ms");
 /// The holder's refusal, as a [`TunnelError`] code.
-const ERROR_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-error");
+pub(crate) const ERROR_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-error");
 
 /// How long dialing a holder and its TLS handshake may take, each.
 const DIAL_WITHIN: Duration = Duration::from_secs(3);
 /// The longest wait for an agent's answer a relayed request may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long before the end of the shutdown grace a carried stream is cut.
-const CUT_BEFORE_GRACE_ENDS: Duration = Duration::from_millis(500);
 
 /// Keying material exported from one TLS connection; equal at both ends only when nobody
 /// terminated TLS between them.
@@ -165,24 +158,23 @@ impl Relay {
         holders
     }
 
-    /// Opens a stream to `ask.target` through a replica that holds `ask.agent`; `host` is the
+    /// Opens a stream to `ask.target` through a replica that holds `ask.agent` (asking the
+    /// directory, else the file's `replicas`); `host` is the
     /// name to ask the holder's TLS for (one it serves). A holder that no longer has the agent,
     /// or cannot be reached, is skipped for the next; the agent's or target's own refusal is
     /// the answer.
     pub(crate) async fn open(
         &self,
-        shared: &Shared,
         keys: &SessionKeys,
+        replicas: &[SocketAddr],
         host: &str,
         ask: Ask<'_>,
     ) -> Result<Upgraded, StreamRefusal> {
-        let replicas = shared.snapshot.load().replicas.clone();
-        let holders = self.holders(ask.agent, &replicas);
+        let holders = self.holders(ask.agent, replicas);
         let mut unreachable = None;
         for holder in holders {
             match through(keys, host, &holder, ask).await {
                 Ok(upgraded) => {
-                    count(shared, "sent");
                     tracing::debug!(agent = ask.agent, replica = %holder.replica, "tunnel stream relayed");
                     return Ok(upgraded);
                 }
@@ -212,15 +204,6 @@ pub(crate) fn spread(holders: &mut [Holder]) {
         let start = rand::random::<u32>() as usize % holders.len();
         holders.rotate_left(start);
     }
-}
-
-fn count(shared: &Shared, role: &'static str) {
-    shared
-        .metrics
-        .tunnel
-        .relayed
-        .get_or_create(&RoleLabels { role })
-        .inc();
 }
 
 /// The relay key made from `key`.
@@ -343,17 +326,18 @@ fn refusal(answer: &Response<Incoming>) -> Miss {
 }
 
 /// The fields of a relay request, once its proof checked.
-struct Checked {
-    agent: String,
-    target: String,
-    user: String,
-    timeout: Duration,
+pub(crate) struct Checked {
+    pub agent: String,
+    pub target: String,
+    pub user: String,
+    pub timeout: Duration,
     /// The holder's proof, for the `101`.
-    proof: HeaderValue,
+    pub proof: HeaderValue,
 }
 
-/// Why a relay request is refused (for the log; the caller hears only `403`).
-fn check(
+/// The fields of a relay request whose proof checks; else why it is refused (for the log; the
+/// caller hears only `403`).
+pub(crate) fn check(
     snapshot: &Snapshot,
     conn: &ConnState,
     req: &Request<Incoming>,
@@ -420,79 +404,6 @@ fn one<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h HeaderValue,
         (None, _) => Err("a field is missing"),
         (Some(_), Some(_)) => Err("a field comes twice"),
     }
-}
-
-/// Answers a relay request from another replica: once its proof checks, the agent's stream is
-/// opened on a link held here (never relayed on), and spliced to this connection.
-pub(crate) async fn carry(
-    shared: &Arc<Shared>,
-    snapshot: &Snapshot,
-    conn: &ConnState,
-    req: &Request<Incoming>,
-) -> Response<ResponseBody> {
-    let checked = match check(snapshot, conn, req) {
-        Ok(checked) => checked,
-        Err(why) => {
-            count(shared, "refused");
-            tracing::warn!(peer = %conn.peer, "relay request refused: {why}");
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this path is for the proxy's own replicas",
-                None,
-            );
-        }
-    };
-    if !snapshot.agents.contains_key(&checked.agent) {
-        return refuse(TunnelError::AgentOffline);
-    }
-    let opened = shared
-        .hub
-        .open_stream(&checked.agent, &checked.target, checked.timeout)
-        .await;
-    let upgraded = match opened {
-        Ok(upgraded) => upgraded,
-        Err((error, _)) => return refuse(error),
-    };
-    count(shared, "carried");
-    tracing::debug!(agent = %checked.agent, user = %checked.user, peer = %conn.peer, "carrying a relayed tunnel stream");
-    let shared = shared.clone();
-    conn.take_over(Box::new(move |mut io, mut shutdown| {
-        Box::pin(async move {
-            let mut target = TokioIo::new(upgraded);
-            let copy = tokio::io::copy_bidirectional_with_sizes(
-                &mut io,
-                &mut target,
-                COPY_BUFFER,
-                COPY_BUFFER,
-            );
-            let shutting_down = async {
-                stopped(&mut shutdown).await;
-                let grace = shared.snapshot.load().limits.shutdown_grace;
-                tokio::time::sleep(grace.saturating_sub(CUT_BEFORE_GRACE_ENDS)).await;
-            };
-            // However it ends, `io` is dropped without a TLS close unless the copy ended both
-            // ways: the relaying replica reads a failure, not an end, when the agent's stream
-            // failed or this replica stops.
-            tokio::select! {
-                _ = copy => {}
-                () = shutting_down => {}
-            }
-        })
-    }));
-    let mut response = switching_protocols(PROTOCOL);
-    response.headers_mut().insert(PROOF_HEADER, checked.proof);
-    response
-}
-
-/// A refusal the relaying replica turns back into the [`TunnelError`] it stands for.
-fn refuse(error: TunnelError) -> Response<ResponseBody> {
-    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = json_error(status, error.code(), error.message(), None);
-    response
-        .headers_mut()
-        .insert(ERROR_HEADER, HeaderValue::from_static(error.code()));
-    response
 }
 
 #[cfg(test)]

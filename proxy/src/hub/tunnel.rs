@@ -292,11 +292,16 @@ async fn agent_stream(
         .await
     {
         Err((TunnelError::AgentOffline, detail)) if shared.hub.connected(ask.agent) == 0 => {
-            match shared.relay.open(shared, keys, &route.host, ask).await {
+            let replicas = shared.snapshot.load().replicas.clone();
+            match shared.relay.open(keys, &replicas, &route.host, ask).await {
+                Ok(upgraded) => {
+                    super::carry::count(shared, "sent");
+                    Ok(upgraded)
+                }
                 Err((TunnelError::AgentOffline, relayed)) => {
                     Err((TunnelError::AgentOffline, relayed.or(detail)))
                 }
-                opened => opened,
+                Err(refusal) => Err(refusal),
             }
         }
         opened => opened,

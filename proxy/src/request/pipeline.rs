@@ -153,7 +153,7 @@ async fn serve_own_endpoint(
         OwnEndpoint::AgentConnect => {
             crate::hub::agent::accept_agent(shared, snapshot, conn, ctx, &req)
         }
-        OwnEndpoint::Relay => crate::hub::relay::carry(shared, snapshot, conn, &req).await,
+        OwnEndpoint::Relay => crate::hub::carry::carry(shared, snapshot, conn, &req).await,
         OwnEndpoint::CliLogin(identity) => {
             cli_login::serve_cli_endpoint(snapshot, identity, ctx, req).await
         }

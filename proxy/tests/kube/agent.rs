@@ -5,67 +5,19 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use kube::api::{Api, DeleteParams};
-use sekisho_api::{Agent, AgentSpec, Tunnel, TunnelSpec};
+use sekisho_api::{Agent, Tunnel, TunnelSpec};
 
-use crate::harness::{Answer, Gate, apply, number, until};
+use crate::harness::{Answer, Gate, apply, until};
 
 #[tokio::test]
 async fn an_agent_object_lets_its_agent_connect_and_deleting_it_cuts_the_link() -> anyhow::Result<()>
 {
     let gate = Gate::start("agent").await?;
-    let _web = gate.backend("web").await?;
     let host = format!("site.{}.test", gate.namespace);
-    gate.tls_secret("site-tls", &[&host]).await?;
-    let site = gate
-        .site("site", &host)
-        .policy("public")
-        .tls("site-tls")
-        .path("/", "Prefix", "web", number(80));
-    apply(&gate.api(), &site.build()).await?;
-    until("the site to be served", || async {
-        let answer = gate.get(&host, "/").await?;
-        ensure!(answer.status == http::StatusCode::OK, "{answer:?}");
-        Ok(answer)
-    })
-    .await?;
+    let _web = gate.public_site("site", &host).await?;
 
     let name = format!("nas-{}", gate.namespace);
-    let (key, pem) = sekisho_wire::agent_auth::AgentKey::generate()?;
-    let dir = tempfile::tempdir()?;
-    let key_file = dir.path().join("agent.key");
-    std::fs::write(&key_file, pem)?;
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &gate.pki.ca_pem)?;
-    let mut agent = Agent::new(
-        &name,
-        AgentSpec {
-            public_keys: vec![key.public_key().to_string()],
-            targets: Vec::new(),
-        },
-    );
-    agent.metadata.namespace = Some(gate.namespace.clone());
-    apply(&gate.api(), &agent).await?;
-
-    let yaml = format!(
-        "name: {name}\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{host}:{port}', address: '{addr}'}}\nallow: {{tcp: ['127.0.0.1:22']}}\n",
-        key_file.display(),
-        ca_file.display(),
-        port = gate.https.port(),
-        addr = gate.https,
-    );
-    let settings = sekisho_agent::config::Config::parse(&yaml, std::path::Path::new("agent.yaml"))?
-        .settings(None, Default::default())?;
-    let running = sekisho_agent::Agent::new(settings)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime starts");
-        runtime.block_on(running.run(async {
-            let _ = stopped.await;
-        }));
-    });
+    let agent = gate.agent(&name, &host).await?;
     let links = || gate.agent_links(&name);
     until("the agent to be connected", || async {
         ensure!(links() == 1, "{} links", links());
@@ -123,7 +75,6 @@ async fn an_agent_object_lets_its_agent_connect_and_deleting_it_cuts_the_link() 
         Ok(Answer::none())
     })
     .await?;
-    let _ = stop.send(());
-    let _ = thread.join();
+    drop(agent);
     Ok(())
 }

@@ -87,6 +87,24 @@ impl Replica {
     }
 }
 
+/// An agent in a thread of its own, stopped when dropped.
+pub(crate) struct RunningAgent {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A proxy that stops when dropped.
 pub(crate) struct Running(Option<sekisho_proxy::Running>);
 
@@ -411,6 +429,77 @@ impl Gate {
     }
 
     /// How many links the agent `name` has to the proxy.
+    /// A public site at `host` with its own certificate (Secret `NAME-tls`) and backend
+    /// (Service `NAME-web`), once it is served.
+    pub(crate) async fn public_site(&self, name: &str, host: &str) -> anyhow::Result<EchoUpstream> {
+        let backend = format!("{name}-web");
+        let echo = EchoUpstream::on("web", self.pods.listen(false)?)?;
+        self.service_to(&backend, echo.addr).await?;
+        let secret = format!("{name}-tls");
+        self.tls_secret(&secret, &[host]).await?;
+        let site = self.site(name, host).policy("public").tls(&secret).path(
+            "/",
+            "Prefix",
+            &backend,
+            number(80),
+        );
+        apply(&self.api(), &site.build()).await?;
+        until("the site to be served", || async {
+            let answer = self.get(host, "/").await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{answer:?}");
+            Ok(answer)
+        })
+        .await?;
+        Ok(echo)
+    }
+
+    /// An Agent object `name` with a fresh key, and `sekisho-agent` running under that name
+    /// against this gate's proxy at `host` (a name whose certificate the proxy serves), in a
+    /// thread of its own until dropped.
+    pub(crate) async fn agent(&self, name: &str, host: &str) -> anyhow::Result<RunningAgent> {
+        let (key, pem) = sekisho_wire::agent_auth::AgentKey::generate()?;
+        let dir = tempfile::tempdir()?;
+        let key_file = dir.path().join("agent.key");
+        std::fs::write(&key_file, pem)?;
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &self.pki.ca_pem)?;
+        let mut agent = sekisho_api::Agent::new(
+            name,
+            sekisho_api::AgentSpec {
+                public_keys: vec![key.public_key().to_string()],
+                targets: Vec::new(),
+            },
+        );
+        agent.metadata.namespace = Some(self.namespace.clone());
+        apply(&self.api(), &agent).await?;
+        let yaml = format!(
+            "name: {name}\nkey_file: '{}'\nca_file: '{}'\nproxies:\n  - {{url: 'https://{host}:{port}', address: '{addr}'}}\nallow: {{tcp: ['127.0.0.1:22']}}\n",
+            key_file.display(),
+            ca_file.display(),
+            port = self.https.port(),
+            addr = self.https,
+        );
+        let settings =
+            sekisho_agent::config::Config::parse(&yaml, std::path::Path::new("agent.yaml"))?
+                .settings(None, Default::default())?;
+        let running = sekisho_agent::Agent::new(settings)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime starts");
+            runtime.block_on(running.run(async {
+                let _ = stopped.await;
+            }));
+        });
+        Ok(RunningAgent {
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+        })
+    }
+
     pub(crate) fn agent_links(&self, name: &str) -> usize {
         self.proxy.as_ref().map_or(0, |p| p.agent_links(name))
     }

@@ -1,5 +1,6 @@
 //! Two replicas of one gate: only the holder of the Lease writes the Ingresses' status, and
-//! when it stops the other takes over.
+//! when it stops the other takes over. Each replica keeps a Lease naming the agents it holds
+//! (what the others relay tunnel streams by), and deletes it when it stops.
 
 use anyhow::ensure;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -58,5 +59,55 @@ async fn one_replica_writes_the_ingress_status_and_the_other_takes_over_when_it_
     })
     .await?;
     drop(other);
+    Ok(())
+}
+
+/// The agents a replica's Lease (label `sekisho.dev/replica`) says it holds, over all replicas.
+async fn held_by_leases(gate: &Gate) -> anyhow::Result<Vec<String>> {
+    let leases = gate
+        .api::<k8s_openapi::api::coordination::v1::Lease>()
+        .list(&kube::api::ListParams::default().labels("sekisho.dev/replica"))
+        .await?;
+    Ok(leases
+        .items
+        .iter()
+        .filter_map(|l| l.metadata.annotations.as_ref()?.get("sekisho.dev/agents"))
+        .flat_map(|agents| agents.split(',').map(str::to_owned))
+        .filter(|name| !name.is_empty())
+        .collect())
+}
+
+#[tokio::test]
+async fn a_replica_names_the_agents_it_holds_in_its_lease_under_the_proxys_own_role()
+-> anyhow::Result<()> {
+    let mut gate = Gate::start_as("replica-lease", crate::harness::As::ItsClusterRole).await?;
+    let host = format!("agents.{}.test", gate.namespace);
+    let _web = gate.public_site("agents", &host).await?;
+    let name = format!("box-{}", gate.namespace);
+    let agent = gate.agent(&name, &host).await?;
+    until("the replica's Lease to name the agent", || async {
+        let held = held_by_leases(&gate).await?;
+        ensure!(held == [name.clone()], "{held:?}");
+        Ok(Answer::none())
+    })
+    .await?;
+    // The agent goes: the Lease says so; the replica stops: its Lease goes.
+    drop(agent);
+    until("the Lease to name no agent", || async {
+        let held = held_by_leases(&gate).await?;
+        ensure!(held.is_empty(), "{held:?}");
+        Ok(Answer::none())
+    })
+    .await?;
+    gate.stop_proxy();
+    let leases = gate
+        .api::<k8s_openapi::api::coordination::v1::Lease>()
+        .list(&kube::api::ListParams::default().labels("sekisho.dev/replica"))
+        .await?;
+    ensure!(
+        leases.items.is_empty(),
+        "a stopped replica left its Lease: {:?}",
+        leases.items
+    );
     Ok(())
 }

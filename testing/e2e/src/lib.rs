@@ -8,9 +8,12 @@
 //! - [`Proxy`]: `sekisho-proxy` in this process, on a configuration file the test can edit.
 //! - [`binary`]: the built `sekisho-agent` and `sekisho` binaries.
 //! - [`AccessEvents`]: the proxy's `sekisho::access` log events, as it writes them.
+//! - [`load`]: steady HTTPS load that counts every request, and the upstream it asks.
 //!
 //! Everything started here dies with its handle or with the test process (see
 //! `sekisho-watchdog`), namespaces included. Nothing here may be used outside tests.
+
+pub mod load;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -169,6 +172,31 @@ impl Segment {
     }
 
     /// `program` to be run inside the segment, in the segment's process group.
+    /// `sekisho-agent run` named `name` in this segment, with `key`, dialing the proxy at
+    /// `proxy` (as `PROXY_HOST`, trusting `ca`), allowed to reach sshd (`127.0.0.1:22`).
+    pub fn agent(&self, name: &str, key: &Path, proxy: SocketAddr, ca: &Path) -> Result<Process> {
+        let child = self
+            .command(binary("sekisho-agent"))
+            .arg("run")
+            .args(["--name", name])
+            .arg("--key")
+            .arg(key)
+            .args(["--proxy", &format!("https://{PROXY_HOST}:{}", proxy.port())])
+            .args(["--proxy-address", &proxy.to_string()])
+            .arg("--ca")
+            .arg(ca)
+            .args(["--allow-tcp", "127.0.0.1:22"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting sekisho-agent")?;
+        Ok(Process {
+            child,
+            name: "sekisho-agent",
+        })
+    }
+
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
         command

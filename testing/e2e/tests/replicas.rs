@@ -1,8 +1,9 @@
 //! Two proxy replicas in Kubernetes mode, each its own `sekisho-proxy` process on a real
 //! kube-apiserver, with one agent: ssh through the replica that does not hold the agent is
 //! relayed to the one that does, and when the holder is killed the agent is back on the other
-//! and ssh goes on. The agent dials the replicas through a stand-in for their Service
-//! ([`Front`]): each connection goes to the first replica that accepts it.
+//! and ssh goes on; a rolling restart of both replicas under steady HTTP/1.1 and HTTP/2 load
+//! fails no request. The agent and the load reach the replicas through a stand-in for their
+//! Service ([`Front`]).
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -16,6 +17,7 @@ use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
+use sekisho_e2e::load::{Load, Protocol, Sender, ok_upstream};
 use sekisho_e2e::{PROXY_HOST, Pki, Process, Segment, Sshd, agent_key, binary, run, wait_until};
 
 const ALICE: &str = "alice@sekisho.test";
@@ -33,10 +35,23 @@ struct Gate {
     agent: String,
     /// The tunnel's host.
     host: String,
+    /// The Ingress's host, served by an upstream that answers `ok`.
+    web: String,
+    /// Where the replicas run.
+    setup: Setup,
     replicas: Vec<Replica>,
+    front: Front,
+    _pods: sekisho_testkit::PodNetwork,
     _dir: tempfile::TempDir,
-    _front: Front,
     _agent: Process,
+}
+
+/// What starting a replica needs.
+struct Setup {
+    dir: PathBuf,
+    config: PathBuf,
+    kubeconfig: PathBuf,
+    namespace: String,
 }
 
 /// One `sekisho-proxy` process.
@@ -49,7 +64,9 @@ struct Replica {
 }
 
 impl Gate {
-    fn start(prefix: &str) -> Result<Self> {
+    /// Two replicas, and the front: to the first replica that accepts a connection when
+    /// `ready_only` is false (so the agent lands on the first), else to the ready ones in turn.
+    fn start(prefix: &str, ready_only: bool) -> Result<Self> {
         let runtime = tokio::runtime::Runtime::new()?;
         let env = runtime.block_on(kube_testenv::TestEnv::shared())?;
         let client = runtime.block_on(env.client())?;
@@ -61,6 +78,9 @@ impl Gate {
         let dir = tempfile::tempdir()?;
         let agent = format!("nas-{namespace}");
         let host = format!("{namespace}.ssh.sekisho.test");
+        let web = format!("web-{namespace}.ssh.sekisho.test");
+        let pods = sekisho_testkit::PodNetwork::new()?;
+        let (upstream, _) = ok_upstream(pods.listen(false)?)?;
 
         // What every replica shares: the keys, the certificate, the objects.
         let session_keys = dir.path().join("session-keys");
@@ -74,8 +94,8 @@ impl Gate {
         std::fs::write(
             &config,
             format!(
-                "workers: 1\naccess_log: false\nidentity:\n  auth_host: auth.sekisho.test\n  \
-                 session_keys_file: {}\n  signing_keys_file: {}\n",
+                "workers: 1\naccess_log: false\nlimits: {{shutdown_grace: 5s}}\nidentity:\n  \
+                 auth_host: auth.sekisho.test\n  session_keys_file: {}\n  signing_keys_file: {}\n",
                 session_keys.display(),
                 signing_keys.display()
             ),
@@ -89,17 +109,19 @@ impl Gate {
             &host,
             &public_key,
         ))?;
+        runtime.block_on(web_objects(&client, &namespace, &web, upstream))?;
 
+        let setup = Setup {
+            dir: dir.path().to_path_buf(),
+            config,
+            kubeconfig: env.admin_kubeconfig().to_path_buf(),
+            namespace: namespace.clone(),
+        };
         let mut replicas = Vec::new();
         for name in ["a", "b"] {
-            replicas.push(start_replica(
-                &dir,
-                &config,
-                env.admin_kubeconfig(),
-                &namespace,
-                segment.host_ip,
-                name,
-            )?);
+            let https = SocketAddr::from((segment.host_ip, free_port(segment.host_ip.into())?));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1].into())?));
+            replicas.push(setup.replica(name, https, admin)?);
         }
         for replica in &replicas {
             wait_until(Duration::from_secs(60), || replica.ready())
@@ -107,27 +129,10 @@ impl Gate {
         }
         let front = Front::start(
             IpAddr::V4(segment.host_ip),
-            replicas.iter().map(|r| r.https).collect(),
+            replicas.iter().map(|r| (r.https, r.admin)).collect(),
+            ready_only,
         )?;
-        let agent_process = segment
-            .command(binary("sekisho-agent"))
-            .arg("run")
-            .args(["--name", &agent])
-            .arg("--key")
-            .arg(&key_file)
-            .args([
-                "--proxy",
-                &format!("https://{PROXY_HOST}:{}", front.addr.port()),
-            ])
-            .args(["--proxy-address", &front.addr.to_string()])
-            .arg("--ca")
-            .arg(&pki.ca_file)
-            .args(["--allow-tcp", "127.0.0.1:22"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting sekisho-agent")?;
+        let agent_process = segment.agent(&agent, &key_file, front.addr, &pki.ca_file)?;
         Ok(Self {
             runtime,
             client,
@@ -138,12 +143,12 @@ impl Gate {
             _dir: dir,
             agent,
             host,
+            web,
+            setup,
             replicas,
-            _front: front,
-            _agent: Process {
-                child: agent_process,
-                name: "sekisho-agent",
-            },
+            front,
+            _pods: pods,
+            _agent: agent_process,
         })
     }
 
@@ -266,58 +271,127 @@ async fn objects(
     Ok(())
 }
 
+/// The web site: an IngressClass of the replicas' controller, a Service whose EndpointSlice is
+/// `upstream`, and a public Ingress for `host` to it.
+async fn web_objects(
+    client: &kube::Client,
+    namespace: &str,
+    host: &str,
+    upstream: SocketAddr,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+    let create = PostParams::default();
+    let class: IngressClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": namespace},
+        "spec": {"controller": format!("sekisho.dev/e2e-{namespace}")},
+    }))?;
+    Api::<IngressClass>::all(client.clone())
+        .create(&create, &class)
+        .await?;
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"name": "http", "port": 80}]},
+    }))?;
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .create(&create, &service)
+        .await?;
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-slice", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": [upstream.ip().to_string()],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+        }],
+        "ports": [{"name": "http", "port": upstream.port(), "protocol": "TCP"}],
+    }))?;
+    Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+        .create(&create, &slice)
+        .await?;
+    let ingress: Ingress = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "annotations": {"sekisho.dev/access-policy": "public"}},
+        "spec": {
+            "ingressClassName": namespace,
+            "tls": [{"hosts": [host], "secretName": "default-tls"}],
+            "rules": [{"host": host, "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}},
+            }]}}],
+        },
+    }))?;
+    Api::<Ingress>::namespaced(client.clone(), namespace)
+        .create(&create, &ingress)
+        .await?;
+    Ok(())
+}
+
 /// A port the kernel has free on `ip` now.
 fn free_port(ip: IpAddr) -> Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
-fn start_replica(
-    dir: &tempfile::TempDir,
-    config: &std::path::Path,
-    kubeconfig: &std::path::Path,
-    namespace: &str,
-    ip: std::net::Ipv4Addr,
-    name: &str,
-) -> Result<Replica> {
-    let https = SocketAddr::from((ip, free_port(IpAddr::V4(ip))?));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1].into())?));
-    let own = dir.path().join(format!("{name}.yaml"));
-    std::fs::write(
-        &own,
-        format!(
-            "listen:\n  https: {https}\n  admin: {admin}\n{}",
-            std::fs::read_to_string(config)?
-        ),
-    )?;
-    let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
-    let child = Command::new(binary("sekisho-proxy"))
-        .arg("--config")
-        .arg(&own)
-        .args(["--log-format", "text", "--kubernetes"])
-        .args([
-            "--ingress-controller",
-            &format!("sekisho.dev/e2e-{namespace}"),
-        ])
-        .args(["--lease-namespace", namespace])
-        .args(["--default-certificate", &format!("{namespace}/default-tls")])
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", format!("replica-{name}"))
-        .env_remove("POD_IP")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting sekisho-proxy")?;
-    Ok(Replica {
-        process: Process {
-            child,
-            name: "sekisho-proxy",
-        },
-        https,
-        admin,
-        config: own,
-    })
+impl Setup {
+    /// The replicas' logs (every generation's), for a failure's message.
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for name in ["a", "b"] {
+            let log =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            text.push_str(&format!("--- replica {name}:\n{log}"));
+        }
+        text
+    }
+
+    /// Starts replica `name` listening on `https` and `admin`.
+    fn replica(&self, name: &str, https: SocketAddr, admin: SocketAddr) -> Result<Replica> {
+        let Self {
+            dir,
+            config,
+            kubeconfig,
+            namespace,
+        } = self;
+        let own = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &own,
+            format!(
+                "listen:\n  https: {https}\n  admin: {admin}\n{}",
+                std::fs::read_to_string(config)?
+            ),
+        )?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))?;
+        let child = Command::new(binary("sekisho-proxy"))
+            .arg("--config")
+            .arg(&own)
+            .args(["--log-format", "text", "--kubernetes"])
+            .args([
+                "--ingress-controller",
+                &format!("sekisho.dev/e2e-{namespace}"),
+            ])
+            .args(["--lease-namespace", namespace])
+            .args(["--default-certificate", &format!("{namespace}/default-tls")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", format!("replica-{name}"))
+            .env_remove("POD_IP")
+            .env("RUST_LOG", "info,sekisho_proxy::frontdoor=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting sekisho-proxy")?;
+        Ok(Replica {
+            process: Process {
+                child,
+                name: "sekisho-proxy",
+            },
+            https,
+            admin,
+            config: own,
+        })
+    }
 }
 
 impl Replica {
@@ -334,8 +408,7 @@ impl Replica {
     }
 
     fn ready(&self) -> bool {
-        self.get("/readyz")
-            .is_ok_and(|text| text.starts_with("HTTP/1.1 200"))
+        readyz(self.admin)
     }
 
     /// The value of the series `series` (its whole name with labels), 0 when it is absent.
@@ -351,28 +424,67 @@ impl Replica {
     }
 }
 
-/// The Service in front of the replicas, as the agent sees it: each connection goes to the
-/// first replica that accepts it. Ends with the test.
+/// The Service in front of the replicas (`https`, `admin`). Either each connection goes to
+/// the first replica that accepts it, or, `ready_only`, to the replicas whose `/readyz` said
+/// ready at the last look, in turn: looked at every [`ENDPOINTS_EVERY`], as the endpoints
+/// controller and the nodes' Service rules learn of a pod that is no longer ready a moment
+/// after it. Ends with the test.
 struct Front {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
 }
 
+/// How often the front learns which replicas are ready.
+const ENDPOINTS_EVERY: Duration = Duration::from_secs(1);
+
 impl Front {
-    fn start(ip: IpAddr, replicas: Vec<SocketAddr>) -> Result<Self> {
+    fn start(
+        ip: IpAddr,
+        replicas: Vec<(SocketAddr, SocketAddr)>,
+        ready_only: bool,
+    ) -> Result<Self> {
         let listener = TcpListener::bind((ip, 0))?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let ready: Arc<Vec<AtomicBool>> = Arc::new(
+            replicas
+                .iter()
+                .map(|_| AtomicBool::new(!ready_only))
+                .collect(),
+        );
+        if ready_only {
+            let (ready, stop, replicas) = (ready.clone(), stop.clone(), replicas.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for (i, (_, admin)) in replicas.iter().enumerate() {
+                        ready[i].store(readyz(*admin), Ordering::Relaxed);
+                    }
+                    std::thread::sleep(ENDPOINTS_EVERY);
+                }
+            });
+        }
         let stopped = stop.clone();
         std::thread::spawn(move || {
+            let mut turn = 0;
             for client in listener.incoming() {
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                let replicas = replicas.clone();
+                turn += 1;
+                let mut order: Vec<SocketAddr> = replicas
+                    .iter()
+                    .zip(ready.iter())
+                    .filter(|(_, ready)| ready.load(Ordering::Relaxed))
+                    .map(|((https, _), _)| *https)
+                    .collect();
+                if ready_only && !order.is_empty() {
+                    let start = turn % order.len();
+                    order.rotate_left(start);
+                    order.truncate(1);
+                }
                 std::thread::spawn(move || {
-                    let upstream = replicas.iter().find_map(|replica| {
+                    let upstream = order.iter().find_map(|replica| {
                         TcpStream::connect_timeout(replica, Duration::from_secs(1)).ok()
                     });
                     if let Some(upstream) = upstream {
@@ -385,6 +497,20 @@ impl Front {
     }
 }
 
+/// Whether the admin listener at `admin` says ready.
+fn readyz(admin: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&admin, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut text = String::new();
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .and_then(|()| stream.read_to_string(&mut text))
+        .is_ok()
+        && text.starts_with("HTTP/1.1 200")
+}
+
 impl Drop for Front {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -393,7 +519,10 @@ impl Drop for Front {
     }
 }
 
-/// Copies both ways until either side ends or fails, then closes both.
+/// Copies both ways, each until its side ends or fails, passing the end on as a half close
+/// (as the kernel's Service rules would: shutting a socket down both ways while the other side
+/// still sends makes its kernel answer RST, and a RST throws away what that side had not read
+/// yet, a TLS close among it).
 fn splice(a: TcpStream, b: TcpStream) {
     let (Ok(mut a_reader), Ok(mut b_reader)) = (a.try_clone(), b.try_clone()) else {
         return;
@@ -401,19 +530,17 @@ fn splice(a: TcpStream, b: TcpStream) {
     let (mut a_writer, mut b_writer) = (a, b);
     let forward = std::thread::spawn(move || {
         let _ = std::io::copy(&mut a_reader, &mut b_writer);
-        let _ = b_writer.shutdown(std::net::Shutdown::Both);
-        let _ = a_reader.shutdown(std::net::Shutdown::Both);
+        let _ = b_writer.shutdown(std::net::Shutdown::Write);
     });
     let _ = std::io::copy(&mut b_reader, &mut a_writer);
-    let _ = a_writer.shutdown(std::net::Shutdown::Both);
-    let _ = b_reader.shutdown(std::net::Shutdown::Both);
+    let _ = a_writer.shutdown(std::net::Shutdown::Write);
     let _ = forward.join();
 }
 
 #[test]
 fn ssh_through_the_replica_without_the_agent_is_relayed_and_works_again_after_the_holder_is_killed()
 -> Result<()> {
-    let mut gate = Gate::start("relay")?;
+    let mut gate = Gate::start("relay", false)?;
     let (a, b) = (&gate.replicas[0], &gate.replicas[1]);
     // The front sends every connection to the first replica while it lives.
     wait_until(Duration::from_secs(20), || a.links(&gate.agent) >= 1.0)
@@ -460,5 +587,86 @@ fn ssh_through_the_replica_without_the_agent_is_relayed_and_works_again_after_th
     let output = run(&mut gate.ssh(b, "echo hello again")?)?;
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(text.starts_with("hello again"), "ssh printed {text:?}");
+    Ok(())
+}
+
+/// One HTTP/1.1 request to the site through the front; whether it answered 200.
+fn site_answers(gate: &Gate) -> bool {
+    let Ok(ping) = Load::for_host(&gate.pki, gate.front.addr, &gate.web) else {
+        return false;
+    };
+    gate.runtime.block_on(async {
+        let Ok(Sender::Http1(mut sender)) = ping.connect(Protocol::Http1).await else {
+            return false;
+        };
+        sender
+            .send_request(ping.request_to(Protocol::Http1, "/ping"))
+            .await
+            .is_ok_and(|r| r.status() == http::StatusCode::OK)
+    })
+}
+
+#[test]
+fn a_rolling_restart_of_both_replicas_under_steady_http_load_fails_no_request() -> Result<()> {
+    let mut gate = Gate::start("rolling", true)?;
+    wait_until(Duration::from_secs(30), || site_answers(&gate))
+        .context("the site is not served through the front")?;
+    let load = Load::for_host(&gate.pki, gate.front.addr, &gate.web)?;
+    let clients: Vec<_> = [
+        Protocol::Http1,
+        Protocol::Http2,
+        Protocol::Http1,
+        Protocol::Http2,
+    ]
+    .into_iter()
+    .map(|protocol| gate.runtime.spawn(load.clone().client(protocol)))
+    .collect();
+
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let (https, admin) = (gate.replicas[i].https, gate.replicas[i].admin);
+        let before = load.ok();
+        gate.replicas[i].process.signal("TERM")?;
+        wait_until(Duration::from_secs(60), || {
+            gate.replicas[i].process.exited()
+        })
+        .with_context(|| format!("replica {name} did not stop within 60 s of SIGTERM"))?;
+        gate.replicas[i] = gate.setup.replica(name, https, admin)?;
+        wait_until(Duration::from_secs(60), || gate.replicas[i].ready())
+            .with_context(|| format!("the new replica {name} did not become ready"))?;
+        let (now1, now2) = load.ok();
+        ensure!(
+            now1 > before.0 && now2 > before.1,
+            "no requests were answered while replica {name} restarted"
+        );
+    }
+    // A moment on the new replicas, then the load stops.
+    let (ok1, ok2) = load.ok();
+    wait_until(Duration::from_secs(30), || {
+        let (now1, now2) = load.ok();
+        now1 > ok1 + 50 && now2 > ok2 + 50
+    })
+    .context("the load did not go on after the restarts")?;
+    load.stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        gate.runtime.block_on(client)?;
+    }
+    let summary = load.summary();
+    eprintln!("{summary}");
+    ensure!(
+        load.failed() == 0,
+        "requests failed during the rolling restart:\n{summary}\n{}",
+        gate.setup.logs()
+    );
+    // The clients moved off each stopping replica rather than keeping one connection.
+    ensure!(
+        load.http1.connections.load(Ordering::Relaxed) > 2
+            && load.http2.connections.load(Ordering::Relaxed) > 2,
+        "the clients never changed connections:\n{summary}"
+    );
+    // The agent came through both restarts and is reachable through either replica.
+    for replica in &gate.replicas {
+        gate.reachable_through(replica, Duration::from_secs(20))
+            .context("no tunnel after the rolling restart")?;
+    }
     Ok(())
 }

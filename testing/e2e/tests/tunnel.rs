@@ -72,28 +72,10 @@ impl Site {
 
     /// Starts `sekisho-agent` named `nas` inside the segment, with `key`.
     fn start_agent(&mut self, key: &Path) -> Result<()> {
-        let port = self.proxy.addr.port();
-        let child = self
+        let agent = self
             .segment
-            .command(binary("sekisho-agent"))
-            .arg("run")
-            .args(["--name", "nas"])
-            .arg("--key")
-            .arg(key)
-            .args(["--proxy", &format!("https://{PROXY_HOST}:{port}")])
-            .args(["--proxy-address", &self.proxy.addr.to_string()])
-            .arg("--ca")
-            .arg(&self.pki.ca_file)
-            .args(["--allow-tcp", "127.0.0.1:22"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting sekisho-agent")?;
-        self.agents.push(Process {
-            child,
-            name: "sekisho-agent",
-        });
+            .agent("nas", key, self.proxy.addr, &self.pki.ca_file)?;
+        self.agents.push(agent);
         Ok(())
     }
 
