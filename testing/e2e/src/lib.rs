@@ -593,6 +593,65 @@ impl AccessEvents {
     }
 }
 
+/// An ssh session running `cat`, started from an `ssh` command (its stdin and stdout are
+/// piped here): what is written comes back, line by line. Killed when dropped.
+pub struct EchoSession {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EchoSession {
+    pub fn start(mut ssh: Command) -> Result<Self> {
+        ssh.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = ssh.spawn().context("starting ssh")?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// Writes `text` and waits (at most 20 s) for it to come back.
+    pub fn echo(&mut self, text: &str) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .context("the session's stdin is open")?;
+        writeln!(stdin, "{text}")?;
+        stdin.flush()?;
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .context("the ssh session did not echo within 20 s")?;
+        ensure!(line == text, "the session echoed {line:?}, not {text:?}");
+        Ok(())
+    }
+}
+
+impl EchoSession {
+    /// Closes the session's input (so `cat`, then ssh, ends) and waits for ssh to exit.
+    pub fn finish(&mut self) -> Result<std::process::ExitStatus> {
+        drop(self.child.stdin.take());
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for EchoSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `done` every 50 ms until it is true or `within` has passed.
 pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;

@@ -20,7 +20,9 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use sekisho_e2e::load::{Load, Protocol, Sender, ok_upstream};
-use sekisho_e2e::{PROXY_HOST, Pki, Segment, Sshd, agent_key, binary, run, wait_until};
+use sekisho_e2e::{
+    EchoSession, PROXY_HOST, Pki, Segment, Sshd, agent_key, binary, run, wait_until,
+};
 use serde_json::Value;
 
 const BOX: &str = "box.ssh.sekisho.test";
@@ -309,30 +311,6 @@ fn become_subreaper() -> Result<()> {
     Ok(())
 }
 
-/// An ssh session through `sekisho tunnel` running `cat`: what is written comes back.
-struct Session {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Session {
-    fn echo(&mut self, text: &str) -> Result<()> {
-        let stdin = self
-            .child
-            .stdin
-            .as_mut()
-            .context("the session's stdin is open")?;
-        writeln!(stdin, "{text}")?;
-        stdin.flush()?;
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(20))
-            .context("the ssh session did not echo within 20 s")?;
-        ensure!(line == text, "the session echoed {line:?}, not {text:?}");
-        Ok(())
-    }
-}
-
 #[test]
 fn ten_upgrades_under_http1_and_http2_load_drop_no_request_and_keep_an_ssh_session() -> Result<()> {
     become_subreaper()?;
@@ -363,21 +341,8 @@ fn ten_upgrades_under_http1_and_http2_load_drop_no_request_and_keep_an_ssh_sessi
         proxy.https.port()
     );
     let mut ssh = sshd.ssh(&proxy_command, BOX, "cat");
-    ssh.env("SEKISHO_TOKEN", files.token()?)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = ssh.spawn().context("starting ssh")?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut session = Session { child, lines };
+    ssh.env("SEKISHO_TOKEN", files.token()?);
+    let mut session = EchoSession::start(ssh)?;
     session.echo("before the upgrades")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -464,8 +429,7 @@ fn ten_upgrades_under_http1_and_http2_load_drop_no_request_and_keep_an_ssh_sessi
     ensure!(String::from_utf8_lossy(&output.stdout).trim() == "through the last generation");
 
     // When the session ends, the first generation has nothing left and exits 0.
-    drop(session.child.stdin.take());
-    let status = session.child.wait()?;
+    let status = session.finish()?;
     ensure!(status.success(), "ssh ended with {status}");
     let code = proxy.wait_exit(first)?;
     ensure!(code == Some(0), "the first generation exited with {code:?}");
