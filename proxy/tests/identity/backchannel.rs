@@ -3,89 +3,25 @@
 //! for the test hosts, no trust in the test CA), so its delivery goes to a capture listener on
 //! loopback and the test posts the captured token to the proxy itself.
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use hyper_util::rt::TokioExecutor;
+use sekisho_testkit::LogoutCapture;
 use tokio::time::timeout;
 
 use crate::harness::{
     ALICE, APP, AUTH, Jar, LIMIT, Reply, SESSION_COOKIE, Site, SiteOptions, id_token, jwt_claims,
 };
-use crate::support::{TestBody, empty};
 
-/// An HTTP/1 listener on 127.0.0.1:0 standing in for the proxy's back-channel endpoint: it
-/// answers every request 200 and passes on the `logout_token` form field of each POST.
-struct Capture {
-    uri: String,
-    tokens: mpsc::UnboundedReceiver<String>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Capture {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let uri = format!("http://{}/backchannel-logout", listener.local_addr()?);
-        let (sender, tokens) = mpsc::unbounded_channel();
-        // accept() is cancel-safe; the loop ends when the task is aborted on drop.
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| capture(request, sender.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self { uri, tokens, task })
-    }
-
-    /// The next logout token devidp delivered, waiting at most [`LIMIT`].
-    async fn next_token(&mut self) -> anyhow::Result<String> {
-        timeout(LIMIT, self.tokens.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("no logout token arrived within {LIMIT:?}"))?
-            .ok_or_else(|| anyhow::anyhow!("the capture listener stopped"))
-    }
-}
-
-async fn capture(
-    request: Request<Incoming>,
-    tokens: mpsc::UnboundedSender<String>,
-) -> Result<Response<TestBody>, Infallible> {
-    let post = request.method() == Method::POST;
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        .unwrap_or_default();
-    if post
-        && let Some(token) = url::form_urlencoded::parse(&body)
-            .find(|(name, _)| name == "logout_token")
-            .map(|(_, token)| token.into_owned())
-    {
-        let _ = tokens.send(token);
-    }
-    Ok(Response::new(empty()))
+/// The next logout token devidp delivered to `capture`, waiting at most [`LIMIT`].
+async fn next_token(capture: &mut LogoutCapture) -> anyhow::Result<String> {
+    Ok(capture.next_token(LIMIT).await?)
 }
 
 /// `POST <issuer>/__dev/logout?sub=<sub>` at devidp: status and body.
@@ -132,11 +68,14 @@ async fn hello(site: &Site, session: &str) -> anyhow::Result<Reply> {
 /// A logout token for alice that names only her (`sub`, no `sid`: the site's devidp was started
 /// with [`SiteOptions::logout_without_sid`]), from a login at devidp directly: it ends every
 /// session of alice that began before it.
-async fn logout_token_by_subject(site: &Site, capture: &mut Capture) -> anyhow::Result<String> {
+async fn logout_token_by_subject(
+    site: &Site,
+    capture: &mut LogoutCapture,
+) -> anyhow::Result<String> {
     id_token(&site.idp, "sekisho", ALICE).await?;
     let (status, body) = dev_logout(site, "alice").await?;
     anyhow::ensure!(status == StatusCode::OK, "devidp's /__dev/logout: {body}");
-    let token = capture.next_token().await?;
+    let token = next_token(capture).await?;
     anyhow::ensure!(
         jwt_claims(&token)?.get("sid").is_none(),
         "devidp's logout token names a sid"
@@ -204,9 +143,9 @@ fn tampered(token: &str) -> String {
 
 #[tokio::test]
 async fn a_back_channel_logout_from_the_provider_ends_the_session() -> anyhow::Result<()> {
-    let mut capture = Capture::start().await?;
+    let mut capture = LogoutCapture::start().await?;
     let site = Site::start(SiteOptions {
-        backchannel_capture: Some(capture.uri.clone()),
+        backchannel_capture: Some(capture.uri().to_owned()),
         ..SiteOptions::default()
     })
     .await?;
@@ -224,7 +163,7 @@ async fn a_back_channel_logout_from_the_provider_ends_the_session() -> anyhow::R
 
     let (status, body) = dev_logout(&site, "alice").await?;
     assert_eq!(status, StatusCode::OK, "devidp's /__dev/logout: {body}");
-    let token = capture.next_token().await?;
+    let token = next_token(&mut capture).await?;
 
     access_log();
     let reply = post_logout_token(&site, &tampered(&token)).await?;
@@ -267,16 +206,16 @@ async fn a_back_channel_logout_from_the_provider_ends_the_session() -> anyhow::R
 
 #[tokio::test]
 async fn a_replayed_logout_token_is_refused_and_ends_no_later_session() -> anyhow::Result<()> {
-    let mut capture = Capture::start().await?;
+    let mut capture = LogoutCapture::start().await?;
     let site = Site::start(SiteOptions {
-        backchannel_capture: Some(capture.uri.clone()),
+        backchannel_capture: Some(capture.uri().to_owned()),
         ..SiteOptions::default()
     })
     .await?;
     let first = site.login(ALICE).await?;
     let (status, body) = dev_logout(&site, "alice").await?;
     assert_eq!(status, StatusCode::OK, "devidp's /__dev/logout: {body}");
-    let token = capture.next_token().await?;
+    let token = next_token(&mut capture).await?;
     let reply = post_logout_token(&site, &token).await?;
     assert_eq!(reply.status, StatusCode::OK, "the logout token: {reply}");
     let reply = hello(&site, &first).await?;
@@ -309,9 +248,9 @@ async fn a_replayed_logout_token_is_refused_and_ends_no_later_session() -> anyho
 #[tokio::test]
 async fn a_login_that_completes_just_after_a_logout_of_its_subject_keeps_its_session()
 -> anyhow::Result<()> {
-    let mut capture = Capture::start().await?;
+    let mut capture = LogoutCapture::start().await?;
     let site = Site::start(SiteOptions {
-        backchannel_capture: Some(capture.uri.clone()),
+        backchannel_capture: Some(capture.uri().to_owned()),
         logout_without_sid: true,
         ..SiteOptions::default()
     })

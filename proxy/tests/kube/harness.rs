@@ -154,6 +154,15 @@ listen:
 workers: 1
 ";
 
+/// How the gate's replicas sign people in.
+enum Login {
+    None,
+    /// A shared session key file; cookies made by the test.
+    Keys,
+    /// That, and devidp at this issuer as the provider.
+    Provider(String),
+}
+
 /// Who the proxy is to the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum As {
@@ -174,7 +183,19 @@ impl Gate {
     /// A gate whose replicas sign people in (`identity:` with one session key file for all
     /// of them, auth host `auth.NAMESPACE.test`); [`Gate::session`] makes their cookies.
     pub(crate) async fn start_with_identity(prefix: &str, who: As) -> anyhow::Result<Self> {
-        Self::start_full(kube_testenv::TestEnv::shared().await?, prefix, who, true).await
+        let env = kube_testenv::TestEnv::shared().await?;
+        Self::start_full(env, prefix, who, Login::Keys).await
+    }
+
+    /// [`Gate::start_with_identity`], with devidp at `issuer` as the provider (client
+    /// `sekisho`).
+    pub(crate) async fn start_with_provider(
+        prefix: &str,
+        who: As,
+        issuer: &str,
+    ) -> anyhow::Result<Self> {
+        let env = kube_testenv::TestEnv::shared().await?;
+        Self::start_full(env, prefix, who, Login::Provider(issuer.to_owned())).await
     }
 
     /// On a control plane of the test's own.
@@ -183,14 +204,14 @@ impl Gate {
         prefix: &str,
         who: As,
     ) -> anyhow::Result<Self> {
-        Self::start_full(env, prefix, who, false).await
+        Self::start_full(env, prefix, who, Login::None).await
     }
 
     async fn start_full(
         env: &kube_testenv::TestEnv,
         prefix: &str,
         who: As,
-        identity: bool,
+        login: Login,
     ) -> anyhow::Result<Self> {
         let client = env.client().await?;
         env.install_crds(&sekisho_api::crd::all(), "sekisho-test")
@@ -218,16 +239,27 @@ impl Gate {
         };
         apply(&Api::<IngressClass>::all(client.clone()), &gate_class).await?;
         let dir = tempfile::tempdir()?;
-        let identity = if identity {
-            let keys = dir.path().join("session-keys");
-            sekisho_proxy::add_session_key(&keys)
-                .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
-            Some(format!(
-                "identity:\n  auth_host: auth.{namespace}.test\n  session_keys_file: {}\n",
-                keys.display()
-            ))
-        } else {
-            None
+        let identity = match login {
+            Login::None => None,
+            Login::Keys | Login::Provider(_) => {
+                let keys = dir.path().join("session-keys");
+                sekisho_proxy::add_session_key(&keys)
+                    .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
+                let mut yaml = format!(
+                    "identity:\n  auth_host: auth.{namespace}.test\n  session_keys_file: {}\n",
+                    keys.display()
+                );
+                if let Login::Provider(issuer) = login {
+                    let secret = dir.path().join("client-secret");
+                    std::fs::write(&secret, sekisho_site::CLIENT_SECRET)?;
+                    yaml.push_str(&format!(
+                        "  dangerous_allow_http_issuers: true\n  providers:\n    - {{name: uniqe, \
+                         issuer: '{issuer}', client_id: sekisho, client_secret_file: '{}'}}\n",
+                        secret.display()
+                    ));
+                }
+                Some(yaml)
+            }
         };
         let replica = Replica {
             config,
@@ -315,16 +347,28 @@ impl Gate {
         email: &str,
         issued_at: u64,
     ) -> anyhow::Result<([u8; 16], String)> {
+        self.session_of(host, "https://id.kube.test", email, email, issued_at)
+    }
+
+    /// [`Gate::session`], from provider `issuer` for its subject `subject`.
+    pub(crate) fn session_of(
+        &self,
+        host: &str,
+        issuer: &str,
+        subject: &str,
+        email: &str,
+        issued_at: u64,
+    ) -> anyhow::Result<([u8; 16], String)> {
         let keys = sekisho_proxy::SessionKeys::load(&self._dir.path().join("session-keys"))
             .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
         let id = sekisho_proxy::SessionId::random()
             .map_err(|e| anyhow!("{}", sekisho_proxy::error_chain(&e)))?;
         let record = sekisho_proxy::SessionRecord {
             id,
-            subject: email.to_owned(),
+            subject: subject.to_owned(),
             email: email.to_owned(),
             groups: vec!["staff".into()],
-            issuer: "https://id.kube.test".into(),
+            issuer: issuer.to_owned(),
             auth_time: issued_at,
             issued_at,
             expires_at: issued_at + 3600,

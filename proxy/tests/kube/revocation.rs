@@ -1,7 +1,8 @@
 //! What the replicas share: a sign-out taken by one replica ends the session on the other (its
-//! cookie and its open WebSocket), an administrator's `Revocation` signs a user out of all of
-//! them, Revocations whose sessions have all expired are deleted, and a one-time code spent on
-//! one replica is refused on the other. The replicas run as the proxy's own RBAC.
+//! cookie and its open WebSocket), so does the provider's back-channel logout (devidp's), an
+//! administrator's `Revocation` signs a user out of all of them, Revocations whose sessions
+//! have all expired are deleted, and a one-time code spent on one replica is refused on the
+//! other. The replicas run as the proxy's own RBAC.
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,11 @@ fn websocket_echo(listener: std::net::TcpListener) -> anyhow::Result<tokio::task
 }
 
 pub(crate) async fn two_replicas(prefix: &str) -> anyhow::Result<TwoReplicas> {
-    let gate = Gate::start_with_identity(prefix, As::ItsClusterRole).await?;
+    replicas_of(Gate::start_with_identity(prefix, As::ItsClusterRole).await?).await
+}
+
+/// [`two_replicas`] of `gate`.
+async fn replicas_of(gate: Gate) -> anyhow::Result<TwoReplicas> {
     let web = gate.backend("web").await?;
     let ws_listener = gate.pods.listen(false)?;
     let ws_addr = ws_listener.local_addr()?;
@@ -218,7 +223,24 @@ async fn a_sign_out_on_one_replica_closes_the_users_websocket_on_the_other() -> 
 
     let signed_out = Instant::now();
     gate.sign_out(id, now() + 3600)?;
-    let closed = tokio::time::timeout(EVERYWHERE, async {
+    assert_eq!(
+        closed(&mut socket).await?,
+        Some(1008),
+        "closed as a policy violation"
+    );
+    eprintln!(
+        "the other replica closed the WebSocket after {:?}",
+        signed_out.elapsed()
+    );
+    Ok(())
+}
+
+/// Waits for the WebSocket to be closed, then the close code; fails after [`EVERYWHERE`].
+async fn closed<S>(socket: &mut S) -> anyhow::Result<Option<u16>>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(EVERYWHERE, async {
         while let Some(message) = socket.next().await {
             if let Message::Close(frame) = message? {
                 return Ok::<_, anyhow::Error>(frame.map(|f| u16::from(f.code)));
@@ -229,13 +251,116 @@ async fn a_sign_out_on_one_replica_closes_the_users_websocket_on_the_other() -> 
     .await
     .map_err(|_| {
         anyhow::anyhow!("the WebSocket on the other replica was still open after {EVERYWHERE:?}")
-    })??;
-    assert_eq!(closed, Some(1008), "closed as a policy violation");
-    eprintln!(
-        "the other replica closed the WebSocket after {:?}",
-        signed_out.elapsed()
+    })?
+}
+
+/// Signs alice in at devidp itself (its login form, in a browser), as client `sekisho`: the
+/// provider session that its `/__dev/logout` ends, telling the client by back-channel.
+async fn sign_in_at_provider(idp: &sekisho_testkit::Idp) -> anyhow::Result<()> {
+    let browser =
+        sekisho_testkit::Browser::start(sekisho_testkit::BrowserOptions::default()).await?;
+    let (_, challenge) = sekisho_testkit::pkce();
+    let authorize = url::Url::parse_with_params(
+        &format!("{}/auth", idp.issuer()),
+        [
+            ("client_id", "sekisho"),
+            ("response_type", "code"),
+            (
+                "redirect_uri",
+                "https://auth.localhost:8443/.sekisho/callback",
+            ),
+            ("scope", "openid email"),
+            ("state", "s"),
+            ("nonce", "n"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ],
+    )?;
+    browser.goto(authorize.as_str()).await?;
+    let shown =
+        sekisho_testkit::login_with_browser(&browser, "alice@uniqe.example", "password").await?;
+    ensure!(shown, "devidp showed no login form");
+    Ok(())
+}
+
+/// `POST <issuer>/__dev/logout?sub=<sub>` at devidp: it sends the logout token.
+async fn provider_logout(idp: &sekisho_testkit::Idp, sub: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = http::Request::post(format!("{}/__dev/logout?sub={sub}", idp.issuer()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+    let response = tokio::time::timeout(EVERYWHERE, client.request(request)).await??;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    ensure!(
+        status == StatusCode::OK,
+        "devidp's /__dev/logout: {status} {body:?}"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn a_back_channel_logout_sent_to_one_replica_closes_the_users_websocket_on_the_other()
+-> anyhow::Result<()> {
+    let mut capture = sekisho_testkit::LogoutCapture::start().await?;
+    let idp = sekisho_testkit::Idp::builder()
+        .backchannel_logout_uri(capture.uri())
+        .backchannel_logout_without_sid()
+        .start()
+        .await?;
+    let gate = Gate::start_with_provider("backchannel", As::ItsClusterRole, idp.issuer()).await?;
+    let TwoReplicas {
+        gate, other, host, ..
+    } = &replicas_of(gate).await?;
+    let auth = format!("auth.{}.test", gate.namespace);
+    gate.tls_secret("default-tls", &[&auth]).await?;
+    sign_in_at_provider(&idp).await?;
+    let (_, cookie) = gate.session_of(
+        host,
+        idp.issuer(),
+        "alice",
+        "alice@uniqe.example",
+        now().saturating_sub(1),
+    )?;
+    both_answer(gate, other, host, &cookie, StatusCode::OK).await?;
+    let mut socket = gate.websocket(other.https()?, host, "/ws", &cookie).await?;
+    socket.send(Message::text("ping")).await?;
+    let echoed = tokio::time::timeout(EVERYWHERE, socket.next()).await?;
+    assert_eq!(echoed.transpose()?, Some(Message::text("ping")));
+
+    // The provider logs alice out; its logout token goes to the first replica only.
+    provider_logout(&idp, "alice").await?;
+    let token = capture.next_token(EVERYWHERE).await?;
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("logout_token", &token)
+        .finish();
+    let logged_out = Instant::now();
+    let answer = until("the first replica to take the logout token", || async {
+        let answer = gate
+            .post_form(
+                gate.https,
+                &auth,
+                "/.sekisho/backchannel-logout",
+                form.clone(),
+            )
+            .await?;
+        ensure!(answer.status == StatusCode::OK, "{answer:?}");
+        Ok(answer)
+    })
+    .await?;
+    ensure!(answer.status == StatusCode::OK, "{answer:?}");
+    assert_eq!(
+        closed(&mut socket).await?,
+        Some(1008),
+        "closed as a policy violation"
+    );
+    eprintln!(
+        "the other replica closed the WebSocket {:?} after the logout token was posted",
+        logged_out.elapsed()
+    );
+    both_answer(gate, other, host, &cookie, StatusCode::FOUND).await
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ pub enum Error {
 
     #[error("could not listen on a loopback port")]
     Listen(#[source] io::Error),
+    #[error("no logout token arrived within {0:?}")]
+    NoLogoutToken(std::time::Duration),
 
     /// Setting up a part failed (the command and its error output say how).
     #[error("{0}")]
