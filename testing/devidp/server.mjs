@@ -32,8 +32,6 @@ function shutdown(signal) {
 process.on('SIGTERM', () => shutdown('SIGTERM'));
 process.on('SIGINT', () => shutdown('SIGINT'));
 
-const { default: Provider, errors: oidcErrors } = await import('oidc-provider');
-
 // ---------------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------------
@@ -253,6 +251,11 @@ function generateJwks() {
 
 const jwks = args.keys ? readJson(args.keys, 'keys') : generateJwks();
 if (!Array.isArray(jwks?.keys) || jwks.keys.length === 0) die('keys must be a JWKS with "keys"');
+
+// oidc-provider is imported only now, after the key is made: with it loaded, about one start in
+// twenty hung for good inside generateKeyPairSync (the process asleep, seen with Node 20 and
+// OpenSSL 3), and never once without it.
+const { default: Provider, errors: oidcErrors } = await import('oidc-provider');
 
 // ---------------------------------------------------------------------------------------------
 // Storage: an in-memory adapter we can enumerate (needed for POST /__dev/logout)
