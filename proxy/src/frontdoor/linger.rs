@@ -43,14 +43,21 @@ impl<IO: AsyncRead + Unpin + Send + 'static> Lingering<IO> {
 
 impl<IO: AsyncRead + Unpin + Send + 'static> Drop for Lingering<IO> {
     fn drop(&mut self) {
+        // Dropped by a runtime that is going away (its tasks with it): nothing to linger on.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if let Some(mut io) = self.inner.take().filter(|_| self.shut) {
-            self.tracker.spawn(async move {
-                let mut discard = [0u8; 4096];
-                let _ = tokio::time::timeout(LINGER, async {
-                    while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
-                })
-                .await;
-            });
+            self.tracker.spawn_on(
+                async move {
+                    let mut discard = [0u8; 4096];
+                    let _ = tokio::time::timeout(LINGER, async {
+                        while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
+                    })
+                    .await;
+                },
+                &runtime,
+            );
         }
     }
 }

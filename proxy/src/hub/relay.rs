@@ -78,9 +78,13 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// terminated TLS between them.
 pub(crate) type Binding = [u8; 32];
 
-/// The connection's [`Binding`], when it is TLS 1.3 (whose exporter binds the whole handshake).
+/// The connection's [`Binding`], when it could carry a relay request: TLS 1.3 (whose exporter
+/// binds the whole handshake) and not HTTP/2 (relay requests are HTTP/1.1 upgrades), so that
+/// browsers' connections cost no export.
 pub(crate) fn binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<Binding> {
-    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
+        || conn.alpn_protocol() == Some(b"h2")
+    {
         return None;
     }
     conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)
@@ -259,6 +263,13 @@ async fn through(
         .map_err(|_| unreachable(&format_args!("no TLS handshake within {DIAL_WITHIN:?}")))?
         .map_err(|e| unreachable(&e))?;
     let binding = binding(tls.get_ref().1).ok_or_else(|| unreachable(&"not TLS 1.3"))?;
+    // The person goes into a header (for the holder's log): a name a header cannot carry as
+    // visible ASCII goes as `-`, in the proof as in the header.
+    let user = match ask.user.bytes().all(|b| b.is_ascii_graphic()) {
+        true => ask.user,
+        false => "-",
+    };
+    let ask = Ask { user, ..ask };
     let session_key = keys.newest();
     let key = relay_key(session_key);
     let proof = request_proof(&key, &binding, &ask);

@@ -253,7 +253,8 @@ async fn open(
                 user: &user,
                 timeout: route.connect_timeout,
             };
-            Target::Agent(agent_stream(shared, &identity.session_keys, route, ask).await?)
+            let keys = &identity.session_keys;
+            Target::Agent(agent_stream(shared, keys, &snapshot.replicas, route, ask).await?)
         }
     };
     let mut id = [0u8; 16];
@@ -283,6 +284,7 @@ async fn open(
 async fn agent_stream(
     shared: &Shared,
     keys: &SessionKeys,
+    replicas: &[std::net::SocketAddr],
     route: &TunnelRoute,
     ask: Ask<'_>,
 ) -> Result<hyper::upgrade::Upgraded, Refusal> {
@@ -292,8 +294,7 @@ async fn agent_stream(
         .await
     {
         Err((TunnelError::AgentOffline, detail)) if shared.hub.connected(ask.agent) == 0 => {
-            let replicas = shared.snapshot.load().replicas.clone();
-            match shared.relay.open(keys, &replicas, &route.host, ask).await {
+            match shared.relay.open(keys, replicas, &route.host, ask).await {
                 Ok(upgraded) => {
                     super::carry::count(shared, "sent");
                     Ok(upgraded)

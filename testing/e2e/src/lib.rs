@@ -488,13 +488,7 @@ impl Proxy {
 
     /// The admin listener's `/metrics` text.
     pub fn metrics(&self) -> Result<String> {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(self.running().admin_addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
+        admin_get(self.running().admin_addr, "/metrics")
     }
 
     /// How many links the agent `name` has now.
@@ -650,6 +644,20 @@ impl Drop for EchoSession {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The answer (status line, headers and body) of an admin listener to `GET path`.
+pub fn admin_get(admin: SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Polls `done` every 50 ms until it is true or `within` has passed.

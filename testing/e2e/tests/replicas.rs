@@ -5,7 +5,6 @@
 //! fails no request. The agent and the load reach the replicas through a stand-in for their
 //! Service ([`Front`]).
 
-use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -18,7 +17,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use sekisho_e2e::load::{Load, Protocol, Sender, ok_upstream};
-use sekisho_e2e::{PROXY_HOST, Pki, Process, Segment, Sshd, agent_key, binary, run, wait_until};
+use sekisho_e2e::{
+    PROXY_HOST, Pki, Process, Segment, Sshd, admin_get, agent_key, binary, run, wait_until,
+};
 
 const ALICE: &str = "alice@sekisho.test";
 
@@ -376,7 +377,7 @@ impl Setup {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", format!("replica-{name}"))
             .env_remove("POD_IP")
-            .env("RUST_LOG", "info,sekisho_proxy::frontdoor=debug")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -396,15 +397,7 @@ impl Setup {
 
 impl Replica {
     fn get(&self, path: &str) -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
+        admin_get(self.admin, path)
     }
 
     fn ready(&self) -> bool {
@@ -499,16 +492,7 @@ impl Front {
 
 /// Whether the admin listener at `admin` says ready.
 fn readyz(admin: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&admin, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut text = String::new();
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .and_then(|()| stream.read_to_string(&mut text))
-        .is_ok()
-        && text.starts_with("HTTP/1.1 200")
+    admin_get(admin, "/readyz").is_ok_and(|text| text.starts_with("HTTP/1.1 200"))
 }
 
 impl Drop for Front {

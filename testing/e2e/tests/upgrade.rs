@@ -7,7 +7,7 @@
 //! inherited); the tests wait on its lines (`sekisho-proxy is serving` with the new pid, then
 //! `upgrade: handed over` from the old one), never on sleeps.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -242,16 +242,7 @@ impl ProxyProcess {
 
     /// The admin listener's answer to `GET path` (status line and body).
     fn admin_get(&self, path: &str) -> Result<String> {
-        use std::io::Read as _;
-        let mut stream = std::net::TcpStream::connect(self.admin)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
+        sekisho_e2e::admin_get(self.admin, path)
     }
 
     /// Waits until the process `pid` of this group has exited; its exit code when this test
