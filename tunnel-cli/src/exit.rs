@@ -119,7 +119,8 @@ pub fn for_tunnel_error(error: TunnelError) -> u8 {
         | TunnelError::TargetUnreachable
         | TunnelError::TargetTimeout => TARGET_UNREACHABLE,
         TunnelError::UnknownHost => UNKNOWN_HOST,
-        TunnelError::BadRequest => PROXY_UNREACHABLE,
+        TunnelError::BadRequest | TunnelError::Starting => PROXY_UNREACHABLE,
+        TunnelError::StreamGone => PROXY_WENT_AWAY,
     }
 }
 

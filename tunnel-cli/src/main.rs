@@ -545,7 +545,7 @@ async fn tunnel(
         return match listen {
             Some(addr) => serve_listener(&net, &host, &token, addr).await,
             None => {
-                let opened = tunnel::open(&net, &host, Some(token.expose())).await;
+                let opened = tunnel::open(&net, &host, Some(token.expose()), None).await;
                 if let Err(error) = &opened
                     && error.tunnel_error() == Some(TunnelError::NotLoggedIn)
                 {
@@ -558,7 +558,7 @@ async fn tunnel(
                     );
                     return Err(exit::TOKEN_REFUSED);
                 }
-                stdio(&net, &host, opened, None).await
+                stdio(&net, &host, opened, Some(token), None).await
             }
         };
     }
@@ -597,7 +597,7 @@ async fn tunnel(
         };
         return serve_listener(&net, &host, &token, addr).await;
     }
-    let mut opened = tunnel::open(&net, &host, token.as_ref().map(Secret::expose)).await;
+    let mut opened = tunnel::open(&net, &host, token.as_ref().map(Secret::expose), None).await;
     let mut auth = known;
     if let Err(error) = &opened
         && error.tunnel_error() == Some(TunnelError::NotLoggedIn)
@@ -609,21 +609,26 @@ async fn tunnel(
                 .await
                 .map_err(|e| login_failed(&e))?,
         };
-        let token =
+        let fresh =
             login_for_tunnel(ctx, &net, &mut cache, &host, &origin, token.as_ref(), flags).await?;
-        opened = tunnel::open(&net, &host, Some(token.expose())).await;
+        opened = tunnel::open(&net, &host, Some(fresh.expose()), None).await;
+        token = Some(fresh);
         auth = Some(origin);
     }
-    stdio(&net, &host, opened, auth.map(|auth| (ctx, auth, cache))).await
+    let login = auth.map(|auth| (ctx, auth, cache));
+    stdio(&net, &host, opened, token, login).await
 }
 
 /// Joins an opened tunnel to stdin/stdout. With the login it came from, the stream's token is
-/// renewed before it expires (an ssh session outlives a token); when the stream ends other
-/// than normally (cut by the proxy, the proxy or the agent gone), says how in one sentence.
+/// renewed before it expires (an ssh session outlives a token). When the connection to the
+/// proxy is lost under it (the replica it came by restarted), the stream is asked for again
+/// through whatever replica answers. When it ends other than normally (cut by the proxy, the
+/// proxy or the agent gone), says how in one sentence.
 async fn stdio(
     net: &Net,
     host: &Origin,
     opened: Result<tunnel::Tunnel, tunnel::OpenError>,
+    token: Option<Secret>,
     login: Option<(&Context, Origin, Cache)>,
 ) -> Result<u8, u8> {
     let opened = match opened {
@@ -637,23 +642,57 @@ async fn stdio(
             });
         }
     };
+    // The newest token, for asking for the stream again.
+    let latest = std::sync::Mutex::new(token);
+    let id = opened.stream_id.as_deref();
     let renewing = async {
-        if let (Some(id), Some((ctx, auth, cache))) = (&opened.stream_id, login) {
-            renew_until_refused(ctx, net, host, id, &auth, cache).await;
+        if let (Some(id), Some((ctx, auth, cache))) = (id, login) {
+            renew_until_refused(ctx, net, host, id, &auth, cache, &latest).await;
         }
         std::future::pending::<()>().await
     };
-    let spliced = tokio::select! {
-        spliced = tunnel::splice(tokio::io::stdin(), tokio::io::stdout(), opened.io) => spliced,
+    let mut splice = tunnel::Splice::new(tokio::io::stdin(), tokio::io::stdout());
+    let session = async {
+        let (mut io, mut resend) = (opened.io, Vec::new());
+        loop {
+            let spliced = splice.run(io, resend).await;
+            if let Err(error) = &spliced
+                && debugging()
+            {
+                eprintln!("sekisho: debug: the stream ended with: {}", chain(error));
+            }
+            // Ended from the far side: one sentence for how, from the proxy when it can be
+            // asked.
+            let outcome = tunnel::ended(net, host, id, spliced).await;
+            let Some(id) =
+                id.filter(|_| outcome == tunnel::Outcome::ProxyWentAway && splice.resumable())
+            else {
+                return outcome;
+            };
+            let token = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match tunnel::resume(net, host, token.as_ref().map(Secret::expose), id, &splice).await {
+                Ok(resumed) => {
+                    if debugging() {
+                        eprintln!(
+                            "sekisho: debug: the connection to the proxy was lost; the stream was resumed"
+                        );
+                    }
+                    (io, resend) = resumed;
+                }
+                Err(error) => {
+                    eprintln!(
+                        "sekisho: the stream could not be resumed: {}",
+                        chain(&error)
+                    );
+                    return outcome;
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = session => outcome,
         () = renewing => unreachable!("renewing never ends"),
     };
-    if let Err(error) = &spliced
-        && debugging()
-    {
-        eprintln!("sekisho: debug: the stream ended with: {}", chain(error));
-    }
-    // Ended from the far side: one sentence for how, from the proxy when it can be asked.
-    let outcome = tunnel::ended(net, host, opened.stream_id.as_deref(), spliced).await;
     if let Some(message) = outcome.message() {
         eprintln!("sekisho: {message}");
     }
@@ -678,6 +717,7 @@ async fn renew_until_refused(
     id: &str,
     auth: &Origin,
     mut cache: Cache,
+    latest: &std::sync::Mutex<Option<Secret>>,
 ) {
     loop {
         let Some(expires_at) = cache.login(auth).map(|t| t.access_expires_at) else {
@@ -691,6 +731,7 @@ async fn renew_until_refused(
             Ok(None) | Err(_) => return,
         };
         let _ = ctx.save(&cache);
+        *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
         if let Err(error) = tunnel::renew(net, host, id, token.expose()).await {
             eprintln!(
                 "sekisho: could not renew the tunnel's token: {}",

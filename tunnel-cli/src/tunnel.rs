@@ -4,6 +4,13 @@
 //! The request is an HTTP/1.1 upgrade on the proxy's HTTPS port (so it passes wherever HTTPS
 //! does, TLS-terminating load balancers included), carrying the user's bearer token. A refusal
 //! comes back as a status and a JSON body with a stable code ([`TunnelError`]).
+//!
+//! An open stream can be resumed when the connection to the proxy is lost under it (the
+//! replica it came by restarted): [`Splice`] keeps the last input it sent and counts the output
+//! it passed on, [`open`] asks for the stream again by its id with that count, and each end
+//! sends again what the other lacks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONNECTION, UPGRADE};
@@ -11,9 +18,11 @@ use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use sekisho_wire::resume::Sent;
 use sekisho_wire::tunnel::{ErrorBody, StreamEnd, StreamStatus, TunnelError};
 use sekisho_wire::{
-    COPY_BUFFER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_RENEW_PATH, TUNNEL_STATUS_PATH,
+    COPY_BUFFER, RESUME_HEADER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_RENEW_PATH,
+    TUNNEL_STATUS_PATH,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
@@ -89,15 +98,35 @@ pub struct Tunnel {
     pub io: TokioIo<Upgraded>,
     /// The proxy's name for the stream, to ask why it closed.
     pub stream_id: Option<String>,
+    /// For a resumed stream: the bytes the far end has received from this one.
+    pub peer_received: Option<u64>,
 }
 
-/// Opens a stream to `host`'s target through the proxy that serves it.
-pub async fn open(net: &Net, host: &Origin, token: Option<&str>) -> Result<Tunnel, OpenError> {
+/// A stream to ask for again: its id, and the bytes of it received so far.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume<'a> {
+    pub stream_id: &'a str,
+    pub received: u64,
+}
+
+/// Opens a stream to `host`'s target through the proxy that serves it, or resumes the one
+/// `resume` names.
+pub async fn open(
+    net: &Net,
+    host: &Origin,
+    token: Option<&str>,
+    resume: Option<Resume<'_>>,
+) -> Result<Tunnel, OpenError> {
     let mut req = Request::builder()
         .method(Method::GET)
         .uri(TUNNEL_PATH)
         .header(CONNECTION, "upgrade")
         .header(UPGRADE, TUNNEL_PROTOCOL);
+    if let Some(resume) = resume {
+        req = req
+            .header(STREAM_HEADER, resume.stream_id)
+            .header(RESUME_HEADER, resume.received);
+    }
     if let Some(token) = token {
         let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| OpenError::Unexpected(http::StatusCode::BAD_REQUEST))?;
@@ -108,14 +137,28 @@ pub async fn open(net: &Net, host: &Origin, token: Option<&str>) -> Result<Tunne
         .body(Full::new(Bytes::new()))
         .expect("a tunnel request is well formed");
     match net.upgrade(host, req).await? {
-        Upgrade::Switched(headers, io) => Ok(Tunnel {
-            io,
-            stream_id: headers
-                .get(STREAM_HEADER)
+        Upgrade::Switched(headers, io) => {
+            let peer_received = headers
+                .get(RESUME_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-                .map(str::to_owned),
-        }),
+                .and_then(sekisho_wire::resume::parse_count);
+            if resume.is_some() && peer_received.is_none() {
+                // A proxy that does not resume streams opened a new one: not the stream asked.
+                return Err(OpenError::Refused {
+                    error: TunnelError::StreamGone,
+                    body: None,
+                });
+            }
+            Ok(Tunnel {
+                io,
+                stream_id: headers
+                    .get(STREAM_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(str::to_owned),
+                peer_received,
+            })
+        }
         Upgrade::Refused(response) => {
             let body: Option<ErrorBody> = serde_json::from_slice(response.body()).ok();
             let error = body
@@ -143,51 +186,196 @@ pub enum Ended {
     Remote,
 }
 
-/// Copies `input` into the stream and the stream into `output` until the stream ends. When
-/// `input` ends first, the stream's sending side is shut down and its answer still read to the
-/// end (ssh and scp close their side and wait for the other's).
-pub async fn splice<I, O, S>(mut input: I, mut output: O, stream: S) -> std::io::Result<Ended>
+/// Copies `input` into the stream and the stream into `output` until the stream ends (see
+/// [`Splice::run`]).
+pub async fn splice<I, O, S>(input: I, output: O, stream: S) -> std::io::Result<Ended>
 where
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut from_stream, mut to_stream) = tokio::io::split(stream);
-    let upload = async {
-        let mut buf = vec![0u8; COPY_BUFFER];
-        loop {
-            let n = input.read(&mut buf).await?;
-            if n == 0 {
-                to_stream.shutdown().await?;
-                return Ok::<_, std::io::Error>(());
+    Splice::new(input, output).run(stream, Vec::new()).await
+}
+
+/// The input sent kept for resuming a stream, at most: more than a lost connection swallows
+/// of an interactive session.
+pub const KEEP_SENT: usize = 1024 * 1024;
+
+/// Input and output joined to a tunnel stream, and what resuming the stream needs: the last
+/// input sent, and the count of output passed on. Kept across connections, so that input read
+/// but not yet sent is not lost either.
+pub struct Splice<I, O> {
+    input: I,
+    output: O,
+    sent: Sent,
+    received: u64,
+    /// Input ended, and the stream was told: half a stream is not resumed.
+    input_ended: bool,
+    /// Reading input or writing output failed: there is nobody to resume the stream for.
+    local_failed: bool,
+}
+
+impl<I, O> Splice<I, O>
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+{
+    pub fn new(input: I, output: O) -> Self {
+        Self {
+            input,
+            output,
+            sent: Sent::new(KEEP_SENT),
+            received: 0,
+            input_ended: false,
+            local_failed: false,
+        }
+    }
+
+    /// The bytes of the stream passed on to output.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether the stream could be resumed: both directions were open, here, when it broke.
+    pub fn resumable(&self) -> bool {
+        !self.input_ended && !self.local_failed
+    }
+
+    /// What to send again to a far end that has received `peer_received` bytes; `None` when
+    /// they are no longer kept.
+    pub fn resend(&self, peer_received: u64) -> Option<Vec<u8>> {
+        self.sent.since(peer_received)
+    }
+
+    /// Copies input into the stream (after `resend`) and the stream into output until the
+    /// stream ends. When input ends first, the stream's sending side is shut down and its
+    /// answer still read to the end (ssh and scp close their side and wait for the other's).
+    /// Input is recorded as it is read, output counted as it is written.
+    pub async fn run<S>(&mut self, stream: S, resend: Vec<u8>) -> std::io::Result<Ended>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut from_stream, mut to_stream) = tokio::io::split(stream);
+        let Self {
+            input,
+            output,
+            sent,
+            received,
+            input_ended,
+            local_failed,
+        } = self;
+        // Flags, not results: each future keeps its own, and the one that is cut short says
+        // nothing.
+        let (input_failed, output_failed) = (AtomicBool::new(false), AtomicBool::new(false));
+        let upload = async {
+            to_stream.write_all(&resend).await?;
+            let mut buf = vec![0u8; COPY_BUFFER];
+            loop {
+                let n = input
+                    .read(&mut buf)
+                    .await
+                    .inspect_err(|_| input_failed.store(true, Ordering::Relaxed))?;
+                if n == 0 {
+                    *input_ended = true;
+                    to_stream.shutdown().await?;
+                    return Ok::<_, std::io::Error>(());
+                }
+                sent.record(&buf[..n]);
+                to_stream.write_all(&buf[..n]).await?;
             }
-            to_stream.write_all(&buf[..n]).await?;
-        }
-    };
-    let download = async {
-        let mut buf = vec![0u8; COPY_BUFFER];
-        loop {
-            let n = from_stream.read(&mut buf).await?;
-            if n == 0 {
-                output.flush().await?;
-                return Ok::<_, std::io::Error>(());
+        };
+        let download = async {
+            let mut buf = vec![0u8; COPY_BUFFER];
+            let failed = |error| {
+                output_failed.store(true, Ordering::Relaxed);
+                error
+            };
+            loop {
+                let n = from_stream.read(&mut buf).await?;
+                if n == 0 {
+                    output.flush().await.map_err(failed)?;
+                    return Ok::<_, std::io::Error>(());
+                }
+                let mut at = 0;
+                while at < n {
+                    let written = output.write(&buf[at..n]).await.map_err(failed)?;
+                    if written == 0 {
+                        return Err(failed(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    at += written;
+                    *received += written as u64;
+                }
+                output.flush().await.map_err(failed)?;
             }
-            output.write_all(&buf[..n]).await?;
-            output.flush().await?;
+        };
+        tokio::pin!(download);
+        let ended = tokio::select! {
+            // The stream ended: nothing more can come, whatever input still has.
+            done = &mut download => done.map(|()| Ended::Remote),
+            sent = upload => match sent {
+                Ok(()) => download.await.map(|()| Ended::Both),
+                Err(error) => Err(error),
+            },
+        };
+        *local_failed |=
+            input_failed.load(Ordering::Relaxed) || output_failed.load(Ordering::Relaxed);
+        if matches!(ended, Ok(Ended::Remote)) {
+            // Close our side too (a clean TLS close), whatever input still holds.
+            let closing = to_stream.shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
         }
-    };
-    tokio::pin!(download);
-    let ended = tokio::select! {
-        // The stream ended: nothing more can come, whatever input still has.
-        done = &mut download => done.map(|()| Ended::Remote),
-        sent = upload => {
-            sent?;
-            return download.await.map(|()| Ended::Both);
+        ended
+    }
+}
+
+/// How long a lost stream is asked for again before giving up (the replica holding its agent
+/// keeps it for a minute).
+pub const RESUME_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks for the stream `stream_id` again after the connection it came by was lost, through
+/// whatever replica answers now, until [`RESUME_WITHIN`] has passed; a refusal is final. Gives
+/// the new connection and what to send again on it.
+pub async fn resume<I, O>(
+    net: &Net,
+    host: &Origin,
+    token: Option<&str>,
+    stream_id: &str,
+    splice: &Splice<I, O>,
+) -> Result<(TokioIo<Upgraded>, Vec<u8>), OpenError>
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + RESUME_WITHIN;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let ask = Resume {
+            stream_id,
+            received: splice.received(),
+        };
+        match open(net, host, token, Some(ask)).await {
+            Ok(tunnel) => {
+                let resend = tunnel.peer_received.and_then(|peer| splice.resend(peer));
+                return match resend {
+                    Some(resend) => Ok((tunnel.io, resend)),
+                    None => Err(OpenError::Refused {
+                        error: TunnelError::StreamGone,
+                        body: None,
+                    }),
+                };
+            }
+            // Nobody answered, something other than the proxy did, or a replica that is still
+            // starting: once more, a little later.
+            Err(error)
+                if matches!(error.tunnel_error(), None | Some(TunnelError::Starting))
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
         }
-    };
-    // Close our side too (a clean TLS close), whatever input still holds.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), to_stream.shutdown()).await;
-    ended
+    }
 }
 
 /// Serves `listener`: every connection accepted gets a tunnel of its own to `host` (for tools
@@ -204,7 +392,7 @@ pub async fn serve_listener(
         let _ = socket.set_nodelay(true);
         let (net, host, token) = (net.clone(), host.clone(), token.map(str::to_owned));
         tokio::spawn(async move {
-            match open(&net, &host, token.as_deref()).await {
+            match open(&net, &host, token.as_deref(), None).await {
                 Ok(tunnel) => {
                     let (read, write) = socket.into_split();
                     let spliced = splice(read, write, tunnel.io).await;

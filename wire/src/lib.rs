@@ -7,6 +7,7 @@
 //! it; nothing of the proxy (config, policy, OpenID) belongs here.
 
 pub mod agent_auth;
+pub mod resume;
 pub mod tunnel;
 
 use std::time::Duration;
@@ -49,6 +50,11 @@ pub const TUNNEL_PROTOCOL: &str = "sekisho-tunnel/1";
 /// The header of a tunnel's `101` that names the stream: 32 hex digits, random, known only to
 /// the client that opened it.
 pub const STREAM_HEADER: &str = "sekisho-stream";
+/// On a tunnel request with [`STREAM_HEADER`]: the client asks for that stream back after the
+/// connection it came by was lost, and says how many bytes of it the client has received
+/// (decimal). On the `101`: how many the far end has received from the client. Each end then
+/// sends again what the other has not received ([`resume::Sent`]).
+pub const RESUME_HEADER: &str = "sekisho-resume";
 /// `POST` with [`STREAM_HEADER`] and a fresh bearer token of the same person: the open stream
 /// goes on under the new token (tokens are short-lived; an ssh session is not).
 pub const TUNNEL_RENEW_PATH: &str = "/.sekisho/tunnel/renew";

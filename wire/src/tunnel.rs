@@ -27,10 +27,16 @@ pub enum TunnelError {
     TargetTimeout,
     /// The request was not a tunnel request the proxy understands (400).
     BadRequest,
+    /// The stream asked to be resumed is not waiting anywhere: it ended, it waited too long, it
+    /// is someone else's, or what was lost in between is no longer kept (410).
+    StreamGone,
+    /// The proxy has not read its configuration yet (it is starting): ask again in a moment
+    /// (503).
+    Starting,
 }
 
 impl TunnelError {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::NotLoggedIn,
         Self::Denied,
         Self::UnknownHost,
@@ -39,6 +45,8 @@ impl TunnelError {
         Self::TargetUnreachable,
         Self::TargetTimeout,
         Self::BadRequest,
+        Self::StreamGone,
+        Self::Starting,
     ];
 
     pub fn code(self) -> &'static str {
@@ -51,6 +59,8 @@ impl TunnelError {
             Self::TargetUnreachable => "target_unreachable",
             Self::TargetTimeout => "target_timeout",
             Self::BadRequest => "bad_request",
+            Self::StreamGone => "stream_gone",
+            Self::Starting => "starting",
         }
     }
 
@@ -65,8 +75,9 @@ impl TunnelError {
             Self::UnknownHost => 404,
             Self::BadRequest => 400,
             Self::TargetUnreachable => 502,
-            Self::AgentOffline => 503,
+            Self::AgentOffline | Self::Starting => 503,
             Self::TargetTimeout => 504,
+            Self::StreamGone => 410,
         }
     }
 
@@ -90,6 +101,8 @@ impl TunnelError {
             Self::TargetUnreachable => "the target could not be reached",
             Self::TargetTimeout => "the target did not answer in time",
             Self::BadRequest => "the proxy did not understand the tunnel request",
+            Self::StreamGone => "the stream could not be resumed (it ended, or was away too long)",
+            Self::Starting => "the proxy is starting; try again in a moment",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The holder's side of a relayed tunnel stream ([`super::relay`]): a relay request from
-//! another replica, checked, answered with the agent's stream spliced to it.
+//! another replica, checked, answered with the agent's stream spliced to it; if that
+//! connection is lost, the agent's stream waits to be resumed ([`super::resume`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +9,13 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sekisho_wire::COPY_BUFFER;
+use sekisho_wire::resume::Sent;
 use sekisho_wire::tunnel::TunnelError;
 
 use super::registry::switching_protocols;
-use super::relay::{ERROR_HEADER, PROOF_HEADER, PROTOCOL, check};
-use crate::observe::metrics::RoleLabels;
+use super::relay::{ERROR_HEADER, PROTOCOL, check};
+use super::resume::{Held, KEEP_SENT, Pumped, pump};
+use crate::observe::metrics::{ResultLabels, RoleLabels};
 use crate::respond::body::ResponseBody;
 use crate::respond::json_error;
 use crate::routing::snapshot::Snapshot;
@@ -30,6 +32,16 @@ pub(crate) fn count(shared: &Shared, role: &'static str) {
         .tunnel
         .relayed
         .get_or_create(&RoleLabels { role })
+        .inc();
+}
+
+/// Counts in `sekisho_tunnel_stream_resumes_total{result}`.
+pub(crate) fn count_resume(shared: &Shared, result: &'static str) {
+    shared
+        .metrics
+        .tunnel
+        .resumes
+        .get_or_create(&ResultLabels { result })
         .inc();
 }
 
@@ -57,42 +69,78 @@ pub(crate) async fn carry(
     if !snapshot.agents.contains_key(&checked.agent) {
         return refuse(TunnelError::AgentOffline);
     }
-    let opened = shared
-        .hub
-        .open_stream(&checked.agent, &checked.target, checked.timeout)
-        .await;
-    let upgraded = match opened {
-        Ok(upgraded) => upgraded,
-        Err((error, _)) => return refuse(error),
+    let (held, resend) = match checked.resume_from {
+        None => {
+            let opened = shared
+                .hub
+                .open_stream(&checked.agent, &checked.target, checked.timeout)
+                .await;
+            let held = match opened {
+                Ok(upgraded) => Held {
+                    agent: checked.agent.clone(),
+                    target: checked.target.clone(),
+                    owner: checked.owner,
+                    io: TokioIo::new(upgraded),
+                    sent: Sent::new(KEEP_SENT),
+                    received: 0,
+                },
+                Err((error, _)) => return refuse(error),
+            };
+            (held, Vec::new())
+        }
+        Some(client_received) => {
+            let waiting = &shared.hub.waiting;
+            let held = waiting
+                .take_soon(
+                    &checked.stream,
+                    &checked.agent,
+                    &checked.target,
+                    &checked.owner,
+                )
+                .await;
+            let Some(held) = held else {
+                return refuse(TunnelError::StreamGone);
+            };
+            // What the client lacks must still be here; if not, the stream cannot go on.
+            let Some(resend) = held.sent.since(client_received) else {
+                tracing::info!(agent = %checked.agent, user = %checked.user, "a waiting tunnel stream cannot be resumed: what the client lacks is no longer kept");
+                return refuse(TunnelError::StreamGone);
+            };
+            count_resume(shared, "resumed");
+            (held, resend)
+        }
     };
+    let resumed = checked.resume_from.map(|_| held.received);
     count(shared, "carried");
-    tracing::debug!(agent = %checked.agent, user = %checked.user, peer = %conn.peer, "carrying a relayed tunnel stream");
-    let shared = shared.clone();
-    conn.take_over(Box::new(move |mut io, mut shutdown| {
+    tracing::debug!(agent = %checked.agent, user = %checked.user, peer = %conn.peer, resumed = resumed.is_some(), "carrying a relayed tunnel stream");
+    let (shared, id) = (shared.clone(), checked.stream);
+    conn.take_over(Box::new(move |io, mut shutdown| {
         Box::pin(async move {
-            let mut target = TokioIo::new(upgraded);
-            let copy = tokio::io::copy_bidirectional_with_sizes(
-                &mut io,
-                &mut target,
-                COPY_BUFFER,
-                COPY_BUFFER,
-            );
             let shutting_down = async {
                 stopped(&mut shutdown).await;
                 let grace = shared.snapshot.load().limits.shutdown_grace;
                 tokio::time::sleep(grace.saturating_sub(CUT_BEFORE_GRACE_ENDS)).await;
             };
-            // However it ends, `io` is dropped without a TLS close unless the copy ended both
-            // ways: the relaying replica reads a failure, not an end, when the agent's stream
+            // However it ends, `io` is dropped without a TLS close unless both sides ended:
+            // the relaying replica reads a failure, not an end, when the agent's stream
             // failed or this replica stops.
-            tokio::select! {
-                _ = copy => {}
-                () = shutting_down => {}
+            let pumped = tokio::select! {
+                pumped = pump(io, held, resend) => pumped,
+                () = shutting_down => return,
+            };
+            if let Pumped::Lost(held) = pumped {
+                tracing::info!(agent = %held.agent, "the connection of a relayed tunnel stream was lost; the stream waits to be resumed");
+                count_resume(&shared, "waiting");
+                let counted = shared.clone();
+                shared
+                    .hub
+                    .waiting
+                    .keep(id, held, move || count_resume(&counted, "expired"));
             }
         })
     }));
     let mut response = switching_protocols(PROTOCOL);
-    response.headers_mut().insert(PROOF_HEADER, checked.proof);
+    checked.answer(resumed, response.headers_mut());
     response
 }
 

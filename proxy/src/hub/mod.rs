@@ -11,7 +11,8 @@
 //! an agent, reached with an HTTP/2 `CONNECT` on one of the agent's links ([`tunnel`]).
 //!
 //! With several replicas, a tunnel stream for an agent whose links another replica holds is
-//! relayed to that replica ([`relay`]).
+//! relayed to that replica ([`relay`]); if the connection from the replica it came by is lost,
+//! the agent's stream waits a while to be resumed through another ([`resume`]).
 //!
 //! The hub outlives configuration reloads (it lives in [`crate::state::Shared`]); after each
 //! reload [`Hub::prune`] cuts the links of agents, or keys, that the new configuration no
@@ -21,5 +22,6 @@ pub(crate) mod agent;
 pub(crate) mod carry;
 pub(crate) mod registry;
 pub(crate) mod relay;
+pub(crate) mod resume;
 pub(crate) mod stream;
 pub(crate) mod tunnel;

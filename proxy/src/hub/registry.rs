@@ -41,6 +41,8 @@ pub(crate) struct Hub {
     nonces: Mutex<HashMap<[u8; 16], u64>>,
     /// Open tunnel streams, and for a while those that closed (so the client can ask why).
     streams: DashMap<StreamId, Arc<Stream>>,
+    /// Relayed streams whose connection was lost, waiting to be resumed.
+    pub(crate) waiting: super::resume::Waiting,
     /// Woken when an agent link comes or goes (for whoever reports agents' status).
     pub(crate) links_changed: tokio::sync::Notify,
     /// Woken when an agent link comes or goes (for whoever tells the other replicas which

@@ -37,6 +37,8 @@ use subtle::ConstantTimeEq as _;
 use tokio::net::TcpStream;
 
 use super::registry::StreamRefusal;
+use super::resume::Owner;
+use super::stream::StreamId;
 use crate::auth::session::SessionKeys;
 use crate::forward::body::RequestBody;
 use crate::routing::snapshot::Snapshot;
@@ -59,13 +61,20 @@ const HOLDER_LABEL: &[u8] = b"sekisho-relay-holder-v1\0";
 /// `KEY_ID.PROOF`: the session key id, and the relaying replica's proof in base64url.
 const AUTH_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-auth");
 /// The holder's proof (base64url), with its `101`.
-pub(crate) const PROOF_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-proof");
+const PROOF_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-proof");
 const AGENT_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-agent");
 const TARGET_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-target");
 /// Who the stream is for (for the holder's log).
 const USER_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-user");
 /// How long the holder may wait for the agent's answer, in milliseconds.
 const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-timeout-ms");
+/// The stream's id (hex), under which the holder keeps it if the connection is lost.
+const STREAM_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-stream");
+/// Whose stream it is ([`Owner`], base64url): only they may resume it.
+const OWNER_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-owner");
+/// On a request: resume the waiting stream; the client has received this many bytes of it.
+/// On the `101`: the holder has passed on this many bytes from the client.
+const RESUME_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-resume");
 /// The holder's refusal, as a [`TunnelError`] code.
 pub(crate) const ERROR_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-error");
 
@@ -128,6 +137,17 @@ pub(crate) struct Ask<'a> {
     pub target: &'a str,
     pub user: &'a str,
     pub timeout: Duration,
+    pub stream: StreamId,
+    pub owner: Owner,
+    /// To resume the stream waiting at the holder: the bytes the client has received of it.
+    pub resume_from: Option<u64>,
+}
+
+/// A relayed stream, opened or resumed.
+pub(crate) struct Relayed {
+    pub io: Upgraded,
+    /// For a resumed stream: the bytes the holder has passed on from the client.
+    pub received: Option<u64>,
 }
 
 /// Why one holder did not carry the stream.
@@ -173,16 +193,17 @@ impl Relay {
         replicas: &[SocketAddr],
         host: &str,
         ask: Ask<'_>,
-    ) -> Result<Upgraded, StreamRefusal> {
+    ) -> Result<Relayed, StreamRefusal> {
         let holders = self.holders(ask.agent, replicas);
         let mut unreachable = None;
         for holder in holders {
             match through(keys, host, &holder, ask).await {
-                Ok(upgraded) => {
-                    tracing::debug!(agent = ask.agent, replica = %holder.replica, "tunnel stream relayed");
-                    return Ok(upgraded);
+                Ok(relayed) => {
+                    tracing::debug!(agent = ask.agent, replica = %holder.replica, resumed = relayed.received.is_some(), "tunnel stream relayed");
+                    return Ok(relayed);
                 }
-                Err(Miss::Refused((TunnelError::AgentOffline, _))) => {}
+                // Not there: the next holder may have it.
+                Err(Miss::Refused((TunnelError::AgentOffline | TunnelError::StreamGone, _))) => {}
                 Err(Miss::Refused(refusal)) => return Err(refusal),
                 Err(Miss::Unreachable(why)) => {
                     tracing::warn!(
@@ -197,7 +218,10 @@ impl Relay {
                 }
             }
         }
-        Err((TunnelError::AgentOffline, unreachable))
+        match ask.resume_from {
+            Some(_) => Err((TunnelError::StreamGone, unreachable)),
+            None => Err((TunnelError::AgentOffline, unreachable)),
+        }
     }
 }
 
@@ -225,17 +249,39 @@ fn request_proof(key: &hmac::Key, binding: &Binding, ask: &Ask<'_>) -> hmac::Tag
         context.update(field.as_bytes());
         context.update(b"\0");
     }
+    // Fixed lengths from here on.
     context.update(&timeout_ms(ask.timeout).to_be_bytes());
+    context.update(&ask.stream);
+    context.update(&ask.owner);
+    update_count(&mut context, ask.resume_from);
     context.sign()
 }
 
-/// What the holder proves: the connection, and the request it answers.
-fn holder_proof(key: &hmac::Key, binding: &Binding, request: &[u8]) -> hmac::Tag {
+/// What the holder proves: the connection, the request it answers, and for a resumed stream
+/// the bytes it has received.
+fn holder_proof(
+    key: &hmac::Key,
+    binding: &Binding,
+    request: &[u8],
+    received: Option<u64>,
+) -> hmac::Tag {
     let mut context = hmac::Context::with_key(key);
     context.update(HOLDER_LABEL);
     context.update(binding);
     context.update(request);
+    update_count(&mut context, received);
     context.sign()
+}
+
+/// A count that may be absent, in nine bytes.
+fn update_count(context: &mut hmac::Context, count: Option<u64>) {
+    match count {
+        Some(count) => {
+            context.update(&[1]);
+            context.update(&count.to_be_bytes());
+        }
+        None => context.update(&[0; 9]),
+    }
 }
 
 fn timeout_ms(timeout: Duration) -> u64 {
@@ -248,7 +294,7 @@ async fn through(
     host: &str,
     holder: &Holder,
     ask: Ask<'_>,
-) -> Result<Upgraded, Miss> {
+) -> Result<Relayed, Miss> {
     let unreachable = |why: &dyn std::fmt::Display| Miss::Unreachable(why.to_string());
     let tcp = tokio::time::timeout(DIAL_WITHIN, TcpStream::connect(holder.address))
         .await
@@ -278,7 +324,7 @@ async fn through(
         session_key.id(),
         URL_SAFE_NO_PAD.encode(proof.as_ref())
     );
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::GET)
         .uri(RELAY_PATH)
         .header(header::HOST, host)
@@ -288,7 +334,13 @@ async fn through(
         .header(TARGET_HEADER, ask.target)
         .header(USER_HEADER, ask.user)
         .header(TIMEOUT_HEADER, timeout_ms(ask.timeout))
-        .header(AUTH_HEADER, auth)
+        .header(STREAM_HEADER, hex::encode(ask.stream))
+        .header(OWNER_HEADER, URL_SAFE_NO_PAD.encode(ask.owner))
+        .header(AUTH_HEADER, auth);
+    if let Some(count) = ask.resume_from {
+        request = request.header(RESUME_HEADER, count);
+    }
+    let request = request
         .body(RequestBody::buffered(Bytes::new()))
         .map_err(|_| Miss::Refused((TunnelError::BadRequest, None)))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -305,12 +357,23 @@ async fn through(
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(refusal(&answer));
     }
+    let received = match ask.resume_from {
+        None => None,
+        Some(_) => Some(
+            answer
+                .headers()
+                .get(RESUME_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(sekisho_wire::resume::parse_count)
+                .ok_or_else(|| unreachable(&"it resumed the stream without a count"))?,
+        ),
+    };
     let proven = answer
         .headers()
         .get(PROOF_HEADER)
         .and_then(|v| URL_SAFE_NO_PAD.decode(v.as_bytes()).ok())
         .is_some_and(|theirs| {
-            let expected = holder_proof(&key, &binding, proof.as_ref());
+            let expected = holder_proof(&key, &binding, proof.as_ref(), received);
             bool::from(expected.as_ref().ct_eq(theirs.as_slice()))
         });
     if !proven {
@@ -318,9 +381,10 @@ async fn through(
             &"it did not prove that it holds the session keys",
         ));
     }
-    hyper::upgrade::on(answer)
+    let io = hyper::upgrade::on(answer)
         .await
-        .map_err(|e| unreachable(&e))
+        .map_err(|e| unreachable(&e))?;
+    Ok(Relayed { io, received })
 }
 
 /// A holder's refusal, as the client will be told it.
@@ -342,8 +406,34 @@ pub(crate) struct Checked {
     pub target: String,
     pub user: String,
     pub timeout: Duration,
-    /// The holder's proof, for the `101`.
-    pub proof: HeaderValue,
+    pub stream: StreamId,
+    pub owner: Owner,
+    pub resume_from: Option<u64>,
+    /// The request's proof, which the holder's answers.
+    request_proof: hmac::Tag,
+    key: hmac::Key,
+    binding: Binding,
+}
+
+impl Checked {
+    /// The headers of the `101`: the holder's proof, and for a resumed stream the bytes it has
+    /// received from the client.
+    pub(crate) fn answer(&self, received: Option<u64>, headers: &mut HeaderMap) {
+        let ours = holder_proof(
+            &self.key,
+            &self.binding,
+            self.request_proof.as_ref(),
+            received,
+        );
+        headers.insert(
+            PROOF_HEADER,
+            HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(ours.as_ref()))
+                .expect("base64url is a valid header value"),
+        );
+        if let Some(count) = received {
+            headers.insert(RESUME_HEADER, HeaderValue::from(count));
+        }
+    }
 }
 
 /// The fields of a relay request whose proof checks; else why it is refused (for the log; the
@@ -385,25 +475,45 @@ pub(crate) fn check(
     let timeout_ms: u64 = field(&TIMEOUT_HEADER)?
         .parse()
         .map_err(|_| "the timeout is not a number")?;
+    let stream: StreamId =
+        hex::FromHex::from_hex(field(&STREAM_HEADER)?).map_err(|_| "the stream id is malformed")?;
+    let owner: Owner = URL_SAFE_NO_PAD
+        .decode(field(&OWNER_HEADER)?)
+        .ok()
+        .and_then(|owner| owner.try_into().ok())
+        .ok_or("the owner is malformed")?;
+    let resume_from = match headers.get(RESUME_HEADER) {
+        None => None,
+        Some(_) => Some(
+            sekisho_wire::resume::parse_count(field(&RESUME_HEADER)?)
+                .ok_or("the resume count is malformed")?,
+        ),
+    };
     let ask = Ask {
         agent: field(&AGENT_HEADER)?,
         target: field(&TARGET_HEADER)?,
         user: field(&USER_HEADER)?,
         timeout: Duration::from_millis(timeout_ms),
+        stream,
+        owner,
+        resume_from,
     };
     let key = relay_key(session_key);
     let proof = request_proof(&key, binding, &ask);
     if !bool::from(proof.as_ref().ct_eq(theirs.as_slice())) {
         return Err("the proof does not check");
     }
-    let ours = holder_proof(&key, binding, proof.as_ref());
     Ok(Checked {
         agent: ask.agent.to_owned(),
         target: ask.target.to_owned(),
         user: ask.user.to_owned(),
         timeout: ask.timeout.min(MAX_TIMEOUT),
-        proof: HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(ours.as_ref()))
-            .expect("base64url is a valid header value"),
+        stream,
+        owner,
+        resume_from,
+        request_proof: proof,
+        key,
+        binding: *binding,
     })
 }
 
@@ -431,6 +541,9 @@ mod tests {
             target,
             user: "alice@example.com",
             timeout: Duration::from_secs(10),
+            stream: [3; 16],
+            owner: [4; 32],
+            resume_from: None,
         }
     }
 
@@ -444,11 +557,31 @@ mod tests {
         let mut longer = ask("nas", "127.0.0.1:22");
         longer.timeout = Duration::from_secs(11);
         let other_timeout = request_proof(&key(), &[1; 32], &longer);
-        for other in [other_connection, other_agent, shifted, other_timeout] {
+        let mut theirs = ask("nas", "127.0.0.1:22");
+        theirs.stream = [5; 16];
+        let other_stream = request_proof(&key(), &[1; 32], &theirs);
+        theirs = ask("nas", "127.0.0.1:22");
+        theirs.owner = [5; 32];
+        let other_owner = request_proof(&key(), &[1; 32], &theirs);
+        theirs = ask("nas", "127.0.0.1:22");
+        theirs.resume_from = Some(0);
+        let resumed = request_proof(&key(), &[1; 32], &theirs);
+        let others = [
+            other_connection,
+            other_agent,
+            shifted,
+            other_timeout,
+            other_stream,
+            other_owner,
+            resumed,
+        ];
+        for other in others {
             assert_ne!(base.as_ref(), other.as_ref());
         }
-        let holder = holder_proof(&key(), &[1; 32], base.as_ref());
+        let holder = holder_proof(&key(), &[1; 32], base.as_ref(), None);
         assert_ne!(holder.as_ref(), base.as_ref());
+        let counted = holder_proof(&key(), &[1; 32], base.as_ref(), Some(0));
+        assert_ne!(holder.as_ref(), counted.as_ref());
     }
 
     #[test]

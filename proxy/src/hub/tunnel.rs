@@ -22,12 +22,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sekisho_wire::tunnel::{StreamEnd, StreamStatus, TunnelError};
-use sekisho_wire::{COPY_BUFFER, STREAM_HEADER, TUNNEL_PROTOCOL};
+use sekisho_wire::{COPY_BUFFER, RESUME_HEADER, STREAM_HEADER, TUNNEL_PROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::relay::Ask;
+use super::resume::{Resumed, owner};
 use super::stream::{Stream, StreamId, lock};
 use crate::auth::access::{bearer_token, decision_reason, verify_bearer};
 use crate::auth::endpoint::auth_origin;
@@ -60,7 +61,11 @@ pub(crate) async fn open_tunnel(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     match open(shared, snapshot, ctx, &req).await {
-        Ok((target, stream)) => {
+        Ok(Opened {
+            target,
+            stream,
+            peer_received,
+        }) => {
             let shared = shared.clone();
             let id = HeaderValue::from_str(&hex::encode(stream.id))
                 .expect("hex is a valid header value");
@@ -74,16 +79,38 @@ pub(crate) async fn open_tunnel(
                 Box::pin(async move {
                     let stream = &accepted.stream;
                     match target {
-                        Target::Direct(tcp) => relay(&shared, client, tcp, stream, shutdown).await,
+                        Target::Direct(tcp) => {
+                            relay(&shared, client, tcp, stream, shutdown).await;
+                        }
                         Target::Agent(upgraded) => {
                             let target = TokioIo::new(upgraded);
-                            relay(&shared, client, target, stream, shutdown).await
+                            relay(&shared, client, target, stream, shutdown).await;
+                        }
+                        Target::Resumed(resumed) => {
+                            relay(&shared, client, resumed, stream, shutdown).await;
+                        }
+                        Target::Relayed(upgraded) => {
+                            let target = TokioIo::new(upgraded);
+                            let (end, mut target) =
+                                relay(&shared, client, target, stream, shutdown).await;
+                            // The holder keeps the agent's stream waiting to be resumed when
+                            // this connection is lost without a close: so it is closed cleanly
+                            // unless this replica is stopping or the client's connection broke.
+                            if !matches!(end, StreamEnd::ProxyShutdown | StreamEnd::ClientFailed) {
+                                let closing = target.shutdown();
+                                let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+                            }
                         }
                     }
                 })
             }));
             let mut response = super::registry::switching_protocols(TUNNEL_PROTOCOL);
             response.headers_mut().insert(STREAM_HEADER, id);
+            if let Some(count) = peer_received {
+                response
+                    .headers_mut()
+                    .insert(RESUME_HEADER, HeaderValue::from(count));
+            }
             response
         }
         Err((error, detail)) => {
@@ -131,7 +158,20 @@ impl Drop for Accepted {
 /// The other end of an accepted tunnel.
 enum Target {
     Direct(TcpStream),
+    /// On a link held here.
     Agent(hyper::upgrade::Upgraded),
+    /// Through the replica holding the agent.
+    Relayed(hyper::upgrade::Upgraded),
+    /// A stream that waited here to be resumed.
+    Resumed(Resumed),
+}
+
+/// An accepted tunnel request.
+struct Opened {
+    target: Target,
+    stream: Arc<Stream>,
+    /// For a resumed stream: the bytes the far end has received from the client.
+    peer_received: Option<u64>,
 }
 
 /// `None` while the tunnel may stay open; else why it must close.
@@ -168,13 +208,39 @@ fn stream_id(text: &str) -> Option<StreamId> {
 
 type Refusal = (TunnelError, Option<String>);
 
+/// The stream a tunnel request asks to resume, and the bytes the client has received of it.
+fn resume_request(headers: &HeaderMap) -> Result<Option<(StreamId, u64)>, Refusal> {
+    let Some(count) = headers.get(RESUME_HEADER) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        (
+            TunnelError::BadRequest,
+            Some(format!(
+                "`{RESUME_HEADER}` is a byte count and comes with the stream's `{STREAM_HEADER}`"
+            )),
+        )
+    };
+    let count = count
+        .to_str()
+        .ok()
+        .and_then(sekisho_wire::resume::parse_count)
+        .ok_or_else(malformed)?;
+    let id = headers
+        .get(STREAM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(stream_id)
+        .ok_or_else(malformed)?;
+    Ok(Some((id, count)))
+}
+
 /// Checks the request, then opens the stream to the target.
 async fn open(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
-) -> Result<(Target, Arc<Stream>), Refusal> {
+) -> Result<Opened, Refusal> {
     let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| {
         v.as_bytes()
             .eq_ignore_ascii_case(TUNNEL_PROTOCOL.as_bytes())
@@ -186,6 +252,11 @@ async fn open(
                 "tunnels open with an HTTP/1.1 GET and `Upgrade: {TUNNEL_PROTOCOL}`"
             )),
         ));
+    }
+    let resume = resume_request(req.headers())?;
+    // Before the first configuration is read, every host would be unknown.
+    if !shared.synced.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err((TunnelError::Starting, None));
     }
     let Some(route) = snapshot.tunnels.get(&ctx.host) else {
         return Err((TunnelError::UnknownHost, None));
@@ -231,14 +302,31 @@ async fn open(
         }
     }
 
-    let target = match &route.agent {
+    let id = match resume {
+        Some((id, _))
+            if shared
+                .hub
+                .stream(&id)
+                .is_some_and(|s| s.closed_since().is_none()) =>
+        {
+            let detail = "the stream is still open here";
+            return Err((TunnelError::StreamGone, Some(detail.to_owned())));
+        }
+        Some((id, _)) => id,
+        None => new_stream_id()?,
+    };
+    let (target, peer_received) = match &route.agent {
+        None if resume.is_some() => {
+            let detail = "only streams through an agent can be resumed";
+            return Err((TunnelError::StreamGone, Some(detail.to_owned())));
+        }
         None => {
             let dial =
                 tokio::time::timeout(route.connect_timeout, TcpStream::connect(&route.target));
             match dial.await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
-                    Target::Direct(tcp)
+                    (Target::Direct(tcp), None)
                 }
                 Ok(Err(error)) => {
                     return Err((TunnelError::TargetUnreachable, Some(error.to_string())));
@@ -252,18 +340,14 @@ async fn open(
                 target: &route.target,
                 user: &user,
                 timeout: route.connect_timeout,
+                stream: id,
+                owner: owner(&issuer, &subject),
+                resume_from: resume.map(|(_, count)| count),
             };
             let keys = &identity.session_keys;
-            Target::Agent(agent_stream(shared, keys, &snapshot.replicas, route, ask).await?)
+            agent_stream(shared, keys, &snapshot.replicas, route, ask).await?
         }
     };
-    let mut id = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| {
-        (
-            TunnelError::BadRequest,
-            Some("no random numbers".to_owned()),
-        )
-    })?;
     let stream = Arc::new(Stream {
         id,
         host: route.host.clone(),
@@ -276,18 +360,62 @@ async fn open(
         closed: Mutex::new(None),
     });
     shared.hub.add_stream(stream.clone());
-    Ok((target, stream))
+    Ok(Opened {
+        target,
+        stream,
+        peer_received,
+    })
+}
+
+/// A new stream's id: random, from the system's CSPRNG.
+fn new_stream_id() -> Result<StreamId, Refusal> {
+    let mut id = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| {
+        (
+            TunnelError::BadRequest,
+            Some("no random numbers".to_owned()),
+        )
+    })?;
+    Ok(id)
 }
 
 /// A stream through the route's agent: on a link held here, else relayed to a replica that
-/// holds one.
+/// holds one. A stream to resume is taken from those waiting here, else asked of the replicas
+/// holding the agent; with the bytes the far end has received from the client.
 async fn agent_stream(
     shared: &Shared,
     keys: &SessionKeys,
     replicas: &[std::net::SocketAddr],
     route: &TunnelRoute,
     ask: Ask<'_>,
-) -> Result<hyper::upgrade::Upgraded, Refusal> {
+) -> Result<(Target, Option<u64>), Refusal> {
+    let relayed = |relayed: super::relay::Relayed| {
+        super::carry::count(shared, "sent");
+        (Target::Relayed(relayed.io), relayed.received)
+    };
+    if let Some(client_received) = ask.resume_from {
+        // Held here: the stream may not have started waiting yet.
+        let waiting = &shared.hub.waiting;
+        let (id, owner) = (&ask.stream, &ask.owner);
+        let waiting = match shared.hub.connected(ask.agent) {
+            0 => waiting.take(id, ask.agent, ask.target, owner),
+            _ => waiting.take_soon(id, ask.agent, ask.target, owner).await,
+        };
+        let Some(held) = waiting else {
+            let relay = shared.relay.open(keys, replicas, &route.host, ask).await;
+            return relay.map(relayed);
+        };
+        let Some(resend) = held.sent.since(client_received) else {
+            let detail = "what the client lacks of it is no longer kept";
+            return Err((TunnelError::StreamGone, Some(detail.to_owned())));
+        };
+        super::carry::count_resume(shared, "resumed");
+        let received = held.received;
+        return Ok((
+            Target::Resumed(Resumed::new(held.io, resend)),
+            Some(received),
+        ));
+    }
     match shared
         .hub
         .open_stream(ask.agent, ask.target, ask.timeout)
@@ -295,17 +423,15 @@ async fn agent_stream(
     {
         Err((TunnelError::AgentOffline, detail)) if shared.hub.connected(ask.agent) == 0 => {
             match shared.relay.open(keys, replicas, &route.host, ask).await {
-                Ok(upgraded) => {
-                    super::carry::count(shared, "sent");
-                    Ok(upgraded)
-                }
+                Ok(stream) => Ok(relayed(stream)),
                 Err((TunnelError::AgentOffline, relayed)) => {
                     Err((TunnelError::AgentOffline, relayed.or(detail)))
                 }
                 Err(refusal) => Err(refusal),
             }
         }
-        opened => opened,
+        Ok(upgraded) => Ok((Target::Agent(upgraded), None)),
+        Err(refusal) => Err(refusal),
     }
 }
 
@@ -316,14 +442,15 @@ fn decide(route: &TunnelRoute, person: &Identity) -> Decision {
 }
 
 /// Copies both ways until either side closes, the stream's check says it must close, or the
-/// proxy's shutdown grace is nearly over; then records how it ended.
+/// proxy's shutdown grace is nearly over; then records how it ended. Gives back the target.
 async fn relay<C, T>(
     shared: &Shared,
     client: C,
     target: T,
     stream: &Stream,
     mut shutdown: watch::Receiver<bool>,
-) where
+) -> (StreamEnd, T)
+where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -390,6 +517,7 @@ async fn relay<C, T>(
         // A clean TLS close, so the client reads an end of stream and asks why.
         let _ = tokio::time::timeout(Duration::from_secs(2), client.inner.shutdown()).await;
     }
+    (end, target.inner)
 }
 
 /// The bytes a stream carried each way.

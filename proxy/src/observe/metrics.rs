@@ -213,6 +213,10 @@ pub(crate) struct TunnelMetrics {
     /// Tunnel streams relayed between replicas, by this replica's role: `sent` (through the
     /// replica holding the agent), `carried` (for another replica), `refused` (no valid proof).
     pub relayed: Family<RoleLabels, Counter>,
+    /// Relayed streams whose connection from the other replica was lost, by what became of
+    /// them on this replica (the one holding the agent): `waiting` (kept to be resumed),
+    /// `resumed`, `expired` (not resumed in time).
+    pub resumes: Family<ResultLabels, Counter>,
 }
 
 impl TunnelMetrics {
@@ -238,6 +242,9 @@ impl TunnelMetrics {
         }
         for role in ["sent", "carried", "refused"] {
             drop(self.relayed.get_or_create(&RoleLabels { role }));
+        }
+        for result in ["waiting", "resumed", "expired"] {
+            drop(self.resumes.get_or_create(&ResultLabels { result }));
         }
         registry.register(
             "agents_connected",
@@ -278,6 +285,11 @@ impl TunnelMetrics {
             "tunnel_relayed_streams",
             "Tunnel streams relayed between replicas, by this replica's role (sent, carried, refused)",
             self.relayed.clone(),
+        );
+        registry.register(
+            "tunnel_stream_resumes",
+            "Relayed tunnel streams whose connection from the other replica was lost, by what became of them here (waiting, resumed, expired)",
+            self.resumes.clone(),
         );
         registry.register(
             "tunnel_stream_ends",

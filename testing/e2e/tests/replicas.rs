@@ -2,14 +2,15 @@
 //! kube-apiserver, with one agent: ssh through the replica that does not hold the agent is
 //! relayed to the one that does, and when the holder is killed the agent is back on the other
 //! and ssh goes on; a rolling restart of both replicas under steady HTTP/1.1 and HTTP/2 load
-//! fails no request. The agent and the load reach the replicas through a stand-in for their
-//! Service ([`Front`]).
+//! fails no request; an idle ssh session through the replica without the agent survives that
+//! replica's restart and its death. The agent, the load and the session reach the replicas
+//! through a stand-in for their Service ([`Front`]).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
@@ -18,7 +19,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use sekisho_e2e::load::{Load, Protocol, Sender, ok_upstream};
 use sekisho_e2e::{
-    PROXY_HOST, Pki, Process, Segment, Sshd, admin_get, agent_key, binary, run, wait_until,
+    EchoSession, PROXY_HOST, Pki, Process, Segment, Sshd, admin_get, agent_key, binary, run,
+    wait_until,
 };
 
 const ALICE: &str = "alice@sekisho.test";
@@ -162,24 +164,58 @@ impl Gate {
         Ok(String::from_utf8(output.stdout)?.trim().to_owned())
     }
 
-    /// `sekisho tunnel` through `replica` as ssh's `ProxyCommand`.
-    fn proxy_command(&self, replica: &Replica) -> String {
+    /// `sekisho tunnel` through `address` as ssh's `ProxyCommand`.
+    fn proxy_command(&self, address: SocketAddr) -> String {
         format!(
-            "{} --ca {} --connect-to {} tunnel %h:{}",
+            "{} --ca {} --connect-to {address} tunnel %h:{}",
             binary("sekisho").display(),
             self.pki.ca_file.display(),
-            replica.https,
-            replica.https.port()
+            address.port()
         )
     }
 
     /// `ssh root@HOST remote` as alice, through `replica`.
     fn ssh(&self, replica: &Replica, remote: &str) -> Result<Command> {
+        self.ssh_through(replica.https, remote)
+    }
+
+    /// `ssh root@HOST remote` as alice, through `address` (a replica, or the front).
+    fn ssh_through(&self, address: SocketAddr, remote: &str) -> Result<Command> {
         let mut command = self
             .sshd
-            .ssh(&self.proxy_command(replica), &self.host, remote);
+            .ssh(&self.proxy_command(address), &self.host, remote);
         command.env("SEKISHO_TOKEN", self.token()?);
         Ok(command)
+    }
+
+    /// Waits until the first replica holds the agent, and its Lease says so.
+    fn agent_on_the_first_replica(&self) -> Result<()> {
+        let (a, b) = (&self.replicas[0], &self.replicas[1]);
+        // The front sends every connection to the first replica while it lives.
+        wait_until(Duration::from_secs(20), || a.links(&self.agent) >= 1.0)
+            .context("the agent did not connect to the first replica")?;
+        ensure!(
+            b.links(&self.agent) == 0.0,
+            "the second replica holds the agent too"
+        );
+        wait_until(Duration::from_secs(20), || {
+            self.leases()
+                .is_ok_and(|leases| leases.iter().any(|l| l.split(',').any(|n| n == self.agent)))
+        })
+        .context("the first replica's Lease does not list the agent")
+    }
+
+    /// Stops replica `i` with SIGTERM, and starts it again on the same addresses once it has
+    /// exited.
+    fn restart(&mut self, i: usize, name: &str) -> Result<()> {
+        let (https, admin) = (self.replicas[i].https, self.replicas[i].admin);
+        self.replicas[i].process.signal("TERM")?;
+        wait_until(Duration::from_secs(60), || {
+            self.replicas[i].process.exited()
+        })
+        .with_context(|| format!("replica {name} did not stop within 60 s of SIGTERM"))?;
+        self.replicas[i] = self.setup.replica(name, https, admin)?;
+        Ok(())
     }
 
     /// Waits until a tunnel through `replica` reaches sshd (its banner comes back).
@@ -425,7 +461,11 @@ impl Replica {
 struct Front {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// The replica every connection goes to, when set ([`NOT_PINNED`] otherwise).
+    pinned: Arc<AtomicUsize>,
 }
+
+const NOT_PINNED: usize = usize::MAX;
 
 /// How often the front learns which replicas are ready.
 const ENDPOINTS_EVERY: Duration = Duration::from_secs(1);
@@ -457,6 +497,8 @@ impl Front {
             });
         }
         let stopped = stop.clone();
+        let pinned = Arc::new(AtomicUsize::new(NOT_PINNED));
+        let pin = pinned.clone();
         std::thread::spawn(move || {
             let mut turn = 0;
             for client in listener.incoming() {
@@ -476,6 +518,9 @@ impl Front {
                     order.rotate_left(start);
                     order.truncate(1);
                 }
+                if let Some((https, _)) = replicas.get(pin.load(Ordering::Relaxed)) {
+                    order = vec![*https];
+                }
                 std::thread::spawn(move || {
                     let upstream = order.iter().find_map(|replica| {
                         TcpStream::connect_timeout(replica, Duration::from_secs(1)).ok()
@@ -486,7 +531,14 @@ impl Front {
                 });
             }
         });
-        Ok(Self { addr, stop })
+        Ok(Self { addr, stop, pinned })
+    }
+
+    /// Sends every connection to replica `i` only (whether it accepts or not), or, `None`, as
+    /// before.
+    fn pin(&self, i: Option<usize>) {
+        self.pinned
+            .store(i.unwrap_or(NOT_PINNED), Ordering::Relaxed);
     }
 }
 
@@ -525,20 +577,8 @@ fn splice(a: TcpStream, b: TcpStream) {
 fn ssh_through_the_replica_without_the_agent_is_relayed_and_works_again_after_the_holder_is_killed()
 -> Result<()> {
     let mut gate = Gate::start("relay", false)?;
+    gate.agent_on_the_first_replica()?;
     let (a, b) = (&gate.replicas[0], &gate.replicas[1]);
-    // The front sends every connection to the first replica while it lives.
-    wait_until(Duration::from_secs(20), || a.links(&gate.agent) >= 1.0)
-        .context("the agent did not connect to the first replica")?;
-    ensure!(
-        b.links(&gate.agent) == 0.0,
-        "the second replica holds the agent too"
-    );
-    let agent = gate.agent.clone();
-    wait_until(Duration::from_secs(20), || {
-        gate.leases()
-            .is_ok_and(|leases| leases.iter().any(|l| l.split(',').any(|n| n == agent)))
-    })
-    .context("the first replica's Lease does not list the agent")?;
     gate.reachable_through(b, Duration::from_secs(20))
         .context("no tunnel through the second replica")?;
 
@@ -549,14 +589,12 @@ fn ssh_through_the_replica_without_the_agent_is_relayed_and_works_again_after_th
         text.contains(&gate.segment.ns_ip.to_string()),
         "the command did not run in the segment: {text}"
     );
-    let sent = r#"sekisho_tunnel_relayed_streams_total{role="sent"}"#;
-    let carried = r#"sekisho_tunnel_relayed_streams_total{role="carried"}"#;
-    ensure!(b.metric(sent) >= 2.0, "the second replica relayed nothing");
+    ensure!(b.metric(SENT) >= 2.0, "the second replica relayed nothing");
     ensure!(
-        a.metric(carried) >= 2.0,
+        a.metric(CARRIED) >= 2.0,
         "the first replica carried nothing"
     );
-    ensure!(b.metric(carried) == 0.0 && a.metric(sent) == 0.0);
+    ensure!(b.metric(CARRIED) == 0.0 && a.metric(SENT) == 0.0);
 
     // The holder dies without a word; the agent comes back through the front, on the other.
     let killed = Instant::now();
@@ -571,6 +609,60 @@ fn ssh_through_the_replica_without_the_agent_is_relayed_and_works_again_after_th
     let output = run(&mut gate.ssh(b, "echo hello again")?)?;
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(text.starts_with("hello again"), "ssh printed {text:?}");
+    Ok(())
+}
+
+const SENT: &str = r#"sekisho_tunnel_relayed_streams_total{role="sent"}"#;
+const CARRIED: &str = r#"sekisho_tunnel_relayed_streams_total{role="carried"}"#;
+const WAITING: &str = r#"sekisho_tunnel_stream_resumes_total{result="waiting"}"#;
+const RESUMED: &str = r#"sekisho_tunnel_stream_resumes_total{result="resumed"}"#;
+
+#[test]
+fn an_idle_ssh_session_through_a_relay_survives_the_restart_and_the_death_of_the_replica_it_entered_by()
+-> Result<()> {
+    let mut gate = Gate::start("resume", false)?;
+    gate.agent_on_the_first_replica()?;
+    // The session's connections go to the second replica only, which relays them.
+    gate.front.pin(Some(1));
+    gate.reachable_through(&gate.replicas[1], Duration::from_secs(20))
+        .context("no tunnel through the second replica")?;
+    let mut session = EchoSession::start(gate.ssh_through(gate.front.addr, "cat")?)?;
+    session.echo("before the restart")?;
+    ensure!(
+        gate.replicas[1].metric(SENT) >= 1.0,
+        "the session was not relayed"
+    );
+
+    // The second replica restarts: it closes the session's stream at the end of its grace,
+    // the first keeps the agent's stream waiting, and the session's `sekisho tunnel` asks for
+    // it again through the front, which sends it to the new second replica once it listens.
+    gate.restart(1, "b")?;
+    session
+        .echo("after the restart")
+        .with_context(|| gate.setup.logs())?;
+    let (a, b) = (&gate.replicas[0], &gate.replicas[1]);
+    ensure!(
+        a.metric(WAITING) >= 1.0 && a.metric(RESUMED) >= 1.0,
+        "the replica holding the agent did not resume the stream"
+    );
+    ensure!(
+        b.metric(SENT) >= 1.0,
+        "the new replica did not relay the resumed stream"
+    );
+
+    // Then the second replica dies without a word; the front now sends the session to the
+    // first, which holds the agent and resumes the stream itself.
+    gate.front.pin(None);
+    gate.replicas[1].process.kill();
+    session
+        .echo("after the kill")
+        .with_context(|| gate.setup.logs())?;
+    ensure!(
+        gate.replicas[0].metric(RESUMED) >= 2.0,
+        "the replica holding the agent did not resume the stream again"
+    );
+    let status = session.finish()?;
+    ensure!(status.success(), "ssh ended with {status}");
     Ok(())
 }
 
@@ -607,14 +699,8 @@ fn a_rolling_restart_of_both_replicas_under_steady_http_load_fails_no_request() 
     .collect();
 
     for (i, name) in ["a", "b"].into_iter().enumerate() {
-        let (https, admin) = (gate.replicas[i].https, gate.replicas[i].admin);
         let before = load.ok();
-        gate.replicas[i].process.signal("TERM")?;
-        wait_until(Duration::from_secs(60), || {
-            gate.replicas[i].process.exited()
-        })
-        .with_context(|| format!("replica {name} did not stop within 60 s of SIGTERM"))?;
-        gate.replicas[i] = gate.setup.replica(name, https, admin)?;
+        gate.restart(i, name)?;
         wait_until(Duration::from_secs(60), || gate.replicas[i].ready())
             .with_context(|| format!("the new replica {name} did not become ready"))?;
         let (now1, now2) = load.ok();

@@ -366,10 +366,19 @@ impl KubeSource {
             &revocations_changed,
             &metrics,
         );
+        // The other replicas' Leases: where agents held elsewhere are relayed to.
+        let lease_api = Api::namespaced(client.clone(), &self.namespace());
+        let leases = watch_all(
+            lease_api.clone(),
+            watcher::Config::default().labels(replicas::LABEL),
+            &Arc::new(Notify::new()),
+            &metrics,
+        );
         let ready = async {
             // Before the first request: a replica that starts must not let in what another
-            // signed out.
+            // signed out, nor turn away a stream for an agent another replica holds.
             let _ = revocations.wait_until_ready().await;
+            let _ = leases.wait_until_ready().await;
             let _ = stores.classes.wait_until_ready().await;
             let _ = stores.ingresses.wait_until_ready().await;
             let _ = stores.services.wait_until_ready().await;
@@ -397,15 +406,9 @@ impl KubeSource {
             self.shared.clone(),
             stop.clone(),
         ));
-        let leases = Api::namespaced(client.clone(), &self.namespace());
         tokio::spawn(replicas::run(
-            leases.clone(),
-            watch_all(
-                leases,
-                watcher::Config::default().labels(replicas::LABEL),
-                &Arc::new(Notify::new()),
-                &metrics,
-            ),
+            lease_api,
+            leases,
             self.replica.clone(),
             self.relay_address,
             self.shared.clone(),
