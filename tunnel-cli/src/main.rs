@@ -653,7 +653,7 @@ async fn stdio(
     };
     let mut splice = tunnel::Splice::new(tokio::io::stdin(), tokio::io::stdout());
     let session = async {
-        let (mut io, mut resend) = (opened.io, Vec::new());
+        let (mut io, mut resend, mut resumable) = (opened.io, Vec::new(), opened.resumable);
         loop {
             let spliced = splice.run(io, resend).await;
             if let Err(error) = &spliced
@@ -663,21 +663,21 @@ async fn stdio(
             }
             // Ended from the far side: one sentence for how, from the proxy when it can be
             // asked.
-            let outcome = tunnel::ended(net, host, id, spliced).await;
-            let Some(id) =
-                id.filter(|_| outcome == tunnel::Outcome::ProxyWentAway && splice.resumable())
-            else {
+            let token = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let token = token.as_ref().map(Secret::expose);
+            let outcome = tunnel::ended(net, host, id, token, spliced).await;
+            let lost = outcome == tunnel::Outcome::ProxyWentAway;
+            let Some(id) = id.filter(|_| resumable && lost && splice.resumable()) else {
                 return outcome;
             };
-            let token = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match tunnel::resume(net, host, token.as_ref().map(Secret::expose), id, &splice).await {
-                Ok(resumed) => {
+            match tunnel::resume(net, host, token, id, &splice).await {
+                Ok((tunnel, again)) => {
                     if debugging() {
                         eprintln!(
                             "sekisho: debug: the connection to the proxy was lost; the stream was resumed"
                         );
                     }
-                    (io, resend) = resumed;
+                    (io, resend, resumable) = (tunnel.io, again, tunnel.resumable);
                 }
                 Err(error) => {
                     eprintln!(

@@ -21,8 +21,8 @@ use hyper_util::rt::TokioIo;
 use sekisho_wire::resume::Sent;
 use sekisho_wire::tunnel::{ErrorBody, StreamEnd, StreamStatus, TunnelError};
 use sekisho_wire::{
-    COPY_BUFFER, RESUME_HEADER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_RENEW_PATH,
-    TUNNEL_STATUS_PATH,
+    COPY_BUFFER, RESUMABLE_HEADER, RESUME_HEADER, STREAM_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL,
+    TUNNEL_RENEW_PATH, TUNNEL_STATUS_PATH,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
@@ -100,6 +100,8 @@ pub struct Tunnel {
     pub stream_id: Option<String>,
     /// For a resumed stream: the bytes the far end has received from this one.
     pub peer_received: Option<u64>,
+    /// Whether the stream can be resumed if this connection is lost.
+    pub resumable: bool,
 }
 
 /// A stream to ask for again: its id, and the bytes of it received so far.
@@ -157,6 +159,9 @@ pub async fn open(
                     .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
                     .map(str::to_owned),
                 peer_received,
+                resumable: headers
+                    .get(RESUMABLE_HEADER)
+                    .is_some_and(|v| v.as_bytes() == b"1"),
             })
         }
         Upgrade::Refused(response) => {
@@ -341,7 +346,7 @@ pub async fn resume<I, O>(
     token: Option<&str>,
     stream_id: &str,
     splice: &Splice<I, O>,
-) -> Result<(TokioIo<Upgraded>, Vec<u8>), OpenError>
+) -> Result<(Tunnel, Vec<u8>), OpenError>
 where
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
@@ -357,7 +362,7 @@ where
             Ok(tunnel) => {
                 let resend = tunnel.peer_received.and_then(|peer| splice.resend(peer));
                 return match resend {
-                    Some(resend) => Ok((tunnel.io, resend)),
+                    Some(resend) => Ok((tunnel, resend)),
                     None => Err(OpenError::Refused {
                         error: TunnelError::StreamGone,
                         body: None,
@@ -397,7 +402,8 @@ pub async fn serve_listener(
                     let (read, write) = socket.into_split();
                     let spliced = splice(read, write, tunnel.io).await;
                     let id = tunnel.stream_id.as_deref();
-                    if let Some(message) = ended(&net, &host, id, spliced).await.message() {
+                    let outcome = ended(&net, &host, id, token.as_deref(), spliced).await;
+                    if let Some(message) = outcome.message() {
                         eprintln!("sekisho: tunnel for {peer}: {message}");
                     }
                 }
@@ -432,13 +438,23 @@ pub async fn renew(
     }
 }
 
-/// What the proxy says about the stream `stream_id`, if it answers in time with a status.
-pub async fn stream_status(net: &Net, host: &Origin, stream_id: &str) -> Option<StreamStatus> {
-    let req = Request::builder()
+/// What the proxy says about the stream `stream_id`, if it answers in time with a status. With
+/// `token`, a replica other than the one keeping the stream asks that one.
+pub async fn stream_status(
+    net: &Net,
+    host: &Origin,
+    stream_id: &str,
+    token: Option<&str>,
+) -> Option<StreamStatus> {
+    let mut req = Request::builder()
         .method(Method::GET)
-        .uri(format!("{TUNNEL_STATUS_PATH}?stream={stream_id}"))
-        .body(Full::new(Bytes::new()))
-        .ok()?;
+        .uri(format!("{TUNNEL_STATUS_PATH}?stream={stream_id}"));
+    if let Some(mut bearer) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+    {
+        bearer.set_sensitive(true);
+        req = req.header(AUTHORIZATION, bearer);
+    }
+    let req = req.body(Full::new(Bytes::new())).ok()?;
     let ask = net.exchange(host, req);
     let response = tokio::time::timeout(std::time::Duration::from_secs(3), ask)
         .await
@@ -566,12 +582,13 @@ pub async fn ended(
     net: &Net,
     host: &Origin,
     stream_id: Option<&str>,
+    token: Option<&str>,
     spliced: std::io::Result<Ended>,
 ) -> Outcome {
     let splice = SpliceEnd::of(&spliced);
     let answer = match (splice, stream_id) {
         (SpliceEnd::Done, _) | (_, None) => Answer::NotAsked,
-        (_, Some(id)) => match stream_status(net, host, id).await {
+        (_, Some(id)) => match stream_status(net, host, id, token).await {
             Some(status) => Answer::Status(status),
             None => Answer::NoAnswer,
         },
@@ -755,6 +772,55 @@ mod tests {
         peer.await.unwrap();
         assert_eq!(ended, Ended::Both);
         assert_eq!(output, b"answer to question");
+    }
+
+    #[tokio::test]
+    async fn a_resumed_stream_gets_again_what_the_far_end_lacks_and_output_passes_on_once() {
+        let (mut input, input_side) = tokio::io::duplex(1024);
+        let (output_side, mut output) = tokio::io::duplex(1024);
+        let mut splice = Splice::new(input_side, output_side);
+        let (ours, mut far) = tokio::io::duplex(1024);
+        let first = async {
+            input.write_all(b"abc").await.unwrap();
+            let mut got = [0u8; 3];
+            far.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"abc");
+            far.write_all(b"xyz").await.unwrap();
+            output.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"xyz");
+            // The connection goes away under the stream.
+            drop(far);
+        };
+        let (ended, ()) = tokio::join!(splice.run(ours, Vec::new()), first);
+        assert_eq!(ended.unwrap(), Ended::Remote);
+        assert!(splice.resumable());
+        assert_eq!(splice.received(), 3);
+        // More than was ever sent: not this stream's far end.
+        assert_eq!(splice.resend(4), None);
+
+        // The far end had received "a" only: "bc" goes first on the next connection.
+        let resend = splice.resend(1).unwrap();
+        let (ours, mut far) = tokio::io::duplex(1024);
+        let second = async {
+            input.write_all(b"d").await.unwrap();
+            let mut got = [0u8; 3];
+            far.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"bcd");
+            far.write_all(b"!").await.unwrap();
+            let mut one = [0u8; 1];
+            output.read_exact(&mut one).await.unwrap();
+            assert_eq!(&one, b"!");
+            // Input ends: the stream is told, and ends from the far side.
+            drop(input);
+            let mut rest = Vec::new();
+            far.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            drop(far);
+        };
+        let (ended, ()) = tokio::join!(splice.run(ours, resend), second);
+        assert_eq!(ended.unwrap(), Ended::Both);
+        assert_eq!(splice.received(), 4);
+        assert!(!splice.resumable(), "half a stream is not resumed");
     }
 
     #[tokio::test]

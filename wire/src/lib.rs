@@ -55,6 +55,10 @@ pub const STREAM_HEADER: &str = "sekisho-stream";
 /// (decimal). On the `101`: how many the far end has received from the client. Each end then
 /// sends again what the other has not received ([`resume::Sent`]).
 pub const RESUME_HEADER: &str = "sekisho-resume";
+/// On a tunnel's `101` (`1`): the stream can be resumed if the connection it came by is lost
+/// (it is relayed to the replica holding its agent). Without it, a lost connection is the
+/// stream's end.
+pub const RESUMABLE_HEADER: &str = "sekisho-resumable";
 /// `POST` with [`STREAM_HEADER`] and a fresh bearer token of the same person: the open stream
 /// goes on under the new token (tokens are short-lived; an ssh session is not).
 pub const TUNNEL_RENEW_PATH: &str = "/.sekisho/tunnel/renew";

@@ -12,13 +12,15 @@
 //!
 //! With several replicas, a tunnel stream for an agent whose links another replica holds is
 //! relayed to that replica ([`relay`]); if the connection from the replica it came by is lost,
-//! the agent's stream waits a while to be resumed through another ([`resume`]).
+//! the agent's stream waits a while to be resumed through another ([`resume`]). A renewal or
+//! status request for a stream another replica keeps is asked of the others ([`ask`]).
 //!
 //! The hub outlives configuration reloads (it lives in [`crate::state::Shared`]); after each
 //! reload [`Hub::prune`] cuts the links of agents, or keys, that the new configuration no
 //! longer has.
 
 pub(crate) mod agent;
+pub(crate) mod ask;
 pub(crate) mod carry;
 pub(crate) mod registry;
 pub(crate) mod relay;

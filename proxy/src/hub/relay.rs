@@ -59,7 +59,7 @@ const REQUEST_LABEL: &[u8] = b"sekisho-relay-request-v1\0";
 const HOLDER_LABEL: &[u8] = b"sekisho-relay-holder-v1\0";
 
 /// `KEY_ID.PROOF`: the session key id, and the relaying replica's proof in base64url.
-const AUTH_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-auth");
+pub(super) const AUTH_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-auth");
 /// The holder's proof (base64url), with its `101`.
 const PROOF_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-proof");
 const AGENT_HEADER: HeaderName = HeaderName::from_static("sekisho-relay-agent");
@@ -114,6 +114,9 @@ pub(crate) trait Directory: Send + Sync {
     /// The live replicas, other than this one, that hold links of `agent`, in the order to
     /// try them.
     fn holders(&self, agent: &str) -> Vec<Holder>;
+
+    /// Every live replica other than this one.
+    fn replicas(&self) -> Vec<Holder>;
 }
 
 /// The relaying side: where the agents of other replicas are, and how to reach them.
@@ -168,20 +171,35 @@ impl Relay {
     /// The replicas to ask for `agent`: those the directory says hold it, else every replica
     /// the file lists (`replicas`), in an order of their own for each stream.
     fn holders(&self, agent: &str, replicas: &[SocketAddr]) -> Vec<Holder> {
-        if let Some(directory) = self.directory.get() {
-            return directory.holders(agent);
+        match self.directory.get() {
+            Some(directory) => directory.holders(agent),
+            None => listed(replicas),
         }
-        let mut holders: Vec<Holder> = replicas
-            .iter()
-            .map(|address| Holder {
-                replica: address.to_string(),
-                address: *address,
-            })
-            .collect();
-        spread(&mut holders);
-        holders
     }
 
+    /// Every other replica: the directory's, else those the file lists (`replicas`).
+    pub(crate) fn replicas(&self, replicas: &[SocketAddr]) -> Vec<Holder> {
+        match self.directory.get() {
+            Some(directory) => directory.replicas(),
+            None => listed(replicas),
+        }
+    }
+}
+
+/// The replicas a file lists, in an order of their own for each stream.
+fn listed(replicas: &[SocketAddr]) -> Vec<Holder> {
+    let mut holders: Vec<Holder> = replicas
+        .iter()
+        .map(|address| Holder {
+            replica: address.to_string(),
+            address: *address,
+        })
+        .collect();
+    spread(&mut holders);
+    holders
+}
+
+impl Relay {
     /// Opens a stream to `ask.target` through a replica that holds `ask.agent` (asking the
     /// directory, else the file's `replicas`); `host` is the
     /// name to ask the holder's TLS for (one it serves). A holder that no longer has the agent,
@@ -235,8 +253,52 @@ pub(crate) fn spread(holders: &mut [Holder]) {
 }
 
 /// The relay key made from `key`.
-fn relay_key(key: &crate::auth::session::SessionKey) -> hmac::Key {
+pub(super) fn relay_key(key: &crate::auth::session::SessionKey) -> hmac::Key {
     key.derived(KEY_LABEL)
+}
+
+/// The newest session key's id and the relay key made from it, for a request.
+pub(super) fn newest_key(keys: &SessionKeys) -> (u8, hmac::Key) {
+    let session_key = keys.newest();
+    (session_key.id(), relay_key(session_key))
+}
+
+/// The relay key a request's `KEY_ID.PROOF` names, and the proof.
+pub(super) fn claimed_key(
+    keys: &SessionKeys,
+    auth: &str,
+) -> Result<(hmac::Key, Vec<u8>), &'static str> {
+    let (id, theirs) = auth.split_once('.').ok_or("the proof is malformed")?;
+    let id: u8 = id.parse().map_err(|_| "the proof names no key")?;
+    let theirs = URL_SAFE_NO_PAD
+        .decode(theirs)
+        .map_err(|_| "the proof is malformed")?;
+    let session_key = keys
+        .get(id)
+        .ok_or("the proof is under a key not held here")?;
+    Ok((relay_key(session_key), theirs))
+}
+
+/// A TLS 1.3 connection to another replica at `address` (asking for `host`, a name it
+/// serves), and its [`Binding`].
+pub(super) async fn dial(
+    host: &str,
+    address: SocketAddr,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Binding), String> {
+    let tcp = tokio::time::timeout(DIAL_WITHIN, TcpStream::connect(address))
+        .await
+        .map_err(|_| format!("no connection within {DIAL_WITHIN:?}"))?
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| "the host is not a name TLS can ask for".to_owned())?;
+    let connector = tokio_rustls::TlsConnector::from(crate::frontdoor::tls::relay_client_config());
+    let tls = tokio::time::timeout(DIAL_WITHIN, connector.connect(name, tcp))
+        .await
+        .map_err(|_| format!("no TLS handshake within {DIAL_WITHIN:?}"))?
+        .map_err(|e| e.to_string())?;
+    let binding = binding(tls.get_ref().1).ok_or("not TLS 1.3")?;
+    Ok((tls, binding))
 }
 
 /// What the relaying replica proves: the connection and every field of the request.
@@ -296,19 +358,9 @@ async fn through(
     ask: Ask<'_>,
 ) -> Result<Relayed, Miss> {
     let unreachable = |why: &dyn std::fmt::Display| Miss::Unreachable(why.to_string());
-    let tcp = tokio::time::timeout(DIAL_WITHIN, TcpStream::connect(holder.address))
+    let (tls, binding) = dial(host, holder.address)
         .await
-        .map_err(|_| unreachable(&format_args!("no connection within {DIAL_WITHIN:?}")))?
-        .map_err(|e| unreachable(&e))?;
-    let _ = tcp.set_nodelay(true);
-    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|_| unreachable(&"the host is not a name TLS can ask for"))?;
-    let connector = tokio_rustls::TlsConnector::from(crate::frontdoor::tls::relay_client_config());
-    let tls = tokio::time::timeout(DIAL_WITHIN, connector.connect(name, tcp))
-        .await
-        .map_err(|_| unreachable(&format_args!("no TLS handshake within {DIAL_WITHIN:?}")))?
-        .map_err(|e| unreachable(&e))?;
-    let binding = binding(tls.get_ref().1).ok_or_else(|| unreachable(&"not TLS 1.3"))?;
+        .map_err(Miss::Unreachable)?;
     // The person goes into a header (for the holder's log): a name a header cannot carry as
     // visible ASCII goes as `-`, in the proof as in the header.
     let user = match ask.user.bytes().all(|b| b.is_ascii_graphic()) {
@@ -316,14 +368,9 @@ async fn through(
         false => "-",
     };
     let ask = Ask { user, ..ask };
-    let session_key = keys.newest();
-    let key = relay_key(session_key);
+    let (key_id, key) = newest_key(keys);
     let proof = request_proof(&key, &binding, &ask);
-    let auth = format!(
-        "{}.{}",
-        session_key.id(),
-        URL_SAFE_NO_PAD.encode(proof.as_ref())
-    );
+    let auth = format!("{key_id}.{}", URL_SAFE_NO_PAD.encode(proof.as_ref()));
     let mut request = Request::builder()
         .method(Method::GET)
         .uri(RELAY_PATH)
@@ -462,16 +509,7 @@ pub(crate) fn check(
             .to_str()
             .map_err(|_| "a field is not visible ASCII")
     };
-    let (id, theirs) = field(&AUTH_HEADER)?
-        .split_once('.')
-        .ok_or("the proof is malformed")?;
-    let id: u8 = id.parse().map_err(|_| "the proof names no key")?;
-    let theirs = URL_SAFE_NO_PAD
-        .decode(theirs)
-        .map_err(|_| "the proof is malformed")?;
-    let session_key = keys
-        .get(id)
-        .ok_or("the proof is under a key not held here")?;
+    let (key, theirs) = claimed_key(keys, field(&AUTH_HEADER)?)?;
     let timeout_ms: u64 = field(&TIMEOUT_HEADER)?
         .parse()
         .map_err(|_| "the timeout is not a number")?;
@@ -498,7 +536,6 @@ pub(crate) fn check(
         owner,
         resume_from,
     };
-    let key = relay_key(session_key);
     let proof = request_proof(&key, binding, &ask);
     if !bool::from(proof.as_ref().ct_eq(theirs.as_slice())) {
         return Err("the proof does not check");
@@ -518,7 +555,10 @@ pub(crate) fn check(
 }
 
 /// The one value of a header that must come once.
-fn one<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h HeaderValue, &'static str> {
+pub(super) fn one<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<&'h HeaderValue, &'static str> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => Ok(value),

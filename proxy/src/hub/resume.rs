@@ -53,11 +53,11 @@ pub(crate) fn owner(issuer: &str, subject: &str) -> Owner {
 }
 
 /// This replica's end of a resumable stream: the agent's stream, and what resuming needs.
-pub(crate) struct Held {
+pub(crate) struct Held<A = TokioIo<Upgraded>> {
     pub agent: String,
     pub target: String,
     pub owner: Owner,
-    pub io: TokioIo<Upgraded>,
+    pub io: A,
     /// What went toward the client.
     pub sent: Sent,
     /// The bytes from the client passed on to the agent.
@@ -148,11 +148,11 @@ impl Waiting {
 }
 
 /// How pumping between a connection and a held stream ended.
-pub(crate) enum Pumped {
+pub(crate) enum Pumped<A = TokioIo<Upgraded>> {
     /// The stream ended: both sides ended, or one failed.
     Ended,
     /// The connection was lost while both sides were open: the stream can wait to be resumed.
-    Lost(Held),
+    Lost(Held<A>),
 }
 
 /// What happened to one direction.
@@ -169,9 +169,10 @@ enum Flow {
 /// toward the client) until the stream ends or the connection is lost. Every byte from the
 /// agent is recorded before it is sent, and a byte from the client is counted once the agent's
 /// stream took it, so that nothing is lost or doubled however the connection breaks.
-pub(crate) async fn pump<C>(conn: C, held: Held, resend: Vec<u8>) -> Pumped
+pub(crate) async fn pump<C, A>(conn: C, held: Held<A>, resend: Vec<u8>) -> Pumped<A>
 where
     C: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
 {
     let Held {
         agent,
@@ -333,7 +334,99 @@ impl AsyncWrite for Resumed {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::DuplexStream;
+
     use super::*;
+
+    /// A connection whose end without a close reads as a failure, as TLS's does.
+    struct NoClose(DuplexStream);
+
+    impl AsyncRead for NoClose {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            match Pin::new(&mut self.0).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                    Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                polled => polled,
+            }
+        }
+    }
+
+    impl AsyncWrite for NoClose {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, data)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    async fn read(side: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        side.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_without_a_close_leaves_the_stream_waiting_with_every_byte_counted() {
+        let (conn, mut client) = tokio::io::duplex(4096);
+        let (io, mut agent) = tokio::io::duplex(4096);
+        let held = Held {
+            agent: "nas".into(),
+            target: "127.0.0.1:22".into(),
+            owner: [1; 32],
+            io,
+            sent: Sent::new(1024),
+            received: 0,
+        };
+        let pumping = tokio::spawn(pump(NoClose(conn), held, Vec::new()));
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(read(&mut agent, 4).await, b"ping");
+        agent.write_all(b"pong").await.unwrap();
+        assert_eq!(read(&mut client, 4).await, b"pong");
+        drop(client);
+        let Pumped::Lost(held) = pumping.await.unwrap() else {
+            panic!("a lost connection ended the stream");
+        };
+        assert_eq!(held.received, 4);
+        assert_eq!(held.sent.since(0).as_deref(), Some(&b"pong"[..]));
+
+        // The client had received "po": the rest comes first on the next connection (one that
+        // can close cleanly), then the stream goes on both ways.
+        let resend = held.sent.since(2).unwrap();
+        let (conn, mut client) = tokio::io::duplex(4096);
+        let pumping = tokio::spawn(pump(conn, held, resend));
+        assert_eq!(read(&mut client, 2).await, b"ng");
+        agent.write_all(b"!").await.unwrap();
+        assert_eq!(read(&mut client, 1).await, b"!");
+        client.write_all(b"more").await.unwrap();
+        assert_eq!(read(&mut agent, 4).await, b"more");
+
+        // A clean close is the stream's end, passed on: nothing waits.
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        agent.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(agent);
+        assert!(matches!(pumping.await.unwrap(), Pumped::Ended));
+    }
 
     #[test]
     fn owners_differ_by_issuer_and_subject_and_their_boundary() {

@@ -22,7 +22,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sekisho_wire::tunnel::{StreamEnd, StreamStatus, TunnelError};
-use sekisho_wire::{COPY_BUFFER, RESUME_HEADER, STREAM_HEADER, TUNNEL_PROTOCOL};
+use sekisho_wire::{COPY_BUFFER, RESUMABLE_HEADER, RESUME_HEADER, STREAM_HEADER, TUNNEL_PROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -66,6 +66,9 @@ pub(crate) async fn open_tunnel(
             stream,
             peer_received,
         }) => {
+            // Only the replica holding the agent keeps a stream waiting when its connection is
+            // lost: a relayed stream can be resumed, a stream ending here cannot.
+            let resumable = matches!(target, Target::Relayed(_));
             let shared = shared.clone();
             let id = HeaderValue::from_str(&hex::encode(stream.id))
                 .expect("hex is a valid header value");
@@ -105,11 +108,13 @@ pub(crate) async fn open_tunnel(
                 })
             }));
             let mut response = super::registry::switching_protocols(TUNNEL_PROTOCOL);
-            response.headers_mut().insert(STREAM_HEADER, id);
+            let headers = response.headers_mut();
+            headers.insert(STREAM_HEADER, id);
             if let Some(count) = peer_received {
-                response
-                    .headers_mut()
-                    .insert(RESUME_HEADER, HeaderValue::from(count));
+                headers.insert(RESUME_HEADER, HeaderValue::from(count));
+            }
+            if resumable {
+                headers.insert(RESUMABLE_HEADER, HeaderValue::from_static("1"));
             }
             response
         }
@@ -675,83 +680,185 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 }
 
 /// `POST` [`sekisho_wire::TUNNEL_RENEW_PATH`]: the stream named in [`STREAM_HEADER`] goes on
-/// under the fresh token this request carries, if it is for the same person.
+/// under the fresh token this request carries, if it is for the same person. A stream another
+/// replica keeps is renewed there ([`super::ask`]).
 pub(crate) async fn renew(
     shared: &Shared,
     snapshot: &Snapshot,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let refuse = |status: StatusCode, error: TunnelError, message: &str| {
-        json_error(status, error.code(), message, None)
-    };
     if req.method() != Method::POST {
-        return refuse(
+        return refusal(
             StatusCode::METHOD_NOT_ALLOWED,
             TunnelError::BadRequest,
             "use POST",
         );
     }
-    let stream = req
+    let id = req
         .headers()
         .get(STREAM_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(stream_id)
-        .and_then(|id| shared.hub.stream(&id))
-        .filter(|s| s.closed_since().is_none());
-    let Some(stream) = stream else {
-        return refuse(
+        .and_then(stream_id);
+    let Some(id) = id else {
+        return refusal(
             StatusCode::NOT_FOUND,
             TunnelError::BadRequest,
-            "no such open stream",
+            NO_OPEN_STREAM,
         );
     };
     let (Some(identity), Some(token)) = (snapshot.identity.as_deref(), bearer_token(req.headers()))
     else {
-        return refuse(
+        return refusal(
             StatusCode::UNAUTHORIZED,
             TunnelError::NotLoggedIn,
             "no bearer token",
         );
     };
-    match verify_bearer(identity, token, unix_now()).await {
-        Ok(claims) if claims.issuer == stream.issuer && claims.subject == stream.subject => {
-            *lock(&stream.token) = token.to_owned();
-            tracing::debug!(host = %ctx.host, user = %stream.user, "tunnel token renewed");
-            let mut response = Response::new(ResponseBody::empty());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            response
-        }
-        Ok(_) => refuse(
-            StatusCode::FORBIDDEN,
-            TunnelError::Denied,
-            "the token is for someone else than the stream's",
-        ),
-        Err(rejection) => refuse(
-            StatusCode::UNAUTHORIZED,
-            TunnelError::NotLoggedIn,
-            &crate::error_chain(&rejection),
+    if let Some(stream) = shared.hub.stream(&id) {
+        return match renew_here(identity, &stream, token, &ctx.host).await {
+            Ok(()) => no_content(),
+            Err((status, error, message)) => refusal(status, error, &message),
+        };
+    }
+    // Not here: once the token checks (a stranger makes no replica ask the others), the
+    // replica keeping the stream renews it.
+    if let Err(rejection) = verify_bearer(identity, token, unix_now()).await {
+        let message = crate::error_chain(&rejection);
+        return refusal(StatusCode::UNAUTHORIZED, TunnelError::NotLoggedIn, &message);
+    }
+    let keys = &identity.session_keys;
+    let question = super::ask::Question::Renew(token);
+    match shared
+        .relay
+        .ask(keys, &snapshot.replicas, &ctx.host, &id, question)
+        .await
+    {
+        Some(answer) => json_response(answer.status, answer.body.to_vec()),
+        None => refusal(
+            StatusCode::NOT_FOUND,
+            TunnelError::BadRequest,
+            NO_OPEN_STREAM,
         ),
     }
 }
 
+const NO_OPEN_STREAM: &str = "no such open stream";
+
+type RenewRefusal = (StatusCode, TunnelError, String);
+
+/// Renews `stream`, kept here, with `token`, if it is open and the token is its person's.
+async fn renew_here(
+    identity: &crate::auth::identity::IdentityRuntime,
+    stream: &Stream,
+    token: &str,
+    host: &str,
+) -> Result<(), RenewRefusal> {
+    if stream.closed_since().is_some() {
+        let gone = (
+            StatusCode::NOT_FOUND,
+            TunnelError::BadRequest,
+            NO_OPEN_STREAM.into(),
+        );
+        return Err(gone);
+    }
+    match verify_bearer(identity, token, unix_now()).await {
+        Ok(claims) if claims.issuer == stream.issuer && claims.subject == stream.subject => {
+            *lock(&stream.token) = token.to_owned();
+            tracing::debug!(host, user = %stream.user, "tunnel token renewed");
+            Ok(())
+        }
+        Ok(_) => Err((
+            StatusCode::FORBIDDEN,
+            TunnelError::Denied,
+            "the token is for someone else than the stream's".into(),
+        )),
+        Err(rejection) => Err((
+            StatusCode::UNAUTHORIZED,
+            TunnelError::NotLoggedIn,
+            crate::error_chain(&rejection),
+        )),
+    }
+}
+
 /// `GET` [`sekisho_wire::TUNNEL_STATUS_PATH`]`?stream=ID`: open, or closed and why. The id is
-/// the capability: only the client that opened the stream knows it.
-pub(crate) fn status(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
-    let stream = req
+/// the capability: only the client that opened the stream knows it. With a bearer token that
+/// checks, a stream another replica keeps is asked about there ([`super::ask`]).
+pub(crate) async fn status(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let id = req
         .uri()
         .query()
         .and_then(|q| q.strip_prefix("stream="))
-        .and_then(stream_id)
-        .and_then(|id| shared.hub.stream(&id));
-    let Some(stream) = stream else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            TunnelError::BadRequest.code(),
-            "no such stream",
-            None,
-        );
+        .and_then(stream_id);
+    if let Some(stream) = id.and_then(|id| shared.hub.stream(&id)) {
+        return json_response(StatusCode::OK, status_body(&stream));
+    }
+    if let (Some(id), Some(identity), Some(token)) = (
+        id,
+        snapshot.identity.as_deref(),
+        bearer_token(req.headers()),
+    ) && verify_bearer(identity, token, unix_now()).await.is_ok()
+    {
+        let keys = &identity.session_keys;
+        let question = super::ask::Question::Status;
+        if let Some(answer) = shared
+            .relay
+            .ask(keys, &snapshot.replicas, &ctx.host, &id, question)
+            .await
+        {
+            return json_response(answer.status, answer.body.to_vec());
+        }
+    }
+    refusal(
+        StatusCode::NOT_FOUND,
+        TunnelError::BadRequest,
+        "no such stream",
+    )
+}
+
+/// `POST` [`super::ask::STREAM_PATH`]: another replica asks about a stream kept here, for a
+/// client that reached it.
+pub(crate) async fn answer_replica(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &ConnState,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let asked = match super::ask::check(snapshot, conn, req) {
+        Ok(asked) => asked,
+        Err(why) => {
+            super::carry::count(shared, "refused");
+            tracing::warn!(peer = %conn.peer, "a question about a tunnel stream was refused: {why}");
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this path is for the proxy's own replicas",
+                None,
+            );
+        }
     };
+    let stream = shared.hub.stream(&asked.id);
+    let (status, body) = match (stream, asked.token.as_deref(), snapshot.identity.as_deref()) {
+        (None, _, _) => (StatusCode::NOT_FOUND, Vec::new()),
+        (Some(stream), None, _) => (StatusCode::OK, status_body(&stream)),
+        (Some(stream), Some(token), Some(identity)) => {
+            match renew_here(identity, &stream, token, "-").await {
+                Ok(()) => (StatusCode::NO_CONTENT, Vec::new()),
+                Err((status, error, message)) => (status, error_body(error, &message)),
+            }
+        }
+        (Some(_), Some(_), None) => (StatusCode::NOT_FOUND, Vec::new()),
+    };
+    asked.sign(json_response(status, body.clone()), &body)
+}
+
+/// A stream's status, as JSON.
+fn status_body(stream: &Stream) -> Vec<u8> {
     let status = match &*lock(&stream.closed) {
         None => StreamStatus {
             state: "open".into(),
@@ -766,15 +873,40 @@ pub(crate) fn status(shared: &Shared, req: &Request<Incoming>) -> Response<Respo
             cause: Some(closed.end),
         },
     };
-    let body = serde_json::to_vec(&status).expect("a status serialises");
-    let mut response = Response::new(ResponseBody::full(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    serde_json::to_vec(&status).expect("a status serialises")
+}
+
+fn error_body(error: TunnelError, message: &str) -> Vec<u8> {
+    crate::respond::page::json_error(error.code(), message, None).into_bytes()
+}
+
+fn refusal(status: StatusCode, error: TunnelError, message: &str) -> Response<ResponseBody> {
+    json_response(status, error_body(error, message))
+}
+
+fn no_content() -> Response<ResponseBody> {
+    json_response(StatusCode::NO_CONTENT, Vec::new())
+}
+
+/// `body` (JSON, or nothing) with `status`, not to be cached.
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+    let empty = body.is_empty();
+    let mut response = Response::new(match empty {
+        true => ResponseBody::empty(),
+        false => ResponseBody::full(body),
+    });
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if !empty {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     response
 }
 

@@ -149,11 +149,14 @@ async fn serve_own_endpoint(
             crate::hub::tunnel::open_tunnel(shared, snapshot, conn, ctx, req).await
         }
         OwnEndpoint::TunnelRenew => crate::hub::tunnel::renew(shared, snapshot, ctx, &req).await,
-        OwnEndpoint::TunnelStatus => crate::hub::tunnel::status(shared, &req),
+        OwnEndpoint::TunnelStatus => crate::hub::tunnel::status(shared, snapshot, ctx, &req).await,
         OwnEndpoint::AgentConnect => {
             crate::hub::agent::accept_agent(shared, snapshot, conn, ctx, &req)
         }
         OwnEndpoint::Relay => crate::hub::carry::carry(shared, snapshot, conn, &req).await,
+        OwnEndpoint::StreamQuestion => {
+            crate::hub::tunnel::answer_replica(shared, snapshot, conn, &req).await
+        }
         OwnEndpoint::CliLogin(identity) => {
             cli_login::serve_cli_endpoint(snapshot, identity, ctx, req).await
         }
@@ -387,6 +390,8 @@ enum OwnEndpoint<'s> {
     AgentConnect,
     /// A tunnel stream another replica relays to this one.
     Relay,
+    /// Another replica asks about a tunnel stream kept here.
+    StreamQuestion,
     /// The CLI's OAuth endpoints, when login is configured.
     CliLogin(&'s IdentityRuntime),
     /// The auth host and other `/.sekisho/` paths, when login is configured.
@@ -407,6 +412,7 @@ fn own_endpoint<'s>(
         sekisho_wire::TUNNEL_STATUS_PATH => Some(OwnEndpoint::TunnelStatus),
         sekisho_wire::AGENT_CONNECT_PATH => Some(OwnEndpoint::AgentConnect),
         crate::hub::relay::RELAY_PATH => Some(OwnEndpoint::Relay),
+        crate::hub::ask::STREAM_PATH => Some(OwnEndpoint::StreamQuestion),
         _ => snapshot.own_endpoint(&ctx.host, decided).map(|identity| {
             match decided.starts_with(CLI_PREFIX) {
                 true => OwnEndpoint::CliLogin(identity),

@@ -157,10 +157,15 @@ impl Gate {
 
     /// A user token for alice, signed with the replicas' shared signing key.
     fn token(&self) -> Result<String> {
+        self.token_for(ALICE)
+    }
+
+    /// A user token for `person`.
+    fn token_for(&self, person: &str) -> Result<String> {
         let output = run(Command::new(binary("sekisho-proxy"))
             .arg("--config")
             .arg(&self.replicas[1].config)
-            .args(["dev-token", "--subject", ALICE, "--email", ALICE]))?;
+            .args(["dev-token", "--subject", person, "--email", person]))?;
         Ok(String::from_utf8(output.stdout)?.trim().to_owned())
     }
 
@@ -664,6 +669,63 @@ fn an_idle_ssh_session_through_a_relay_survives_the_restart_and_the_death_of_the
     let status = session.finish()?;
     ensure!(status.success(), "ssh ended with {status}");
     Ok(())
+}
+
+#[test]
+fn a_tunnels_renewal_and_status_reach_the_replica_keeping_it_through_the_other() -> Result<()> {
+    use sekisho_cli::net::{Net, Origin};
+    use sekisho_cli::tunnel;
+    let gate = Gate::start("renew", false)?;
+    gate.agent_on_the_first_replica()?;
+    let (a, b) = (&gate.replicas[0], &gate.replicas[1]);
+    let origin = Origin::parse(&format!("{}:{}", gate.host, a.https.port()))?;
+    let via_a = Net::new(Some(&gate.pki.ca_file), Some(a.https))?;
+    let via_b = Net::new(Some(&gate.pki.ca_file), Some(b.https))?;
+    let (token, fresh, mallory) = (
+        gate.token()?,
+        gate.token()?,
+        gate.token_for("mallory@sekisho.test")?,
+    );
+    gate.runtime.block_on(async {
+        let opened = tunnel::open(&via_a, &origin, Some(&token), None).await?;
+        let id = opened
+            .stream_id
+            .clone()
+            .context("the proxy named no stream")?;
+        tunnel::renew(&via_b, &origin, &id, &fresh)
+            .await
+            .context("renewing through the replica not keeping the stream")?;
+        let status = tunnel::stream_status(&via_b, &origin, &id, Some(&fresh))
+            .await
+            .context("no status through the replica not keeping the stream")?;
+        ensure!(status.state == "open", "{status:?}");
+        // Without a token, the other replica does not ask; with another person's, the replica
+        // keeping the stream refuses the renewal.
+        ensure!(
+            tunnel::stream_status(&via_b, &origin, &id, None)
+                .await
+                .is_none()
+        );
+        let refused = tunnel::renew(&via_b, &origin, &id, &mallory).await;
+        ensure!(
+            matches!(refused, Err(tunnel::OpenError::Unexpected(status)) if status == 403),
+            "{refused:?}"
+        );
+        // The stream ends; how is told through the other replica too.
+        drop(opened);
+        for _ in 0..100 {
+            let status = tunnel::stream_status(&via_b, &origin, &id, Some(&fresh)).await;
+            if let Some(status) = status.filter(|s| s.state == "closed") {
+                ensure!(
+                    status.cause == Some(sekisho_wire::tunnel::StreamEnd::ClientClosed),
+                    "{status:?}"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the stream's end was not told through the other replica within 10 s")
+    })
 }
 
 /// One HTTP/1.1 request to the site through the front; whether it answered 200.

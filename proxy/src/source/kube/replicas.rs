@@ -108,24 +108,32 @@ impl LeaseDirectory {
     }
 }
 
-impl Directory for LeaseDirectory {
-    fn holders(&self, agent: &str) -> Vec<Holder> {
+impl LeaseDirectory {
+    /// The other live replicas that hold what `holds` says, by their Leases' annotations.
+    fn matching(&self, holds: impl Fn(&str) -> bool) -> Vec<Holder> {
         let mut holders: Vec<Holder> = self
             .others()
             .iter()
             .filter_map(|lease| {
                 let annotations = lease.metadata.annotations.as_ref()?;
-                let holds = annotations
-                    .get(AGENTS)?
-                    .split(',')
-                    .any(|name| name == agent);
+                let agents = annotations.get(AGENTS).map_or("", String::as_str);
                 let address = annotations.get(ADDRESS)?.parse().ok()?;
                 let replica = lease.spec.as_ref()?.holder_identity.clone()?;
-                holds.then_some(Holder { replica, address })
+                holds(agents).then_some(Holder { replica, address })
             })
             .collect();
         crate::hub::relay::spread(&mut holders);
         holders
+    }
+}
+
+impl Directory for LeaseDirectory {
+    fn holders(&self, agent: &str) -> Vec<Holder> {
+        self.matching(|agents| agents.split(',').any(|name| name == agent))
+    }
+
+    fn replicas(&self) -> Vec<Holder> {
+        self.matching(|_| true)
     }
 }
 
