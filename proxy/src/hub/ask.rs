@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use ring::{aead, hmac};
 use subtle::ConstantTimeEq as _;
 
-use super::relay::{AUTH_HEADER, Binding, Relay, claimed_key, dial, newest_key, one};
+use super::relay::{AUTH_HEADER, Binding, Claim, Relay, dial, newest_key};
 use super::stream::StreamId;
 use crate::auth::session::SessionKeys;
 use crate::forward::body::RequestBody;
@@ -274,42 +274,30 @@ pub(crate) fn check(
     if req.method() != Method::POST || req.version() != Version::HTTP_11 {
         return Err("not a replica's question");
     }
-    let binding = conn.binding.as_ref().ok_or("not over TLS 1.3")?;
-    let keys = &snapshot
-        .identity
-        .as_deref()
-        .ok_or("login is not configured, so there are no shared keys")?
-        .session_keys;
-    let headers = req.headers();
-    let field = |name: &HeaderName| -> Result<&str, &'static str> {
-        one(headers, name)?
-            .to_str()
-            .map_err(|_| "a field is not visible ASCII")
-    };
-    let (key, theirs) = claimed_key(keys, field(&AUTH_HEADER)?)?;
-    let id: StreamId =
-        hex::FromHex::from_hex(field(&ID_HEADER)?).map_err(|_| "the stream id is malformed")?;
-    let sealed = match headers.get(TOKEN_HEADER) {
+    let claim = Claim::of(snapshot, conn, req)?;
+    let id: StreamId = hex::FromHex::from_hex(claim.field(&ID_HEADER)?)
+        .map_err(|_| "the stream id is malformed")?;
+    let sealed = match req.headers().get(TOKEN_HEADER) {
         None => None,
         Some(_) => Some(
             URL_SAFE_NO_PAD
-                .decode(field(&TOKEN_HEADER)?)
+                .decode(claim.field(&TOKEN_HEADER)?)
                 .map_err(|_| "the token is malformed")?,
         ),
     };
-    let proof = request_proof(&key, binding, &id, sealed.as_deref());
-    if !bool::from(proof.as_ref().ct_eq(theirs.as_slice())) {
-        return Err("the proof does not check");
-    }
+    let proof = request_proof(&claim.key, &claim.binding, &id, sealed.as_deref());
+    claim.verify(&proof)?;
     let token = match sealed {
         None => None,
-        Some(sealed) => Some(open_sealed(&key, binding, &sealed).ok_or("the token does not open")?),
+        Some(sealed) => Some(
+            open_sealed(&claim.key, &claim.binding, &sealed).ok_or("the token does not open")?,
+        ),
     };
     Ok(Asked {
         id,
         token,
-        key,
-        binding: *binding,
+        key: claim.key,
+        binding: claim.binding,
         request_proof: proof,
     })
 }

@@ -264,10 +264,7 @@ pub(super) fn newest_key(keys: &SessionKeys) -> (u8, hmac::Key) {
 }
 
 /// The relay key a request's `KEY_ID.PROOF` names, and the proof.
-pub(super) fn claimed_key(
-    keys: &SessionKeys,
-    auth: &str,
-) -> Result<(hmac::Key, Vec<u8>), &'static str> {
+fn claimed_key(keys: &SessionKeys, auth: &str) -> Result<(hmac::Key, Vec<u8>), &'static str> {
     let (id, theirs) = auth.split_once('.').ok_or("the proof is malformed")?;
     let id: u8 = id.parse().map_err(|_| "the proof names no key")?;
     let theirs = URL_SAFE_NO_PAD
@@ -497,19 +494,9 @@ pub(crate) fn check(
     if req.method() != Method::GET || req.version() != Version::HTTP_11 || !upgrade {
         return Err("not a relay upgrade");
     }
-    let binding = conn.binding.as_ref().ok_or("not over TLS 1.3")?;
-    let keys = &snapshot
-        .identity
-        .as_deref()
-        .ok_or("login is not configured, so there are no shared keys")?
-        .session_keys;
-    let headers = req.headers();
-    let field = |name: &HeaderName| -> Result<&str, &'static str> {
-        one(headers, name)?
-            .to_str()
-            .map_err(|_| "a field is not visible ASCII")
-    };
-    let (key, theirs) = claimed_key(keys, field(&AUTH_HEADER)?)?;
+    let claim = Claim::of(snapshot, conn, req)?;
+    let (binding, key, headers) = (&claim.binding, &claim.key, req.headers());
+    let field = |name: &HeaderName| claim.field(name);
     let timeout_ms: u64 = field(&TIMEOUT_HEADER)?
         .parse()
         .map_err(|_| "the timeout is not a number")?;
@@ -536,10 +523,8 @@ pub(crate) fn check(
         owner,
         resume_from,
     };
-    let proof = request_proof(&key, binding, &ask);
-    if !bool::from(proof.as_ref().ct_eq(theirs.as_slice())) {
-        return Err("the proof does not check");
-    }
+    let proof = request_proof(key, binding, &ask);
+    claim.verify(&proof)?;
     Ok(Checked {
         agent: ask.agent.to_owned(),
         target: ask.target.to_owned(),
@@ -549,16 +534,60 @@ pub(crate) fn check(
         owner,
         resume_from,
         request_proof: proof,
-        key,
-        binding: *binding,
+        key: claim.key,
+        binding: claim.binding,
     })
 }
 
+/// What every request of another replica starts with: the connection's [`Binding`], and the
+/// relay key its `KEY_ID.PROOF` names, with the proof.
+pub(super) struct Claim<'r> {
+    pub binding: Binding,
+    pub key: hmac::Key,
+    theirs: Vec<u8>,
+    headers: &'r HeaderMap,
+}
+
+impl<'r> Claim<'r> {
+    pub(super) fn of(
+        snapshot: &Snapshot,
+        conn: &ConnState,
+        req: &'r Request<Incoming>,
+    ) -> Result<Self, &'static str> {
+        let binding = *conn.binding.as_ref().ok_or("not over TLS 1.3")?;
+        let keys = &snapshot
+            .identity
+            .as_deref()
+            .ok_or("login is not configured, so there are no shared keys")?
+            .session_keys;
+        let mut claim = Self {
+            binding,
+            key: hmac::Key::new(hmac::HMAC_SHA256, &[]),
+            theirs: Vec::new(),
+            headers: req.headers(),
+        };
+        (claim.key, claim.theirs) = claimed_key(keys, claim.field(&AUTH_HEADER)?)?;
+        Ok(claim)
+    }
+
+    /// The one value of a field, as visible ASCII.
+    pub(super) fn field(&self, name: &HeaderName) -> Result<&'r str, &'static str> {
+        one(self.headers, name)?
+            .to_str()
+            .map_err(|_| "a field is not visible ASCII")
+    }
+
+    /// Whether the proof sent is `proof`, compared in constant time.
+    pub(super) fn verify(&self, proof: &hmac::Tag) -> Result<(), &'static str> {
+        match bool::from(proof.as_ref().ct_eq(self.theirs.as_slice())) {
+            true => Ok(()),
+            false => Err("the proof does not check"),
+        }
+    }
+}
+
 /// The one value of a header that must come once.
-pub(super) fn one<'h>(
-    headers: &'h HeaderMap,
-    name: &HeaderName,
-) -> Result<&'h HeaderValue, &'static str> {
+fn one<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h HeaderValue, &'static str> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => Ok(value),

@@ -40,7 +40,7 @@ use crate::observe::metrics::{DecisionKind, DecisionReason};
 use crate::policy::{Decision, Identity};
 use crate::request::context::RequestCtx;
 use crate::respond::body::ResponseBody;
-use crate::respond::json_error;
+use crate::respond::{json, json_error};
 use crate::routing::snapshot::{Snapshot, TunnelRoute};
 use crate::state::client::ConnState;
 use crate::state::{Shared, stopped};
@@ -734,7 +734,7 @@ pub(crate) async fn renew(
         .ask(keys, &snapshot.replicas, &ctx.host, &id, question)
         .await
     {
-        Some(answer) => json_response(answer.status, answer.body.to_vec()),
+        Some(answer) => json(answer.status, answer.body.to_vec()),
         None => refusal(
             StatusCode::NOT_FOUND,
             TunnelError::BadRequest,
@@ -796,7 +796,7 @@ pub(crate) async fn status(
         .and_then(|q| q.strip_prefix("stream="))
         .and_then(stream_id);
     if let Some(stream) = id.and_then(|id| shared.hub.stream(&id)) {
-        return json_response(StatusCode::OK, status_body(&stream));
+        return json(StatusCode::OK, status_body(&stream));
     }
     if let (Some(id), Some(identity), Some(token)) = (
         id,
@@ -811,7 +811,7 @@ pub(crate) async fn status(
             .ask(keys, &snapshot.replicas, &ctx.host, &id, question)
             .await
         {
-            return json_response(answer.status, answer.body.to_vec());
+            return json(answer.status, answer.body.to_vec());
         }
     }
     refusal(
@@ -854,7 +854,7 @@ pub(crate) async fn answer_replica(
         }
         (Some(_), Some(_), None) => (StatusCode::NOT_FOUND, Vec::new()),
     };
-    asked.sign(json_response(status, body.clone()), &body)
+    asked.sign(json(status, body.clone()), &body)
 }
 
 /// A stream's status, as JSON.
@@ -881,33 +881,11 @@ fn error_body(error: TunnelError, message: &str) -> Vec<u8> {
 }
 
 fn refusal(status: StatusCode, error: TunnelError, message: &str) -> Response<ResponseBody> {
-    json_response(status, error_body(error, message))
+    json(status, error_body(error, message))
 }
 
 fn no_content() -> Response<ResponseBody> {
-    json_response(StatusCode::NO_CONTENT, Vec::new())
-}
-
-/// `body` (JSON, or nothing) with `status`, not to be cached.
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
-    let empty = body.is_empty();
-    let mut response = Response::new(match empty {
-        true => ResponseBody::empty(),
-        false => ResponseBody::full(body),
-    });
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    if !empty {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
+    json(StatusCode::NO_CONTENT, Vec::new())
 }
 
 fn log_decision(

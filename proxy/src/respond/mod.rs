@@ -163,15 +163,27 @@ pub(crate) fn json_error(
     message: &str,
     login_url: Option<&str>,
 ) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(page::json_error(
-        error, message, login_url,
-    )));
+    json(
+        status,
+        page::json_error(error, message, login_url).into_bytes(),
+    )
+}
+
+/// `body` (JSON, or nothing) with `status`, not to be cached.
+pub(crate) fn json(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+    let empty = body.is_empty();
+    let mut response = Response::new(match empty {
+        true => ResponseBody::empty(),
+        false => ResponseBody::full(body),
+    });
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    if !empty {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
