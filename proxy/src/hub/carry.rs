@@ -14,7 +14,7 @@ use sekisho_wire::tunnel::TunnelError;
 
 use super::registry::switching_protocols;
 use super::relay::{ERROR_HEADER, PROTOCOL, check};
-use super::resume::{Held, KEEP_SENT, Pumped, pump};
+use super::resume::{Held, KEEP_SENT, NOTICE_WITHIN, Pumped, pump};
 use crate::observe::metrics::{ResultLabels, RoleLabels};
 use crate::respond::body::ResponseBody;
 use crate::respond::json_error;
@@ -45,6 +45,24 @@ pub(crate) fn count_resume(shared: &Shared, result: &'static str) {
         .inc();
 }
 
+/// A request on a path for the replicas without a valid proof: counted, logged with `why`,
+/// and answered `403` without saying why.
+pub(crate) fn refuse_stranger(
+    shared: &Shared,
+    conn: &ConnState,
+    what: &str,
+    why: &str,
+) -> Response<ResponseBody> {
+    count(shared, "refused");
+    tracing::warn!(peer = %conn.peer, "{what} refused: {why}");
+    json_error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this path is for the proxy's own replicas",
+        None,
+    )
+}
+
 /// Answers a relay request from another replica: once its proof checks, the agent's stream is
 /// opened on a link held here (never relayed on), and spliced to this connection.
 pub(crate) async fn carry(
@@ -55,16 +73,7 @@ pub(crate) async fn carry(
 ) -> Response<ResponseBody> {
     let checked = match check(snapshot, conn, req) {
         Ok(checked) => checked,
-        Err(why) => {
-            count(shared, "refused");
-            tracing::warn!(peer = %conn.peer, "relay request refused: {why}");
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this path is for the proxy's own replicas",
-                None,
-            );
-        }
+        Err(why) => return refuse_stranger(shared, conn, "relay request", why),
     };
     if !snapshot.agents.contains_key(&checked.agent) {
         return refuse(TunnelError::AgentOffline);
@@ -90,13 +99,9 @@ pub(crate) async fn carry(
         }
         Some(client_received) => {
             let waiting = &shared.hub.waiting;
+            let (id, owner) = (&checked.stream, &checked.owner);
             let held = waiting
-                .take_soon(
-                    &checked.stream,
-                    &checked.agent,
-                    &checked.target,
-                    &checked.owner,
-                )
+                .take(id, &checked.agent, &checked.target, owner, NOTICE_WITHIN)
                 .await;
             let Some(held) = held else {
                 return refuse(TunnelError::StreamGone);

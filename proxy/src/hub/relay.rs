@@ -560,21 +560,19 @@ impl<'r> Claim<'r> {
             .as_deref()
             .ok_or("login is not configured, so there are no shared keys")?
             .session_keys;
-        let mut claim = Self {
+        let headers = req.headers();
+        let (key, theirs) = claimed_key(keys, field(headers, &AUTH_HEADER)?)?;
+        Ok(Self {
             binding,
-            key: hmac::Key::new(hmac::HMAC_SHA256, &[]),
-            theirs: Vec::new(),
-            headers: req.headers(),
-        };
-        (claim.key, claim.theirs) = claimed_key(keys, claim.field(&AUTH_HEADER)?)?;
-        Ok(claim)
+            key,
+            theirs,
+            headers,
+        })
     }
 
     /// The one value of a field, as visible ASCII.
     pub(super) fn field(&self, name: &HeaderName) -> Result<&'r str, &'static str> {
-        one(self.headers, name)?
-            .to_str()
-            .map_err(|_| "a field is not visible ASCII")
+        field(self.headers, name)
     }
 
     /// Whether the proof sent is `proof`, compared in constant time.
@@ -584,6 +582,13 @@ impl<'r> Claim<'r> {
             false => Err("the proof does not check"),
         }
     }
+}
+
+/// The one value of a field that must come once, as visible ASCII.
+fn field<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str, &'static str> {
+    one(headers, name)?
+        .to_str()
+        .map_err(|_| "a field is not visible ASCII")
 }
 
 /// The one value of a header that must come once.

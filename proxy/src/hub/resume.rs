@@ -108,35 +108,29 @@ impl Waiting {
         });
     }
 
-    /// [`Waiting::take`], waiting up to [`NOTICE_WITHIN`] for the stream to start waiting.
-    pub(crate) async fn take_soon(
+    /// The stream waiting under `id`, taken, if it is `owner`'s stream to `agent`'s `target`
+    /// (another's is left waiting); waiting up to `within` for it to start waiting.
+    pub(crate) async fn take(
         &self,
         id: &StreamId,
         agent: &str,
         target: &str,
         owner: &Owner,
+        within: Duration,
     ) -> Option<Held> {
-        let deadline = tokio::time::Instant::now() + NOTICE_WITHIN;
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let kept = self.kept.notified();
             tokio::pin!(kept);
             kept.as_mut().enable();
-            if let Some(held) = self.take(id, agent, target, owner) {
+            if let Some(held) = self.take_now(id, agent, target, owner) {
                 return Some(held);
             }
             tokio::time::timeout_at(deadline, kept).await.ok()?;
         }
     }
 
-    /// The stream waiting under `id`, taken, if it is `owner`'s stream to `agent`'s `target`;
-    /// another's is left waiting.
-    pub(crate) fn take(
-        &self,
-        id: &StreamId,
-        agent: &str,
-        target: &str,
-        owner: &Owner,
-    ) -> Option<Held> {
+    fn take_now(&self, id: &StreamId, agent: &str, target: &str, owner: &Owner) -> Option<Held> {
         let mut streams = lock(&self.streams);
         let (_, held) = streams.get(id)?;
         let same = held.agent == agent && held.target == target;

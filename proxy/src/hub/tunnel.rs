@@ -400,12 +400,16 @@ async fn agent_stream(
     };
     if let Some(client_received) = ask.resume_from {
         // Held here: the stream may not have started waiting yet.
-        let waiting = &shared.hub.waiting;
-        let (id, owner) = (&ask.stream, &ask.owner);
-        let waiting = match shared.hub.connected(ask.agent) {
-            0 => waiting.take(id, ask.agent, ask.target, owner),
-            _ => waiting.take_soon(id, ask.agent, ask.target, owner).await,
+        let within = match shared.hub.connected(ask.agent) {
+            0 => Duration::ZERO,
+            _ => super::resume::NOTICE_WITHIN,
         };
+        let (id, owner) = (&ask.stream, &ask.owner);
+        let waiting = shared
+            .hub
+            .waiting
+            .take(id, ask.agent, ask.target, owner, within)
+            .await;
         let Some(held) = waiting else {
             let relay = shared.relay.open(keys, replicas, &route.host, ask).await;
             return relay.map(relayed);
@@ -689,7 +693,7 @@ pub(crate) async fn renew(
     req: &Request<Incoming>,
 ) -> Response<ResponseBody> {
     if req.method() != Method::POST {
-        return refusal(
+        return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             TunnelError::BadRequest,
             "use POST",
@@ -701,7 +705,7 @@ pub(crate) async fn renew(
         .and_then(|v| v.to_str().ok())
         .and_then(stream_id);
     let Some(id) = id else {
-        return refusal(
+        return refuse(
             StatusCode::NOT_FOUND,
             TunnelError::BadRequest,
             NO_OPEN_STREAM,
@@ -709,23 +713,28 @@ pub(crate) async fn renew(
     };
     let (Some(identity), Some(token)) = (snapshot.identity.as_deref(), bearer_token(req.headers()))
     else {
-        return refusal(
+        return refuse(
             StatusCode::UNAUTHORIZED,
             TunnelError::NotLoggedIn,
             "no bearer token",
         );
     };
-    if let Some(stream) = shared.hub.stream(&id) {
-        return match renew_here(identity, &stream, token, &ctx.host).await {
-            Ok(()) => no_content(),
-            Err((status, error, message)) => refusal(status, error, &message),
+    // A record closed here may be of a stream resumed through another replica since.
+    let open_here = shared
+        .hub
+        .stream(&id)
+        .filter(|s| s.closed_since().is_none());
+    if let Some(stream) = open_here {
+        return match renew_here(identity, &stream, token).await {
+            Ok(()) => json(StatusCode::NO_CONTENT, Vec::new()),
+            Err((status, error, message)) => refuse(status, error, &message),
         };
     }
     // Not here: once the token checks (a stranger makes no replica ask the others), the
     // replica keeping the stream renews it.
     if let Err(rejection) = verify_bearer(identity, token, unix_now()).await {
         let message = crate::error_chain(&rejection);
-        return refusal(StatusCode::UNAUTHORIZED, TunnelError::NotLoggedIn, &message);
+        return refuse(StatusCode::UNAUTHORIZED, TunnelError::NotLoggedIn, &message);
     }
     let keys = &identity.session_keys;
     let question = super::ask::Question::Renew(token);
@@ -735,7 +744,7 @@ pub(crate) async fn renew(
         .await
     {
         Some(answer) => json(answer.status, answer.body.to_vec()),
-        None => refusal(
+        None => refuse(
             StatusCode::NOT_FOUND,
             TunnelError::BadRequest,
             NO_OPEN_STREAM,
@@ -752,7 +761,6 @@ async fn renew_here(
     identity: &crate::auth::identity::IdentityRuntime,
     stream: &Stream,
     token: &str,
-    host: &str,
 ) -> Result<(), RenewRefusal> {
     if stream.closed_since().is_some() {
         let gone = (
@@ -765,7 +773,7 @@ async fn renew_here(
     match verify_bearer(identity, token, unix_now()).await {
         Ok(claims) if claims.issuer == stream.issuer && claims.subject == stream.subject => {
             *lock(&stream.token) = token.to_owned();
-            tracing::debug!(host, user = %stream.user, "tunnel token renewed");
+            tracing::debug!(host = %stream.host, user = %stream.user, "tunnel token renewed");
             Ok(())
         }
         Ok(_) => Err((
@@ -814,7 +822,7 @@ pub(crate) async fn status(
             return json(answer.status, answer.body.to_vec());
         }
     }
-    refusal(
+    refuse(
         StatusCode::NOT_FOUND,
         TunnelError::BadRequest,
         "no such stream",
@@ -832,14 +840,8 @@ pub(crate) async fn answer_replica(
     let asked = match super::ask::check(snapshot, conn, req) {
         Ok(asked) => asked,
         Err(why) => {
-            super::carry::count(shared, "refused");
-            tracing::warn!(peer = %conn.peer, "a question about a tunnel stream was refused: {why}");
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this path is for the proxy's own replicas",
-                None,
-            );
+            let what = "a question about a tunnel stream";
+            return super::carry::refuse_stranger(shared, conn, what, why);
         }
     };
     let stream = shared.hub.stream(&asked.id);
@@ -847,7 +849,7 @@ pub(crate) async fn answer_replica(
         (None, _, _) => (StatusCode::NOT_FOUND, Vec::new()),
         (Some(stream), None, _) => (StatusCode::OK, status_body(&stream)),
         (Some(stream), Some(token), Some(identity)) => {
-            match renew_here(identity, &stream, token, "-").await {
+            match renew_here(identity, &stream, token).await {
                 Ok(()) => (StatusCode::NO_CONTENT, Vec::new()),
                 Err((status, error, message)) => (status, error_body(error, &message)),
             }
@@ -880,12 +882,8 @@ fn error_body(error: TunnelError, message: &str) -> Vec<u8> {
     crate::respond::page::json_error(error.code(), message, None).into_bytes()
 }
 
-fn refusal(status: StatusCode, error: TunnelError, message: &str) -> Response<ResponseBody> {
-    json(status, error_body(error, message))
-}
-
-fn no_content() -> Response<ResponseBody> {
-    json(StatusCode::NO_CONTENT, Vec::new())
+fn refuse(status: StatusCode, error: TunnelError, message: &str) -> Response<ResponseBody> {
+    json_error(status, error.code(), message, None)
 }
 
 fn log_decision(
